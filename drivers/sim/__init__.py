@@ -1,0 +1,1 @@
+"""The ``sim`` driver: plausible values generated from a profile, no hardware."""

@@ -1,0 +1,386 @@
+"""The supervisor: one task group, one poll loop per device, nothing shared but locks.
+
+Each device runs in its own task (``poll[<id>]``) on a drift-free monotonic
+schedule, with a timeout around every poll, capped jittered backoff while it
+fails, and a state (online / degraded / offline) with its last error. Devices
+on one physical line share a bus lock and are polled strictly one at a time.
+A device that hangs or whose driver has a bug costs only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import __version__
+from .clock import ClockMonitor
+from .config import DeviceSpec, LoadedConfig
+from .driver import DeviceContext, ServiceDriver, SharedResources
+from .errors import DriverError
+from .normalize import Normalizer
+from .schema import RawReading, iso_ms
+
+log = logging.getLogger(__name__)
+
+ONLINE, DEGRADED, OFFLINE = "online", "degraded", "offline"
+
+
+class Output(Protocol):
+    """Where normalized readings, device states and events go (stdout, buffer+MQTT)."""
+
+    def submit(self, device: str, message: dict[str, Any]) -> None:
+        """Accept one reading message (without ``seq``)."""
+
+    def device_status(self, device: str, state: str, error: str | None) -> None:
+        """A device changed state."""
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Something operators should know about (reloads, clock, drops)."""
+
+    async def run(self) -> None:
+        """Background work until cancelled."""
+
+    async def close(self) -> None:
+        """Flush and release on shutdown."""
+
+
+class DeviceLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the device id (journald shows it per device)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("device", (self.extra or {}).get("device"))
+        kwargs["extra"] = extra
+        return f"[{extra['device']}] {msg}", kwargs
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    """What the status page and ``doctor`` show about a device."""
+
+    state: str = OFFLINE
+    last_error: str | None = None
+    last_error_ts: float | None = None
+    last_reading_ts: float | None = None
+    polls: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    overruns: int = 0
+    last_latency_s: float | None = None
+    latency_sum_s: float = 0.0
+    latest: dict[str, Any] = field(default_factory=dict)
+
+
+class _Sink:
+    __slots__ = ("errors", "readings", "runner")
+
+    def __init__(self, runner: DeviceRunner) -> None:
+        self.runner = runner
+        self.readings = 0
+        self.errors: list[DriverError] = []
+
+    def add(self, reading: RawReading) -> None:
+        self.readings += 1
+        self.runner.emit(reading)
+
+    def add_error(self, error: DriverError) -> None:
+        self.errors.append(error)
+        self.runner.log.warning("%s", error)
+
+
+def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
+    """Capped exponential backoff with jitter in [cap/2, cap] of the current step.
+
+    Full jitter (0..step) could retry a dead device at once; half jitter keeps
+    retries spread across devices without ever hammering one.
+    """
+    step = min(cap, base * (2 ** max(0, failures - 1)))
+    return rng.uniform(step / 2, step)
+
+
+class DeviceRunner:
+    """Runs one device: open, poll on schedule, report state, back off, reopen."""
+
+    def __init__(self, spec: DeviceSpec, gateway_id: str, output: Output, clock: ClockMonitor,
+                 bus_lock: asyncio.Lock | None, shared: SharedResources) -> None:
+        self.spec = spec
+        self.cfg = spec.config
+        self.output = output
+        self.clock = clock
+        self.bus_lock = bus_lock
+        self.shared = shared
+        self.stats = DeviceStats()
+        self.log = DeviceLog(logging.getLogger(f"fieldgate.device.{self.cfg.id}"), {"device": self.cfg.id})
+        meta: dict[str, Any] = {"driver": spec.driver.name, "profile": spec.config.profile
+                                if isinstance(spec.config.profile, str) else "inline"}
+        if self.cfg.tags:
+            meta["tags"] = dict(self.cfg.tags)
+        self.normalizer = Normalizer(gateway_id, self.cfg.id, spec.profile, meta)
+        self.rng = random.Random()
+        self._reported: tuple[str, str | None] | None = None
+
+    def emit(self, raw: RawReading) -> None:
+        """Normalize a raw reading and hand it to the output."""
+        msg = self.normalizer.normalize(raw, self.clock.synced)
+        self.stats.last_reading_ts = raw.ts
+        if msg is not None:
+            self.stats.latest.update(msg["metrics"])
+            self.output.submit(self.cfg.id, msg)
+
+    def _set_state(self, state: str, error: str | None) -> None:
+        self.stats.state = state
+        if error:
+            self.stats.last_error, self.stats.last_error_ts = error, time.time()
+        if self._reported != (state, error):
+            self._reported = (state, error)
+            self.output.device_status(self.cfg.id, state, error)
+
+    def _ok(self, sink: _Sink, started: float) -> None:
+        s = self.stats
+        s.polls += 1
+        s.last_latency_s = time.monotonic() - started
+        s.latency_sum_s += s.last_latency_s
+        s.consecutive_failures = 0
+        if sink.errors:
+            self._set_state(DEGRADED, str(sink.errors[-1]))
+        else:
+            self._set_state(ONLINE, None)
+
+    def _failed(self, error: str, reason: str) -> float:
+        s = self.stats
+        s.polls += 1
+        s.failures += 1
+        s.consecutive_failures += 1
+        state = OFFLINE if s.consecutive_failures >= self.cfg.offline_after else DEGRADED
+        if s.consecutive_failures == 1 or state != s.state:
+            self.log.warning("%s (%s); %s", error, reason, state)
+        else:
+            self.log.debug("%s (%s)", error, reason)
+        self._set_state(state, error)
+        return max(self.cfg.poll_interval if s.consecutive_failures == 1 else 0.0,
+                   backoff_delay(s.consecutive_failures, self.cfg.poll_interval, self.cfg.backoff_max, self.rng))
+
+    def _describe(self, exc: BaseException) -> tuple[str, str]:
+        if isinstance(exc, DriverError):
+            return str(exc), exc.reason
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self.cfg.poll_timeout:g}s", "timeout"
+        # A driver bug: log the traceback once, keep the gateway and the other devices running.
+        self.log.error("driver bug, device isolated: %r", exc, exc_info=exc)
+        return f"internal error: {type(exc).__name__}: {exc}", "internal_error"
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        ctx = DeviceContext(self.cfg.id, self.spec.profile, self.spec.connection, self.cfg.poll_timeout,
+                            self.log, self.shared)
+        loop = asyncio.get_running_loop()
+        while True:
+            delay = self.cfg.poll_interval
+            driver = self.spec.driver(ctx)
+            opened = False
+            try:
+                async with asyncio.timeout(self.cfg.poll_timeout):
+                    await driver.__aenter__()
+                opened = True
+                if isinstance(driver, ServiceDriver) and hasattr(driver, "run"):
+                    self._set_state(ONLINE, None)
+                    await driver.run(_Sink(self))
+                    raise DriverError("push driver stopped")
+                await self._poll_loop(driver, loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - isolation: see _describe
+                error, reason = self._describe(exc)
+                delay = self._failed(error, reason)
+            finally:
+                if opened:
+                    await self._close(driver)
+            await asyncio.sleep(delay)
+
+    async def _close(self, driver: Any) -> None:
+        try:
+            async with asyncio.timeout(self.cfg.poll_timeout):
+                await driver.__aexit__(None, None, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing close must not stop the device loop
+            self.log.debug("close failed: %r", exc)
+
+    async def _poll_loop(self, driver: Any, loop: asyncio.AbstractEventLoop) -> None:
+        interval = self.cfg.poll_interval
+        start = loop.time()
+        k = 0
+        while True:
+            sink = _Sink(self)
+            started = time.monotonic()
+            if self.bus_lock is not None:
+                async with self.bus_lock, asyncio.timeout(self.cfg.poll_timeout):
+                    await driver.poll(sink)
+            else:
+                async with asyncio.timeout(self.cfg.poll_timeout):
+                    await driver.poll(sink)
+            self._ok(sink, started)
+            k += 1
+            now = loop.time()
+            due = start + k * interval
+            if due < now:  # missed slots: skip them rather than poll in a burst
+                missed = int((now - due) // interval) + 1
+                self.stats.overruns += missed
+                k += missed
+                due = start + k * interval
+            await asyncio.sleep(due - now)
+
+
+class Gateway:
+    """Runs the devices of a configuration and applies reloads."""
+
+    def __init__(self, loaded: LoadedConfig, output: Output, clock: ClockMonitor | None = None,
+                 loader: Callable[[], LoadedConfig] | None = None) -> None:
+        self.loaded = loaded
+        self.gateway_id = loaded.config.gateway.id
+        self.output = output
+        self.clock = clock or ClockMonitor(loaded.config.gateway.clock_check)
+        self.loader = loader
+        self.shared = SharedResources()
+        self.runners: dict[str, DeviceRunner] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.bus_locks: dict[str, asyncio.Lock] = {}
+        self.started = time.time()
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+
+    def request_stop(self) -> None:
+        """Ask for a clean shutdown (SIGTERM)."""
+        log.info("shutdown requested")
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read and apply the configuration (SIGHUP); a bad one is refused."""
+        if self.loader is None:
+            log.warning("reload requested but this gateway has no config file to re-read")
+            return
+        from .errors import ConfigError
+
+        try:
+            new = self.loader()
+        except ConfigError as exc:
+            errors = [d for d in exc.diagnostics if getattr(d, "severity", "error") == "error"]
+            for d in exc.diagnostics:
+                log.error("reload refused: %s", d)
+            log.error("new configuration has %d error(s); keeping the running one", len(errors))
+            self.output.event("config_rejected", errors=[str(d) for d in errors][:20])
+            return
+        self.apply(new)
+
+    def apply(self, new: LoadedConfig) -> None:
+        """Start, stop and restart devices to match ``new``."""
+        old_cfg = self.loaded.config
+        if new.config.gateway.id != old_cfg.gateway.id or new.config.gateway.data_dir != old_cfg.gateway.data_dir:
+            log.warning("gateway.id and gateway.data_dir take effect only after a restart")
+        old = {d.config.id: d for d in self.loaded.devices}
+        fresh = {d.config.id: d for d in new.devices}
+        removed = [i for i in old if i not in fresh]
+        changed = [i for i in fresh if i in old and fresh[i].fingerprint() != old[i].fingerprint()]
+        added = [i for i in fresh if i not in old]
+        for dev_id in removed + changed:
+            self._stop_device(dev_id)
+        self.loaded = new
+        for dev_id in changed + added:
+            if fresh[dev_id].config.enabled:
+                self._start_device(fresh[dev_id])
+        reconfigure = getattr(self.output, "reconfigure", None)
+        if callable(reconfigure):
+            reconfigure(new.config)
+        log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
+        self.output.event("config_reloaded", added=added, changed=changed, removed=removed)
+
+    def _start_device(self, spec: DeviceSpec) -> None:
+        assert self._tg is not None
+        lock = self.bus_locks.setdefault(spec.bus, asyncio.Lock()) if spec.bus else None
+        runner = DeviceRunner(spec, self.gateway_id, self.output, self.clock, lock, self.shared)
+        self.runners[spec.config.id] = runner
+        self.tasks[spec.config.id] = self._tg.create_task(runner.run(), name=f"poll[{spec.config.id}]")
+
+    def _stop_device(self, dev_id: str) -> None:
+        task = self.tasks.pop(dev_id, None)
+        if task is not None:
+            task.cancel()
+        self.runners.pop(dev_id, None)
+
+    async def _clock_task(self) -> None:
+        last_wall, last_mono = time.time(), time.monotonic()
+        while True:
+            await asyncio.sleep(5.0)
+            wall, mono = time.time(), time.monotonic()
+            jump = (wall - last_wall) - (mono - last_mono)
+            last_wall, last_mono = wall, mono
+            if abs(jump) > 2.0:
+                log.warning("system clock jumped by %.1f s", jump)
+                self.output.event("clock_jump", seconds=round(jump, 3))
+            if self.clock.refresh():
+                log.info("system clock is now %s", "synchronized" if self.clock.synced else "NOT synchronized")
+                self.output.event("clock_sync", synced=self.clock.synced)
+
+    async def run(self) -> None:
+        """Run until ``request_stop``; then shut down within the configured time limit."""
+        limit = self.loaded.config.gateway.shutdown_timeout
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            output_task = tg.create_task(self.output.run(), name="uplink")
+            clock_task = tg.create_task(self._clock_task(), name="clock")
+            for spec in self.loaded.devices:
+                if spec.config.enabled:
+                    self._start_device(spec)
+            log.info("fieldgate %s running: gateway %s, %d device(s)", __version__, self.gateway_id,
+                     len(self.tasks))
+            self.ready.set()
+            self.output.event("started", version=__version__, devices=len(self.tasks))
+            await self._stop.wait()
+            deadline = time.monotonic() + limit
+            pollers = list(self.tasks.values())
+            for t in pollers:
+                t.cancel()
+            clock_task.cancel()
+            if pollers:
+                _, pending = await asyncio.wait(pollers, timeout=limit / 2)
+                if pending:
+                    log.error("still busy after %.1fs: %s", limit / 2, ", ".join(t.get_name() for t in pending))
+            try:
+                async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
+                    await self.output.close()
+            except TimeoutError:
+                log.error("output did not close within the shutdown limit")
+            output_task.cancel()
+            _, pending = await asyncio.wait([output_task, *pollers],
+                                            timeout=max(0.1, deadline - time.monotonic()))
+            if pending:
+                names = ", ".join(t.get_name() for t in pending)
+                log.critical("shutdown time limit (%.0fs) exceeded; still busy: %s; exiting anyway", limit, names)
+                logging.shutdown()
+                os._exit(3)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able view of the gateway for the status page and doctor."""
+        return {
+            "gateway": self.gateway_id,
+            "version": __version__,
+            "started": iso_ms(self.started),
+            "clock_synced": self.clock.synced,
+            "devices": {
+                dev_id: {
+                    "state": r.stats.state, "last_error": r.stats.last_error, "polls": r.stats.polls,
+                    "failures": r.stats.failures, "overruns": r.stats.overruns,
+                    "last_reading": iso_ms(r.stats.last_reading_ts) if r.stats.last_reading_ts else None,
+                    "latency_ms": round(r.stats.last_latency_s * 1000, 1) if r.stats.last_latency_s else None,
+                    "driver": r.spec.driver.name, "metrics": r.stats.latest,
+                }
+                for dev_id, r in self.runners.items()
+            },
+        }

@@ -1,0 +1,195 @@
+"""The ``fieldgate`` command.
+
+Exit codes (documented in the README):
+  0  success
+  1  the configuration or a profile is invalid (every error is printed)
+  2  usage error (unknown command or option)
+  3  the gateway could not start or stopped on a fatal error
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_CONFIG, config_json_schema, load_config, load_profile_file, profile_json_schema
+from .errors import ConfigError, GatewayError
+from .yamlsrc import Diagnostic
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+log = logging.getLogger("fieldgate")
+
+
+def _print_diagnostics(diags: Sequence[Diagnostic], out: Any = None) -> tuple[int, int]:
+    out = out or sys.stderr
+    errors = sorted((d for d in diags if d.severity == "error"), key=lambda d: (d.file, d.line, d.col))
+    warnings = sorted((d for d in diags if d.severity != "error"), key=lambda d: (d.file, d.line, d.col))
+    for d in [*errors, *warnings]:
+        print(d, file=out)
+    return len(errors), len(warnings)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    diags: list[Diagnostic] = []
+    ok_devices = 0
+    if args.config:
+        try:
+            loaded = load_config(Path(args.config))
+            diags.extend(loaded.warnings)
+            ok_devices = len(loaded.devices)
+        except ConfigError as exc:
+            diags.extend(d for d in exc.diagnostics if isinstance(d, Diagnostic))
+    for p in args.profiles:
+        _, more = load_profile_file(Path(p))
+        diags.extend(more)
+    errors, warnings = _print_diagnostics(diags)
+    files = ([args.config] if args.config else []) + list(args.profiles)
+    if errors:
+        print(f"{errors} error(s), {warnings} warning(s) in {', '.join(files)}", file=sys.stderr)
+        return EXIT_INVALID
+    what = f"{ok_devices} device(s)" if args.config else f"{len(args.profiles)} profile(s)"
+    print(f"valid: {', '.join(files)} ({what}, {warnings} warning(s))")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    schema = config_json_schema() if args.what == "config" else profile_json_schema()
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+async def _run_gateway(config_path: Path, use_stdout: bool, ready_file: str | None = None) -> int:
+    from .app import Gateway
+    from .outputs import StdoutOutput
+
+    loaded = load_config(config_path)
+    for w in loaded.warnings:
+        log.warning("%s", w)
+    cfg = loaded.config
+    output: Any
+    if use_stdout:
+        output = StdoutOutput()
+    elif cfg.mqtt is None:
+        print(f"{config_path}: no 'mqtt' section: add one to forward readings, "
+              "or run with --stdout to print them", file=sys.stderr)
+        return EXIT_INVALID
+    else:
+        from .uplink import BufferedUplink
+
+        output = BufferedUplink(cfg)
+        await output.start()
+    gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, gw.request_stop)
+    loop.add_signal_handler(signal.SIGINT, gw.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
+    attach = getattr(output, "attach", None)
+    if callable(attach):
+        attach(gw)
+    if ready_file:
+        async def _mark_ready() -> None:
+            await gw.ready.wait()
+            Path(ready_file).write_text("ready\n")
+        _ready_task = asyncio.create_task(_mark_ready())  # noqa: RUF006 - lives as long as run()
+    await gw.run()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        return asyncio.run(_run_gateway(Path(args.config), args.stdout, args.ready_file))
+    except ConfigError as exc:
+        errors, _ = _print_diagnostics([d for d in exc.diagnostics if isinstance(d, Diagnostic)])
+        print(f"{errors} error(s) in {args.config}; not starting", file=sys.stderr)
+        return EXIT_INVALID
+    except GatewayError as exc:
+        log.critical("%s", exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fieldgate",
+        description="Edge gateway: polls devices, normalizes readings, buffers durably, forwards via MQTT.",
+        epilog="exit codes: 0 ok, 1 invalid config/profile, 2 usage error, 3 failed to run",
+    )
+    parser.add_argument("--version", action="version", version=f"fieldgate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run the gateway", description="Run the gateway until SIGTERM; SIGHUP reloads.")
+    p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="configuration file (default: %(default)s)")
+    p.add_argument("--stdout", action="store_true", help="write readings as JSON lines to stdout instead of MQTT")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)  # tests: written once all devices started
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a configuration and/or profiles",
+                       description="Validate a configuration (with the profiles it uses) and/or profile files. "
+                       "Prints every error as file:line:col: key.path: message.")
+    p.add_argument("config", nargs="?", help="configuration file (omit with --profile)")
+    p.add_argument("profiles", nargs="*", help="profile files to check on their own")
+    p.add_argument("--profile", dest="only_profiles", action="append", default=[], help="profile to check (repeatable)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the configuration or of profiles",
+                       description="Print JSON Schema for editors (e.g. VS Code YAML: # yaml-language-server: $schema=...).")
+    p.add_argument("what", choices=["config", "profile"])
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("demo", help="run a demo gateway with simulated devices",
+                       description="Start simulated devices, a local broker if available, and the gateway.")
+    p.add_argument("--dir", default=None, help="working directory for the demo (default: a temporary one)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--no-broker", action="store_true", help="print readings on stdout instead of MQTT")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "validate":
+        args.profiles = list(args.profiles) + list(args.only_profiles)
+        if args.config and args.config.endswith((".yaml", ".yml")) and _looks_like_profile(args.config):
+            args.profiles.insert(0, args.config)
+            args.config = None
+        if not args.config and not args.profiles:
+            parser.error("validate needs a configuration file or profile files")
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _looks_like_profile(path: str) -> bool:
+    try:
+        head = Path(path).read_text(encoding="utf-8", errors="replace")[:4000]
+    except OSError:
+        return False
+    return "\nschema_version:" in f"\n{head}" and "\ngateway:" not in f"\n{head}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The driver seam: one small protocol for polled drivers, one for push drivers.
+
+A driver instance serves one device. The supervisor opens it (``async with``),
+then calls ``poll(sink)`` on the device's schedule, or, for a push driver,
+runs ``run(sink)`` until cancelled. Drivers hand raw values to the sink and
+raise ``DriverError`` for device-level failures; per-point failures go into
+the raw reading as ``PointError``.
+
+Drivers register through entry points in group ``fieldgate.drivers`` and are
+imported only when a config uses them, so a third party can ship a driver as
+its own package, and a missing optional dependency names the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
+
+from pydantic import BaseModel
+
+from .errors import DriverError, DriverUnavailable
+from .profile import BaseProfile, Model
+from .schema import RawReading
+
+ENTRY_POINT_GROUP = "fieldgate.drivers"
+BUILTIN_EXTRAS = {"modbus": "modbus", "serial": "serial", "ble": "ble", "coap": "coap"}
+
+T = TypeVar("T")
+
+
+class ReadingSink(Protocol):
+    """Where a driver puts what it read."""
+
+    def add(self, reading: RawReading) -> None:
+        """Accept one poll's (or one report's) raw values."""
+
+    def add_error(self, error: DriverError) -> None:
+        """Report a partial failure; the poll goes on (the device is degraded)."""
+
+
+class NoConnection(Model):
+    """For drivers that need no connection settings."""
+
+
+@dataclass(slots=True)
+class SharedResources:
+    """Objects several devices share, such as the owner of one serial port.
+
+    A Modbus RTU line with ten meters has one port owner; each device's
+    driver asks for it by key and gets the same object.
+    """
+
+    _items: dict[str, Any] = field(default_factory=dict)
+    _users: dict[str, int] = field(default_factory=dict)
+
+    def acquire(self, key: str, factory: Callable[[], T]) -> T:
+        """Get (creating on first use) the resource under ``key``."""
+        if key not in self._items:
+            self._items[key] = factory()
+        self._users[key] = self._users.get(key, 0) + 1
+        return self._items[key]  # type: ignore[no-any-return]
+
+    def release(self, key: str) -> Any | None:
+        """Drop one use; returns the resource when its last user left (to close it)."""
+        left = self._users.get(key, 0) - 1
+        if left > 0:
+            self._users[key] = left
+            return None
+        self._users.pop(key, None)
+        return self._items.pop(key, None)
+
+
+@dataclass(slots=True)
+class DeviceContext:
+    """Everything a driver instance gets about its device."""
+
+    device_id: str
+    profile: BaseProfile
+    connection: BaseModel
+    timeout: float
+    log: logging.LoggerAdapter[logging.Logger]
+    shared: SharedResources
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """A polled driver (Telegraf's Gather): the supervisor calls ``poll``."""
+
+    name: ClassVar[str]
+    Profile: ClassVar[type[BaseProfile]]
+    Connection: ClassVar[type[BaseModel]]
+
+    def __init__(self, ctx: DeviceContext) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        """Open the port or socket. No I/O happens in ``__init__``."""
+        ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def poll(self, sink: ReadingSink) -> None:
+        """Read the device once and hand the values to ``sink``."""
+        ...
+
+
+@runtime_checkable
+class ServiceDriver(Driver, Protocol):
+    """A push driver (BLE adverts, CoAP observe/pushes): runs until cancelled."""
+
+    async def run(self, sink: ReadingSink) -> None: ...
+
+
+def bus_key(driver: type[Driver], connection: BaseModel) -> str | None:
+    """The physical line a device is on, if drivers share one (e.g. a serial port)."""
+    fn = getattr(driver, "bus_of", None)
+    return fn(connection) if callable(fn) else None
+
+
+def available_drivers() -> dict[str, EntryPoint]:
+    """Installed drivers by name (not imported)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+_cache: dict[str, type[Driver]] = {}
+
+
+def load_driver(name: str) -> type[Driver]:
+    """Import a driver by name.
+
+    Raises:
+        DriverUnavailable: unknown name, or its optional dependency is missing
+            (the message names the extra to install).
+    """
+    if name in _cache:
+        return _cache[name]
+    eps = available_drivers()
+    ep = eps.get(name)
+    if ep is None:
+        from .validation import did_you_mean
+
+        raise DriverUnavailable(
+            f"unknown driver {name!r}{did_you_mean(name, eps)}",
+            hint=f"installed drivers: {', '.join(sorted(eps)) or 'none'}",
+        )
+    try:
+        cls = ep.load()
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        extra = BUILTIN_EXTRAS.get(name)
+        how = f"pip install 'fieldgate[{extra}]'" if extra else f"install the package that provides {missing!r}"
+        raise DriverUnavailable(
+            f"driver {name!r} needs {missing!r}, which is not installed: {how}", hint=how
+        ) from exc
+    if not isinstance(cls, type) or not all(hasattr(cls, a) for a in ("Profile", "poll", "name")):
+        raise DriverUnavailable(f"entry point {ep.value!r} for driver {name!r} is not a driver class")
+    _cache[name] = cls
+    return cls  # type: ignore[no-any-return]
+
+
+def import_string(path: str) -> Any:
+    """``pkg.mod:attr`` → the object (for tests and plugins)."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)

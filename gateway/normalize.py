@@ -1,0 +1,136 @@
+"""Normalization: raw driver values → the contract's reading message.
+
+Scaling and offset, rounding, valid-range checks, per-point quality with a
+reason, report-by-exception (deadband with a heartbeat), UTC millisecond
+timestamps and the ``clock: unsynced`` flag. This runs for every value the
+gateway handles, so each point's rules are compiled once into a small tuple
+and the per-value work is a few comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .profile import BasePoint, BaseProfile
+from .schema import READING_SCHEMA, PointError, Quality, RawReading, iso_ms
+
+_GOOD = Quality.GOOD.value
+_BAD = Quality.BAD.value
+
+
+class _Point:
+    __slots__ = ("deadband", "decimals", "heartbeat", "hi", "identity", "lo", "name", "offset",
+                 "scale", "unit")
+
+    def __init__(self, p: BasePoint) -> None:
+        self.name = p.name
+        self.unit = p.unit
+        self.scale = p.scale
+        self.offset = p.offset
+        self.identity = p.scale == 1.0 and p.offset == 0.0
+        self.decimals = p.decimals
+        self.lo, self.hi = (p.range[0], p.range[1]) if p.range else (-math.inf, math.inf)
+        self.deadband = p.deadband
+        self.heartbeat = p.heartbeat
+
+
+class Normalizer:
+    """Turns one device's raw readings into reading messages (without ``seq``).
+
+    Args:
+        gateway: gateway id.
+        device: device id.
+        profile: the device's profile.
+        meta: static ``meta`` object (profile, driver, tags), or None.
+    """
+
+    def __init__(self, gateway: str, device: str, profile: BaseProfile, meta: dict[str, Any] | None = None) -> None:
+        self.gateway = gateway
+        self.device = device
+        self.points = {p.name: _Point(p) for p in profile.points}
+        self.meta = meta
+        # report-by-exception state: name -> (last reported value, last report ts)
+        self._last: dict[str, tuple[Any, float]] = {}
+
+    def normalize(self, raw: RawReading, clock_synced: bool = True) -> dict[str, Any] | None:
+        """Build the reading message for one raw reading.
+
+        Returns:
+            The message (a dict in contract key order, without ``seq``), or
+            ``None`` when report-by-exception left no metric to send.
+        """
+        metrics: dict[str, dict[str, Any]] = {}
+        points = self.points
+        overrides = raw.quality
+        ts = raw.ts
+        for name, value in raw.values.items():
+            pt = points.get(name)
+            if pt is None:
+                continue  # a driver reporting an unknown point is a driver bug; ignore the value
+            if isinstance(value, PointError):
+                m: dict[str, Any] = {"value": None, "quality": value.quality.value, "reason": value.reason}
+                if pt.unit:
+                    m["unit"] = pt.unit
+                metrics[name] = m
+                self._last.pop(name, None)
+                continue
+            quality = _GOOD
+            reason = None
+            if isinstance(value, bool) or isinstance(value, str):
+                pass
+            elif isinstance(value, int | float):
+                if not pt.identity:
+                    value = value * pt.scale + pt.offset
+                if value != value or value in (math.inf, -math.inf):  # NaN/inf are not JSON
+                    value, quality, reason = None, _BAD, "decode_error"
+                else:
+                    if pt.decimals is not None:
+                        value = round(value, pt.decimals)
+                    if value < pt.lo or value > pt.hi:
+                        quality, reason = _BAD, "out_of_range"
+            elif value is None:
+                quality, reason = _BAD, "no_value"
+            else:
+                value, quality, reason = None, _BAD, "decode_error"
+            if overrides and name in overrides and quality == _GOOD:
+                q, reason = overrides[name]
+                quality = q.value
+            if pt.deadband is not None and quality == _GOOD and not self._changed(pt, value, ts):
+                continue
+            m = {"value": value, "quality": quality}
+            if pt.unit:
+                m["unit"] = pt.unit
+            if reason:
+                m["reason"] = reason
+            metrics[name] = m
+        if not metrics:
+            return None
+        msg: dict[str, Any] = {
+            "schema": READING_SCHEMA,
+            "gateway": self.gateway,
+            "device": self.device,
+            "ts": iso_ms(ts),
+            "metrics": metrics,
+        }
+        if not clock_synced:
+            msg["clock"] = "unsynced"
+        if self.meta:
+            msg["meta"] = self.meta
+        return msg
+
+    def _changed(self, pt: _Point, value: Any, ts: float) -> bool:
+        last = self._last.get(pt.name)
+        if last is not None:
+            prev, prev_ts = last
+            moved = (
+                abs(value - prev) > (pt.deadband or 0.0)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                and isinstance(prev, int | float)
+                else value != prev
+            )
+            due = pt.heartbeat is not None and ts - prev_ts >= pt.heartbeat
+            if not moved and not due:
+                return False
+        self._last[pt.name] = (value, ts)
+        return True

@@ -1,0 +1,91 @@
+"""Device profiles: what a device model exposes, in YAML.
+
+A profile lives in ``profiles/<vendor>/<model>.yaml`` and names the driver it
+is written for. Its points share the fields here (name, unit, scaling, valid
+range, report-by-exception); each driver extends ``BasePoint`` with its own
+addressing and raw type, and ``BaseProfile`` with its own ``points`` list.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .units import SENML_UNITS, Duration, MetricName
+from .validation import did_you_mean
+
+SCHEMA_VERSION = 1
+
+
+class Model(BaseModel):
+    """Base of every config/profile model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class BasePoint(Model):
+    """One value a device exposes.
+
+    The normalized value is ``raw * scale + offset`` for numbers; booleans and
+    strings pass through unchanged.
+    """
+
+    name: MetricName = Field(description="metric name in the reading message")
+    unit: str | None = Field(None, description="SenML unit symbol, e.g. V, kWh, Cel, %RH, ug/m3")
+    description: str | None = None
+    scale: float = Field(1.0, description="multiplier applied to the raw value")
+    offset: float = Field(0.0, description="added after scaling")
+    decimals: int | None = Field(None, ge=0, le=12, description="round the normalized value")
+    range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = Field(
+        None, description="[min, max] of plausible values; outside: quality bad, reason out_of_range"
+    )
+    deadband: float | None = Field(
+        None, ge=0, description="report only when the value moved by more than this (report by exception)"
+    )
+    heartbeat: Duration | None = Field(
+        None, description="with deadband: report at least this often even without change"
+    )
+
+    @field_validator("range")
+    @classmethod
+    def _range_ordered(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"range minimum {v[0]} is above its maximum {v[1]}")
+        return v
+
+
+class BaseProfile(Model):
+    """A device model's description, shared by all drivers."""
+
+    schema_version: Literal[1] = Field(description="profile format version; this release reads 1")
+    driver: str = Field(description="driver this profile is written for")
+    vendor: str
+    model: str
+    description: str | None = None
+    datasheet: str | None = Field(None, description="document and table the addresses come from")
+    points: list[BasePoint] = Field(min_length=1)
+    test_vectors: list[dict[str, Any]] | None = Field(
+        None, description="datasheet examples: raw input and expected values, used by tests"
+    )
+
+    def checks(self) -> list[tuple[tuple[str | int, ...], str, str]]:
+        """Semantic checks beyond the schema: ``(key path, message, severity)``.
+
+        Drivers extend this (e.g. Modbus warns when addresses look 1-based).
+        """
+        out: list[tuple[tuple[str | int, ...], str, str]] = []
+        first: dict[str, int] = {}
+        for i, point in enumerate(self.points):
+            if point.name in first:
+                out.append(((("points", i, "name")), f"point name {point.name!r} is already used by "
+                            f"points[{first[point.name]}]", "error"))
+            first.setdefault(point.name, i)
+            if point.unit is not None and point.unit not in SENML_UNITS:
+                hint = did_you_mean(point.unit, SENML_UNITS)
+                out.append((("points", i, "unit"), f"{point.unit!r} is not a SenML unit symbol{hint}",
+                            "warning"))
+            if point.heartbeat is not None and point.deadband is None:
+                out.append((("points", i, "heartbeat"), "heartbeat has no effect without deadband",
+                            "warning"))
+        return out

@@ -1,0 +1,1 @@
+"""Simulators of real devices, usable as pytest fixtures and as command-line tools."""

@@ -1,0 +1,1 @@
+"""The profile library: real device profiles, ``<vendor>/<model>.yaml``."""
