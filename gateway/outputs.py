@@ -45,3 +45,55 @@ class StdoutOutput:
             self.stream.flush()
         except (BrokenPipeError, ValueError):
             pass
+
+
+class MemoryOutput:
+    """Keeps everything in lists, numbered in process: for tests and ``fieldgate probe``.
+
+    ``wait_for`` lets a test wait on a condition instead of sleeping.
+    """
+
+    def __init__(self) -> None:
+        self.readings: list[dict[str, Any]] = []
+        self.statuses: list[tuple[str, str, str | None]] = []
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+        self.seq = 0
+
+    def _notify(self) -> None:
+        async def _wake() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        try:
+            asyncio.get_running_loop().create_task(_wake())
+        except RuntimeError:
+            pass
+
+    def submit(self, device: str, message: dict[str, Any]) -> None:
+        self.seq += 1
+        self.readings.append({"seq": self.seq, **message})
+        self._notify()
+
+    def device_status(self, device: str, state: str, error: str | None) -> None:
+        self.statuses.append((device, state, error))
+        self._notify()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.events.append({"kind": kind, **fields})
+        self._notify()
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        """Wait until ``predicate(self)`` is true; raises TimeoutError after ``timeout``."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+    def by_device(self, device: str) -> list[dict[str, Any]]:
+        """Readings of one device, in arrival order."""
+        return [r for r in self.readings if r["device"] == device]
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        return None
