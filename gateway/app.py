@@ -195,7 +195,7 @@ class DeviceRunner:
                 await self._poll_loop(driver, loop)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - isolation: see _describe
+            except Exception as exc:
                 error, reason = self._describe(exc)
                 delay = self._failed(error, reason)
             finally:
@@ -209,7 +209,7 @@ class DeviceRunner:
                 await driver.__aexit__(None, None, None)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a failing close must not stop the device loop
+        except Exception as exc:
             self.log.debug("close failed: %r", exc)
 
     async def _poll_loop(self, driver: Any, loop: asyncio.AbstractEventLoop) -> None:

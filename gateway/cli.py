@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import DEFAULT_CONFIG, config_json_schema, load_config, load_profile_file, profile_json_schema
+from .config import (
+    DEFAULT_CONFIG,
+    config_json_schema,
+    load_config,
+    load_profile_file,
+    profile_json_schema,
+)
 from .errors import ConfigError, GatewayError
 from .yamlsrc import Diagnostic
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .driver import Driver, available_drivers, bus_key, load_driver
 from .errors import ConfigError, DriverUnavailable
 from .profile import BaseProfile, Model
-from .units import ByteSize, Duration, Identifier, PositiveDuration
+from .units import ByteSize, Duration, Identifier, PositiveDuration, RelPath
 from .validation import did_you_mean, validate_model
 from .yamlsrc import Diagnostic, Path_, SourceMap, format_path, load_yaml, load_yaml_file
 
@@ -34,7 +34,7 @@ class Secret(Model):
     Inline secrets end up in backups, screenshots and support tickets.
     """
 
-    file: Path | None = Field(None, description="path of a file holding the secret (one line)")
+    file: RelPath | None = Field(None, description="path of a file holding the secret (one line)")
     env: str | None = Field(None, description="name of an environment variable holding the secret")
 
     @model_validator(mode="before")
@@ -72,9 +72,9 @@ class Secret(Model):
 class TlsConfig(Model):
     """TLS for the MQTT connection. The broker's certificate is always verified."""
 
-    ca_file: Path | None = Field(None, description="CA bundle to verify the broker; system CAs if absent")
-    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="client private key (mutual TLS)")
+    ca_file: RelPath | None = Field(None, description="CA bundle to verify the broker; system CAs if absent")
+    cert_file: RelPath | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: RelPath | None = Field(None, description="client private key (mutual TLS)")
     key_password: Secret | None = None
     server_name: str | None = Field(None, description="name to verify instead of the host")
 
@@ -172,8 +172,8 @@ class GatewaySection(Model):
     """Who this gateway is and where it keeps its state."""
 
     id: Identifier
-    data_dir: Path = Path("/var/lib/fieldgate")
-    profile_dirs: list[Path] = Field(default_factory=list, description="extra profile libraries")
+    data_dir: RelPath = Path("/var/lib/fieldgate")
+    profile_dirs: list[RelPath] = Field(default_factory=list, description="extra profile libraries")
     clock_check: Literal["auto", "off"] = Field(
         "auto", description="auto: flag readings clock=unsynced until the system clock is synchronized"
     )
@@ -323,7 +323,7 @@ def load_config_text(text: str, file: str) -> LoadedConfig:
         if not diags:
             out.add(smap, (), "the configuration file is empty")
         raise ConfigError(out.items)
-    cfg, more = validate_model(GatewayConfig, data, smap)
+    cfg, more = validate_model(GatewayConfig, data, smap, context={"base": Path(file).parent})
     out.items.extend(more)
     raw_devices = data.get("devices") if isinstance(data, dict) else None
     profile_dirs = cfg.gateway.profile_dirs if cfg is not None else []

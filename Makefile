@@ -1,0 +1,53 @@
+# fieldgate: the two set-up commands.
+#   make demo  - install what is needed, start simulated devices, a local broker,
+#                the gateway and its status page, and print where to look
+#   make test  - install what is needed and run the whole test suite
+# Both work on a fresh Debian / Raspberry Pi OS machine (they use sudo for apt
+# when not run as root).
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+EXTRAS  ?= all,test
+APT_PKGS := mosquitto mosquitto-clients
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: demo test deps apt lint bench clean
+
+demo: deps
+	$(VENV)/bin/fieldgate demo $(DEMO_ARGS)
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+deps: apt $(VENV)/.installed
+
+# System packages: a broker for tests and the demo, and venv support for Python.
+apt:
+	@missing=""; \
+	for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fieldgate needs Python >= 3.11")'
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+lint: deps
+	$(PIP) install -q ruff mypy types-PyYAML
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: deps
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-run test-artifacts

@@ -1,0 +1,184 @@
+"""``fieldgate demo``: a gateway with simulated devices, a local broker, and where to look.
+
+Writes a demo configuration into a folder, starts a private mosquitto on a
+free loopback port (when installed), and runs the gateway in this process,
+printing a line per device every few seconds and the command to watch the
+MQTT traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import load_config
+
+
+def _sim_profiles() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("fieldgate.drivers") / "sim" / "profiles"))
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (the broker start retries on a race)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DemoBroker:
+    """A private mosquitto on 127.0.0.1 for the demo."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> bool:
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if exe is None:
+            return False
+        for _ in range(5):
+            self.port = free_port()
+            conf = self.folder / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                f"log_dest file {self.folder / 'mosquitto.log'}\n" + ("user root\n" if _is_root() else "")
+            )
+            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                    return True
+                time.sleep(0.05)
+            self.stop()
+        return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def write_demo_config(folder: Path, broker_port: int | None) -> Path:
+    """The demo configuration: a few simulated devices of different kinds."""
+    profiles = _sim_profiles()
+    devices = [
+        ("energy-meter-1", "energy-meter", "5s", "{seed: 1, latency: 30ms}", "{site: depot, panel: A}"),
+        ("energy-meter-2", "energy-meter", "5s", "{seed: 2, latency: 30ms}", "{site: depot, panel: B}"),
+        ("air-quality-1", "air-quality", "10s", "{seed: 3}", "{site: depot, room: office}"),
+        ("gully-level-1", "level-sensor", "15s", f"{{seed: 4, control_file: {folder / 'gully-level-1.fault'}}}",
+         "{site: street-12}"),
+    ]
+    lines = [
+        "# fieldgate demo configuration (written by `fieldgate demo`).",
+        "# To break a device, write a fault into its control file, e.g.:",
+        f"#   echo timeout > {folder / 'gully-level-1.fault'}   (none | timeout | unreachable | hang)",
+        "gateway:",
+        "  id: demo-gw",
+        f"  data_dir: {folder / 'data'}",
+        "  clock_check: auto",
+    ]
+    if broker_port:
+        lines += ["mqtt:", "  host: 127.0.0.1", f"  port: {broker_port}", "  protocol: '5'"]
+    lines += ["devices:"]
+    for dev_id, prof, interval, conn, tags in devices:
+        lines += [f"  - id: {dev_id}", "    driver: sim", f"    profile: {profiles / (prof + '.yaml')}",
+                  f"    poll_interval: {interval}", f"    connection: {conn}", f"    tags: {tags}"]
+    (folder / "gully-level-1.fault").write_text("none\n")
+    path = folder / "fieldgate.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def _demo(config_path: Path, use_broker: bool, duration: float | None) -> int:
+    from .app import Gateway
+    from .logs import setup_logging
+    from .outputs import StdoutOutput
+
+    setup_logging("WARNING")
+    loaded = load_config(config_path)
+    output: Any
+    if use_broker:
+        from .uplink import BufferedUplink
+
+        output = BufferedUplink(loaded.config)
+        await output.start()
+    else:
+        output = StdoutOutput()
+    gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gw.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
+    if duration:
+        loop.call_later(duration, gw.request_stop)
+
+    async def report() -> None:
+        await gw.ready.wait()
+        while True:
+            await asyncio.sleep(5)
+            snap = gw.snapshot()
+            parts = []
+            for dev_id, d in snap["devices"].items():
+                vals = ", ".join(f"{k}={v['value']}{(' ' + v['unit']) if v.get('unit') else ''}"
+                                 for k, v in list(d["metrics"].items())[:3])
+                parts.append(f"  {dev_id:16s} {d['state']:8s} {vals}")
+            up = getattr(output, "snapshot", None)
+            line = ""
+            if callable(up):
+                u = up()
+                b = u.get("buffer") or {}
+                line = (f"uplink {u['state']} ({u['broker']}): published {u['published']}, acked {u['acked']}, "
+                        f"buffer depth {b.get('depth', '?')}, last seq {b.get('last_seq', '?')}")
+            print(time.strftime("%H:%M:%S"), line, *parts, sep="\n", flush=True)
+
+    if use_broker:
+        reporter = asyncio.create_task(report())
+    await gw.run()
+    if use_broker:
+        reporter.cancel()
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Entry point of ``fieldgate demo``."""
+    folder = Path(args.dir or "demo-run").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    broker = DemoBroker(folder)
+    use_broker = not args.no_broker and broker.start()
+    if not args.no_broker and not use_broker:
+        print("mosquitto is not installed (apt-get install mosquitto); printing readings instead", file=sys.stderr)
+    config_path = write_demo_config(folder, broker.port if use_broker else None)
+    print(f"fieldgate demo: configuration {config_path}")
+    if use_broker:
+        print(f"  broker:     mqtt://127.0.0.1:{broker.port} (mosquitto, log {folder / 'mosquitto.log'})")
+        print(f"  watch:      mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'fieldgate/#' -v")
+        print(f"  buffer:     {folder / 'data' / 'buffer.db'}")
+        print(f"  break one:  echo timeout > {folder / 'gully-level-1.fault'}   (then: echo none > ...)")
+    print("  stop:       Ctrl-C", flush=True)
+    try:
+        return asyncio.run(_demo(config_path, use_broker, args.duration))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+

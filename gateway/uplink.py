@@ -1,0 +1,355 @@
+"""Store and forward: readings go to the durable buffer first, then to MQTT.
+
+Write to the buffer first, publish from the buffer, delete only after PUBACK:
+a reading committed to the buffer reaches the broker at least once, with its
+``seq``, through broker outages, restarts and ``kill -9``.
+
+Policy (documented in the README):
+
+* Readings are committed in batches every ``buffer.flush_interval`` (default
+  200 ms). A reading is "accepted" once committed; a ``kill -9`` can lose only
+  readings not yet committed (at most one flush interval).
+* Publishing is strictly oldest first, so every device's readings arrive in
+  order. At most ``mqtt.inflight`` messages await their PUBACK at once.
+* After an outage the backlog drains at full speed (optionally capped by
+  ``mqtt.replay_rate``, and packed into batch messages when ``mqtt.batch`` is
+  on); polling goes on meanwhile and new readings queue behind the backlog.
+  The buffer's own I/O runs in one worker thread so it never stalls polling.
+* On reconnect every message that was not acknowledged is sent again
+  (at-least-once): consumers dedupe on (gateway, seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from . import __version__
+from .buffer import Buffer, BufferStats, Row
+from .config import GatewayConfig, MqttConfig
+from .errors import UplinkError
+from .mqtt import MqttLink, broker_url
+from .schema import BATCH_SCHEMA, iso_ms
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class UplinkState:
+    """What the status page and doctor show about the uplink."""
+
+    def __init__(self) -> None:
+        self.state = "disconnected"  # connecting | connected | disconnected
+        self.broker = ""
+        self.last_error: str | None = None
+        self.last_error_ts: float | None = None
+        self.connected_since: float | None = None
+        self.published = 0
+        self.acked = 0
+        self.resent = 0
+        self.connects = 0
+
+
+class BufferedUplink:
+    """The gateway's output when an ``mqtt`` section is configured."""
+
+    def __init__(self, cfg: GatewayConfig, *, buffer: Buffer | None = None) -> None:
+        if cfg.mqtt is None:
+            raise ValueError("BufferedUplink needs an mqtt section")
+        self.gateway_id = cfg.gateway.id
+        self.mqtt: MqttConfig = cfg.mqtt
+        self.bcfg = cfg.buffer
+        self.prefix = f"{self.mqtt.topic_prefix}/{self.gateway_id}"
+        self.buffer = buffer or Buffer(
+            cfg.gateway.data_dir, max_bytes=self.bcfg.max_bytes, max_age_s=self.bcfg.max_age,
+            durability=self.bcfg.durability, spill_max=self.bcfg.spill_max, on_event=self._buffer_event,
+        )
+        self.state = UplinkState()
+        self.state.broker = broker_url(self.mqtt)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fieldgate-buffer")
+        self._pending: list[tuple[str, int, str]] = []
+        self._statuses: dict[str, str] = {}
+        self._status_dirty: set[str] = set()
+        self._wake = asyncio.Event()  # new rows, acks, statuses or events to publish
+        self._flush_now = asyncio.Event()
+        self._acked: list[int] = []
+        self._acked_events: list[int] = []
+        self._inflight: dict[int, list[int]] = {}
+        self._inflight_events: dict[int, int] = {}
+        self._link: MqttLink | None = None
+        self._reconnect = asyncio.Event()
+        self._closing = False
+        self.stats: BufferStats | None = None
+        self._rng = random.Random()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.flushed = 0
+
+    # --- the Output protocol -------------------------------------------------
+
+    def submit(self, device: str, message: dict[str, Any]) -> None:
+        """Queue a reading for the next commit (hot path: no I/O here)."""
+        self._pending.append((device, int(time.time() * 1000), _DUMPS(message)))
+        if len(self._pending) >= 1000:
+            self._flush_now.set()
+
+    def device_status(self, device: str, state: str, error: str | None) -> None:
+        payload = {"state": state, "ts": iso_ms(time.time()), "error": error}
+        self._statuses[device] = _DUMPS(payload)
+        self._status_dirty.add(device)
+        self._wake.set()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        event = {"ts": iso_ms(time.time()), "kind": kind, **fields}
+        log.info("event %s", _DUMPS(event))
+        if self._closing:
+            return
+        task = asyncio.get_running_loop().create_task(self._db(self.buffer.add_event, event))
+        task.add_done_callback(lambda _t: self._wake.set())
+
+    def _buffer_event(self, event: dict[str, Any]) -> None:
+        # Called on the buffer's worker thread; the buffer already stored the event.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def start(self) -> None:
+        """Open the buffer (before devices start polling)."""
+        self._loop = asyncio.get_running_loop()
+        await self._db(self.buffer.open)
+        self.stats = await self._db(self.buffer.stats)
+        log.info("buffer %s: %d reading(s) waiting, last seq %d", self.bcfg.durability, self.stats.depth,
+                 self.stats.newest_seq)
+
+    async def run(self) -> None:
+        if not hasattr(self, "_loop"):
+            await self.start()
+        async with asyncio.TaskGroup() as tg:
+            self._tasks = [
+                tg.create_task(self._flusher(), name="buffer-flush"),
+                tg.create_task(self._maintenance(), name="buffer-maintenance"),
+                tg.create_task(self._connection_loop(), name="mqtt"),
+            ]
+
+    async def close(self) -> None:
+        """Commit what is pending, give in-flight messages a moment, say offline, close."""
+        self._closing = True
+        await self._flush()
+        link = self._link
+        if link is not None and link.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    while self._inflight:
+                        self._wake.clear()
+                        await self._wake.wait()
+            await self._commit_acks()
+            if link.connected.is_set():
+                link.publish(f"{self.prefix}/status", self._gateway_status("offline"), retain=True)
+                await link.disconnect()
+        await self._db(self.buffer.close)
+        self._executor.shutdown(wait=True)
+
+    def reconfigure(self, cfg: GatewayConfig) -> None:
+        """Apply a reloaded config: a changed mqtt section reconnects."""
+        if cfg.mqtt is not None and cfg.mqtt != self.mqtt:
+            log.info("mqtt settings changed: reconnecting")
+            self.mqtt = cfg.mqtt
+            self.state.broker = broker_url(self.mqtt)
+            self._reconnect.set()
+            if self._link is not None:
+                self._link.abort()
+
+    def attach(self, gateway: Any) -> None:
+        """Hook for the status page (later) to reach the gateway."""
+        self.gateway = gateway
+
+    # --- buffer side ---------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        await self._db(self.buffer.append_many, batch)
+        self.flushed += len(batch)
+        self._wake.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.bcfg.flush_interval):
+                    await self._flush_now.wait()
+            self._flush_now.clear()
+            await self._flush()
+
+    async def _maintenance(self) -> None:
+        while True:
+            await asyncio.sleep(10.0)
+            await self._db(self.buffer.enforce_limits)
+            await self._db(self.buffer.maintenance)
+            self.stats = await self._db(self.buffer.stats)
+
+    async def _commit_acks(self) -> None:
+        if self._acked:
+            acked, self._acked = self._acked, []
+            await self._db(self.buffer.ack, acked)
+        if self._acked_events:
+            ids, self._acked_events = self._acked_events, []
+            await self._db(self.buffer.ack_events, ids)
+
+    # --- MQTT side -------------------------------------------------------------
+
+    def _gateway_status(self, state: str) -> str:
+        return _DUMPS({"state": state, "ts": iso_ms(time.time()), "version": __version__})
+
+    def _on_ack(self, mid: int) -> None:
+        seqs = self._inflight.pop(mid, None)
+        if seqs is not None:
+            self._acked.extend(seqs)
+            self.state.acked += len(seqs)
+            self._wake.set()
+            return
+        event_id = self._inflight_events.pop(mid, None)
+        if event_id is not None:
+            self._acked_events.append(event_id)
+
+    async def _connection_loop(self) -> None:
+        failures = 0
+        while True:
+            self._reconnect.clear()
+            link = MqttLink(self.mqtt, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
+                            (f"{self.prefix}/status", self._gateway_status("offline")), self._on_ack)
+            self.state.state = "connecting"
+            try:
+                await link.connect()
+            except UplinkError as exc:
+                link.abort()
+                failures += 1
+                self._record_error(exc, failures)
+                await self._backoff(failures)
+                continue
+            failures = 0
+            self._link = link
+            self.state.state, self.state.connected_since = "connected", time.time()
+            self.state.connects += 1
+            log.info("connected to %s", self.state.broker)
+            try:
+                await self._session(link)
+            except UplinkError as exc:
+                self._record_error(exc, 1)
+            finally:
+                self._link = None
+                link.abort()
+                self.state.state, self.state.connected_since = "disconnected", None
+                resent = sum(len(s) for s in self._inflight.values())
+                self.state.resent += resent
+                self._inflight.clear()
+                self._inflight_events.clear()
+            if link.error is not None:
+                self._record_error(link.error, 1)
+            if not self._reconnect.is_set():
+                await self._backoff(1)
+
+    def _record_error(self, exc: UplinkError, failures: int) -> None:
+        text = str(exc)
+        if text != self.state.last_error or failures == 1:
+            log.error("uplink: %s; readings stay buffered and will be sent", text)
+        else:
+            log.debug("uplink: %s", text)
+        self.state.last_error, self.state.last_error_ts = text, time.time()
+        self.state.state = "disconnected"
+
+    async def _backoff(self, failures: int) -> None:
+        cap = min(self.mqtt.reconnect_max, self.mqtt.reconnect_min * (2 ** min(failures - 1, 20)))
+        delay = self._rng.uniform(self.mqtt.reconnect_min, max(self.mqtt.reconnect_min, cap))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._reconnect.wait()
+
+    async def _session(self, link: MqttLink) -> None:
+        """Publish from the buffer until the connection drops."""
+        link.publish(f"{self.prefix}/status", self._gateway_status("online"), retain=True)
+        self._status_dirty = set(self._statuses)
+        await self._commit_acks()  # acked rows must not be resent
+        cursor = 0
+        window = self.mqtt.inflight
+        batch = self.mqtt.batch
+        rate = self.mqtt.replay_rate
+        tokens, last = float(window), time.monotonic()
+        while link.connected.is_set() and not self._reconnect.is_set():
+            self._wake.clear()
+            for dev in list(self._status_dirty):
+                link.publish(f"{self.prefix}/{dev}/status", self._statuses[dev], retain=True)
+            self._status_dirty.clear()
+            if self._acked_events or (self._acked and (len(self._acked) >= 200 or not self._inflight)):
+                await self._commit_acks()
+            if not self._inflight_events and not self._acked_events:
+                for event_id, text in await self._db(self.buffer.read_events, 20):
+                    self._inflight_events[link.publish(f"{self.prefix}/events", text)] = event_id
+            room = window - len(self._inflight)
+            if room > 0:
+                limit = room * (batch.max_readings if batch.enabled else 1)
+                rows = await self._db(self.buffer.read, cursor, limit)
+                if rows:
+                    backlog = len(rows) >= limit
+                    if rate is not None and backlog:
+                        now = time.monotonic()
+                        tokens = min(float(window), tokens + (now - last) * rate)
+                        last = now
+                        if tokens < 1:
+                            await asyncio.sleep((1 - tokens) / rate)
+                            continue
+                        rows = rows[: max(1, int(tokens))]
+                        tokens -= len(rows)
+                    cursor = rows[-1].seq
+                    self._publish_rows(link, rows, batch.enabled and (batch.when == "always" or backlog),
+                                       batch.max_readings)
+                    continue
+            if not link.connected.is_set():
+                break
+            # Nothing to do until new rows, an ack, a status or the connection drops.
+            waiter = asyncio.create_task(self._wake.wait())
+            closed = asyncio.create_task(link.closed.wait())
+            try:
+                await asyncio.wait({waiter, closed}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                closed.cancel()
+            if link.closed.is_set():
+                break
+
+    def _publish_rows(self, link: MqttLink, rows: list[Row], batched: bool, per_message: int) -> None:
+        topic_of = self.prefix + "/{}/reading"
+        if batched:
+            for i in range(0, len(rows), per_message):
+                chunk = rows[i:i + per_message]
+                payload = '{"schema":"%s","readings":[%s]}' % (BATCH_SCHEMA, ",".join(r.message() for r in chunk))  # noqa: UP031
+                self._inflight[link.publish(f"{self.prefix}/readings", payload)] = [r.seq for r in chunk]
+        else:
+            for r in rows:
+                self._inflight[link.publish(topic_of.format(r.device), r.message())] = [r.seq]
+        self.state.published += len(rows)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Uplink and buffer state for the status page and doctor."""
+        s, b = self.state, self.stats
+        return {
+            "state": s.state, "broker": s.broker, "last_error": s.last_error,
+            "connected_since": iso_ms(s.connected_since) if s.connected_since else None,
+            "published": s.published, "acked": s.acked, "resent": s.resent, "connects": s.connects,
+            "inflight": sum(len(v) for v in self._inflight.values()), "pending": len(self._pending),
+            "buffer": None if b is None else {
+                "depth": b.depth, "oldest_ts": iso_ms(b.oldest_ts_ms / 1000) if b.oldest_ts_ms else None,
+                "bytes": b.bytes_on_disk, "dropped": b.dropped_total, "last_seq": b.newest_seq,
+                "disk_full": b.disk_full, "spilled": b.spilled,
+            },
+        }

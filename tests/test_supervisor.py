@@ -1,0 +1,152 @@
+"""The supervisor: schedules, isolation of failing devices, bus locks, states, clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, ClassVar, Self
+
+import pytest
+from fieldgate.app import Gateway, backoff_delay
+from fieldgate.clock import ClockMonitor
+from fieldgate.config import load_config_text
+from fieldgate.driver import DeviceContext, ReadingSink
+from fieldgate.drivers.sim.driver import SimDriver
+from fieldgate.outputs import MemoryOutput
+from fieldgate.schema import RawReading
+
+from .conftest import sim_device
+from .support.contract import validate_reading
+
+
+def config(*devices: str, extra: str = "") -> str:
+    return "gateway: {id: gw-test, clock_check: off}\n" + extra + "devices:\n" + "".join(devices)
+
+
+async def run_until(gw: Gateway, out: MemoryOutput, predicate: Any, timeout: float = 10.0) -> None:
+    task = asyncio.create_task(gw.run())
+    try:
+        await out.wait_for(predicate, timeout)
+    finally:
+        gw.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_hanging_device_does_not_delay_the_others() -> None:
+    loaded = load_config_text(config(
+        sim_device("good", poll_interval="0.1s"),
+        sim_device("hangs", poll_interval="0.1s", timeout="0.3s", connection="{fail: hang}"),
+        sim_device("bug", poll_interval="0.1s", connection="{fail: bug}"),
+    ), "t.yaml")
+    out = MemoryOutput()
+    gw = Gateway(loaded, out)
+    await run_until(gw, out, lambda o: len(o.by_device("good")) >= 15, timeout=10)
+    good = gw.runners["good"].stats
+    stamps = [time.mktime(time.strptime(r["ts"][:19], "%Y-%m-%dT%H:%M:%S")) + int(r["ts"][20:23]) / 1000
+              for r in out.by_device("good")]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    # 0.1 s period: with generous bounds, no gap comes near the hanging device's 0.3 s timeout
+    assert max(gaps) < 0.25, gaps
+    assert abs(sum(gaps) / len(gaps) - 0.1) < 0.03, gaps
+    assert good.state == "online" and good.failures == 0
+    hangs = gw.runners["hangs"].stats
+    assert hangs.failures >= 1 and "no answer within 0.3s" in (hangs.last_error or "")
+    assert gw.runners["bug"].stats.last_error.startswith("internal error: ZeroDivisionError")
+    assert out.by_device("hangs") == [] and out.by_device("bug") == []
+    for r in out.readings:
+        validate_reading(r)
+
+
+async def test_states_go_degraded_then_offline_and_back_online(tmp_path: Any) -> None:
+    control = tmp_path / "fault"
+    control.write_text("none")
+    loaded = load_config_text(config(sim_device(
+        "d", poll_interval="0.05s", offline_after=2, backoff_max="0.1s", connection=f"{{control_file: {control}}}"
+    )), "t.yaml")
+    out = MemoryOutput()
+    gw = Gateway(loaded, out)
+    task = asyncio.create_task(gw.run())
+    try:
+        await out.wait_for(lambda o: ("d", "online", None) in o.statuses)
+        control.write_text("timeout")
+        await out.wait_for(lambda o: any(s[1] == "offline" for s in o.statuses))
+        control.write_text("none")
+        await out.wait_for(lambda o: o.statuses[-1] == ("d", "online", None))
+    finally:
+        gw.request_stop()
+        await asyncio.wait_for(task, 10)
+    states = [s[1] for s in out.statuses]
+    assert states[:4] == ["online", "degraded", "offline", "online"], out.statuses
+    assert out.statuses[1][2] == "simulated timeout"
+
+
+class _BusProbe:
+    """A driver that records overlapping polls on its bus."""
+
+    name: ClassVar[str] = "sim"
+    Profile = SimDriver.Profile
+    Connection = SimDriver.Connection
+    active: ClassVar[int] = 0
+    max_active: ClassVar[int] = 0
+
+    def __init__(self, ctx: DeviceContext) -> None:
+        self.ctx = ctx
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def poll(self, sink: ReadingSink) -> None:
+        cls = type(self)
+        cls.active += 1
+        cls.max_active = max(cls.max_active, cls.active)
+        await asyncio.sleep(0.01)
+        cls.active -= 1
+        sink.add(RawReading({"voltage": 230.0}))
+
+
+@pytest.mark.parametrize(("bus", "expect_max"), [("line-1", 1), (None, 3)])
+async def test_devices_on_one_bus_are_polled_one_at_a_time(bus: str | None, expect_max: int) -> None:
+    extra = {"bus": bus} if bus else {}
+    loaded = load_config_text(config(*(sim_device(f"m{i}", poll_interval="0.02s", **extra) for i in range(3))),
+                              "t.yaml")
+    for spec in loaded.devices:
+        spec.driver = _BusProbe  # type: ignore[assignment]
+    _BusProbe.max_active = 0
+    out = MemoryOutput()
+    await run_until(Gateway(loaded, out), out, lambda o: all(len(o.by_device(f"m{i}")) >= 5 for i in range(3)))
+    assert _BusProbe.max_active == expect_max
+
+
+async def test_clock_unsynced_flag_follows_the_kernel_state() -> None:
+    loaded = load_config_text(config(sim_device("d", poll_interval="0.05s")).replace("clock_check: off", "clock_check: auto"), "t.yaml")
+    synced = [False]
+    clock = ClockMonitor("auto", probe=lambda: synced[0])
+    out = MemoryOutput()
+    gw = Gateway(loaded, out, clock=clock)
+    task = asyncio.create_task(gw.run())
+    try:
+        await out.wait_for(lambda o: len(o.readings) >= 2)
+        assert all(r["clock"] == "unsynced" for r in out.readings)
+        synced[0] = True
+        assert clock.refresh() is True
+        n = len(out.readings)
+        await out.wait_for(lambda o: len(o.readings) >= n + 2)
+    finally:
+        gw.request_stop()
+        await asyncio.wait_for(task, 10)
+    assert "clock" not in out.readings[-1]
+    for r in out.readings:
+        validate_reading(r)
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    import random
+
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 1.0, 30.0, rng) for n in range(1, 12)]
+    assert all(0.5 <= d <= 1.0 for d in delays[:1])
+    assert all(15.0 <= d <= 30.0 for d in delays[6:])
+    assert len(set(delays)) == len(delays)
