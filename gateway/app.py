@@ -25,6 +25,7 @@ from .driver import DeviceContext, ServiceDriver, SharedResources
 from .errors import DriverError
 from .normalize import Normalizer
 from .schema import RawReading, iso_ms
+from .sdnotify import notify, watchdog_task
 
 log = logging.getLogger(__name__)
 
@@ -335,14 +336,18 @@ class Gateway:
             self._tg = tg
             output_task = tg.create_task(self.output.run(), name="uplink")
             clock_task = tg.create_task(self._clock_task(), name="clock")
+            watchdog = tg.create_task(watchdog_task(), name="watchdog")
             for spec in self.loaded.devices:
                 if spec.config.enabled:
                     self._start_device(spec)
             log.info("fieldgate %s running: gateway %s, %d device(s)", __version__, self.gateway_id,
                      len(self.tasks))
             self.ready.set()
+            notify(f"READY=1\nSTATUS=polling {len(self.tasks)} device(s)")
             self.output.event("started", version=__version__, devices=len(self.tasks))
             await self._stop.wait()
+            notify("STOPPING=1")
+            watchdog.cancel()
             deadline = time.monotonic() + limit
             pollers = list(self.tasks.values())
             for t in pollers:

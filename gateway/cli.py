@@ -128,6 +128,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+    from .probe import probe
+
+    setup_logging("WARNING")
+    try:
+        loaded = load_config(Path(args.config))
+    except ConfigError as exc:
+        errors, _ = _print_diagnostics([d for d in exc.diagnostics if isinstance(d, Diagnostic)])
+        print(f"{errors} error(s) in {args.config}", file=sys.stderr)
+        return EXIT_INVALID
+    return asyncio.run(probe(loaded, args.device, sys.stdout))
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    import importlib
+
+    if args.protocol in (None, "-h", "--help"):
+        args.parser.print_help()
+        return EXIT_OK if args.protocol else EXIT_USAGE
+
+    try:
+        module = importlib.import_module(f"fieldgate.drivers.{args.protocol}.scan")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("fieldgate.drivers"):
+            print(f"no scanner for {args.protocol!r}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"scan {args.protocol} needs {exc.name!r}: pip install 'fieldgate[{args.protocol}]'", file=sys.stderr)
+        return EXIT_FAILED
+    return int(module.main(list(args.args)))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -164,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["config", "profile"])
     p.set_defaults(func=cmd_schema)
 
+    p = sub.add_parser("probe", help="read one device once and print raw and normalized values",
+                       description="Poll one configured device once, with its profile, and print a table.")
+    p.add_argument("device", help="device id from the configuration")
+    p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="configuration file (default: %(default)s)")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("scan", help="find devices on a bus (e.g. scan modbus --port /dev/ttyUSB0)",
+                       description="Find responding devices; see `fieldgate scan PROTOCOL --help`.",
+                       add_help=False)
+    p.add_argument("protocol", nargs="?", help="modbus")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    scan_parser = p
+    p.set_defaults(func=cmd_scan, parser=scan_parser)
+
     p = sub.add_parser("demo", help="run a demo gateway with simulated devices",
                        description="Start simulated devices, a local broker if available, and the gateway.")
     p.add_argument("--dir", default=None, help="working directory for the demo (default: a temporary one)")
@@ -175,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scan"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        print("usage: fieldgate scan PROTOCOL [options]\n\nFind responding devices on a bus.\n"
+              "protocols: modbus (fieldgate scan modbus --help)")
+        return EXIT_OK if len(argv) > 1 else EXIT_USAGE
     args = parser.parse_args(argv)
     if args.command == "validate":
         args.profiles = list(args.profiles) + list(args.only_profiles)

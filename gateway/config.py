@@ -179,6 +179,12 @@ class GatewaySection(Model):
     )
     shutdown_timeout: PositiveDuration = 10.0
 
+    @field_validator("clock_check", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false; that is what people mean.
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
 
 class DeviceConfig(Model):
     """One device the gateway polls or listens to."""

@@ -146,13 +146,20 @@ class BufferedUplink:
         if link is not None and link.connected.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
-                    while self._inflight:
+                    while self._inflight and link.connected.is_set():
                         self._wake.clear()
                         await self._wake.wait()
-            await self._commit_acks()
-            if link.connected.is_set():
-                link.publish(f"{self.prefix}/status", self._gateway_status("offline"), retain=True)
-                await link.disconnect()
+        # Stop our own tasks before the buffer closes under them.
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flush()
+        await self._commit_acks()
+        if link is not None and link.connected.is_set():
+            link.publish(f"{self.prefix}/status", self._gateway_status("offline"), retain=True)
+            await link.disconnect()
+        elif link is not None:
+            link.abort()
         await self._db(self.buffer.close)
         self._executor.shutdown(wait=True)
 

@@ -1,0 +1,223 @@
+"""Store and forward against a real mosquitto: nothing accepted is lost.
+
+Each test counts every ``seq``: after outages, restarts and limits, the
+broker must have seen every committed reading (at least once, in order per
+device), and the only gaps allowed are drops announced on ``events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fieldgate.app import Gateway
+from fieldgate.config import load_config_text
+from fieldgate.uplink import BufferedUplink
+
+from .conftest import sim_device
+from .support.broker import Mosquitto
+from .support.collector import Collector
+from .support.contract import validate_event, validate_gateway_status, validate_reading, validate_status
+
+
+def gw_config(data_dir: Path, port: int, devices: int = 3, interval: str = "0.02s", mqtt_extra: str = "",
+              buffer_extra: str = "") -> str:
+    return (
+        f"gateway: {{id: gw-t, data_dir: {data_dir}, clock_check: off, shutdown_timeout: 5s}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {port}, reconnect_min: 0.05s, reconnect_max: 0.2s{mqtt_extra}}}\n"
+        f"buffer: {{flush_interval: 50ms{buffer_extra}}}\n"
+        "devices:\n" + "".join(sim_device(f"d{i}", poll_interval=interval) for i in range(devices))
+    )
+
+
+def committed_max_seq(data_dir: Path) -> int:
+    """The highest seq the buffer ever assigned (read straight from its file)."""
+    with sqlite3.connect(data_dir / "buffer.db") as db:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+    return int(row[0]) if row else 0
+
+
+@asynccontextmanager
+async def running_gateway(text: str) -> AsyncIterator[tuple[Gateway, BufferedUplink]]:
+    loaded = load_config_text(text, "t.yaml")
+    uplink = BufferedUplink(loaded.config)
+    await uplink.start()
+    gw = Gateway(loaded, uplink)
+    task = asyncio.create_task(gw.run())
+    try:
+        await asyncio.wait_for(gw.ready.wait(), 10)
+        yield gw, uplink
+    finally:
+        gw.request_stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Wait for a condition by yielding to the loop (the gateway runs in it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def check_all_arrived(col: Collector, upto: int, dropped: set[int] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    readings = col.readings()
+    for r in readings:
+        validate_reading(r)
+    seqs = [r["seq"] for r in readings]
+    got = set(seqs)
+    missing = [s for s in range(1, upto + 1) if s not in got and s not in dropped]
+    assert not missing, f"{len(missing)} seq(s) never arrived, e.g. {missing[:10]}"
+    assert not (got & dropped), "a seq announced as dropped arrived"
+    assert col.per_device_in_order()
+    return {"received": len(seqs), "unique": len(got), "duplicates": len(seqs) - len(got)}
+
+
+async def test_readings_statuses_and_birth_reach_the_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    col = Collector(mosquitto.host, mosquitto.port)
+    await asyncio.to_thread(col.connect)
+    try:
+        async with running_gateway(gw_config(tmp_path / "data", mosquitto.port)) as (_gw, uplink):
+            await until(lambda: len(col.readings()) >= 30, what="30 readings")
+            birth = await asyncio.to_thread(col.retained, "fieldgate/gw-t/status")
+            assert birth is not None
+            assert birth.json()["state"] == "online"
+            assert uplink.snapshot()["state"] == "connected"
+        check_all_arrived(col, committed_max_seq(tmp_path / "data"))
+        await until(lambda: col.statuses("fieldgate/gw-t/status")[-1]["state"] == "offline", what="offline")
+        retained = await asyncio.to_thread(col.retained, "fieldgate/gw-t/status")
+        assert retained is not None
+        assert retained.json()["state"] == "offline"
+        for payload in col.statuses("fieldgate/gw-t/status"):
+            validate_gateway_status(payload)
+        statuses = col.statuses("fieldgate/gw-t/d0/status")
+        assert statuses, "no device status"
+        assert statuses[0]["state"] == "online"
+        for payload in statuses:
+            validate_status(payload)
+        assert any(e["kind"] == "started" for e in col.events())
+        for e in col.events():
+            validate_event(e)
+        col.check_contract()
+    finally:
+        await asyncio.to_thread(col.disconnect)
+
+
+async def test_broker_outage_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    col = Collector(mosquitto.host, mosquitto.port)
+    await asyncio.to_thread(col.connect)
+    data = tmp_path / "data"
+    try:
+        async with running_gateway(gw_config(data, mosquitto.port)) as (_gw, uplink):
+            await until(lambda: len(col.readings()) >= 20, what="readings before the outage")
+            await asyncio.to_thread(mosquitto.stop)
+            before = uplink.flushed
+            # the gateway keeps polling and buffering while the broker is away
+            await until(lambda: uplink.flushed >= before + 100, what="buffering during the outage")
+            await until(lambda: uplink.snapshot()["state"] != "connected", what="uplink noticing the outage")
+            await asyncio.to_thread(mosquitto.start)
+            await until(lambda: uplink.snapshot()["state"] == "connected", what="reconnect")
+            target = committed_max_seq(data)
+            await until(lambda: {r["seq"] for r in col.readings()} >= set(range(1, target + 1)), timeout=30,
+                        what=f"all seqs up to {target}")
+        stats = check_all_arrived(col, committed_max_seq(data))
+        print(f"outage: {stats}")
+    finally:
+        await asyncio.to_thread(col.disconnect)
+
+
+async def test_buffer_limit_drops_exactly_the_oldest_and_announces_it(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    col = Collector(mosquitto.host, mosquitto.port)
+    await asyncio.to_thread(col.connect)
+    data = tmp_path / "data"
+    await asyncio.to_thread(mosquitto.stop)
+    try:
+        text = gw_config(data, mosquitto.port, devices=4, interval="0.01s", buffer_extra=", max_bytes: 400kB")
+        async with running_gateway(text) as (_gw, uplink):
+            await until(lambda: uplink.flushed >= 3000, timeout=60, what="3000 buffered readings")
+            await uplink._db(uplink.buffer.enforce_limits)  # the maintenance task does this every 10 s
+            stats = await uplink._db(uplink.buffer.stats)
+            assert stats.dropped_total > 0, "the limit should have dropped readings"
+            await asyncio.to_thread(mosquitto.start)
+            await until(lambda: any(e["kind"] == "buffer_drop" for e in col.events()), what="drop event")
+            target = committed_max_seq(data)
+            dropped: set[int] = set()
+            for e in col.events():
+                if e["kind"] == "buffer_drop":
+                    dropped |= set(range(e["first_seq"], e["last_seq"] + 1))
+            await until(lambda: {r["seq"] for r in col.readings()} | dropped >= set(range(1, target + 1)),
+                        timeout=30, what="all surviving seqs")
+        assert len(dropped) == sum(e["dropped"] for e in col.events() if e["kind"] == "buffer_drop")
+        assert min(dropped) == 1, "the oldest readings are the ones dropped"
+        check_all_arrived(col, target, dropped)
+    finally:
+        await asyncio.to_thread(col.disconnect)
+
+
+async def test_corrupt_buffer_is_moved_aside_and_seq_continues(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    col = Collector(mosquitto.host, mosquitto.port)
+    await asyncio.to_thread(col.connect)
+    data = tmp_path / "data"
+    try:
+        async with running_gateway(gw_config(data, mosquitto.port, devices=1)):
+            await until(lambda: len(col.readings()) >= 5, what="first readings")
+        first_max = max(r["seq"] for r in col.readings())
+        (data / "buffer.db").write_bytes(b"this is not a database" * 100)
+        for suffix in ("-wal", "-shm"):
+            (data / f"buffer.db{suffix}").unlink(missing_ok=True)
+        async with running_gateway(gw_config(data, mosquitto.port, devices=1)):
+            await until(lambda: any(e["kind"] == "buffer_corrupt" for e in col.events()), what="corrupt event")
+            await until(lambda: max(r["seq"] for r in col.readings()) > first_max + 5, what="new readings")
+        assert list(data.glob("buffer.db.corrupt-*")), "the corrupt file is kept for inspection"
+        new = [r["seq"] for r in col.readings() if r["seq"] > first_max]
+        assert new, "seq continued above the old values"
+    finally:
+        await asyncio.to_thread(col.disconnect)
+
+
+@pytest.mark.parametrize("case", ["good_ca", "rogue_ca", "mtls_ok", "mtls_missing_cert", "wrong_password"])
+async def test_tls_and_credentials(tmp_path: Path, test_pki: Any, case: str) -> None:
+    users = {"gw": "right-password"} if case == "wrong_password" else None
+    broker = Mosquitto(tmp_dir=tmp_path / "broker", tls=test_pki, require_client_cert=case.startswith("mtls"),
+                       users=users)
+    await asyncio.to_thread(broker.start)
+    try:
+        secret = tmp_path / "mqtt.password"
+        secret.write_text("wrong-password\n")
+        ca = test_pki.rogue_ca_cert if case == "rogue_ca" else test_pki.ca_cert
+        tls = f", tls: {{ca_file: {ca}"
+        if case == "mtls_ok":
+            tls += f", cert_file: {test_pki.client_cert}, key_file: {test_pki.client_key}"
+        tls += "}"
+        if case == "wrong_password":
+            tls += f", username: gw, password: {{file: {secret}}}"
+        text = gw_config(tmp_path / "data", broker.port, devices=1, mqtt_extra=f", host: localhost{tls}")
+        text = text.replace("host: 127.0.0.1, ", "")
+        async with running_gateway(text) as (_gw, uplink):
+            if case in ("good_ca", "mtls_ok"):
+                await until(lambda: uplink.state.acked >= 3, what="acked readings over TLS")
+                return
+            await until(lambda: uplink.state.last_error is not None, what="a clear uplink error")
+            err = uplink.state.last_error or ""
+            assert f"localhost:{broker.port}" in err
+            if case == "rogue_ca":
+                assert "not trusted" in err
+            elif case == "mtls_missing_cert":
+                assert "TLS" in err or "refused" in err or "lost" in err
+            else:
+                assert "refused the login" in err
+                assert "wrong-password" not in err
+            # the buffer keeps filling meanwhile
+            before = uplink.flushed
+            await until(lambda: uplink.flushed > before + 5, what="buffering while refused")
+            assert uplink.state.acked == 0
+    finally:
+        await asyncio.to_thread(broker.stop)
