@@ -1,0 +1,1250 @@
+"""The durable store-and-forward queue between the pollers and the uplink.
+
+Every accepted reading is committed here and gets its ``seq`` in the same
+transaction; it stays until the broker acknowledges it (``ack``) or a
+configured limit drops it (``enforce_limits``, always announced). One SQLite
+database, ``<data_dir>/buffer.db``, in WAL mode. The class is synchronous and
+not thread-safe: the uplink drives it from one worker thread.
+
+Durability (``buffer.durability``):
+
+* ``full`` (``PRAGMA synchronous=FULL``): the WAL is fsynced at every commit.
+  A committed batch survives a crash, ``kill -9`` and a power cut, on storage
+  that honours fsync (some SD cards and USB sticks acknowledge writes they
+  have not made; no software setting helps there).
+* ``normal`` (``PRAGMA synchronous=NORMAL``): commits are not fsynced; the WAL
+  is synced at each checkpoint (automatic every 2 MB of WAL or less, see the
+  reserve below, and at every ``maintenance()``, which the gateway calls every
+  10 s). A crash or ``kill -9`` loses nothing committed (it is in the kernel's
+  page cache). A power cut or kernel panic can lose the commits since the last
+  checkpoint: up to the last ~10 s of readings (at most ~2 MB, some 6 000
+  readings). Those readings may already have been published; their seqs are
+  never handed out again (below), so a consumer sees an announced gap.
+
+Sequence numbers (the contract's ``seq``) are the readings table's ``INTEGER
+PRIMARY KEY AUTOINCREMENT``: strictly increasing and never reused after
+deletes. A sidecar file ``seq.hwm`` holds a reservation: before a commit hands
+out a seq above it, it is raised to that seq + 100 000 and written atomically
+(fsynced) first. Seqs jump above the reservation when the database cannot be
+trusted to remember its last seq: a new database (deleted, or moved aside as
+corrupt) and, in ``normal`` mode, a database reopened after an unclean
+shutdown across a reboot (a power cut; detected from the kernel's boot id and
+a clean-shutdown flag). A jump is announced (``buffer_seq_jump``); an ordinary
+restart, and a ``kill -9`` without reboot, continue without one.
+
+Limits: ``max_bytes`` (live pages plus WAL) and ``max_age_s`` drop the oldest
+readings, count them (``dropped_total``, persisted) and announce each drop as
+a ``buffer_drop`` event, stored in the same transaction as the delete.
+
+Disk full (or any write failure): ``append_many`` does not raise; readings
+wait in a bounded in-memory spill (oldest spilled lost first, counted) and are
+committed first, in order, by the next ``append_many`` or ``maintenance()``
+that can write; ``buffer_disk_full`` and ``buffer_disk_ok`` (with the counts)
+are announced. In WAL mode a full disk refuses deletes too, which would lock
+the buffer up even after the broker returns, so a reserve file
+(``buffer.reserve``, 5 % of the filesystem, 256 KiB to 4 MiB, not counted in
+``bytes_on_disk``) is released when the disk fills: the WAL is checkpointed,
+acks and drops go on in small transactions, the incremental vacuum gives the
+space back, and appends resume once the filesystem has room for the reserve
+twice over (the reserve is then made again).
+
+Corruption: the file is moved aside as ``buffer.db.corrupt-<UTC time>``, the
+readable rows are copied into a new database with their seqs, and the
+gateway goes on.
+
+Events for the ``events`` topic wait in the same database (the newest 1000);
+events that cannot be stored (disk full) wait in memory with negative ids.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .errors import GatewayError
+from .schema import iso_ms
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DB_NAME = "buffer.db"
+HWM_NAME = "seq.hwm"
+RESERVE_NAME = "buffer.reserve"
+SEQ_RESERVE = 100_000  # seqs reserved per sidecar write: one fsync'd rename per 100k readings
+EVENTS_KEEP = 1000  # events kept unsent, in the database and in memory each
+
+_ACK_CHUNK = 500  # ids per DELETE ... IN (...): well under SQLite's variable limit
+_SPILL_CHUNK = 1000  # spilled readings per commit when draining the spill
+_SALVAGE_CHUNK = 1000
+_DROP_TO = 0.95  # a full buffer drops down to 95 % of max_bytes: one drop (and event) per 5 %, not per tick
+_AGE_SLACK_MAX_S = 600.0  # age drops wait for this much (or 5 % of max_age) extra: at most one event per 10 min
+_VACUUM_PAGES = 2048  # free pages returned to the filesystem per maintenance() (8 MB at 4 KiB pages)
+_JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024  # the WAL is truncated to this after a checkpoint resets it
+# The reserve file: 5 % of the filesystem, 256 KiB to 4 MiB. The WAL is checkpointed every half reserve,
+# so that the reserve, released when the disk is full, always holds what a checkpoint must add to the file.
+_RESERVE_SHARE = 0.05
+_RESERVE_MIN = 256 * 1024
+_RESERVE_MAX = 4 * 1024 * 1024
+_BUSY_TIMEOUT_S = 5.0  # another process (a backup, `sqlite3` in a shell) may hold the lock briefly
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+# SQLite primary result codes (the low byte of an extended code).
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS readings (seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, "
+    "ts_ms INTEGER NOT NULL, body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+)
+_INSERT = "INSERT INTO readings (device, ts_ms, body) VALUES (?, ?, ?)"
+_INSERT_WITH_SEQ = "INSERT OR IGNORE INTO readings (seq, device, ts_ms, body) VALUES (?, ?, ?, ?)"
+_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'readings'"
+_READ = "SELECT seq, device, ts_ms, body FROM readings WHERE seq > ? ORDER BY seq LIMIT ?"
+_OLDEST = "SELECT seq, ts_ms FROM readings ORDER BY seq LIMIT 1"
+_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str).encode
+
+
+class BufferUnavailable(GatewayError):
+    """The buffer database cannot be opened or created at all (at start-up)."""
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    """The database failed ``quick_check``: treated like SQLITE_CORRUPT."""
+
+
+class _SalvageStopped(Exception):
+    """The new database cannot take the rows recovered from the corrupt one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One buffered reading.
+
+    Attributes:
+        seq: the contract's sequence number, assigned when the reading was committed.
+        device: the device id.
+        ts_ms: measurement time, ms since the epoch.
+        body: the reading message as JSON object text without ``seq``.
+    """
+
+    seq: int
+    device: str
+    ts_ms: int
+    body: str
+
+    def message(self) -> str:
+        """The reading message with ``seq`` spliced in as its first key."""
+        return f'{{"seq":{self.seq},' + self.body[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """What the status page and ``doctor`` show about the buffer.
+
+    Attributes:
+        depth: readings waiting in the database.
+        oldest_ts_ms: ``ts_ms`` of the oldest waiting reading, or ``None``.
+        newest_seq: highest seq ever assigned (0 if none).
+        bytes_on_disk: live database pages plus the WAL file, in bytes.
+        dropped_total: readings dropped by the limits since this database was created.
+        spilled: readings held in memory because the database cannot be written.
+        spill_dropped_total: readings lost from the full spill (this process).
+        disk_full: the disk (or the database's page limit) is full.
+        write_error: why writes fail at the moment (disk full or another error), or ``None``.
+    """
+
+    depth: int
+    oldest_ts_ms: int | None
+    newest_seq: int
+    bytes_on_disk: int
+    dropped_total: int
+    spilled: int
+    spill_dropped_total: int
+    disk_full: bool
+    write_error: str | None = None
+
+
+class Buffer:
+    """The durable queue of readings waiting for the broker (see the module docstring).
+
+    Args:
+        data_dir: folder for ``buffer.db`` and ``seq.hwm``; created if missing.
+        max_bytes: drop the oldest readings beyond this many bytes on disk.
+        max_age_s: drop readings whose ``ts_ms`` is older than this.
+        durability: ``full`` (every commit survives a power cut) or ``normal``
+            (every commit survives a crash).
+        spill_max: readings held in memory while the database cannot be written.
+        on_event: called (on the buffer's thread) with each event the buffer
+            raises itself; the event is already stored for the events topic.
+        now: the wall clock, for ages and event timestamps (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        max_bytes: int | None = None,
+        max_age_s: float | None = None,
+        durability: Literal["full", "normal"] = "full",
+        spill_max: int = 10_000,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.durability: Literal["full", "normal"] = durability
+        self.spill_max = max(0, spill_max)
+        self._on_event = on_event
+        self._now = now
+        self._sync = "FULL" if durability == "full" else "NORMAL"
+        self._conn: sqlite3.Connection | None = None
+        self._opened = False
+        self._page_size = 4096
+        self._reserve_size = _RESERVE_MIN
+        self._reserved = 0  # the sidecar's value: no seq above it has been handed out
+        self._last_seq = 0
+        self._depth = 0
+        self._dropped_total = 0
+        self._session_pending = False  # the clean=0 / boot id / seed commit is still to be made
+        self._seed: tuple[int, str] | None = None  # (seq to continue above, why)
+        self._spill: deque[tuple[str, int, str]] = deque()
+        self._spill_dropped_total = 0
+        self._episode: str | None = None  # why writes fail, while they do
+        self._episode_full = False
+        self._episode_recovered = 0
+        self._episode_lost = 0
+        self._event_spill: deque[tuple[int, str]] = deque()
+        self._next_memory_event_id = -1
+        self._pending_acks: set[int] = set()
+        self._appended_since_maintenance = 0
+        self._read_failing = False
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the database; a corrupt one is moved aside and replaced.
+
+        Raises:
+            BufferUnavailable: the folder or a new database cannot be created
+                (permissions, a read-only or full filesystem).
+        """
+        if self._opened:
+            return
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BufferUnavailable(f"cannot create the buffer folder {self.data_dir}: {exc}",
+                                    hint="check gateway.data_dir and its permissions") from exc
+        self._reserved = self._read_hwm()
+        try:
+            st = os.statvfs(self.data_dir)
+            self._reserve_size = int(min(_RESERVE_MAX, max(_RESERVE_MIN, st.f_blocks * st.f_frsize * _RESERVE_SHARE)))
+        except OSError:
+            self._reserve_size = _RESERVE_MIN
+        self._opened = True
+        try:
+            try:
+                self._reopen()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corrupt(exc):
+                    raise
+                self._recover_corrupt(exc, at_open=True)
+        except sqlite3.Error as exc:
+            self._opened = False
+            self._close_quietly()
+            raise BufferUnavailable(f"cannot open the buffer {self.path}: {exc}",
+                                    hint=f"check free space and permissions in {self.data_dir}") from exc
+        if not self._episode and not self._ensure_reserve():
+            log.warning("buffer: no room for the %d-byte reserve in %s: a full disk may need space freed by hand",
+                        self._reserve_size, self.data_dir)
+        log.debug("buffer %s open: %d reading(s), last seq %d", self.path, self._depth, self._last_seq)
+
+    def close(self) -> None:
+        """Commit what is still in memory if possible, mark a clean shutdown, checkpoint and close."""
+        if not self._opened:
+            return
+        try:
+            if self._spill or self._pending_acks or self._event_spill or self._episode:
+                self.maintenance()
+            if self._spill:
+                log.error("buffer closing with %d reading(s) that could not be written (%s): they are lost",
+                          len(self._spill), self._episode)
+            conn = self._conn
+            if conn is not None:
+                try:
+                    conn.execute(_SET_META, ("clean", 1))
+                    # Syncs the WAL (and so the flag) into the database file and empties the WAL.
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning("buffer: closing without a clean checkpoint: %s", exc)
+        finally:
+            self._close_quietly()
+            self._opened = False
+
+    def __enter__(self) -> Buffer:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- readings ---------------------------------------------------------------
+
+    def append_many(self, items: Sequence[tuple[str, int, str]]) -> list[int]:
+        """Commit readings in one transaction and return their seqs.
+
+        Readings spilled earlier are committed first, so order is kept. When
+        the database cannot be written (disk full) nothing is raised: the items
+        join the in-memory spill and no seqs are returned.
+
+        Args:
+            items: ``(device, ts_ms, body)`` tuples; ``body`` is a JSON object
+                text without ``seq``.
+
+        Returns:
+            The seqs assigned to ``items``, in order, or ``[]`` if they were spilled.
+        """
+        if not items and not self._spill:
+            return []
+        if self._episode_full and not self._room_to_resume():
+            self._spill_items(items)  # no write attempts until there is room again: see _room_to_resume
+            return []
+        try:
+            return self._guarded(lambda: self._append(items))
+        except (sqlite3.OperationalError, OSError) as exc:
+            self._write_failed(exc)
+            self._spill_items(items)
+            return []
+
+    def read(self, after_seq: int, limit: int) -> list[Row]:
+        """Readings with ``seq > after_seq``, oldest first (a primary-key range scan).
+
+        Returns ``[]`` (and logs) when the database cannot be read at the moment.
+        """
+        if limit <= 0:
+            return []
+        try:
+            rows = self._guarded(lambda: self._db().execute(_READ, (after_seq, limit)).fetchall())
+        except sqlite3.OperationalError as exc:
+            if not self._read_failing:
+                log.error("buffer: cannot read %s: %s; will retry", self.path, exc)
+            self._read_failing = True
+            return []
+        self._read_failing = False
+        return [Row(*r) for r in rows]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged readings.
+
+        Contiguous seqs are deleted as ranges, the rest in chunks of
+        ``DELETE ... WHERE seq IN (...)``, in one transaction (several small
+        ones on a full disk). A delete that cannot be written is kept and
+        retried (the readings may be sent again meanwhile: delivery is at
+        least once).
+
+        Returns:
+            The number of readings deleted.
+        """
+        wanted = sorted(set(seqs) | self._pending_acks)
+        if not wanted:
+            return 0
+        self._pending_acks.clear()
+        step = self._rows_per_tight_commit(self._row_bytes) or len(wanted)
+        done = 0
+        for i in range(0, len(wanted), step):
+            part = wanted[i:i + step]
+            try:
+                done += self._guarded(functools.partial(self._delete_seqs, part))
+            except sqlite3.OperationalError as exc:
+                log.log(logging.DEBUG if self._episode else logging.WARNING,
+                        "buffer: cannot delete %d acknowledged reading(s) yet (%s); will retry",
+                        len(wanted) - i, exc)
+                self._pending_acks.update(wanted[i:])
+                break
+            if step < len(wanted):
+                self._checkpoint_quietly()
+        return done
+
+    def enforce_limits(self) -> int:
+        """Drop the oldest readings beyond ``max_age_s`` and ``max_bytes``; every drop is announced.
+
+        Returns:
+            The number of readings dropped.
+        """
+        if self.max_age_s is None and self.max_bytes is None:
+            return 0
+        try:
+            return self._guarded(self._enforce)
+        except sqlite3.OperationalError as exc:
+            # While writes fail (disk full) that has been said loudly once already.
+            log.log(logging.DEBUG if self._episode else logging.WARNING,
+                    "buffer: cannot enforce the limits now: %s", exc)
+            return 0
+
+    def stats(self) -> BufferStats:
+        """Depth, sizes and counters (cheap: no table scan)."""
+        oldest: int | None = None
+        size = 0
+        try:
+            oldest, size = self._guarded(self._measure)
+        except sqlite3.OperationalError as exc:
+            log.debug("buffer: stats incomplete: %s", exc)
+        return BufferStats(
+            depth=self._depth, oldest_ts_ms=oldest, newest_seq=self._last_seq, bytes_on_disk=size,
+            dropped_total=self._dropped_total, spilled=len(self._spill),
+            spill_dropped_total=self._spill_dropped_total, disk_full=self._episode_full,
+            write_error=self._episode,
+        )
+
+    # --- events -----------------------------------------------------------------
+
+    def add_event(self, event: dict[str, Any]) -> int:
+        """Store an event for the events topic (the newest ``EVENTS_KEEP`` are kept).
+
+        Returns:
+            Its id; negative when it could only be kept in memory (disk full).
+        """
+        text = _dumps(event)
+        try:
+            return self._guarded(lambda: self._add_event_db(text))
+        except sqlite3.OperationalError as exc:
+            log.debug("buffer: event kept in memory: %s", exc)
+            return self._add_event_memory(text)
+
+    def read_events(self, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` unsent events as ``(id, json text)``, oldest first."""
+        if limit <= 0:
+            return []
+        rows: list[tuple[int, str]] = []
+        try:
+            rows = self._guarded(
+                lambda: self._db().execute("SELECT id, body FROM events ORDER BY id LIMIT ?", (limit,)).fetchall())
+        except sqlite3.OperationalError as exc:
+            log.debug("buffer: cannot read events: %s", exc)
+        rows.extend(itertools.islice(self._event_spill, max(0, limit - len(rows))))
+        return rows
+
+    def ack_events(self, ids: Iterable[int]) -> None:
+        """Forget events the broker has acknowledged."""
+        ids = set(ids)
+        stored = sorted(i for i in ids if i > 0)
+        memory = {i for i in ids if i < 0}
+        if memory:
+            self._event_spill = deque(e for e in self._event_spill if e[0] not in memory)
+        if not stored:
+            return
+        try:
+            self._guarded(lambda: self._delete_events(stored))
+        except sqlite3.OperationalError as exc:
+            log.warning("buffer: cannot delete %d sent event(s) (%s); they may be sent again", len(stored), exc)
+
+    # --- maintenance ------------------------------------------------------------
+
+    def maintenance(self) -> None:
+        """Periodic upkeep: retry what waits in memory, return free pages, checkpoint the WAL.
+
+        Commits the spill (oldest first) and memory events, retries pending
+        deletes, runs ``incremental_vacuum`` on up to ``_VACUUM_PAGES`` free
+        pages, and checkpoints: ``TRUNCATE`` when nothing was appended since
+        the last call, ``PASSIVE`` otherwise (never waits for a writer).
+        """
+        if self._pending_acks:
+            self.ack(())
+        try:
+            self._guarded(self._maintain)
+        except (sqlite3.OperationalError, OSError) as exc:
+            if self._spill or self._episode:
+                self._write_failed(exc)
+            else:
+                log.warning("buffer maintenance failed: %s", exc)
+
+    # --- internals: connection ----------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if not self._opened:
+                raise RuntimeError("the buffer is not open")
+            self._reopen()
+        assert self._conn is not None
+        return self._conn
+
+    def _connect(self) -> bool:
+        """Open ``buffer.db``, configure and check it, create the schema; True if it is new."""
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        self._conn = conn
+        try:
+            # auto_vacuum takes effect only before the first table: set it before anything else.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("buffer: %s does not support WAL (journal mode %s): commits will be slower", self.path,
+                            mode)
+            conn.execute(f"PRAGMA synchronous = {self._sync}")
+            conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise _Corrupt("quick_check: " + "; ".join(problems[:3]))
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, self._reserve_size // 2 // self._page_size)}")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            new = "readings" not in tables
+            if not {"readings", "events", "meta"} <= tables:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in _SCHEMA:
+                        conn.execute(stmt)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+        except BaseException:
+            self._close_quietly()
+            raise
+        return new
+
+    def _start_session(self, new: bool) -> None:
+        """Load counters, decide whether seqs must jump, and mark the session as running."""
+        conn = self._db()
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self._dropped_total = int(meta.get("dropped_total", 0))
+        self._last_seq = self._db_last_seq(conn)
+        self._depth = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+        self._seed = None
+        if self._reserved > self._last_seq:
+            if new:
+                self._seed = (self._reserved, "new_database")
+            elif (meta.get("clean", 1) == 0 and meta.get("durability") == "normal"
+                  and (not _boot_id() or meta.get("boot_id") != _boot_id())):
+                # In normal mode a power cut can take back commits whose seqs were already published.
+                self._seed = (self._reserved, "power_loss")
+        self._session_pending = True
+        try:
+            self._ensure_session()
+        except (sqlite3.OperationalError, OSError) as exc:
+            self._write_failed(exc)
+
+    def _ensure_session(self) -> None:
+        """Commit, synced even in normal mode, the unclean flag, boot id and any seq jump."""
+        if not self._session_pending:
+            return
+        conn = self._db()
+        jump: dict[str, Any] | None = None
+        conn.execute("PRAGMA synchronous = FULL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_SET_META, [("clean", 0), ("boot_id", _boot_id()),
+                                             ("durability", self.durability)])
+                last = self._db_last_seq(conn)
+                if self._seed is not None and self._seed[0] > last:
+                    seed, reason = self._seed
+                    if conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'readings'",
+                                    (seed,)).rowcount == 0:
+                        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', ?)", (seed,))
+                    jump = self._event("buffer_seq_jump", reason=reason, last_seq=last, next_seq=seed + 1)
+                    self._insert_event(conn, jump)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        finally:
+            try:
+                conn.execute(f"PRAGMA synchronous = {self._sync}")
+            except sqlite3.Error:
+                pass
+        self._session_pending = False
+        self._seed = None
+        if jump is not None:
+            self._last_seq = jump["next_seq"] - 1
+            log.warning("buffer: seq continues at %d, not %d (%s): the gap is announced as an event",
+                        jump["next_seq"], jump["last_seq"] + 1, jump["reason"])
+            self._notify(jump)
+
+    def _reopen(self) -> None:
+        new = self._connect()
+        self._start_session(new)
+
+    def _close_quietly(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def _guarded(self, op: Callable[[], T]) -> T:
+        """Run ``op``; on corruption replace the database and run it once more."""
+        try:
+            return op()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            self._recover_corrupt(exc, at_open=False)
+        return op()
+
+    # --- internals: corruption ------------------------------------------------------
+
+    def _recover_corrupt(self, exc: sqlite3.DatabaseError, *, at_open: bool) -> None:
+        log.error("buffer database %s is corrupt (%s): moving it aside and starting a new one", self.path, exc)
+        self._close_quietly()
+        moved = self._move_aside()
+        salvaged = 0
+        try:
+            self._reopen()
+            salvaged = self._salvage(moved)
+        except sqlite3.Error as exc2:
+            self._close_quietly()
+            if at_open:
+                raise
+            log.error("buffer: cannot create a new database in %s: %s; will retry", self.data_dir, exc2)
+        if salvaged:
+            log.warning("buffer: recovered %d reading(s) from %s", salvaged, moved)
+        event = self._event("buffer_corrupt", moved_to=str(moved), error=str(exc), salvaged=salvaged,
+                            next_seq=self._last_seq + 1)
+        self.add_event(event)
+        self._notify(event)
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._now()))
+        dest = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}")
+        n = 1
+        while dest.exists():
+            dest = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}-{n}")
+            n += 1
+        # The -wal and -shm files follow under the names SQLite expects beside the moved file.
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, f"{dest}{suffix}")
+        _fsync_dir(self.data_dir)
+        return dest
+
+    def _salvage(self, moved: Path) -> int:
+        """Copy the rows that can still be read from a corrupt database, with their seqs (best effort)."""
+        try:
+            src = sqlite3.connect(moved, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return 0
+        saved = 0
+        high = 0
+        try:
+            src.execute("PRAGMA query_only = 1")
+            # Forward until the damage, then backward from the end down to it.
+            for order in ("ASC", "DESC"):
+                # Row by row (not fetchmany) so that the rows read before the damage are kept.
+                chunk: list[tuple[Any, ...]] = []
+                try:
+                    for row in src.execute(
+                            f"SELECT seq, device, ts_ms, body FROM readings WHERE seq > ? ORDER BY seq {order}",
+                            (high,)):
+                        if _plausible(row):
+                            chunk.append(row)
+                            if order == "ASC":
+                                high = row[0]
+                        if len(chunk) >= _SALVAGE_CHUNK:
+                            saved += self._store_salvaged(chunk)
+                            chunk = []
+                except sqlite3.DatabaseError as exc:
+                    log.debug("buffer: salvage (%s) stopped: %s", order, exc)
+                saved += self._store_salvaged(chunk)
+        except (_SalvageStopped, sqlite3.Error) as exc:
+            log.debug("buffer: salvage stopped: %s", exc)
+        finally:
+            src.close()
+        conn = self._db()
+        self._last_seq = max(self._last_seq, self._db_last_seq(conn))
+        self._depth = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+        return saved
+
+    def _store_salvaged(self, rows: list[tuple[Any, ...]]) -> int:
+        conn = self._db()
+        before = conn.total_changes
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_INSERT_WITH_SEQ, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            log.warning("buffer: cannot store the readings recovered from a corrupt database: %s", exc)
+            raise _SalvageStopped from exc
+        return conn.total_changes - before
+
+    # --- internals: writing ---------------------------------------------------------
+
+    def _append(self, items: Sequence[tuple[str, int, str]]) -> list[int]:
+        self._ensure_session()
+        if self._spill:
+            self._flush_spill()
+        seqs = self._commit(items)
+        self._write_ok()
+        return seqs
+
+    def _commit(self, items: Sequence[tuple[str, int, str]]) -> list[int]:
+        if not items:
+            return []
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT, items)
+            last = int(conn.execute(_LAST_SEQ).fetchone()[0])
+            if last > self._reserved:
+                self._write_hwm(last + SEQ_RESERVE)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        n = len(items)
+        self._last_seq = last
+        self._depth += n
+        self._appended_since_maintenance += n
+        # AUTOINCREMENT with one writer hands out consecutive seqs within a transaction.
+        return list(range(last - n + 1, last + 1))
+
+    def _flush_spill(self) -> None:
+        step = self._rows_per_tight_commit(self._spill_row_bytes) or _SPILL_CHUNK
+        while self._spill:
+            chunk = list(itertools.islice(self._spill, min(step, _SPILL_CHUNK)))
+            self._commit(chunk)
+            for _ in chunk:
+                self._spill.popleft()
+            self._episode_recovered += len(chunk)
+            if step < _SPILL_CHUNK:
+                self._checkpoint_quietly()
+
+    def _spill_items(self, items: Sequence[tuple[str, int, str]]) -> None:
+        overflow = len(self._spill) + len(items) - self.spill_max
+        if overflow > 0:
+            from_spill = min(overflow, len(self._spill))
+            for _ in range(from_spill):
+                self._spill.popleft()
+            items = items[overflow - from_spill:]
+            if not self._episode_lost:
+                log.error("buffer: the in-memory spill is full (%d readings): losing the oldest spilled readings",
+                          self.spill_max)
+            self._spill_dropped_total += overflow
+            self._episode_lost += overflow
+        self._spill.extend(items)
+
+    def _write_failed(self, exc: BaseException) -> None:
+        full = _is_full(exc)
+        if full:
+            self._use_reserve()
+        if self._episode is not None:
+            log.debug("buffer: still cannot write: %s", exc)
+            return
+        self._episode = f"disk full: {exc}" if full else str(exc)
+        self._episode_full = full
+        self._episode_recovered = 0
+        self._episode_lost = 0
+        log.error("buffer: cannot write to %s (%s): keeping up to %d reading(s) in memory until it can; %s",
+                  self.path, exc, self.spill_max,
+                  f"free disk space in {self.data_dir}" if full else "check the disk and the file's permissions")
+        event = self._event("buffer_disk_full" if full else "buffer_write_failed", error=str(exc),
+                            spill_max=self.spill_max)
+        self.add_event(event)
+        self._notify(event)
+
+    def _write_ok(self) -> None:
+        if self._episode is None:
+            return
+        recovered, lost = self._episode_recovered, self._episode_lost
+        self._episode = None
+        self._episode_full = False
+        log.warning("buffer: writable again: %d spilled reading(s) committed, %d lost", recovered, lost)
+        try:
+            self._flush_event_spill()
+        except sqlite3.OperationalError as exc:
+            log.debug("buffer: memory events stay in memory: %s", exc)
+        self._ensure_reserve()
+        event = self._event("buffer_disk_ok", recovered=recovered, lost=lost)
+        self.add_event(event)
+        self._notify(event)
+
+    def _delete_seqs(self, seqs: list[int]) -> int:
+        conn = self._db()
+        ranges, singles = _runs(seqs)
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if ranges:
+                conn.executemany("DELETE FROM readings WHERE seq BETWEEN ? AND ?", ranges)
+            for i in range(0, len(singles), _ACK_CHUNK):
+                chunk = singles[i:i + _ACK_CHUNK]
+                conn.execute(f"DELETE FROM readings WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        n = conn.total_changes - before
+        self._depth -= n
+        return n
+
+    # --- internals: limits ------------------------------------------------------------
+
+    def _enforce(self) -> int:
+        dropped = 0
+        if self.max_age_s is not None:
+            dropped += self._drop_by_age(self.max_age_s)
+        if self.max_bytes is not None:
+            dropped += self._drop_by_bytes(self.max_bytes)
+        return dropped
+
+    def _drop_by_age(self, max_age_s: float) -> int:
+        conn = self._db()
+        oldest = conn.execute(_OLDEST).fetchone()
+        if oldest is None:
+            return 0
+        now_ms = self._now() * 1000
+        cutoff = int(now_ms - max_age_s * 1000)
+        slack_ms = min(max_age_s * 0.05, _AGE_SLACK_MAX_S) * 1000
+        if oldest[1] >= cutoff - slack_ms:
+            return 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n, first, last = conn.execute(
+                "SELECT count(*), min(seq), max(seq) FROM readings WHERE ts_ms < ?", (cutoff,)).fetchone()
+            conn.execute("DELETE FROM readings WHERE ts_ms < ?", (cutoff,))
+            event = self._record_drop(conn, "max_age", n, first, last)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self._dropped(event)
+        return int(n)
+
+    def _drop_by_bytes(self, max_bytes: int) -> int:
+        conn = self._db()
+        if self._data_bytes(conn) + self._wal_bytes() <= max_bytes or self._depth == 0:
+            return 0
+        self._checkpoint("TRUNCATE")  # the WAL counts: empty it first, perhaps that is enough
+        wal = self._wal_bytes()
+        if self._data_bytes(conn) + wal <= max_bytes:
+            return 0
+        target = max_bytes * _DROP_TO
+        dropped, first, last = 0, 0, 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            first = int(conn.execute(_OLDEST).fetchone()[0])
+            # Free pages show at once inside the transaction, so estimate, delete, measure, repeat.
+            while (left := self._depth - dropped) > 0:
+                used = self._data_bytes(conn) + wal
+                if used <= target:
+                    break
+                n = min(left, math.ceil((used - target) / (used / left)))
+                bound = (conn.execute("SELECT seq FROM readings ORDER BY seq LIMIT 1 OFFSET ?", (n - 1,)).fetchone()
+                         or conn.execute("SELECT max(seq) FROM readings").fetchone())
+                if bound is None or bound[0] is None:
+                    break
+                last = int(bound[0])
+                dropped += conn.execute("DELETE FROM readings WHERE seq <= ?", (last,)).rowcount
+            event = self._record_drop(conn, "max_bytes", dropped, first, last) if dropped else None
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        if event is None:
+            return 0
+        self._dropped(event)
+        self._checkpoint("TRUNCATE")
+        return dropped
+
+    def _record_drop(self, conn: sqlite3.Connection, reason: str, n: int, first: int, last: int) -> dict[str, Any]:
+        conn.execute(_SET_META, ("dropped_total", self._dropped_total + n))
+        event = self._event("buffer_drop", reason=reason, dropped=n, first_seq=first, last_seq=last)
+        self._insert_event(conn, event)
+        return event
+
+    def _dropped(self, event: dict[str, Any]) -> None:
+        n = int(event["dropped"])
+        self._dropped_total += n
+        self._depth -= n
+        log.warning("buffer over its %s limit: dropped the %d oldest reading(s), seq %d..%d (%d dropped in total)",
+                    event["reason"], n, event["first_seq"], event["last_seq"], self._dropped_total)
+        self._notify(event)
+
+    # --- internals: events, upkeep, measures --------------------------------------------
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"kind": kind, **fields, "ts": iso_ms(self._now())}
+
+    def _notify(self, event: dict[str, Any]) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("buffer: the on_event callback failed for %s", event.get("kind"))
+
+    def _insert_event(self, conn: sqlite3.Connection, event: dict[str, Any] | str) -> int:
+        text = event if isinstance(event, str) else _dumps(event)
+        event_id = conn.execute("INSERT INTO events (body) VALUES (?)", (text,)).lastrowid
+        assert event_id is not None
+        trimmed = conn.execute("DELETE FROM events WHERE id <= ?", (event_id - EVENTS_KEEP,)).rowcount
+        if trimmed > 0:
+            log.warning("buffer: %d unsent event(s) dropped: only the newest %d are kept", trimmed, EVENTS_KEEP)
+        return event_id
+
+    def _add_event_db(self, text: str) -> int:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            event_id = self._insert_event(conn, text)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        return event_id
+
+    def _add_event_memory(self, text: str) -> int:
+        event_id = self._next_memory_event_id
+        self._next_memory_event_id -= 1
+        self._event_spill.append((event_id, text))
+        if len(self._event_spill) > EVENTS_KEEP:
+            self._event_spill.popleft()
+            log.warning("buffer: an unsent event held in memory was dropped: only the newest %d are kept",
+                        EVENTS_KEEP)
+        return event_id
+
+    def _flush_event_spill(self) -> None:
+        if not self._event_spill:
+            return
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for _, text in self._event_spill:
+                self._insert_event(conn, text)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self._event_spill.clear()
+
+    def _delete_events(self, ids: list[int]) -> None:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(ids), _ACK_CHUNK):
+                chunk = ids[i:i + _ACK_CHUNK]
+                conn.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _maintain(self) -> None:
+        conn = self._db()
+        todo = min(int(conn.execute("PRAGMA freelist_count").fetchone()[0]), _VACUUM_PAGES)
+        step = self._tight_pages() or _VACUUM_PAGES
+        while todo > 0:
+            # Python's sqlite3 steps this pragma once, and each step frees one page: so one
+            # execute per page, in one transaction (one commit, one sync).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for _ in range(min(todo, step)):
+                    conn.execute("PRAGMA incremental_vacuum(1)")
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                _rollback(conn)
+                log.debug("buffer: incremental vacuum failed: %s", exc)
+                break
+            except BaseException:
+                _rollback(conn)
+                raise
+            todo -= step
+            if todo > 0:
+                self._checkpoint_quietly()
+        # The checkpoint writes the vacuum through (the file shrinks); on a full disk it frees the WAL.
+        idle = not self._appended_since_maintenance or self._episode_full
+        self._checkpoint("TRUNCATE" if idle else "PASSIVE")
+        self._appended_since_maintenance = 0
+        if self._episode_full and not self._room_to_resume():
+            return
+        if self._session_pending or self._spill or self._episode:
+            self._ensure_session()
+            if not self._spill and not self._event_spill:
+                conn.execute(_SET_META, ("probe_ts", int(self._now())))  # proves that writing works again
+            self._flush_spill()
+            self._flush_event_spill()
+            self._write_ok()
+        elif self._event_spill:
+            self._flush_event_spill()
+        if not self._episode:
+            self._ensure_reserve()
+
+    # --- internals: the reserve (a full disk must not lock the buffer up) ---------------------
+    #
+    # In WAL mode every write, deletes included, appends to the WAL, and a checkpoint must grow the
+    # database file by the new pages in the WAL. When the disk fills up, neither can happen: the
+    # acknowledged rows could not even be deleted. So the buffer keeps a reserve file; on a full disk
+    # it is deleted and the WAL checkpointed and emptied, so that deletes (acks, drops) and the
+    # incremental vacuum can run and give space back. Appends wait (in the spill) until the
+    # filesystem has room for the reserve twice over; then the reserve is made again.
+
+    def _tight_pages(self) -> int | None:
+        """Pages one transaction should write while the disk is full (``None``: no limit).
+
+        Every page a transaction changes goes to the WAL (a delete touches every page it empties),
+        and a checkpoint between small transactions lets the next one reuse the same WAL space.
+        """
+        if not self._episode_full:
+            return None
+        return max(8, self._reserve_size // 4 // self._page_size)
+
+    def _rows_per_tight_commit(self, row_bytes: Callable[[], int]) -> int | None:
+        pages = self._tight_pages()
+        if pages is None:
+            return None
+        return max(1, pages * self._page_size // max(64, row_bytes()))
+
+    def _row_bytes(self) -> int:
+        try:
+            return self._data_bytes(self._db()) // max(1, self._depth)
+        except sqlite3.Error:
+            return 4096
+
+    def _spill_row_bytes(self) -> int:
+        sample = list(itertools.islice(self._spill, 100))
+        return 64 + sum(len(b) for _, _, b in sample) // max(1, len(sample))
+
+    def _checkpoint_quietly(self) -> None:
+        try:
+            self._checkpoint("PASSIVE")
+        except sqlite3.Error as exc:
+            log.debug("buffer: checkpoint failed: %s", exc)
+
+    def _fs_free(self) -> int | None:
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _room_to_resume(self) -> bool:
+        free = self._fs_free()
+        return free is None or free >= 2 * self._reserve_size
+
+    def _ensure_reserve(self) -> bool:
+        path = self.data_dir / RESERVE_NAME
+        try:
+            if path.stat().st_size >= self._reserve_size:
+                return True
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        free = self._fs_free()
+        if free is not None and free < 2 * self._reserve_size:
+            return False
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, self._reserve_size)  # real blocks: a sparse file would reserve nothing
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    block = b"\0" * 65536
+                    for _ in range(0, self._reserve_size, len(block)):
+                        os.write(fd, block)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.debug("buffer: cannot make the reserve %s: %s", path, exc)
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return False
+        return True
+
+    def _use_reserve(self) -> None:
+        path = self.data_dir / RESERVE_NAME
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.debug("buffer: cannot remove the reserve %s: %s", path, exc)
+        else:
+            log.warning("buffer: disk full: released the %d-byte reserve so that acknowledged readings can still "
+                        "be deleted", self._reserve_size)
+        try:
+            self._checkpoint("TRUNCATE")
+        except sqlite3.Error as exc:
+            log.debug("buffer: checkpoint on a full disk failed: %s", exc)
+
+    def _checkpoint(self, mode: Literal["PASSIVE", "TRUNCATE"]) -> None:
+        self._db().execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+    def _measure(self) -> tuple[int | None, int]:
+        conn = self._db()
+        oldest = conn.execute(_OLDEST).fetchone()
+        return (None if oldest is None else int(oldest[1])), self._data_bytes(conn) + self._wal_bytes()
+
+    def _data_bytes(self, conn: sqlite3.Connection) -> int:
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * self._page_size
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    @staticmethod
+    def _db_last_seq(conn: sqlite3.Connection) -> int:
+        row = conn.execute(_LAST_SEQ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # --- internals: the sidecar -----------------------------------------------------------
+
+    def _read_hwm(self) -> int:
+        path = self.data_dir / HWM_NAME
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.warning("buffer: cannot read %s (%s): seqs continue from the database alone", path, exc)
+            return 0
+        try:
+            value = int(text.strip())
+        except ValueError:
+            log.warning("buffer: %s is unreadable (%r): seqs continue from the database alone", path, text[:40])
+            return 0
+        return max(0, value)
+
+    def _write_hwm(self, value: int) -> None:
+        """Atomically replace the sidecar: write a temporary file, fsync, rename, fsync the folder."""
+        final = self.data_dir / HWM_NAME
+        tmp = self.data_dir / (HWM_NAME + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                data = f"{value}\n".encode()
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except OSError:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        _fsync_dir(self.data_dir)
+        self._reserved = value
+
+    # --- test hooks -------------------------------------------------------------------------
+
+    def _limit_pages(self, pages: int | None) -> None:
+        """Test hook: cap the database at ``pages`` pages (``None``: lift the cap).
+
+        Past the cap SQLite reports SQLITE_FULL, as on a full disk. The tests
+        use a small tmpfs when they can mount one and fall back to this.
+        """
+        conn = self._db()
+        value = pages if pages is not None else 0xFFFFFFFE
+        conn.execute(f"PRAGMA max_page_count = {int(value)}").fetchall()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # After SQLITE_FULL or an I/O error SQLite may already have rolled back.
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("buffer: rollback failed: %s", exc)
+
+
+def _runs(seqs: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """Split sorted unique seqs into ranges (3 or more consecutive) and single seqs."""
+    ranges: list[tuple[int, int]] = []
+    singles: list[int] = []
+    i = 0
+    while i < len(seqs):
+        j = i
+        while j + 1 < len(seqs) and seqs[j + 1] == seqs[j] + 1:
+            j += 1
+        if j - i >= 2:
+            ranges.append((seqs[i], seqs[j]))
+        else:
+            singles.extend(seqs[i:j + 1])
+        i = j + 1
+    return ranges, singles
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if isinstance(exc, _Corrupt):
+        return True
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return type(exc) is sqlite3.DatabaseError
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_FULL)
+    return "full" in str(exc)
+
+
+def _plausible(row: tuple[Any, ...]) -> bool:
+    seq, device, ts_ms, body = row
+    return (isinstance(seq, int) and seq > 0 and isinstance(device, str) and isinstance(ts_ms, int)
+            and isinstance(body, str) and body.startswith("{") and len(body) > 2)
+
+
+def _boot_id() -> str:
+    """The kernel's id of this boot ('' where unknown): it changes when the machine restarts."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        log.debug("buffer: cannot fsync %s: %s", path, exc)
+    finally:
+        os.close(fd)
