@@ -1,0 +1,215 @@
+"""Profile and connection models of the ``modbus`` driver.
+
+Addressing convention (the one rule that causes most Modbus field bugs):
+every ``address`` in a profile is the 0-based *PDU address*, the number that
+travels in the request frame. Datasheets often print Modicon register
+numbers instead (``30001`` = input register at PDU address 0, ``40001`` =
+holding register at PDU address 0) or 1-based "register numbers". Convert
+them: PDU address = register number - 30001 (input) or - 40001 (holding), or
+- 1 for plain 1-based numbering. ``checks()`` warns when a profile looks like
+it still holds such numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fieldgate.profile import BasePoint, BaseProfile, Model
+from fieldgate.units import PositiveDuration
+from pydantic import Field, model_validator
+
+Table = Literal["holding", "input", "coil", "discrete"]
+PointType = Literal[
+    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string", "bit", "bool"
+]
+Order = Literal["big", "little"]
+
+#: Registers (16-bit words) each type occupies; strings use ``count``.
+TYPE_WIDTH: dict[str, int] = {
+    "int16": 1, "uint16": 1, "bit": 1, "bool": 1,
+    "int32": 2, "uint32": 2, "float32": 2,
+    "int64": 4, "uint64": 4, "float64": 4,
+}
+BIT_TABLES = ("coil", "discrete")
+Address = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ModbusPoint(BasePoint):
+    """One value read from a Modbus register table.
+
+    The raw value is the decoded register content before ``scale``/``offset``
+    (which the core applies), except for ``scale_factor_point``: SunSpec-style
+    devices publish a power-of-ten exponent in another register, which the
+    driver applies while decoding because it changes at run time.
+    """
+
+    table: Table = Field(
+        "holding", description="register table: holding (FC3), input (FC4), coil (FC1), discrete (FC2)")
+    address: Address = Field(description="0-based PDU address (register 30001/40001 in a datasheet is address 0)")
+    type: PointType | None = Field(
+        None, description="value type; default uint16 for registers, bool for coils and discrete inputs"
+    )
+    byte_order: Order | None = Field(None, description="byte order inside each register (default: profile's, big)")
+    word_order: Order | None = Field(
+        None, description="order of registers in multi-register values: big = most significant first"
+    )
+    count: int | None = Field(None, ge=1, le=125, description="string: number of registers (2 characters each)")
+    bit: int | None = Field(
+        None, ge=0, le=15, description="type bit: bit number in the register, 0 = least significant")
+    every: int = Field(1, ge=1, le=1000, description="read on every Nth poll only (slow-changing values)")
+    scale_factor_point: str | None = Field(
+        None, description="name of an int16 point holding a power-of-ten exponent (SunSpec *_SF registers)"
+    )
+    report: bool = Field(True, description="false: read (e.g. as a scale factor) but not published")
+
+    @property
+    def kind(self) -> str:
+        """The effective type."""
+        if self.type is not None:
+            return self.type
+        return "bool" if self.table in BIT_TABLES else "uint16"
+
+    @property
+    def width(self) -> int:
+        """Registers (or bits, in the bit tables) the point occupies."""
+        if self.table in BIT_TABLES:
+            return 1
+        if self.kind == "string":
+            return self.count or 1
+        return TYPE_WIDTH[self.kind]
+
+
+class AddressRange(Model):
+    """Addresses the device rejects or that must never be read (e.g. clear-on-read registers)."""
+
+    table: Table
+    start: Address
+    end: Address = Field(description="last unreadable address (inclusive)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AddressRange:
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is below start {self.start}")
+        return self
+
+
+class ModbusProfile(BaseProfile):
+    """A profile for the ``modbus`` driver."""
+
+    driver: Literal["modbus"]
+    points: list[ModbusPoint] = Field(min_length=1)  # type: ignore[assignment]
+    byte_order: Order = Field("big", description="default byte order inside a register")
+    word_order: Order = Field("big", description="default register order of 32/64-bit values")
+    max_registers: int = Field(125, ge=1, le=125, description="most registers the device returns in one request")
+    max_gap: int = Field(10, ge=0, le=124, description="unused registers a merged read may span")
+    unreadable: list[AddressRange] = Field(
+        default_factory=list, description="ranges a merged read must never touch"
+    )
+    addressing_verified: bool = Field(
+        False, description="true: addresses that look 1-based were checked against the datasheet (no warning)"
+    )
+
+    def order_of(self, point: ModbusPoint) -> tuple[str, str]:
+        """Effective (byte order, word order) of a point."""
+        return point.byte_order or self.byte_order, point.word_order or self.word_order
+
+    def checks(self) -> list[tuple[tuple[str | int, ...], str, str]]:
+        """Schema checks plus Modbus ones: types vs tables, ranges, and 1-based-looking addresses."""
+        out = super().checks()
+        names = {p.name: p for p in self.points}
+        for i, p in enumerate(self.points):
+            kind = p.kind
+            if p.table in BIT_TABLES and kind != "bool":
+                out.append((("points", i, "type"), f"{p.table} points are single bits: use type bool", "error"))
+            if p.table not in BIT_TABLES and kind == "bool":
+                out.append((("points", i, "type"),
+                            "bool is for coils and discrete inputs; use type bit with bit: N for a bit in a register",
+                            "error"))
+            if kind == "string" and p.count is None:
+                out.append((("points", i, "count"), "a string needs count: number of registers", "error"))
+            if kind == "bit" and p.bit is None:
+                out.append((("points", i, "bit"), "type bit needs bit: 0..15", "error"))
+            if p.address + p.width > 65536:
+                out.append((("points", i, "address"), "the value runs past address 65535", "error"))
+            for r in self.unreadable:
+                if r.table == p.table and p.address <= r.end and p.address + p.width - 1 >= r.start:
+                    out.append((("points", i, "address"),
+                                f"{p.table} {p.address} lies in an unreadable range {r.start}..{r.end}", "error"))
+            if p.scale_factor_point is not None:
+                sf = names.get(p.scale_factor_point)
+                if sf is None or sf.kind != "int16":
+                    out.append((("points", i, "scale_factor_point"),
+                                f"{p.scale_factor_point!r} must name an int16 point of this profile", "error"))
+        out.extend(self._addressing_checks())
+        return out
+
+    def _addressing_checks(self) -> list[tuple[tuple[str | int, ...], str, str]]:
+        if self.addressing_verified:
+            return []
+        out: list[tuple[tuple[str | int, ...], str, str]] = []
+        for table, lo, hi in (("input", 30001, 39999), ("holding", 40001, 49999)):
+            idx = [i for i, p in enumerate(self.points) if p.table == table]
+            if idx and all(lo <= self.points[i].address <= hi for i in idx):
+                out.append((("points", idx[0], "address"),
+                            f"{table} addresses all lie in {lo}..{hi}: these look like Modicon register numbers; "
+                            f"profiles use 0-based PDU addresses (register {lo} is address 0, so subtract {lo})",
+                            "warning"))
+        for table in ("holding", "input", "coil", "discrete"):
+            idx = [i for i, p in enumerate(self.points) if p.table == table]
+            if idx and min(self.points[i].address for i in idx) == 1:
+                first = min(idx, key=lambda i: self.points[i].address)
+                out.append((("points", first, "address"),
+                            f"the first {table} address is 1: if the datasheet numbers registers from 1, "
+                            "subtract 1 (profiles use 0-based PDU addresses); if 1 is right, set "
+                            "addressing_verified: true", "warning"))
+        return out
+
+
+def _parity(value: Any) -> Any:
+    aliases = {"none": "N", "even": "E", "odd": "O", "n": "N", "e": "E", "o": "O"}
+    return aliases.get(value.lower(), value) if isinstance(value, str) else value
+
+
+class ModbusConnection(Model):
+    """How to reach one Modbus device."""
+
+    transport: Literal["tcp", "rtu", "rtu-over-tcp"] = Field(
+        "tcp", description="tcp: Modbus TCP; rtu: RS-485 serial port; rtu-over-tcp: RTU frames via a serial server"
+    )
+    host: str | None = Field(None, description="tcp, rtu-over-tcp: host name or IP address")
+    port: int | None = Field(None, ge=1, le=65535, description="tcp, rtu-over-tcp: TCP port (default 502)")
+    serial_port: str | None = Field(None, description="rtu: serial device, best /dev/serial/by-id/...")
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit: int = Field(1, ge=1, le=255, description="unit id (slave address): 1..247 on RS-485")
+    timeout: PositiveDuration = Field(1.0, description="wait this long for each answer")
+    retries: int = Field(1, ge=0, le=5, description="extra attempts after a timeout, per request")
+    backoff: PositiveDuration = Field(
+        5.0, description="after a unit stops answering, skip it this long (doubling up to backoff_max)"
+    )
+    backoff_max: PositiveDuration = Field(120.0, description="longest a silent unit is skipped")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "parity" in data:
+            data = {**data, "parity": _parity(data["parity"])}
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModbusConnection:
+        if self.transport == "rtu":
+            if not self.serial_port:
+                raise ValueError("transport rtu needs serial_port (e.g. /dev/serial/by-id/usb-FTDI_...)")
+            if self.unit > 247:
+                raise ValueError("RS-485 unit ids are 1..247")
+        elif not self.host:
+            raise ValueError(f"transport {self.transport} needs host")
+        return self
+
+    @property
+    def tcp_port(self) -> int:
+        """The TCP port, or Modbus's default 502."""
+        return self.port or 502

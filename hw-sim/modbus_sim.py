@@ -1,0 +1,467 @@
+"""Modbus device simulator: serves any ``modbus`` profile over TCP, RTU-over-TCP and RTU on a pty.
+
+Values move plausibly (within each point's ``range``, energy counters grow)
+and are encoded with the profile's own types and byte/word orders. Faults
+can be injected per unit at run time: ``silent`` (no answer: a dead or
+unplugged slave, or one that disappears and later returns), ``exception:NN``
+(every read answered with exception NN), ``crc`` (answers with a corrupted
+CRC; RTU framings only), ``slow:S`` (answer after S seconds).
+
+Design choices:
+
+* The protocol side is pymodbus's own server. The datastore is a small
+  ``ModbusServerContext`` subclass so every read goes through this module:
+  that is where values move, faults fire, and unknown or silent units raise
+  ``NoSuchIdException``, which pymodbus (``ignore_missing_devices``) answers
+  with silence, as a real RS-485 slave would.
+* RTU on a serial port is a pty whose other end is a small byte bridge to an
+  RTU-framed pymodbus TCP server (the same thing a serial device server
+  does). The bridge delays each chunk by its line time at the configured
+  baud rate (11 bits per character), so timing tests and the benchmark see a
+  real line's speed. It avoids running pymodbus's serial server on a pty and
+  gives RTU-over-TCP a test peer for free.
+* Corrupted CRCs are made in the server's outgoing-packet hook: the client
+  sees garbage, which it can only treat as a timeout.
+
+Importing this module imports ``pymodbus.server`` (and with it aiohttp);
+drivers never do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import struct
+import sys
+import time
+import tty
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fieldgate.drivers.modbus.decode import encode
+from fieldgate.drivers.modbus.profile import ModbusPoint, ModbusProfile
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusServerContext
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusTcpServer
+
+_FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 6: "holding", 16: "holding"}
+_LIMITS = {
+    "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1), "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1),
+}
+#: Engineering ranges by unit for points without a ``range``.
+_DEFAULT_RANGE = {
+    "V": (225.0, 235.0), "A": (0.5, 12.0), "W": (100.0, 2500.0), "kW": (0.1, 2.5), "VA": (100.0, 2600.0),
+    "var": (-300.0, 300.0), "Hz": (49.9, 50.1), "Cel": (18.0, 26.0), "%RH": (35.0, 60.0), "ppm": (420.0, 1200.0),
+    "deg": (-30.0, 30.0), "/": (0.9, 1.0),
+}
+_COUNTER_UNITS = {"Wh", "kWh", "varh", "kvarh", "VAh", "kVAh", "m3", "l"}
+
+
+def load_modbus_profile(ref: str | Path) -> ModbusProfile:
+    """A profile by library name (``eastron/sdm120``) or path, validated by the driver's model.
+
+    Raises:
+        ValueError: not found or invalid (with every diagnostic).
+    """
+    from fieldgate.config import library_profiles, load_profile_file
+    from fieldgate.drivers.modbus.driver import ModbusDriver
+
+    path = Path(ref)
+    if not path.suffix:
+        found = library_profiles().get(str(ref))
+        if found is None:
+            raise ValueError(f"no profile {ref!r} in the library")
+        path = found
+    profile, diags = load_profile_file(path, ModbusDriver)  # type: ignore[arg-type]
+    if profile is None:
+        raise ValueError("\n".join(str(d) for d in diags) or f"cannot load {path}")
+    return profile  # type: ignore[return-value]
+
+
+class DeviceModel:
+    """One simulated unit: its register image and the raw values behind it.
+
+    Args:
+        profile: what the device exposes.
+        seed: for reproducible values.
+        strict: implement only the points' own addresses, so merged reads
+            spanning gaps get exception 02 (like many real devices).
+    """
+
+    def __init__(self, profile: ModbusProfile, seed: int = 0, strict: bool = False) -> None:
+        self.profile = profile
+        self.rng = random.Random(seed)
+        self.phase = self.rng.uniform(0, 2 * math.pi)
+        self.t0 = time.monotonic()
+        self.steps = 0
+        self.image: dict[str, dict[int, int]] = {t: {} for t in ("holding", "input", "coil", "discrete")}
+        self.implemented: dict[str, set[int]] = {t: set() for t in self.image}
+        self.raw: dict[str, Any] = {}
+        self.reads = 0
+        self.fault: str | None = None
+        points = profile.points
+        self._sf_of = {p.scale_factor_point: p for p in points if p.scale_factor_point}
+        vectors = {v.get("point"): v for v in profile.test_vectors or [] if isinstance(v, dict)}
+        # Scale factors, identity strings and markers are constants on a real device: serve the datasheet's.
+        self._fixed = {p.name: vectors[p.name]["raw"] for p in points if p.name in vectors
+                       and "raw" in vectors[p.name] and (p.name in self._sf_of or p.kind == "string" or not p.report)}
+        holes = [(r.table, r.start, r.end) for r in profile.unreadable]
+        for p in points:
+            self.implemented[p.table].update(range(p.address, p.address + p.width))
+        if not strict:
+            for table, used in self.implemented.items():
+                if used:
+                    used.update(a for a in range(min(used), max(used) + 1)
+                                if not any(t == table and s <= a <= e for t, s, e in holes))
+        for table, used in self.implemented.items():
+            for a in used:
+                self.image[table].setdefault(a, 0)
+        self.step()
+
+    def step(self) -> None:
+        """Move every value to its next plausible state."""
+        self.steps += 1
+        t = time.monotonic() - self.t0
+        for p in sorted(self.profile.points, key=lambda p: p.name not in self._sf_of):  # scale factors first
+            self.set_raw(p.name, self._next(p, t))
+
+    def _next(self, p: ModbusPoint, t: float) -> Any:
+        kind = p.kind
+        if p.name in self._fixed:
+            return self._fixed[p.name]
+        if p.name in self._sf_of:
+            return -1
+        if kind in ("bit", "bool"):
+            return (self.steps + p.address + (p.bit or 0)) % 3 == 0
+        if kind == "string":
+            return f"FG{self.profile.model}"[: (p.count or 1) * 2]
+        if p.unit in _COUNTER_UNITS and p.range is None:
+            eng = 1000.0 + 0.5 * self.steps + self.rng.uniform(0, 0.01)
+        else:
+            lo, hi = (p.range[0], p.range[1]) if p.range else _DEFAULT_RANGE.get(p.unit or "", (0.0, 100.0))
+            mid, amp = (lo + hi) / 2, (hi - lo) * 0.3
+            eng = mid + amp * math.sin(self.phase + t / 7.0 + self.steps) + self.rng.uniform(-0.02, 0.02) * amp
+        raw = (eng - p.offset) / p.scale
+        if p.scale_factor_point:
+            raw /= 10.0 ** self.raw.get(p.scale_factor_point, 0)
+        return raw
+
+    def set_raw(self, name: str, value: Any) -> None:
+        """Put a raw value (before scale/offset, before a scale factor) into the registers."""
+        p = next(q for q in self.profile.points if q.name == name)
+        kind = p.kind
+        if kind in _LIMITS:
+            lo, hi = _LIMITS[kind]
+            value = min(hi, max(lo, round(value)))
+        elif kind == "float32":
+            value = struct.unpack(">f", struct.pack(">f", float(value)))[0]
+        elif kind == "float64":
+            value = float(value)
+        self.raw[name] = value
+        if p.table in ("coil", "discrete"):
+            self.image[p.table][p.address] = 1 if value else 0
+            return
+        if kind == "bit":
+            bit = p.bit or 0
+            old = self.image[p.table].get(p.address, 0)
+            self.image[p.table][p.address] = (old & ~(1 << bit)) | ((1 if value else 0) << bit)
+            return
+        byte_order, word_order = self.profile.order_of(p)
+        for i, w in enumerate(encode(value, kind, byte_order, word_order, p.count)):
+            self.image[p.table][p.address + i] = w
+
+    def expected(self) -> dict[str, Any]:
+        """The raw values a correct driver reports (scale factors applied, unreported points left out)."""
+        out: dict[str, Any] = {}
+        for p in self.profile.points:
+            if not p.report:
+                continue
+            v = self.raw[p.name]
+            if p.scale_factor_point:
+                v = v * 10.0 ** self.raw[p.scale_factor_point]
+            out[p.name] = v
+        return out
+
+    def read(self, table: str, address: int, count: int) -> list[int] | list[bool] | ExcCodes:
+        """Serve a read: the words or bits, or exception 02 for unimplemented addresses."""
+        used = self.implemented[table]
+        if any(a not in used for a in range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        self.reads += 1
+        img = self.image[table]
+        if table in ("coil", "discrete"):
+            return [bool(img[a]) for a in range(address, address + count)]
+        return [img[a] for a in range(address, address + count)]
+
+
+class _Context(ModbusServerContext):
+    """pymodbus datastore that routes every request to the simulator.
+
+    Bypasses ``ModbusServerContext.__init__`` (deprecated path that would
+    build pymodbus's own register model); the server only needs the methods
+    below and the two attributes.
+    """
+
+    def __init__(self, sim: ModbusSim) -> None:
+        self.sim = sim
+        self.simdevices = []
+        self.old_simulator = True
+
+    def device_ids(self) -> list[int]:
+        return list(self.sim.models)
+
+    async def async_getValues(self, device_id: int, func_code: int, address: int,
+                              count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        model = await self.sim.answering(device_id)
+        return model.read(_FC_TABLE.get(func_code, "holding"), address, count)
+
+    async def async_setValues(self, device_id: int, func_code: int, address: int,
+                              values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:
+        model = self.sim.models.get(device_id)
+        if model is None:
+            raise NoSuchIdException(f"no unit {device_id}")
+        table = _FC_TABLE.get(func_code, "holding")
+        for i, v in enumerate(values):
+            model.image[table][address + i] = int(v)
+        self.sim.writes += 1
+        return None
+
+
+class ModbusSim:
+    """A simulated line or endpoint with one or more units.
+
+    Args:
+        devices: unit id → profile.
+        animate: move values by themselves (about once a second, checked on reads);
+            tests pass False and call ``step()``.
+        strict: see ``DeviceModel``.
+        seed: base random seed.
+    """
+
+    def __init__(self, devices: dict[int, ModbusProfile], *, animate: bool = True, strict: bool = False,
+                 seed: int = 0) -> None:
+        self.models = {u: DeviceModel(p, seed=seed + u, strict=strict) for u, p in devices.items()}
+        self.animate = animate
+        self.writes = 0
+        self._last_step = time.monotonic()
+        self._servers: list[ModbusTcpServer] = []
+        self._bridges: list[_PtyBridge] = []
+
+    # -- control ------------------------------------------------------------------------------
+
+    def set_fault(self, unit: int, fault: str | None) -> None:
+        """Inject a fault into a unit (``None`` heals it).
+
+        Faults: ``silent``, ``exception:NN``, ``crc``, ``slow:SECONDS``.
+        """
+        if fault is not None and not (fault in ("silent", "crc") or fault.startswith(("exception:", "slow:"))):
+            raise ValueError(f"unknown fault {fault!r}: silent, crc, exception:NN or slow:SECONDS")
+        self.models[unit].fault = fault
+
+    def step(self) -> None:
+        """Move all values once."""
+        for m in self.models.values():
+            m.step()
+
+    async def answering(self, unit: int) -> DeviceModel:
+        """The model if the unit answers now (after any injected delay); otherwise silence."""
+        model = self.models.get(unit)
+        if model is None or model.fault == "silent":
+            raise NoSuchIdException(f"unit {unit} is silent")
+        if self.animate and time.monotonic() - self._last_step >= 1.0:
+            self._last_step = time.monotonic()
+            self.step()
+        fault = model.fault or ""
+        if fault.startswith("slow:"):
+            await asyncio.sleep(float(fault[5:]))
+        if fault.startswith("exception:"):
+            return _Failing(ExcCodes(int(fault[10:], 16)))  # type: ignore[return-value]
+        return model
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """Server packet hook: corrupt the CRC of answers from units with the ``crc`` fault."""
+        if sending and data:
+            model = self.models.get(data[0])
+            if model is not None and model.fault == "crc":
+                return data[:-1] + bytes([data[-1] ^ 0xFF])
+        return data
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0, *, rtu_framing: bool = False) -> int:
+        """Serve Modbus TCP (or RTU-over-TCP with ``rtu_framing``); returns the bound port."""
+        server = ModbusTcpServer(
+            _Context(self), framer=FramerType.RTU if rtu_framing else FramerType.SOCKET, address=(host, port),
+            ignore_missing_devices=True, broadcast_enable=True,
+            trace_packet=self._trace_packet if rtu_framing else None)
+        await server.serve_forever(background=True)
+        self._servers.append(server)
+        return int(server.transport.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def start_rtu(self, baudrate: int = 9600, *, line_speed: bool = True) -> str:
+        """Serve RTU on a new pty; returns the path the driver opens as its serial port."""
+        port = await self.start_tcp(rtu_framing=True)
+        bridge = _PtyBridge("127.0.0.1", port, baudrate if line_speed else 0)
+        await bridge.start()
+        self._bridges.append(bridge)
+        return bridge.path
+
+    async def stop(self) -> None:
+        """Stop every server and bridge."""
+        for b in self._bridges:
+            await b.stop()
+        for s in self._servers:
+            await s.shutdown()
+        self._bridges.clear()
+        self._servers.clear()
+
+
+class _Failing:
+    """Stands in for a model whose unit answers every read with one exception code."""
+
+    def __init__(self, code: ExcCodes) -> None:
+        self.code = code
+
+    def read(self, table: str, address: int, count: int) -> ExcCodes:
+        return self.code
+
+
+class _PtyBridge:
+    """Forwards bytes between a pty and a TCP peer, each chunk delayed by its line time."""
+
+    def __init__(self, host: str, port: int, baudrate: int) -> None:
+        self.host, self.port, self.baudrate = host, port, baudrate
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        os.set_blocking(self.master, False)
+        to_tcp: asyncio.Queue[bytes] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.master, self._from_pty, to_tcp)
+        self.tasks = [asyncio.create_task(self._pump_to_tcp(to_tcp), name="pty->tcp"),
+                      asyncio.create_task(self._pump_to_pty(reader), name="tcp->pty")]
+
+    def _from_pty(self, queue: asyncio.Queue[bytes]) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:  # EIO while no process holds the slave side open
+            return
+        if data:
+            queue.put_nowait(data)
+
+    async def _line(self, n: int) -> None:
+        if self.baudrate:
+            await asyncio.sleep(n * 11 / self.baudrate)
+
+    async def _pump_to_tcp(self, queue: asyncio.Queue[bytes]) -> None:
+        assert self.writer is not None
+        while True:
+            data = await queue.get()
+            await self._line(len(data))
+            self.writer.write(data)
+
+    async def _pump_to_pty(self, reader: asyncio.StreamReader) -> None:
+        while data := await reader.read(4096):
+            await self._line(len(data))
+            with contextlib.suppress(BlockingIOError):
+                os.write(self.master, data)
+
+    async def stop(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.master)
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+async def serve_tcp(profile_path: str | Path, unit_ids: Sequence[int], host: str = "127.0.0.1", port: int = 0,
+                    **kw: Any) -> tuple[ModbusSim, int]:
+    """Serve a profile over Modbus TCP for the demo or a test: ``(sim, bound port)``; ``await sim.stop()`` ends it."""
+    profile = load_modbus_profile(profile_path)
+    sim = ModbusSim(dict.fromkeys(unit_ids, profile), **kw)
+    return sim, await sim.start_tcp(host, port)
+
+
+async def serve_rtu(profile_path: str | Path, unit_ids: Sequence[int], baudrate: int = 9600,
+                    **kw: Any) -> tuple[ModbusSim, str]:
+    """Serve a profile over RTU on a pty: ``(sim, pty path for the driver's serial_port)``."""
+    profile = load_modbus_profile(profile_path)
+    sim = ModbusSim(dict.fromkeys(unit_ids, profile), **kw)
+    return sim, await sim.start_rtu(baudrate)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    profile = load_modbus_profile(args.profile)
+    sim = ModbusSim(dict.fromkeys(args.unit or [1], profile), strict=args.strict)
+    for spec in args.fault or []:
+        unit, _, fault = spec.partition("=")
+        sim.set_fault(int(unit), fault)
+    units = ",".join(str(u) for u in sim.models)
+    if args.tcp:
+        port = await sim.start_tcp(*_host_port(args.tcp))
+        print(f"modbus tcp {_host_port(args.tcp)[0]}:{port} units {units}", flush=True)
+    if args.rtu_over_tcp:
+        port = await sim.start_tcp(*_host_port(args.rtu_over_tcp), rtu_framing=True)
+        print(f"modbus rtu-over-tcp {_host_port(args.rtu_over_tcp)[0]}:{port} units {units}", flush=True)
+    if args.rtu:
+        path = await sim.start_rtu(args.baud)
+        print(f"modbus rtu {path} {args.baud} baud units {units}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fieldgate_hwsim.modbus_sim --profile eastron/sdm120 --tcp 127.0.0.1:0 --unit 1``."""
+    ap = argparse.ArgumentParser(prog="python -m fieldgate_hwsim.modbus_sim",
+                                 description="Simulate Modbus devices from a fieldgate profile.")
+    ap.add_argument("--profile", required=True, help="library name (eastron/sdm120) or path to a profile")
+    ap.add_argument("--unit", type=int, action="append", help="unit id to serve (repeat for several; default 1)")
+    ap.add_argument("--tcp", metavar="HOST:PORT", help="serve Modbus TCP (port 0: any free port)")
+    ap.add_argument("--rtu-over-tcp", metavar="HOST:PORT", help="serve RTU frames over TCP")
+    ap.add_argument("--rtu", action="store_true", help="serve RTU on a new pty (its path is printed)")
+    ap.add_argument("--baud", type=int, default=9600, help="line speed emulated on the pty")
+    ap.add_argument("--strict", action="store_true", help="reject reads spanning unimplemented addresses")
+    ap.add_argument("--fault", action="append", metavar="UNIT=FAULT",
+                    help="silent, crc, exception:NN or slow:SECONDS (repeatable)")
+    args = ap.parse_args(argv)
+    if not (args.tcp or args.rtu or args.rtu_over_tcp):
+        args.tcp = "127.0.0.1:0"
+    try:
+        asyncio.run(_main(args))
+    except ValueError as exc:
+        print(f"modbus_sim: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
