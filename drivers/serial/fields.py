@@ -1,0 +1,232 @@
+"""Field descriptions and frame decoding: where each value sits and how to read it.
+
+A ``FieldSpec`` says where one point's raw value is: at a byte offset of a
+binary frame (``at``, ``type``, ``byte_order``, ``bits``) or in a named group
+of a text line's regular expression (``group``, ``type``, ``map``,
+``hemisphere``). Decoders compile a list of them once and turn each frame
+into ``{point name: raw value}`` (before scale/offset, which the core
+applies), or a ``PointError`` for a value that cannot be read. Pure: no I/O,
+no pyserial; the CoAP driver decodes its payloads with the same models.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from fieldgate.profile import Model
+from fieldgate.schema import PointError
+from pydantic import Field, model_validator
+
+# struct codes of the binary types; "bool" reads one byte, non-zero is true.
+BINARY_TYPES: dict[str, str] = {
+    "u8": "B", "i8": "b", "u16": "H", "i16": "h", "u32": "I", "i32": "i",
+    "u64": "Q", "i64": "q", "f16": "e", "f32": "f", "f64": "d", "bool": "?",
+}
+TEXT_TYPES: tuple[str, ...] = ("float", "int", "hex", "str", "bool", "nmea_coord")
+_INT_TYPES = {"u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64"}
+
+FieldType = Literal["u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "f16", "f32", "f64", "bool",
+                    "float", "int", "hex", "str", "nmea_coord"]
+ByteOrder = Literal["big", "little"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class FieldSpec(Model):
+    """Where one value sits in a frame; mixed into a driver's point model.
+
+    Exactly one of ``at`` (binary frames) or ``group`` (line frames) is given.
+    """
+
+    at: int | None = Field(None, ge=0, description="binary frames: byte offset of the value, counted from the "
+                                                   "first header byte (0)")
+    group: str | None = Field(None, description="line frames: name of the pattern's group holding the value")
+    type: FieldType | None = Field(
+        None, description="binary: u8 i8 u16 i16 u32 i32 u64 i64 f16 f32 f64 bool (default u16); "
+                          "text: float int hex str bool nmea_coord (default float)")
+    byte_order: ByteOrder | None = Field(None, description="binary: big or little; default: the frame's byte_order")
+    bits: list[int] | None = Field(
+        None, min_length=2, max_length=2,
+        description="binary integers: [first bit, bit count], bit 0 the least significant; one bit gives a bool")
+    map: dict[str, bool | int | float | str] | None = Field(
+        None, description="text: raw text → value, e.g. {A: true, V: false}; other text is a decode_error")
+    hemisphere: str | None = Field(
+        None, description="nmea_coord: group holding N/S/E/W; S and W make the value negative")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        if (self.at is None) == (self.group is None):
+            raise ValueError("give exactly one of 'at' (byte offset in a binary frame) or 'group' "
+                             "(named group of a line pattern)")
+        kind = self.value_type
+        if self.at is not None:
+            if kind not in BINARY_TYPES:
+                raise ValueError(f"type {kind!r} is for text lines; binary fields take one of: "
+                                 f"{', '.join(BINARY_TYPES)}")
+            if self.map is not None or self.hemisphere is not None:
+                raise ValueError("'map' and 'hemisphere' apply to text fields (with 'group')")
+            if self.bits is not None:
+                if kind not in _INT_TYPES:
+                    raise ValueError(f"'bits' needs an integer type, not {kind!r}")
+                first, count = self.bits
+                width = struct.calcsize(BINARY_TYPES[kind]) * 8
+                if first < 0 or count < 1 or first + count > width:
+                    raise ValueError(f"bits [{first}, {count}] do not fit in a {width}-bit {kind}")
+        else:
+            if kind not in TEXT_TYPES:
+                raise ValueError(f"type {kind!r} is for binary frames; text fields take one of: "
+                                 f"{', '.join(TEXT_TYPES)}")
+            if self.byte_order is not None or self.bits is not None:
+                raise ValueError("'byte_order' and 'bits' apply to binary fields (with 'at')")
+            if (kind == "nmea_coord") != (self.hemisphere is not None):
+                raise ValueError("type nmea_coord and 'hemisphere' go together")
+        return self
+
+    @property
+    def value_type(self) -> str:
+        """The declared type, or the default for the field's kind."""
+        return self.type or ("u16" if self.at is not None else "float")
+
+    @property
+    def size(self) -> int:
+        """Bytes a binary field occupies (0 for text fields)."""
+        return struct.calcsize(BINARY_TYPES[self.value_type]) if self.at is not None else 0
+
+
+# --- binary -----------------------------------------------------------------
+
+class BinaryDecoder:
+    """Decodes binary frames into raw values, one compiled reader per field.
+
+    Args:
+        points: (point name, field) pairs; every field has ``at``.
+        byte_order: default byte order of the frame's fields.
+    """
+
+    def __init__(self, points: Sequence[tuple[str, FieldSpec]], byte_order: ByteOrder = "big") -> None:
+        self._items: list[tuple[str, Callable[[Any, int], tuple[Any, ...]], int, int, int, int, bool]] = []
+        for name, spec in points:
+            if spec.at is None:
+                raise ValueError(f"point {name!r} has no byte offset 'at'")
+            order = ">" if (spec.byte_order or byte_order) == "big" else "<"
+            st = struct.Struct(order + BINARY_TYPES[spec.value_type])
+            shift, mask, as_bool = 0, 0, False
+            if spec.bits is not None:
+                shift, count = spec.bits
+                mask = (1 << count) - 1
+                as_bool = count == 1
+            self._items.append((name, st.unpack_from, spec.at, spec.at + st.size, shift, mask, as_bool))
+
+    def decode(self, frame: bytes) -> dict[str, Any]:
+        """Raw values of one frame; a field beyond the frame's end is a ``decode_error``."""
+        out: dict[str, Any] = {}
+        n = len(frame)
+        for name, unpack, at, end, shift, mask, as_bool in self._items:
+            if end > n:
+                out[name] = PointError("decode_error")
+                continue
+            value = unpack(frame, at)[0]
+            if mask:
+                value = (value >> shift) & mask
+                if as_bool:
+                    value = bool(value)
+            out[name] = value
+        return out
+
+
+# --- text -------------------------------------------------------------------
+
+def nmea_degrees(text: str) -> float:
+    """NMEA ``[d]ddmm.mmmm`` → decimal degrees (unsigned)."""
+    value = float(text)
+    if value < 0:
+        raise ValueError("negative NMEA coordinate")
+    degrees = int(value // 100)
+    minutes = value - degrees * 100
+    if minutes >= 60:
+        raise ValueError(f"{text!r}: minutes {minutes} out of range")
+    return degrees + minutes / 60
+
+
+def _to_bool(text: str) -> bool:
+    low = text.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (give a map)")
+
+
+_CONVERT: dict[str, Callable[[str], Any]] = {
+    "float": float,
+    "int": int,
+    "hex": lambda s: int(s, 16),
+    "str": str,
+    "bool": _to_bool,
+    "nmea_coord": nmea_degrees,
+}
+
+
+class TextDecoder:
+    """Decodes text lines with regular expressions of named groups.
+
+    The first pattern that matches (``re.search``: anchor with ``^`` when
+    needed) decodes the line; only the points whose group belongs to that
+    pattern get a value, so one profile can read several sentence types
+    (NMEA GGA and RMC) that share point names. An empty group is ``None``
+    (the core reports it as ``no_value``); text that does not convert is a
+    ``decode_error``.
+
+    Args:
+        patterns: regular expressions, tried in order.
+        points: (point name, field) pairs; every field has ``group``.
+    """
+
+    def __init__(self, patterns: Sequence[str], points: Sequence[tuple[str, FieldSpec]]) -> None:
+        self._patterns: list[tuple[re.Pattern[str], list[tuple[str, str, Callable[[str], Any],
+                                                                 dict[str, Any] | None, str | None]]]] = []
+        for pattern in patterns:
+            rx = re.compile(pattern)
+            items = []
+            for name, spec in points:
+                if spec.group is None:
+                    raise ValueError(f"point {name!r} has no pattern group")
+                if spec.group in rx.groupindex:
+                    items.append((name, spec.group, _CONVERT[spec.value_type], spec.map, spec.hemisphere))
+            self._patterns.append((rx, items))
+
+    def decode(self, line: str) -> dict[str, Any] | None:
+        """Raw values of one line, or ``None`` when no pattern matches it."""
+        for rx, items in self._patterns:
+            m = rx.search(line)
+            if m is None:
+                continue
+            out: dict[str, Any] = {}
+            for name, group, convert, mapping, hemisphere in items:
+                raw = m.group(group)
+                if raw is None:  # the group sits in an alternative that did not match
+                    continue
+                raw = raw.strip()
+                if not raw:
+                    out[name] = None
+                    continue
+                try:
+                    if mapping is not None:
+                        out[name] = mapping[raw]
+                        continue
+                    value = convert(raw)
+                    if hemisphere is not None:
+                        side = (m.group(hemisphere) or "").strip().upper()
+                        if side not in ("N", "S", "E", "W"):
+                            raise ValueError(f"hemisphere {side!r}")
+                        if side in ("S", "W"):
+                            value = -value
+                    out[name] = value
+                except (ValueError, KeyError, IndexError):
+                    out[name] = PointError("decode_error")
+            return out
+        return None
