@@ -89,10 +89,15 @@ class _Sink:
     def add(self, reading: RawReading) -> None:
         self.readings += 1
         self.runner.emit(reading)
+        if self.runner.pushing:
+            self.runner.pushed_ok()
 
     def add_error(self, error: DriverError) -> None:
         self.errors.append(error)
         self.runner.log.warning("%s", error)
+        if self.runner.pushing:
+            # A push driver has no poll end to report at: a partial failure shows at once.
+            self.runner._set_state(DEGRADED, str(error))
 
 
 def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
@@ -125,6 +130,7 @@ class DeviceRunner:
         self.normalizer = Normalizer(gateway_id, self.cfg.id, spec.profile, meta)
         self.rng = random.Random()
         self._reported: tuple[str, str | None] | None = None
+        self.pushing = False  # a push driver's run() is active
 
     def emit(self, raw: RawReading) -> None:
         """Normalize a raw reading and hand it to the output."""
@@ -141,6 +147,14 @@ class DeviceRunner:
         if self._reported != (state, error):
             self._reported = (state, error)
             self.output.device_status(self.cfg.id, state, error)
+
+    def pushed_ok(self) -> None:
+        """A push driver delivered data: the device is online and its failures are over."""
+        s = self.stats
+        s.polls += 1
+        s.consecutive_failures = 0
+        if s.state != ONLINE:
+            self._set_state(ONLINE, None)
 
     def _ok(self, sink: _Sink, started: float) -> None:
         s = self.stats
@@ -190,8 +204,12 @@ class DeviceRunner:
                     await driver.__aenter__()
                 opened = True
                 if isinstance(driver, ServiceDriver) and hasattr(driver, "run"):
-                    self._set_state(ONLINE, None)
-                    await driver.run(_Sink(self))
+                    # Online on the first data, not when the port opens.
+                    self.pushing = True
+                    try:
+                        await driver.run(_Sink(self))
+                    finally:
+                        self.pushing = False
                     raise DriverError("push driver stopped")
                 await self._poll_loop(driver, loop)
             except asyncio.CancelledError:

@@ -22,6 +22,7 @@ Policy (documented in the README):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -92,6 +93,13 @@ class BufferedUplink:
         self._rng = random.Random()
         self._tasks: list[asyncio.Task[Any]] = []
         self.flushed = 0
+        # Publisher read-ahead: rows queued for publishing, the last seq queued or
+        # published in this session, and whether the buffer holds nothing newer.
+        self._ready: collections.deque[Row] = collections.deque()
+        self._tail = 0
+        self._caught_up = False
+        self._in_session = False
+        self._committed_max = 0  # highest seq committed by this process
 
     # --- the Output protocol -------------------------------------------------
 
@@ -186,8 +194,20 @@ class BufferedUplink:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        await self._db(self.buffer.append_many, batch)
+        seqs = await self._db(self.buffer.append_many, batch)
         self.flushed += len(batch)
+        if seqs:
+            self._committed_max = max(self._committed_max, seqs[-1])
+        if self._in_session and seqs and len(seqs) == len(batch):
+            if self._caught_up and seqs[0] == self._tail + 1:
+                # Live fast path: the publisher has everything older, so hand it
+                # these rows directly instead of reading them back from disk.
+                self._ready.extend(Row(q, d, t, b) for q, (d, t, b) in zip(seqs, batch, strict=True))
+                self._tail = seqs[-1]
+            elif seqs[-1] > self._tail:
+                self._caught_up = False
+        elif seqs or batch:
+            self._caught_up = False
         self._wake.set()
 
     async def _flusher(self) -> None:
@@ -287,40 +307,58 @@ class BufferedUplink:
         link.publish(f"{self.prefix}/status", self._gateway_status("online"), retain=True)
         self._status_dirty = set(self._statuses)
         await self._commit_acks()  # acked rows must not be resent
-        cursor = 0
+        self._ready.clear()
+        self._tail, self._caught_up, self._in_session = 0, False, True
+        try:
+            await self._publish_loop(link)
+        finally:
+            self._in_session = False
+            self._ready.clear()
+
+    async def _publish_loop(self, link: MqttLink) -> None:
         window = self.mqtt.inflight
         batch = self.mqtt.batch
+        per_message = batch.max_readings if batch.enabled else 1
         rate = self.mqtt.replay_rate
         tokens, last = float(window), time.monotonic()
+        ready = self._ready
         while link.connected.is_set() and not self._reconnect.is_set():
             self._wake.clear()
             for dev in list(self._status_dirty):
                 link.publish(f"{self.prefix}/{dev}/status", self._statuses[dev], retain=True)
             self._status_dirty.clear()
-            if self._acked_events or (self._acked and (len(self._acked) >= 200 or not self._inflight)):
+            if self._acked_events or (self._acked and (len(self._acked) >= 500 or not self._inflight)):
                 await self._commit_acks()
             if not self._inflight_events and not self._acked_events:
                 for event_id, text in await self._db(self.buffer.read_events, 20):
                     self._inflight_events[link.publish(f"{self.prefix}/events", text)] = event_id
             room = window - len(self._inflight)
-            if room > 0:
-                limit = room * (batch.max_readings if batch.enabled else 1)
-                rows = await self._db(self.buffer.read, cursor, limit)
+            if room > 0 and not ready and not self._caught_up:
+                limit = max(500, room * per_message)
+                rows = await self._db(self.buffer.read, self._tail, limit)
+                ready.extend(rows)
                 if rows:
-                    backlog = len(rows) >= limit
-                    if rate is not None and backlog:
-                        now = time.monotonic()
-                        tokens = min(float(window), tokens + (now - last) * rate)
-                        last = now
-                        if tokens < 1:
-                            await asyncio.sleep((1 - tokens) / rate)
-                            continue
-                        rows = rows[: max(1, int(tokens))]
-                        tokens -= len(rows)
-                    cursor = rows[-1].seq
-                    self._publish_rows(link, rows, batch.enabled and (batch.when == "always" or backlog),
-                                       batch.max_readings)
-                    continue
+                    self._tail = rows[-1].seq
+                # Caught up only if no commit landed after this read was taken;
+                # otherwise the next turn reads again (the fast path needs no gap).
+                self._caught_up = len(rows) < limit and self._committed_max <= self._tail
+            if room > 0 and ready:
+                backlog = not self._caught_up or len(ready) > room * per_message
+                take = min(len(ready), room * (per_message if batch.enabled and
+                                               (batch.when == "always" or backlog) else 1))
+                if rate is not None and backlog:
+                    now = time.monotonic()
+                    tokens = min(float(window), tokens + (now - last) * rate)
+                    last = now
+                    if tokens < 1:
+                        await asyncio.sleep((1 - tokens) / rate)
+                        continue
+                    take = min(take, max(1, int(tokens)))
+                    tokens -= take
+                rows_out = [ready.popleft() for _ in range(take)]
+                self._publish_rows(link, rows_out, batch.enabled and (batch.when == "always" or backlog),
+                                   per_message)
+                continue
             if not link.connected.is_set():
                 break
             # Nothing to do until new rows, an ack, a status or the connection drops.
