@@ -77,12 +77,11 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def write_demo_config(folder: Path, broker_port: int | None) -> Path:
-    """The demo configuration: a few simulated devices of different kinds."""
+def write_demo_config(folder: Path, broker_port: int | None, extra_devices: list[str] | None = None) -> Path:
+    """The demo configuration: simulated devices of different kinds."""
     profiles = _sim_profiles()
     devices = [
         ("energy-meter-1", "energy-meter", "5s", "{seed: 1, latency: 30ms}", "{site: depot, panel: A}"),
-        ("energy-meter-2", "energy-meter", "5s", "{seed: 2, latency: 30ms}", "{site: depot, panel: B}"),
         ("air-quality-1", "air-quality", "10s", "{seed: 3}", "{site: depot, room: office}"),
         ("gully-level-1", "level-sensor", "15s", f"{{seed: 4, control_file: {folder / 'gully-level-1.fault'}}}",
          "{site: street-12}"),
@@ -102,18 +101,114 @@ def write_demo_config(folder: Path, broker_port: int | None) -> Path:
     for dev_id, prof, interval, conn, tags in devices:
         lines += [f"  - id: {dev_id}", "    driver: sim", f"    profile: {profiles / (prof + '.yaml')}",
                   f"    poll_interval: {interval}", f"    connection: {conn}", f"    tags: {tags}"]
+    lines += extra_devices or []
     (folder / "gully-level-1.fault").write_text("none\n")
     path = folder / "fieldgate.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-async def _demo(config_path: Path, use_broker: bool, duration: float | None) -> int:
+class DemoDevices:
+    """Protocol simulators for the demo: Modbus TCP and RTU meters, a particulate sensor, GNSS.
+
+    Each simulated Modbus unit can be broken by writing a fault into
+    ``<folder>/<device>.fault`` (``silent``, ``crc``, ``exception:02``,
+    ``slow:2``; ``none`` heals it).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.config: list[str] = []
+        self.notes: list[str] = []
+        self._modbus: list[Any] = []
+        self._serial: list[Any] = []
+        self._faults: dict[str, tuple[Any, int]] = {}
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
+        except ImportError as exc:
+            self.notes.append(f"Modbus simulators skipped ({exc}): pip install 'fieldgate[modbus]'")
+        else:
+            tcp = ModbusSim({1: load_modbus_profile("eastron/sdm630")})
+            port = await tcp.start_tcp("127.0.0.1", 0)
+            rtu = ModbusSim({1: load_modbus_profile("eastron/sdm120"), 2: load_modbus_profile("generic-rs485/xy-md02")})
+            pty = await rtu.start_rtu(9600)
+            self._modbus += [tcp, rtu]
+            self._faults = {"meter-tcp-1": (tcp, 1), "meter-rtu-1": (rtu, 1), "climate-rtu-2": (rtu, 2)}
+            self.config += [
+                "  - {id: meter-tcp-1, driver: modbus, profile: eastron/sdm630, poll_interval: 5s,"
+                f" connection: {{transport: tcp, host: 127.0.0.1, port: {port}, unit: 1}}, tags: {{site: depot}}}}",
+                "  - {id: meter-rtu-1, driver: modbus, profile: eastron/sdm120, poll_interval: 5s, timeout: 4s,"
+                f" connection: {{transport: rtu, serial_port: {pty}, baudrate: 9600, unit: 1}}}}",
+                "  - {id: climate-rtu-2, driver: modbus, profile: generic-rs485/xy-md02, poll_interval: 10s,"
+                f" timeout: 4s, connection: {{transport: rtu, serial_port: {pty}, baudrate: 9600, unit: 2}}}}",
+            ]
+            for dev in self._faults:
+                (self.folder / f"{dev}.fault").write_text("none\n")
+            self.notes.append(f"Modbus TCP meter on 127.0.0.1:{port}; RTU line (9600 baud) on {pty} with 2 units")
+        try:
+            from fieldgate_hwsim.serial_sim import SerialSim
+        except ImportError as exc:
+            self.notes.append(f"serial simulators skipped ({exc}): pip install 'fieldgate[serial]'")
+        else:
+            for dev_id, prof, extra in (("pm-1", "plantower/pms5003", "min_interval: 10s"),
+                                        ("gnss-1", "nmea0183/gnss", "min_interval: 5s")):
+                sim = SerialSim(prof, interval=1.0, link=self.folder / f"{dev_id}.tty")
+                port_path = await asyncio.to_thread(sim.start)
+                self._serial.append(sim)
+                self.config.append(f"  - {{id: {dev_id}, driver: serial, profile: {prof}, poll_interval: 5s,"
+                                   f" connection: {{port: {port_path}, {extra}}}}}")
+            self.notes.append("serial: PMS5003 particulate sensor and NMEA GNSS on ptys")
+        if self._faults:
+            self._watch = asyncio.create_task(self._watch_faults())
+
+    async def _watch_faults(self) -> None:
+        current: dict[str, str] = {}
+        while True:
+            for dev, (sim, unit) in self._faults.items():
+                try:
+                    text = (self.folder / f"{dev}.fault").read_text().strip()
+                except OSError:
+                    continue
+                if current.get(dev) != text:
+                    current[dev] = text
+                    sim.set_fault(unit, None if text in ("", "none") else text)
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for sim in self._modbus:
+            with contextlib.suppress(Exception):
+                await sim.stop()
+        for ssim in self._serial:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(ssim.stop)
+
+
+async def _demo(folder: Path, broker_port: int | None, duration: float | None) -> int:
     from .app import Gateway
     from .logs import setup_logging
     from .outputs import StdoutOutput
 
     setup_logging("WARNING")
+    sims = DemoDevices(folder)
+    await sims.start()
+    config_path = write_demo_config(folder, broker_port, sims.config)
+    use_broker = broker_port is not None
+    print(f"fieldgate demo: configuration {config_path}")
+    for note in sims.notes:
+        print(f"  devices:    {note}")
+    if use_broker:
+        print(f"  broker:     mqtt://127.0.0.1:{broker_port} (mosquitto, log {folder / 'mosquitto.log'})")
+        print(f"  watch:      mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'fieldgate/#' -v")
+        print(f"  buffer:     {folder / 'data' / 'buffer.db'}")
+    print(f"  break one:  echo timeout > {folder / 'gully-level-1.fault'}   (then: echo none > ...)")
+    if sims.config:
+        print(f"              echo silent > {folder / 'meter-rtu-1.fault'}   (Modbus: silent | crc | exception:02)")
+    print("  stop:       Ctrl-C", flush=True)
     loaded = load_config(config_path)
     output: Any
     if use_broker:
@@ -140,7 +235,8 @@ async def _demo(config_path: Path, use_broker: bool, duration: float | None) -> 
             for dev_id, d in snap["devices"].items():
                 vals = ", ".join(f"{k}={v['value']}{(' ' + v['unit']) if v.get('unit') else ''}"
                                  for k, v in list(d["metrics"].items())[:3])
-                parts.append(f"  {dev_id:16s} {d['state']:8s} {vals}")
+                err = f" ({d['last_error']})" if d["state"] != "online" and d["last_error"] else ""
+                parts.append(f"  {dev_id:16s} {d['state']:8s} {vals}{err}")
             up = getattr(output, "snapshot", None)
             line = ""
             if callable(up):
@@ -150,11 +246,13 @@ async def _demo(config_path: Path, use_broker: bool, duration: float | None) -> 
                         f"buffer depth {b.get('depth', '?')}, last seq {b.get('last_seq', '?')}")
             print(time.strftime("%H:%M:%S"), line, *parts, sep="\n", flush=True)
 
-    if use_broker:
-        reporter = asyncio.create_task(report())
-    await gw.run()
-    if use_broker:
-        reporter.cancel()
+    reporter = asyncio.create_task(report()) if use_broker else None
+    try:
+        await gw.run()
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+        await sims.stop()
     return 0
 
 
@@ -166,19 +264,9 @@ def run_demo(args: argparse.Namespace) -> int:
     use_broker = not args.no_broker and broker.start()
     if not args.no_broker and not use_broker:
         print("mosquitto is not installed (apt-get install mosquitto); printing readings instead", file=sys.stderr)
-    config_path = write_demo_config(folder, broker.port if use_broker else None)
-    print(f"fieldgate demo: configuration {config_path}")
-    if use_broker:
-        print(f"  broker:     mqtt://127.0.0.1:{broker.port} (mosquitto, log {folder / 'mosquitto.log'})")
-        print(f"  watch:      mosquitto_sub -h 127.0.0.1 -p {broker.port} -t 'fieldgate/#' -v")
-        print(f"  buffer:     {folder / 'data' / 'buffer.db'}")
-        print(f"  break one:  echo timeout > {folder / 'gully-level-1.fault'}   (then: echo none > ...)")
-    print("  stop:       Ctrl-C", flush=True)
     try:
-        return asyncio.run(_demo(config_path, use_broker, args.duration))
+        return asyncio.run(_demo(folder, broker.port if use_broker else None, args.duration))
     except KeyboardInterrupt:
         return 0
     finally:
         broker.stop()
-
-

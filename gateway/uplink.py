@@ -219,10 +219,13 @@ class BufferedUplink:
             await self._flush()
 
     async def _maintenance(self) -> None:
+        tick = 0
         while True:
-            await asyncio.sleep(10.0)
-            await self._db(self.buffer.enforce_limits)
-            await self._db(self.buffer.maintenance)
+            await asyncio.sleep(2.0)
+            tick += 1
+            if tick % 5 == 0:  # limits and upkeep every 10 s; stats (cheap) every 2 s
+                await self._db(self.buffer.enforce_limits)
+                await self._db(self.buffer.maintenance)
             self.stats = await self._db(self.buffer.stats)
 
     async def _commit_acks(self) -> None:
