@@ -104,7 +104,8 @@ async def throughput(folder: Path, port: int, devices: int, seconds: float, inte
     values = msgs * POINTS
     lat = sorted(up.latencies)
     offered = devices / interval
-    print(f"end to end ({devices} devices x {POINTS} points, polled every {interval * 1000:g} ms = {offered:,.0f} readings/s offered, durability full):")
+    print(f"end to end ({devices} devices x {POINTS} points, polled every {interval * 1000:g} ms = "
+          f"{offered:,.0f} readings/s offered, durability full):")
     print(f"  {values:,.0f} values/s, {msgs:,.0f} messages/s acknowledged")
     print(f"  CPU {1000 * (c1 - c0) / max(1.0, values * (t1 - t0)) * 1000:.1f} ms per 1000 values "
           f"(gateway process: {100 * (c1 - c0) / (t1 - t0):.0f}% of one core)")
@@ -130,7 +131,8 @@ async def backlog(folder: Path, port: int, broker: DemoBroker, values: int) -> N
     await up._db(up.buffer.maintenance)
     stats = await up._db(up.buffer.stats)
     print(f"buffer: {stats.depth:,} readings ({stats.depth * POINTS:,} values) take "
-          f"{(stats.bytes_on_disk - before) / 2**20:.1f} MiB: {(stats.bytes_on_disk - before) / (stats.depth * POINTS):.1f} "
+          f"{(stats.bytes_on_disk - before) / 2**20:.1f} MiB: "
+          f"{(stats.bytes_on_disk - before) / (stats.depth * POINTS):.1f} "
           f"bytes per buffered value ({len(body)} bytes of JSON per {POINTS}-value reading)")
     gw = Gateway(loaded, up)
     task = asyncio.create_task(gw.run())

@@ -104,7 +104,7 @@ async def _run_gateway(config_path: Path, use_stdout: bool, ready_file: str | No
     if ready_file:
         async def _mark_ready() -> None:
             await gw.ready.wait()
-            Path(ready_file).write_text("ready\n")
+            await asyncio.to_thread(Path(ready_file).write_text, "ready\n")
         _ready_task = asyncio.create_task(_mark_ready())  # noqa: RUF006 - lives as long as run()
     await gw.run()
     log.info("stopped")
@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the configuration or of profiles",
-                       description="Print JSON Schema for editors (e.g. VS Code YAML: # yaml-language-server: $schema=...).")
+                       description="Print JSON Schema for editors "
+                       "(e.g. VS Code YAML: # yaml-language-server: $schema=...).")
     p.add_argument("what", choices=["config", "profile"])
     p.set_defaults(func=cmd_schema)
 

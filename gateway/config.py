@@ -114,7 +114,7 @@ class MqttConfig(Model):
     replay_rate: float | None = Field(
         None, gt=0, description="cap on messages/s while replaying a backlog (metered links)"
     )
-    batch: BatchConfig = BatchConfig()
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -212,8 +212,8 @@ class GatewayConfig(Model):
 
     gateway: GatewaySection
     mqtt: MqttConfig | None = None
-    buffer: BufferConfig = BufferConfig()
-    web: WebConfig = WebConfig()
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
 
@@ -413,7 +413,8 @@ def load_config(path: Path) -> LoadedConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([Diagnostic(str(path), 1, 1, "", f"cannot read configuration: {exc.strerror or exc}")]) from exc
+        diag = Diagnostic(str(path), 1, 1, "", f"cannot read configuration: {exc.strerror or exc}")
+        raise ConfigError([diag]) from exc
     return load_config_text(text, str(path))
 
 
@@ -440,6 +441,6 @@ def profile_json_schema() -> dict[str, Any]:
         schema = models[0].model_json_schema()
     else:
         union = Annotated[Union[tuple(models)], Field(discriminator="driver")]  # type: ignore[valid-type]  # noqa: UP007
-        schema = TypeAdapter(union).json_schema()
+        schema = TypeAdapter(union).json_schema()  # type: ignore[arg-type]  # a union built at run time
     schema["title"] = "fieldgate device profile"
     return schema

@@ -159,7 +159,7 @@ def load_driver(name: str) -> type[Driver]:
     if not isinstance(cls, type) or not all(hasattr(cls, a) for a in ("Profile", "poll", "name")):
         raise DriverUnavailable(f"entry point {ep.value!r} for driver {name!r} is not a driver class")
     _cache[name] = cls
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def import_string(path: str) -> Any:

@@ -7,6 +7,12 @@ device states and reading qualities, never into crashes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .yamlsrc import Diagnostic
+
 
 class GatewayError(Exception):
     """Base of fieldgate's own errors.
@@ -27,9 +33,9 @@ class GatewayError(Exception):
 class ConfigError(GatewayError):
     """A configuration or profile is invalid; carries every diagnostic found."""
 
-    def __init__(self, diagnostics: list[object], message: str = "invalid configuration") -> None:
+    def __init__(self, diagnostics: Sequence[Diagnostic], message: str = "invalid configuration") -> None:
         super().__init__(message)
-        self.diagnostics = diagnostics
+        self.diagnostics = list(diagnostics)
 
 
 class DriverUnavailable(GatewayError):

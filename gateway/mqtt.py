@@ -179,7 +179,8 @@ class MqttLink:
             raise UplinkError(f"TLS handshake with {url} failed: {exc.reason or exc}",
                               hint="a client certificate may be required (mqtt.tls.cert_file/key_file)") from exc
         except socket.gaierror as exc:
-            raise UplinkError(f"cannot resolve {self.cfg.host!r}: {exc.strerror}", hint="check mqtt.host and DNS") from exc
+            raise UplinkError(f"cannot resolve {self.cfg.host!r}: {exc.strerror}",
+                              hint="check mqtt.host and DNS") from exc
         except ConnectionRefusedError as exc:
             raise UplinkError(f"{url} refused the connection", hint="is the broker running on that port?") from exc
         except TimeoutError as exc:

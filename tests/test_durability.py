@@ -18,12 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from fieldgate.app import Gateway
 from fieldgate.config import load_config_text
 from fieldgate.uplink import BufferedUplink
 
-from .conftest import Proc, sim_device
+from .conftest import Proc
 from .support.broker import Mosquitto
 from .support.collector import Collector
 from .test_uplink import check_all_arrived, committed_max_seq, gw_config, until

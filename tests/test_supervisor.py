@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any, ClassVar, Self
 
@@ -44,7 +45,7 @@ async def test_hanging_device_does_not_delay_the_others() -> None:
     good = gw.runners["good"].stats
     stamps = [time.mktime(time.strptime(r["ts"][:19], "%Y-%m-%dT%H:%M:%S")) + int(r["ts"][20:23]) / 1000
               for r in out.by_device("good")]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     # 0.1 s period: with generous bounds, no gap comes near the hanging device's 0.3 s timeout
     assert max(gaps) < 0.25, gaps
     assert abs(sum(gaps) / len(gaps) - 0.1) < 0.03, gaps
@@ -124,7 +125,8 @@ async def test_devices_on_one_bus_are_polled_one_at_a_time(bus: str | None, expe
 
 
 async def test_clock_unsynced_flag_follows_the_kernel_state() -> None:
-    loaded = load_config_text(config(sim_device("d", poll_interval="0.05s")).replace("clock_check: off", "clock_check: auto"), "t.yaml")
+    text = config(sim_device("d", poll_interval="0.05s")).replace("clock_check: off", "clock_check: auto")
+    loaded = load_config_text(text, "t.yaml")
     synced = [False]
     clock = ClockMonitor("auto", probe=lambda: synced[0])
     out = MemoryOutput()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fieldgate.app import Gateway
 from fieldgate.config import load_config_text
 from fieldgate.uplink import BufferedUplink

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from fieldgate.profile import BasePoint, BaseProfile, Model
 from fieldgate.units import Duration, PositiveDuration
+from pydantic import Field
 
 
 class Waveform(Model):
