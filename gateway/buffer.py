@@ -271,7 +271,7 @@ class Buffer:
                 if not _is_corrupt(exc):
                     raise
                 self._recover_corrupt(exc, at_open=True)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self._opened = False
             self._close_quietly()
             raise BufferUnavailable(f"cannot open the buffer {self.path}: {exc}",
@@ -378,6 +378,8 @@ class Buffer:
             try:
                 done += self._guarded(functools.partial(self._delete_seqs, part))
             except sqlite3.OperationalError as exc:
+                if _is_full(exc):
+                    self._write_failed(exc)  # releases the reserve: the retry can delete
                 log.log(logging.DEBUG if self._episode else logging.WARNING,
                         "buffer: cannot delete %d acknowledged reading(s) yet (%s); will retry",
                         len(wanted) - i, exc)
@@ -398,6 +400,8 @@ class Buffer:
         try:
             return self._guarded(self._enforce)
         except sqlite3.OperationalError as exc:
+            if _is_full(exc):
+                self._write_failed(exc)
             # While writes fail (disk full) that has been said loudly once already.
             log.log(logging.DEBUG if self._episode else logging.WARNING,
                     "buffer: cannot enforce the limits now: %s", exc)
@@ -458,7 +462,8 @@ class Buffer:
         try:
             self._guarded(lambda: self._delete_events(stored))
         except sqlite3.OperationalError as exc:
-            log.warning("buffer: cannot delete %d sent event(s) (%s); they may be sent again", len(stored), exc)
+            log.log(logging.DEBUG if self._episode else logging.WARNING,
+                    "buffer: cannot delete %d sent event(s) (%s); they may be sent again", len(stored), exc)
 
     # --- maintenance ------------------------------------------------------------
 
@@ -475,7 +480,7 @@ class Buffer:
         try:
             self._guarded(self._maintain)
         except (sqlite3.OperationalError, OSError) as exc:
-            if self._spill or self._episode:
+            if _is_full(exc) or self._spill or self._episode:
                 self._write_failed(exc)
             else:
                 log.warning("buffer maintenance failed: %s", exc)
@@ -756,6 +761,8 @@ class Buffer:
         if full:
             self._use_reserve()
         if self._episode is not None:
+            if full and not self._episode_full:
+                self._episode, self._episode_full = f"disk full: {exc}", True
             log.debug("buffer: still cannot write: %s", exc)
             return
         self._episode = f"disk full: {exc}" if full else str(exc)

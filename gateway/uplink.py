@@ -152,9 +152,15 @@ class BufferedUplink:
         await self._flush()
         link = self._link
         if link is not None and link.connected.is_set():
+            # Let the publisher send what the last flush committed and collect the
+            # PUBACKs (bounded: the rest stays buffered and goes out after restart).
+            def drained() -> bool:
+                return (not self._inflight and not self._ready and self._caught_up
+                        and self._tail >= self._committed_max)
+
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    while self._inflight and link.connected.is_set():
+                async with asyncio.timeout(3.0):
+                    while not drained() and link.connected.is_set():
                         self._wake.clear()
                         await self._wake.wait()
         # Stop our own tasks before the buffer closes under them.
@@ -223,7 +229,8 @@ class BufferedUplink:
         while True:
             await asyncio.sleep(2.0)
             tick += 1
-            if tick % 5 == 0:  # limits and upkeep every 10 s; stats (cheap) every 2 s
+            spilling = self.stats is not None and (self.stats.disk_full or self.stats.spilled > 0)
+            if tick % 5 == 0 or spilling:  # upkeep every 10 s (2 s while the disk is full); stats every 2 s
                 await self._db(self.buffer.enforce_limits)
                 await self._db(self.buffer.maintenance)
             self.stats = await self._db(self.buffer.stats)

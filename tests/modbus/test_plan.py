@@ -34,7 +34,7 @@ def items(addresses: list[int], table: str = "holding", width: int = 1) -> list[
     # Addresses at the top of the range are kept (no silent drop of high addresses).
     ([65533, 65534, 65535], 1, 125, 0, [], [(65533, 3)]),
 ])
-def test_plan_table(  # noqa: PLR0917  (one parameter per table column)
+def test_plan_table(
     addresses: list[int], width: int, max_regs: int, gap: int, holes: list,
                     expected: list[tuple[int, int]]) -> None:
     assert spans(plan_reads(items(addresses, width=width), max_regs, gap, holes)) == expected
