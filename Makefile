@@ -10,7 +10,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 EXTRAS  ?= all,test
-APT_PKGS := mosquitto mosquitto-clients
+APT_PKGS := mosquitto mosquitto-clients chromium
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -24,7 +24,8 @@ test: deps
 
 deps: apt $(VENV)/.installed
 
-# System packages: a broker for tests and the demo, and venv support for Python.
+# System packages: a broker for tests and the demo, Chromium for the status pages browser
+# tests (driven by Playwright; no browser download), and venv support for Python.
 apt:
 	@missing=""; \
 	for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -28,6 +28,7 @@ from .config import (
     profile_json_schema,
 )
 from .errors import ConfigError, GatewayError
+from .web.logring import install_log_ring
 from .yamlsrc import Diagnostic
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
@@ -94,6 +95,7 @@ async def _run_gateway(config_path: Path, use_stdout: bool, ready_file: str | No
         output = BufferedUplink(cfg)
         await output.start()
     gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
+    web_server = await start_status_page(gw, output, cfg)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, gw.request_stop)
     loop.add_signal_handler(signal.SIGINT, gw.request_stop)
@@ -106,15 +108,38 @@ async def _run_gateway(config_path: Path, use_stdout: bool, ready_file: str | No
             await gw.ready.wait()
             await asyncio.to_thread(Path(ready_file).write_text, "ready\n")
         _ready_task = asyncio.create_task(_mark_ready())  # noqa: RUF006 - lives as long as run()
-    await gw.run()
+    try:
+        await gw.run()
+    finally:
+        if web_server is not None:
+            await web_server.close()
     log.info("stopped")
     return EXIT_OK
+
+
+async def start_status_page(gw: Any, output: Any, cfg: Any) -> Any:
+    """Start the status page if enabled; a missing extra or a taken port is logged, not fatal."""
+    if not cfg.web.enabled:
+        return None
+    try:
+        from .web import start_web
+    except ImportError:
+        log.warning("the status page needs the web extra: pip install 'fieldgate[web]'")
+        return None
+    try:
+        server = await start_web(gw, output, cfg.web)
+    except GatewayError as exc:
+        log.error("%s; running without the status page", exc)
+        return None
+    log.info("status page on %s", server.url)
+    return server
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .logs import setup_logging
 
     setup_logging(args.log_level)
+    install_log_ring()
     try:
         return asyncio.run(_run_gateway(Path(args.config), args.stdout, args.ready_file))
     except ConfigError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -20,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli import start_status_page
 from .config import load_config
+from .web.logring import install_log_ring
 
 
 def _sim_profiles() -> Path:
@@ -77,7 +80,8 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def write_demo_config(folder: Path, broker_port: int | None, extra_devices: list[str] | None = None) -> Path:
+def write_demo_config(folder: Path, broker_port: int | None, extra_devices: list[str] | None = None,
+                      web_port: int = 0) -> Path:
     """The demo configuration: simulated devices of different kinds."""
     profiles = _sim_profiles()
     devices = [
@@ -94,6 +98,8 @@ def write_demo_config(folder: Path, broker_port: int | None, extra_devices: list
         "  id: demo-gw",
         f"  data_dir: {folder / 'data'}",
         "  clock_check: auto",
+        "web:",
+        f"  listen: 127.0.0.1:{web_port}",
     ]
     if broker_port:
         lines += ["mqtt:", "  host: 127.0.0.1", f"  port: {broker_port}", "  protocol: '5'"]
@@ -194,21 +200,12 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     from .outputs import StdoutOutput
 
     setup_logging("WARNING")
+    install_log_ring()
     sims = DemoDevices(folder)
     await sims.start()
-    config_path = write_demo_config(folder, broker_port, sims.config)
+    web_port = int(os.environ.get("FIELDGATE_DEMO_WEB_PORT", "8080"))
+    config_path = write_demo_config(folder, broker_port, sims.config, web_port)
     use_broker = broker_port is not None
-    print(f"fieldgate demo: configuration {config_path}")
-    for note in sims.notes:
-        print(f"  devices:    {note}")
-    if use_broker:
-        print(f"  broker:     mqtt://127.0.0.1:{broker_port} (mosquitto, log {folder / 'mosquitto.log'})")
-        print(f"  watch:      mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'fieldgate/#' -v")
-        print(f"  buffer:     {folder / 'data' / 'buffer.db'}")
-    print(f"  break one:  echo timeout > {folder / 'gully-level-1.fault'}   (then: echo none > ...)")
-    if sims.config:
-        print(f"              echo silent > {folder / 'meter-rtu-1.fault'}   (Modbus: silent | crc | exception:02)")
-    print("  stop:       Ctrl-C", flush=True)
     loaded = load_config(config_path)
     output: Any
     if use_broker:
@@ -219,6 +216,25 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     else:
         output = StdoutOutput()
     gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
+    web_server = await start_status_page(gw, output, loaded.config)
+    if web_server is None and web_port:
+        # 8080 taken: any free port will do for a demo
+        loaded = load_config(write_demo_config(folder, broker_port, sims.config, 0))
+        gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
+        web_server = await start_status_page(gw, output, loaded.config)
+    print(f"fieldgate demo: configuration {config_path}")
+    if web_server is not None:
+        print(f"  status page: {web_server.url}")
+    for note in sims.notes:
+        print(f"  devices:    {note}")
+    if use_broker:
+        print(f"  broker:     mqtt://127.0.0.1:{broker_port} (mosquitto, log {folder / 'mosquitto.log'})")
+        print(f"  watch:      mosquitto_sub -h 127.0.0.1 -p {broker_port} -t 'fieldgate/#' -v")
+        print(f"  buffer:     {folder / 'data' / 'buffer.db'}")
+    print(f"  break one:  echo timeout > {folder / 'gully-level-1.fault'}   (then: echo none > ...)")
+    if sims.config:
+        print(f"              echo silent > {folder / 'meter-rtu-1.fault'}   (Modbus: silent | crc | exception:02)")
+    print("  stop:       Ctrl-C", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gw.request_stop)
@@ -252,6 +268,8 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     finally:
         if reporter is not None:
             reporter.cancel()
+        if web_server is not None:
+            await web_server.close()
         await sims.stop()
     return 0
 

@@ -1,0 +1,561 @@
+"""The status page server: pages, the JSON API under ``/api/v1``, live streams and ``/metrics``.
+
+One aiohttp application in the gateway's own event loop. Who may see it
+(see ``auth.py`` for the rules themselves):
+
+* No ``web.password``: only clients on this machine (loopback) are served;
+  anyone else gets 401. Config validation already refuses a non-loopback
+  ``web.listen`` without a password; this is the second lock on the door.
+* With ``web.password``: a login (session cookie) or ``Authorization: Bearer
+  <password>`` (for scripts and Prometheus) is needed, on loopback too.
+
+State-changing requests (login, logout, profile check, reload) need the CSRF
+token in ``X-CSRF-Token`` and a same-origin ``Origin`` when one is sent.
+
+Cookies are ``HttpOnly`` (the session) and ``SameSite=Strict``; ``Secure`` is
+set when the request came over TLS. A gateway on a LAN usually serves plain
+HTTP, where browsers would refuse to send a ``Secure`` cookie back, so setting
+it there would only make login impossible; SameSite=Strict and the CSRF token
+still hold. Put a TLS reverse proxy in front for untrusted networks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..config import WebConfig
+from ..errors import GatewayError
+from .auth import LoginLimiter, PasswordHash, Session, SessionStore, hash_password, is_loopback, new_token, tokens_match
+from .auth import verify_password as _verify
+from .logring import EventLog, LogRing, Redactor, current_log_ring, install_log_ring
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import render_metrics
+from .openapi import openapi_spec
+from .profilecheck import MAX_PROFILE_BYTES, check_profile_text
+from .state import StateHub
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+SESSION_COOKIE = "fg_session"
+CSRF_COOKIE = "fg_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_PAGES = ("/", "/devices", "/devices/{id}", "/events", "/check", "/login")
+_PUBLIC = frozenset({"/login", "/api/v1/session", "/api/v1/login"})
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+           "CRITICAL": logging.CRITICAL}
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'")
+
+
+@dataclass(slots=True)
+class WebContext:
+    """Everything the handlers share."""
+
+    gateway: Any
+    output: object
+    hub: StateHub
+    events: EventLog
+    ring: LogRing | None
+    redact: Redactor
+    password: PasswordHash | None
+    sessions: SessionStore = field(default_factory=SessionStore)
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    untap: Any = None
+
+
+CTX = web.AppKey("fieldgate_web", WebContext)
+AUTH = web.RequestKey("fieldgate_auth", str)  # "loopback" | "session" | "bearer" | "" (public page)
+SESSION = web.RequestKey("fieldgate_session", Session)
+COOKIES_SET = web.RequestKey("fieldgate_cookies_set", set)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers,
+                             dumps=lambda o: json.dumps(o, separators=(",", ":"), allow_nan=False))
+
+
+def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json({"error": error, "message": message}, status=status, headers=headers)
+
+
+def _is_api(request: web.Request) -> bool:
+    return request.path.startswith("/api/") or request.path == "/metrics"
+
+
+# --- middlewares ----------------------------------------------------------------
+
+
+@web.middleware
+async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Security headers on every response; API errors as JSON; a CSRF cookie for browsers."""
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        if not _is_api(request) or exc.status < 400:
+            raise
+        resp = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason,
+                      headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")})
+    if resp.prepared:  # a stream: its headers went out already (set in the handler)
+        return resp
+    _security_headers(resp)
+    if request.path.startswith("/api/") or request.path == "/metrics":
+        resp.headers.setdefault("Cache-Control", "no-store")
+    elif request.path.startswith("/static/"):
+        resp.headers.setdefault("Cache-Control", "no-cache")
+    if CSRF_COOKIE not in request.cookies and CSRF_COOKIE not in request.get(COOKIES_SET, ()) and resp.status < 500:
+        _set_cookie(request, resp, CSRF_COOKIE, new_token(), httponly=False)
+    return resp
+
+
+def _security_headers(resp: web.StreamResponse) -> None:
+    resp.headers.setdefault("Content-Security-Policy", _CSP)
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("X-Frame-Options", "DENY")
+    resp.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
+def _set_cookie(request: web.Request, resp: web.StreamResponse, name: str, value: str, *, httponly: bool) -> None:
+    resp.set_cookie(name, value, path="/", httponly=httponly, samesite="Strict", secure=request.secure or None)
+    request.setdefault(COOKIES_SET, set()).add(name)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Loopback-only without a password; a session or bearer token with one."""
+    ctx = request.app[CTX]
+    if ctx.password is None:
+        if not is_loopback(request.remote):
+            return _error(401, "unauthorized", "this status page is open only on the gateway itself; "
+                          "set web.password to reach it over the network",
+                          headers={"WWW-Authenticate": 'Bearer realm="fieldgate"'})
+        request[AUTH] = "loopback"
+        return await handler(request)
+    session = ctx.sessions.get(request.cookies.get(SESSION_COOKIE))
+    if session is not None:
+        request[AUTH], request[SESSION] = "session", session
+        return await handler(request)
+    authz = request.headers.get("Authorization", "")
+    if authz[:7].lower() == "bearer ":
+        client = request.remote or "unknown"
+        wait = ctx.limiter.retry_after(client)
+        if wait > 0:
+            return _too_many(wait)
+        if await asyncio.to_thread(_verify, ctx.password, authz[7:].strip()):
+            ctx.limiter.success(client)
+            request[AUTH] = "bearer"
+            return await handler(request)
+        ctx.limiter.failure(client)
+        log.warning("status page: wrong bearer token from %s", client)
+        return _error(401, "unauthorized", "wrong token", headers={"WWW-Authenticate": 'Bearer realm="fieldgate"'})
+    if request.path in _PUBLIC or request.path.startswith("/static/"):
+        request[AUTH] = ""
+        return await handler(request)
+    if _is_api(request):
+        return _error(401, "unauthorized", "log in at /login, or send Authorization: Bearer <password>",
+                      headers={"WWW-Authenticate": 'Bearer realm="fieldgate"'})
+    raise web.HTTPFound(f"/login?next={request.path}" if request.path != "/" else "/login")
+
+
+@web.middleware
+async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """State-changing browser requests must echo the CSRF token and come from this origin."""
+    if request.method in _SAFE_METHODS or request.get(AUTH) == "bearer":
+        return await handler(request)
+    if getattr(request.match_info, "http_exception", None) is not None:
+        return await handler(request)  # no such route or method: the router's 404/405 says so
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and origin.split("://", 1)[-1] != request.host:
+        return _error(403, "csrf", f"cross-origin request from {origin} refused")
+    session = request.get(SESSION)
+    expected = session.csrf if session is not None else request.cookies.get(CSRF_COOKIE)
+    if not tokens_match(request.headers.get(CSRF_HEADER), expected):
+        return _error(403, "csrf", f"missing or wrong {CSRF_HEADER}: reload the page and try again")
+    return await handler(request)
+
+
+def _too_many(wait: float) -> web.Response:
+    seconds = max(1, math.ceil(wait))
+    return _error(429, "too_many_attempts", f"too many failed logins: try again in {seconds} s",
+                  headers={"Retry-After": str(seconds)})
+
+
+# --- pages ---------------------------------------------------------------------------
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    """Every page is the same small HTML shell; app.js renders the view from the API."""
+    ctx = request.app[CTX]
+    if request.path == "/login" and (ctx.password is None or request.get(SESSION) is not None):
+        raise web.HTTPFound("/")
+    resp = web.FileResponse(STATIC_DIR / "index.html")
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+# --- API -----------------------------------------------------------------------------
+
+
+def _limit(request: web.Request, default: int, maximum: int) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise web.HTTPBadRequest(text=f"limit must be a whole number from 1 to {maximum}")
+    return int(raw)
+
+
+async def api_status(request: web.Request) -> web.Response:
+    """GET /api/v1/status: the overview."""
+    return _json(request.app[CTX].hub.status())
+
+
+async def api_devices(request: web.Request) -> web.Response:
+    """GET /api/v1/devices: every device with its state and latest values."""
+    return _json({"devices": request.app[CTX].hub.devices()})
+
+
+async def api_device(request: web.Request) -> web.Response:
+    """GET /api/v1/devices/{id}: one device with configuration and profile points."""
+    ctx = request.app[CTX]
+    doc = ctx.hub.device(request.match_info["id"], detail=True)
+    if doc is None:
+        return _error(404, "not_found", f"no device {request.match_info['id']!r} in the configuration")
+    doc["events"] = ctx.events.recent(20, device=doc["id"])
+    return _json(doc)
+
+
+async def api_events(request: web.Request) -> web.Response:
+    """GET /api/v1/events: recent events, newest first."""
+    ctx = request.app[CTX]
+    device = request.query.get("device")
+    return _json({"events": ctx.events.recent(_limit(request, 100, 500), device=device or None)})
+
+
+async def api_logs(request: web.Request) -> web.Response:
+    """GET /api/v1/logs: recent log lines, newest first."""
+    ctx = request.app[CTX]
+    level = request.query.get("level", "DEBUG")
+    if level not in _LEVELS:
+        raise web.HTTPBadRequest(text=f"level must be one of {', '.join(_LEVELS)}")
+    limit = _limit(request, 200, 500)
+    lines = ctx.ring.recent(limit, _LEVELS[level]) if ctx.ring is not None else []
+    return _json({"installed": ctx.ring is not None, "lines": lines})
+
+
+async def api_profile_check(request: web.Request) -> web.Response:
+    """POST /api/v1/profile-check: validate a profile like ``fieldgate validate``."""
+    if request.content_length is not None and request.content_length > MAX_PROFILE_BYTES + 4096:
+        return _error(413, "too_large", f"a profile is at most {MAX_PROFILE_BYTES // 1024} KiB")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "bad_request", 'send JSON: {"text": "<profile YAML>", "filename": "name.yaml"}')
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        return _error(400, "bad_request", '"text" (the profile YAML) is required and must be a string')
+    filename = body.get("filename")
+    if filename is not None and not isinstance(filename, str):
+        return _error(400, "bad_request", '"filename" must be a string')
+    text: str = body["text"]
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_PROFILE_BYTES:
+        return _error(413, "too_large", f"a profile is at most {MAX_PROFILE_BYTES // 1024} KiB")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _error(400, "bad_request", "the profile text is not valid Unicode")
+    result = await asyncio.to_thread(check_profile_text, text, filename)
+    return _json(result)
+
+
+async def api_reload(request: web.Request) -> web.Response:
+    """POST /api/v1/reload: re-read the configuration, as SIGHUP does."""
+    gw = request.app[CTX].gateway
+    if getattr(gw, "loader", None) is None:
+        return _error(409, "no_config_file", "this gateway was not started from a configuration file")
+    log.info("status page: configuration reload requested")
+    gw.request_reload()
+    return _json({"requested": True}, status=202)
+
+
+async def api_session(request: web.Request) -> web.Response:
+    """GET /api/v1/session: whether a login is needed, and the CSRF token for this browser."""
+    ctx = request.app[CTX]
+    session = request.get(SESSION)
+    token = session.csrf if session is not None else request.cookies.get(CSRF_COOKIE)
+    fresh = not token
+    token = token or new_token()
+    resp = _json({"auth_required": ctx.password is not None, "authenticated": bool(request.get(AUTH)),
+                  "csrf_token": token})
+    if fresh:
+        _set_cookie(request, resp, CSRF_COOKIE, token, httponly=False)
+    return resp
+
+
+async def api_login(request: web.Request) -> web.Response:
+    """POST /api/v1/login: check the password and start a session."""
+    ctx = request.app[CTX]
+    if ctx.password is None:
+        return _error(409, "no_password", "no web.password is set: this page is open on the gateway itself")
+    client = request.remote or "unknown"
+    wait = ctx.limiter.retry_after(client)
+    if wait > 0:
+        return _too_many(wait)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("password"), str):
+        return _error(400, "bad_request", '"password" is required')
+    if not await asyncio.to_thread(_verify, ctx.password, body["password"]):
+        lockout = ctx.limiter.failure(client)
+        log.warning("status page: failed login from %s", client)
+        if lockout > 0:
+            return _too_many(lockout)
+        return _error(401, "wrong_password", "wrong password")
+    ctx.limiter.success(client)
+    ctx.sessions.drop(request.cookies.get(SESSION_COOKIE))
+    session = ctx.sessions.create()
+    log.info("status page: login from %s", client)
+    resp = _json({"authenticated": True, "csrf_token": session.csrf})
+    _set_cookie(request, resp, SESSION_COOKIE, session.sid, httponly=True)
+    _set_cookie(request, resp, CSRF_COOKIE, session.csrf, httponly=False)
+    return resp
+
+
+async def api_logout(request: web.Request) -> web.Response:
+    """POST /api/v1/logout: end the session."""
+    ctx = request.app[CTX]
+    ctx.sessions.drop(request.cookies.get(SESSION_COOKIE))
+    resp = _json({"authenticated": False})
+    resp.del_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+async def api_openapi(request: web.Request) -> web.Response:
+    """GET /api/v1/openapi.json: this API, described."""
+    return _json(openapi_spec())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format."""
+    resp = web.Response(text=render_metrics(request.app[CTX].hub))
+    resp.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    return resp
+
+
+async def api_stream(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/stream and /api/v1/devices/{id}/stream: Server-Sent Events, one per second."""
+    ctx = request.app[CTX]
+    dev_id = request.match_info.get("id")
+    if dev_id is not None and ctx.hub.device(dev_id) is None:
+        return _error(404, "not_found", f"no device {dev_id!r} in the configuration")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                       "X-Accel-Buffering": "no"})
+    _security_headers(resp)
+    queue = ctx.hub.subscribe()
+    try:
+        await resp.prepare(request)
+        await resp.write(b"retry: 3000\n\n")
+        doc: dict[str, Any] | None = ctx.hub.live()
+        while doc is not None:
+            if dev_id is None:
+                payload, kind = doc, "live"
+            else:
+                device = next((d for d in doc["devices"] if d["id"] == dev_id), None)
+                payload, kind = {"device": device, "status": doc["status"]}, "device"
+            data = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+            await resp.write(f"event: {kind}\ndata: {data}\n\n".encode())
+            doc = None
+            while doc is None:
+                try:
+                    async with asyncio.timeout(15.0):
+                        doc = await queue.get()
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                if doc is None:  # the server is closing
+                    return resp
+    except (ConnectionResetError, ConnectionError):
+        pass
+    finally:
+        ctx.hub.unsubscribe(queue)
+    return resp
+
+
+# --- the application -------------------------------------------------------------
+
+
+def _tap_events(output: object, events: EventLog) -> Any:
+    """Copy every ``output.event(...)`` into the page's event list; returns the undo function."""
+    original = getattr(output, "event", None)
+    if not callable(original):
+        return None
+
+    def tapped(kind: str, **fields: Any) -> None:
+        try:
+            events.add(kind, **fields)
+        except Exception:  # the page's copy must never break the real event
+            log.exception("status page: recording event %s failed", kind)
+        original(kind, **fields)
+
+    try:
+        output.event = tapped  # type: ignore[attr-defined]
+    except AttributeError:  # an output with __slots__: events come from device states only
+        return None
+
+    def untap() -> None:
+        if getattr(output, "event", None) is tapped:
+            with contextlib.suppress(AttributeError):
+                del output.event  # type: ignore[attr-defined]
+
+    return untap
+
+
+def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | None = None,
+               log_ring: LogRing | None = None, interval: float = 1.0,
+               sessions: SessionStore | None = None, limiter: LoginLimiter | None = None,
+               redact: Redactor | None = None) -> web.Application:
+    """The aiohttp application (not yet serving); :func:`start_web` is the usual entry point.
+
+    Args:
+        gateway: the :class:`fieldgate.app.Gateway` to show.
+        output: its output (``BufferedUplink``, ``StdoutOutput`` or ``MemoryOutput``).
+        password_hash: require a login with this password; None serves loopback clients only.
+        log_ring: where log lines come from (default: the installed ring, if any).
+        interval: seconds between looks at the gateway for live updates.
+        sessions: session store (tests inject one with their own clock).
+        limiter: login limiter (tests inject one with their own clock).
+        redact: secret remover shared with the log ring.
+    """
+    ring = log_ring if log_ring is not None else current_log_ring()
+    redactor = redact or (ring.redact if ring is not None else Redactor())
+    events = EventLog(redact=redactor)
+    hub = StateHub(gateway, output, events, redactor, interval=interval)
+    ctx = WebContext(gateway, output, hub, events, ring, redactor, password_hash,
+                     sessions or SessionStore(), limiter or LoginLimiter())
+    app = web.Application(middlewares=[headers_middleware, auth_middleware, csrf_middleware],
+                          client_max_size=MAX_PROFILE_BYTES * 2 + 65536)
+    app[CTX] = ctx
+    for path in _PAGES:
+        app.router.add_get(path, page)
+    app.router.add_static("/static", STATIC_DIR)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/status", api_status)
+    app.router.add_get("/api/v1/devices", api_devices)
+    app.router.add_get("/api/v1/devices/{id}", api_device)
+    app.router.add_get("/api/v1/devices/{id}/stream", api_stream)
+    app.router.add_get("/api/v1/stream", api_stream)
+    app.router.add_get("/api/v1/events", api_events)
+    app.router.add_get("/api/v1/logs", api_logs)
+    app.router.add_post("/api/v1/profile-check", api_profile_check)
+    app.router.add_post("/api/v1/reload", api_reload)
+    app.router.add_get("/api/v1/session", api_session)
+    app.router.add_post("/api/v1/login", api_login)
+    app.router.add_post("/api/v1/logout", api_logout)
+    app.router.add_get("/api/v1/openapi.json", api_openapi)
+
+    async def on_startup(app: web.Application) -> None:
+        ctx.untap = _tap_events(output, events)
+        hub.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await hub.close()  # ends the live streams so shutdown does not wait on them
+
+    async def on_cleanup(app: web.Application) -> None:
+        if ctx.untap is not None:
+            ctx.untap()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) → ``(host, port)``.
+
+    Raises:
+        GatewayError: the value is not ``host:port`` with a port from 0 to 65535.
+    """
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise GatewayError(f"web.listen {listen!r} is not host:port", hint="for example 127.0.0.1:8080")
+    return host, int(port)
+
+
+class WebServer:
+    """A running status page: ``url`` to print, ``close()`` on shutdown."""
+
+    def __init__(self, runner: web.AppRunner, site: web.TCPSite, app: web.Application, url: str) -> None:
+        self.runner = runner
+        self.site = site
+        self.app = app
+        self.url = url
+
+    @property
+    def hub(self) -> StateHub:
+        """The state hub (tests use it to wait for updates)."""
+        return self.app[CTX].hub
+
+    async def close(self) -> None:
+        """Stop serving; live streams end at once."""
+        await self.runner.cleanup()
+
+
+async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: float = 1.0,
+                    log_ring: LogRing | None = None) -> WebServer:
+    """Serve the status page on ``cfg.listen`` (port 0 picks a free port; see ``.url``).
+
+    Raises:
+        GatewayError: the password cannot be read, or the address cannot be bound
+            (port taken, address not on this machine). The gateway should log it
+            and run on without the page.
+    """
+    host, port = parse_listen(cfg.listen)
+    ring = log_ring if log_ring is not None else (current_log_ring() or install_log_ring())
+    password_hash: PasswordHash | None = None
+    if cfg.password is not None:
+        try:
+            secret = cfg.password.reveal()
+        except (OSError, KeyError) as exc:
+            raise GatewayError(f"status page: cannot read web.password ({cfg.password!r}): {exc}",
+                               hint="check the file or environment variable named in web.password") from exc
+        if not secret:
+            raise GatewayError("status page: web.password is empty", hint="put a password in the file or variable")
+        ring.redact.add(secret)
+        password_hash = await asyncio.to_thread(hash_password, secret)
+        del secret
+    app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        hint = ("another program uses this port: pick another web.listen port" if exc.errno == 98
+                else "use an address of this machine, e.g. 127.0.0.1:8080 or 0.0.0.0:8080")
+        raise GatewayError(f"status page cannot listen on {cfg.listen}: {exc.strerror or exc}", hint=hint) from exc
+    sockets = runner.addresses
+    bound_port = sockets[0][1] if sockets else port
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    url = f"http://{shown}:{bound_port}/"
+    log.info("status page on %s (%s)", url, "password required" if password_hash else "this machine only")
+    return WebServer(runner, site, app, url)
+
+
+__all__ = ["WebServer", "create_app", "parse_listen", "start_web"]

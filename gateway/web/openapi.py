@@ -1,0 +1,208 @@
+"""The OpenAPI 3.1 description of the status page API, served at ``/api/v1/openapi.json``.
+
+Kept as Python data beside the handlers it describes (no YAML file to keep in
+step, no generator dependency); the tests run schemathesis against it, so a
+handler and its description cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+_TS = {"type": "string", "description": "UTC, RFC 3339 with milliseconds and Z"}
+_TS_OR_NULL = {"type": ["string", "null"], "description": "UTC, RFC 3339 with milliseconds and Z"}
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_INT_OR_NULL = {"type": ["integer", "null"]}
+_STR_OR_NULL = {"type": ["string", "null"]}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required if required is not None else list(props)}
+
+
+_ERROR = _obj({"error": {"type": "string"}, "message": {"type": "string"}})
+_METRIC = _obj({
+    "value": {"type": ["number", "boolean", "string", "null"]},
+    "unit": {"type": "string"},
+    "quality": {"type": "string", "enum": ["good", "uncertain", "bad"]},
+    "reason": {"type": "string"},
+}, ["value", "quality"])
+_DEVICE = _obj({
+    "id": {"type": "string"}, "driver": {"type": "string"}, "profile": {"type": "string"},
+    "enabled": {"type": "boolean"}, "poll_interval_s": {"type": "number"},
+    "tags": {"type": "object"},
+    "state": {"type": "string", "enum": ["online", "degraded", "offline", "starting", "disabled"]},
+    "last_error": _STR_OR_NULL, "last_error_ts": _TS_OR_NULL, "last_reading": _TS_OR_NULL,
+    "polls": {"type": "integer"}, "failures": {"type": "integer"}, "consecutive_failures": {"type": "integer"},
+    "overruns": {"type": "integer"}, "latency_ms": _NUM_OR_NULL, "avg_latency_ms": _NUM_OR_NULL,
+    "metrics": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Metric"}},
+})
+_EVENT = {"type": "object", "properties": {"id": {"type": "integer"}, "ts": _TS, "kind": {"type": "string"},
+                                           "device": {"type": "string"}},
+          "required": ["id", "ts", "kind"]}
+_DEVICE_DETAIL = {"allOf": [{"$ref": "#/components/schemas/Device"}, _obj({
+    "config": _obj({"timeout_s": {"type": "number"}, "offline_after": {"type": "integer"},
+                    "backoff_max_s": {"type": "number"}, "bus": _STR_OR_NULL}),
+    "profile_info": _obj({
+        "vendor": {"type": "string"}, "model": {"type": "string"}, "description": _STR_OR_NULL,
+        "points": {"type": "array", "items": _obj({"name": {"type": "string"}, "unit": _STR_OR_NULL,
+                                                    "range": {"type": ["array", "null"],
+                                                              "items": {"type": "number"}}})},
+    }),
+    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+})]}
+_UPLINK = _obj({
+    "kind": {"type": "string", "description": "mqtt, stdout or memory"},
+    "state": {"type": "string", "enum": ["connected", "connecting", "disconnected", "none"]},
+    "broker": _STR_OR_NULL, "last_error": _STR_OR_NULL, "connected_since": _TS_OR_NULL,
+    "published": {"type": "integer"}, "acked": {"type": "integer"}, "resent": {"type": "integer"},
+    "connects": {"type": "integer"}, "inflight": {"type": "integer"}, "pending": {"type": "integer"},
+    "publish_rate": {**_NUM_OR_NULL, "description": "messages/s over the last minute"},
+})
+_BUFFER = {"type": ["object", "null"], "properties": {
+    "depth": {"type": "integer"}, "oldest_ts": _TS_OR_NULL, "oldest_age_s": _NUM_OR_NULL,
+    "bytes": {"type": "integer"}, "dropped": {"type": "integer"}, "last_seq": {"type": "integer"},
+    "disk_full": {"type": "boolean"}, "spilled": {"type": "integer"},
+}}
+_STATUS = _obj({
+    "gateway": {"type": "string"}, "version": {"type": "string"}, "started": _TS, "uptime_s": {"type": "number"},
+    "now": _TS,
+    "clock": _obj({"synced": {"type": "boolean"}, "check": {"type": "string"}}),
+    "devices": _obj({k: {"type": "integer"} for k in ("total", "online", "degraded", "offline", "other")}),
+    "uplink": {"$ref": "#/components/schemas/Uplink"},
+    "buffer": {"$ref": "#/components/schemas/Buffer"},
+    "system": _obj({"cpu_percent": _NUM_OR_NULL, "cpu_seconds": {"type": "number"}, "cpu_count": _INT_OR_NULL,
+                    "load1": _NUM_OR_NULL, "rss_bytes": _INT_OR_NULL, "mem_total_bytes": _INT_OR_NULL,
+                    "mem_available_bytes": _INT_OR_NULL}),
+})
+_CHECK_RESULT = _obj({
+    "file": {"type": "string"}, "valid": {"type": "boolean"}, "errors": {"type": "integer"},
+    "warnings": {"type": "integer"}, "summary": {"type": "string"},
+    "diagnostics": {"type": "array", "items": _obj({
+        "file": {"type": "string"}, "line": {"type": "integer"}, "col": {"type": "integer"},
+        "path": {"type": "string"}, "message": {"type": "string"},
+        "severity": {"type": "string", "enum": ["error", "warning"]},
+        "text": {"type": "string", "description": "the line `fieldgate validate` prints"},
+    })},
+})
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(schema: dict[str, Any], description: str = "OK", status: str = "200") -> dict[str, Any]:
+    return {status: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Bad request", 401: "Not logged in (or off loopback without a password)",
+            403: "CSRF token missing or wrong, or a cross-origin request", 404: "No such device",
+            409: "Not possible in this set-up", 413: "Too large", 429: "Too many failed logins (see Retry-After)"}
+    return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ref("Error")}}}
+            for c in (401, *codes)}
+
+
+_LIMIT = {"name": "limit", "in": "query", "required": False,
+          "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
+_DEVICE_ID = {"name": "id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
+_CSRF = {"name": "X-CSRF-Token", "in": "header", "required": True,
+         "description": "the fg_csrf cookie's value (or the session's token); not needed with a bearer token",
+         "schema": {"type": "string"}}
+_SSE = {"200": {"description": "text/event-stream: a first document at once, then one per second",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+def openapi_spec() -> dict[str, Any]:
+    """The OpenAPI document (a fresh copy each call)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fieldgate status API", "version": __version__,
+            "description": "What the gateway's status page shows, as JSON. Without web.password only clients "
+                           "on the gateway itself are served; with it, log in (session cookie) or send "
+                           "`Authorization: Bearer <password>`. State-changing requests from a browser send "
+                           "the CSRF token in `X-CSRF-Token`. Timestamps are UTC.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": {
+            "/api/v1/status": {"get": {"summary": "Overview: gateway, clock, uplink, buffer, CPU and memory",
+                                       "operationId": "getStatus", "responses": {**_ok(_ref("Status")), **_errors()}}},
+            "/api/v1/devices": {"get": {
+                "summary": "Every device: state, last reading, errors, poll statistics, latest values",
+                "operationId": "listDevices",
+                "responses": {**_ok(_obj({"devices": {"type": "array", "items": _ref("Device")}})), **_errors()}}},
+            "/api/v1/devices/{id}": {"get": {
+                "summary": "One device with configuration, profile points and its recent events",
+                "operationId": "getDevice", "parameters": [_DEVICE_ID],
+                "responses": {**_ok(_ref("DeviceDetail")), **_errors(404)}}},
+            "/api/v1/devices/{id}/stream": {"get": {
+                "summary": "Live values of one device (Server-Sent Events, event `device`)",
+                "operationId": "streamDevice", "parameters": [_DEVICE_ID], "responses": {**_SSE, **_errors(404)}}},
+            "/api/v1/stream": {"get": {
+                "summary": "Live overview and devices (Server-Sent Events, event `live`)",
+                "operationId": "streamAll", "responses": {**_SSE, **_errors()}}},
+            "/api/v1/events": {"get": {
+                "summary": "Recent events (device state changes, reloads, clock, buffer drops), newest first",
+                "operationId": "listEvents",
+                "parameters": [_LIMIT, {"name": "device", "in": "query", "required": False,
+                                        "schema": {"type": "string"}}],
+                "responses": {**_ok(_obj({"events": {"type": "array", "items": _ref("Event")}})), **_errors(400)}}},
+            "/api/v1/logs": {"get": {
+                "summary": "Recent log lines, newest first (secrets removed)", "operationId": "listLogs",
+                "parameters": [_LIMIT, {"name": "level", "in": "query", "required": False, "schema": {
+                    "type": "string", "enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]}}],
+                "responses": {**_ok(_obj({"installed": {"type": "boolean"}, "lines": {"type": "array", "items": _obj({
+                    "id": {"type": "integer"}, "ts": _TS, "level": {"type": "string"},
+                    "logger": {"type": "string"}, "message": {"type": "string"}})}})), **_errors(400)}}},
+            "/api/v1/profile-check": {"post": {
+                "summary": "Validate a device profile: the same file:line:col errors as `fieldgate validate`",
+                "operationId": "checkProfile", "parameters": [_CSRF],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["text"],
+                    "properties": {"text": {"type": "string", "description": "the profile YAML"},
+                                   "filename": {"type": ["string", "null"],
+                                                "description": "shown in the errors; default pasted.yaml"}}}}}},
+                "responses": {**_ok(_ref("CheckResult")), **_errors(400, 403, 413)}}},
+            "/api/v1/reload": {"post": {
+                "summary": "Re-read the configuration file (as SIGHUP); a bad one is refused and logged",
+                "operationId": "reload", "parameters": [_CSRF],
+                "responses": {**_ok(_obj({"requested": {"type": "boolean"}}), "Reload requested", "202"),
+                              **_errors(403, 409)}}},
+            "/api/v1/session": {"get": {
+                "summary": "Whether a login is needed; the CSRF token for this browser (no login needed)",
+                "operationId": "getSession", "security": [],
+                "responses": _ok(_obj({"auth_required": {"type": "boolean"}, "authenticated": {"type": "boolean"},
+                                       "csrf_token": {"type": "string"}}))}},
+            "/api/v1/login": {"post": {
+                "summary": "Log in with the status page password; sets an HttpOnly session cookie",
+                "operationId": "login", "security": [], "parameters": [_CSRF],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["password"], "properties": {"password": {"type": "string"}}}}}},
+                "responses": {**_ok(_obj({"authenticated": {"type": "boolean"}, "csrf_token": {"type": "string"}})),
+                              **_errors(400, 403, 409, 429)}}},
+            "/api/v1/logout": {"post": {
+                "summary": "End the session", "operationId": "logout", "parameters": [_CSRF],
+                "responses": {**_ok(_obj({"authenticated": {"type": "boolean"}})), **_errors(403)}}},
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "operationId": "getOpenapi",
+                                             "responses": {**_ok({"type": "object"}), **_errors()}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics: device polls, errors, latency; buffer depth, drops; uplink",
+                "operationId": "getMetrics",
+                "responses": {"200": {"description": "Prometheus text format 0.0.4",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors()}}},
+        },
+        "components": {
+            "schemas": {"Error": _ERROR, "Metric": _METRIC, "Device": _DEVICE, "DeviceDetail": _DEVICE_DETAIL,
+                        "Event": _EVENT, "Uplink": _UPLINK, "Buffer": _BUFFER, "Status": _STATUS,
+                        "CheckResult": _CHECK_RESULT},
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": "fg_session"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "the status page password"},
+            },
+        },
+        "security": [{"session": []}, {"bearer": []}, {}],
+    }

@@ -1,0 +1,313 @@
+"""The status page's view of the gateway: JSON documents built from its live state.
+
+:class:`StateHub` looks at the gateway once a second (the gateway keeps its
+state in plain objects and has no change notifications; reading a few
+counters per second costs nothing next to polling devices), turns it into the
+documents the API serves, records device state changes as events, measures
+CPU use and the publish rate, and hands each new document to the live-update
+streams. Everything here is read-only towards the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+from .. import __version__
+from ..schema import iso_ms
+from .logring import EventLog, Redactor
+
+log = logging.getLogger(__name__)
+
+_STATES = ("online", "degraded", "offline")
+
+
+def _read_meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and key in ("MemTotal", "MemAvailable"):
+                    out[key] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class SystemSampler:
+    """CPU share of this process and memory of the process and the machine (Linux /proc)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None
+        self.cpu_percent: float | None = None
+
+    def sample(self) -> None:
+        """Update the CPU share since the previous call."""
+        t = os.times()
+        now = (time.monotonic(), t.user + t.system)
+        if self._last is not None and now[0] > self._last[0]:
+            self.cpu_percent = round(100.0 * (now[1] - self._last[1]) / (now[0] - self._last[0]), 1)
+        self._last = now
+
+    def snapshot(self) -> dict[str, Any]:
+        """CPU and memory figures; ``None`` where the platform does not say."""
+        t = os.times()
+        mem = _read_meminfo()
+        try:
+            load1: float | None = round(os.getloadavg()[0], 2)
+        except OSError:
+            load1 = None
+        return {
+            "cpu_percent": self.cpu_percent, "cpu_seconds": round(t.user + t.system, 3),
+            "cpu_count": os.cpu_count(), "load1": load1, "rss_bytes": _rss_bytes(),
+            "mem_total_bytes": mem.get("MemTotal"), "mem_available_bytes": mem.get("MemAvailable"),
+        }
+
+
+class RateMeter:
+    """Messages per second of a growing counter over a sliding window."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, count: int) -> float | None:
+        """Record ``count`` at ``now``; returns the rate over the window (None until two samples)."""
+        if self.samples and count < self.samples[-1][1]:
+            self.samples.clear()  # the counter restarted (new uplink object)
+        self.samples.append((now, count))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
+            self.samples.popleft()
+        (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
+        return None if t1 <= t0 else round((c1 - c0) / (t1 - t0), 2)
+
+
+def output_kind(output: object) -> str:
+    """``mqtt`` for the buffered uplink, else ``stdout`` / ``memory`` / the class name."""
+    name = type(output).__name__
+    return {"BufferedUplink": "mqtt", "StdoutOutput": "stdout", "MemoryOutput": "memory"}.get(name, name.lower())
+
+
+class StateHub:
+    """Builds the API documents and feeds the live streams.
+
+    Args:
+        gateway: the running :class:`fieldgate.app.Gateway`.
+        output: the gateway's output (a ``BufferedUplink``, ``StdoutOutput`` or ``MemoryOutput``).
+        events: where device state changes and output events are recorded.
+        redact: applied to every free-text field that leaves the process.
+        interval: seconds between looks at the gateway.
+    """
+
+    def __init__(self, gateway: Any, output: object, events: EventLog, redact: Redactor,
+                 interval: float = 1.0) -> None:
+        self.gateway = gateway
+        self.output = output
+        self.events = events
+        self.redact = redact
+        self.interval = interval
+        self.system = SystemSampler()
+        self.publish_rate = RateMeter()
+        self.rate: float | None = None
+        self._states: dict[str, str] = {}
+        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.ticks = 0
+
+    # --- documents -----------------------------------------------------------
+
+    def _specs(self) -> list[Any]:
+        return list(self.gateway.loaded.devices)
+
+    def device(self, dev_id: str, *, detail: bool = False) -> dict[str, Any] | None:
+        """One device's document, or None when no such device is configured."""
+        spec = next((s for s in self._specs() if s.config.id == dev_id), None)
+        runner = self.gateway.runners.get(dev_id)
+        if spec is None and runner is not None:
+            spec = runner.spec
+        if spec is None:
+            return None
+        cfg = spec.config
+        doc: dict[str, Any] = {
+            "id": cfg.id, "driver": spec.driver.name, "profile": spec.profile_source,
+            "enabled": cfg.enabled, "poll_interval_s": cfg.poll_interval, "tags": dict(cfg.tags),
+        }
+        if runner is None:
+            doc.update(state="disabled" if not cfg.enabled else "starting", last_error=None, last_error_ts=None,
+                       last_reading=None, polls=0, failures=0, consecutive_failures=0, overruns=0,
+                       latency_ms=None, avg_latency_ms=None, metrics={})
+        else:
+            s = runner.stats
+            ok = s.polls - s.failures
+            doc.update(
+                state=s.state,
+                last_error=self.redact(s.last_error) if s.last_error else None,
+                last_error_ts=iso_ms(s.last_error_ts) if s.last_error_ts else None,
+                last_reading=iso_ms(s.last_reading_ts) if s.last_reading_ts else None,
+                polls=s.polls, failures=s.failures, consecutive_failures=s.consecutive_failures,
+                overruns=s.overruns,
+                latency_ms=round(s.last_latency_s * 1000, 1) if s.last_latency_s is not None else None,
+                avg_latency_ms=round(s.latency_sum_s / ok * 1000, 1) if ok > 0 else None,
+                metrics={name: self._metric(m) for name, m in s.latest.items()},
+            )
+        if detail:
+            profile = spec.profile
+            doc["config"] = {
+                "timeout_s": cfg.poll_timeout, "offline_after": cfg.offline_after,
+                "backoff_max_s": cfg.backoff_max, "bus": spec.bus,
+            }
+            doc["profile_info"] = {
+                "vendor": profile.vendor, "model": profile.model, "description": profile.description,
+                "points": [{"name": p.name, "unit": p.unit, "range": list(p.range) if p.range else None}
+                           for p in profile.points],
+            }
+        return doc
+
+    def _metric(self, m: Any) -> dict[str, Any]:
+        if not isinstance(m, dict):
+            return {"value": None, "quality": "bad", "reason": "unknown"}
+        out: dict[str, Any] = {"value": m.get("value"), "quality": m.get("quality", "good")}
+        if m.get("unit"):
+            out["unit"] = m["unit"]
+        if m.get("reason"):
+            out["reason"] = m["reason"]
+        return out
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Every configured device (and any still running from before a reload)."""
+        ids = [s.config.id for s in self._specs()]
+        ids += [i for i in self.gateway.runners if i not in ids]
+        return [d for d in (self.device(i) for i in ids) if d is not None]
+
+    def uplink(self) -> dict[str, Any]:
+        """The uplink document (a stand-in when the output has no uplink)."""
+        kind = output_kind(self.output)
+        snap = getattr(self.output, "snapshot", None)
+        if not callable(snap):
+            return {"kind": kind, "state": "none", "broker": None, "last_error": None, "connected_since": None,
+                    "published": 0, "acked": 0, "resent": 0, "connects": 0, "inflight": 0, "pending": 0,
+                    "publish_rate": None}
+        u = dict(snap())
+        u.pop("buffer", None)
+        u["kind"] = kind
+        u["last_error"] = self.redact(u["last_error"]) if u.get("last_error") else None
+        u["publish_rate"] = self.rate
+        return u
+
+    def buffer(self) -> dict[str, Any] | None:
+        """The durable buffer's figures, or None without one."""
+        snap = getattr(self.output, "snapshot", None)
+        b = snap().get("buffer") if callable(snap) else None
+        if not b:
+            return None
+        out = dict(b)
+        oldest = out.get("oldest_ts")
+        out["oldest_age_s"] = None
+        if oldest:
+            ts = calendar.timegm(time.strptime(oldest[:19], "%Y-%m-%dT%H:%M:%S"))
+            out["oldest_age_s"] = round(max(0.0, time.time() - ts), 1)
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """The overview document."""
+        gw = self.gateway
+        devices = self.devices()
+        counts = {k: 0 for k in (*_STATES, "other")}
+        for d in devices:
+            counts[d["state"] if d["state"] in _STATES else "other"] += 1
+        now = time.time()
+        return {
+            "gateway": gw.gateway_id, "version": __version__, "started": iso_ms(gw.started),
+            "uptime_s": round(now - gw.started, 1), "now": iso_ms(now),
+            "clock": {"synced": bool(gw.clock.synced), "check": gw.clock.mode},
+            "devices": {"total": len(devices), **counts},
+            "uplink": self.uplink(), "buffer": self.buffer(), "system": self.system.snapshot(),
+        }
+
+    def live(self) -> dict[str, Any]:
+        """What a live stream sends each second: the overview and every device."""
+        return {"status": self.status(), "devices": self.devices()}
+
+    # --- the loop ------------------------------------------------------------
+
+    def tick(self) -> dict[str, Any]:
+        """Look at the gateway once: record state changes, update rates, return the live document."""
+        self.ticks += 1
+        self.system.sample()
+        snap = getattr(self.output, "snapshot", None)
+        if callable(snap):
+            self.rate = self.publish_rate.add(time.monotonic(), int(snap().get("published", 0)))
+        doc = self.live()
+        for d in doc["devices"]:
+            before = self._states.get(d["id"])
+            if before is not None and before != d["state"]:
+                self.events.add("device_state", device=d["id"], state=d["state"], previous=before,
+                                error=d["last_error"] if d["state"] != "online" else None)
+            self._states[d["id"]] = d["state"]
+        return doc
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                doc = self.tick()
+            except Exception:  # a bug here must not take the gateway down; it shows in the log
+                log.exception("status page: building the status failed")
+            else:
+                for q in list(self._subscribers):
+                    _offer(q, doc)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        """Start looking at the gateway (call from the event loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="web-state")
+
+    async def close(self) -> None:
+        """Stop the loop and end every live stream."""
+        self._closed = True
+        for q in list(self._subscribers):
+            _offer(q, None)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        """A queue receiving each new live document; ``None`` means the server is closing."""
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=4)
+        if self._closed:
+            q.put_nowait(None)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any] | None]) -> None:
+        """Stop feeding ``q``."""
+        self._subscribers.discard(q)
+
+
+def _offer(q: asyncio.Queue[dict[str, Any] | None], item: dict[str, Any] | None) -> None:
+    """Put without blocking; a slow reader loses the oldest update, not the newest."""
+    while True:
+        try:
+            q.put_nowait(item)
+            return
+        except asyncio.QueueFull:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                q.get_nowait()

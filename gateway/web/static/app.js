@@ -1,0 +1,371 @@
+// fieldgate status page: plain JavaScript, no framework, no external requests.
+// Every view is rendered from the JSON API; live views follow a Server-Sent Events stream.
+// Text from the gateway is always inserted with textContent, never as HTML.
+"use strict";
+
+const state = { csrf: "", authRequired: false, source: null, timer: null };
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function pad(n) { return String(n).padStart(2, "0"); }
+
+// Local time on the page, UTC on hover (title).
+function when(iso) {
+  if (!iso) return h("span", { class: "muted" }, "never");
+  const d = new Date(iso);
+  const today = new Date().toDateString() === d.toDateString();
+  const local = (today ? "" : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} `) +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return h("time", { datetime: iso, title: `UTC ${iso.replace("T", " ").replace("Z", "")}` }, local);
+}
+
+function duration(s) {
+  if (s === null || s === undefined) return "–";
+  s = Math.round(s);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+const STATE_WORD = {
+  online: "online", degraded: "degraded", offline: "offline", starting: "starting", disabled: "disabled",
+  connected: "connected", connecting: "connecting", disconnected: "disconnected", none: "no uplink",
+  good: "good", uncertain: "uncertain", bad: "bad",
+};
+const STATE_CLASS = {
+  online: "ok", connected: "ok", good: "ok", degraded: "warn", connecting: "warn", uncertain: "warn",
+  starting: "idle", disabled: "idle", none: "idle", offline: "bad", disconnected: "bad", bad: "bad",
+};
+
+function badge(s) {
+  return h("span", { class: `badge ${STATE_CLASS[s] || "idle"}`, "data-state": s }, STATE_WORD[s] || s);
+}
+
+function fmtValue(m) {
+  if (!m) return "–";
+  if (m.value === null || m.value === undefined) return "–";
+  if (typeof m.value === "number") return `${m.value}`;
+  return String(m.value);
+}
+
+async function api(path, options) {
+  const opts = Object.assign({ headers: {} }, options || {});
+  if (opts.method && opts.method !== "GET") {
+    opts.headers["X-CSRF-Token"] = state.csrf;
+    opts.headers["Content-Type"] = "application/json";
+  }
+  const resp = await fetch(path, opts);
+  if (resp.status === 401 && location.pathname !== "/login") {
+    location.href = "/login?next=" + encodeURIComponent(location.pathname);
+    throw new Error("not logged in");
+  }
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const err = new Error(body.message || `HTTP ${resp.status}`);
+    err.status = resp.status;
+    throw err;
+  }
+  return body;
+}
+
+function setMain(...nodes) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...nodes);
+}
+
+function setLive(on) {
+  const el = document.getElementById("live");
+  el.hidden = false;
+  el.className = on ? "live on" : "live off";
+  el.textContent = on ? "live" : "reconnecting";
+}
+
+function follow(url, eventName, render) {
+  if (state.source) state.source.close();
+  const src = new EventSource(url);
+  state.source = src;
+  src.addEventListener(eventName, (ev) => { setLive(true); render(JSON.parse(ev.data)); });
+  src.onerror = () => setLive(false);
+}
+
+// --- views ------------------------------------------------------------------
+
+function card(title, ...rows) {
+  return h("section", { class: "card" }, h("h2", {}, title), h("dl", {}, rows.flat()));
+}
+
+function row(label, value) {
+  return [h("dt", {}, label), h("dd", {}, value)];
+}
+
+function renderOverview(doc) {
+  const s = doc.status;
+  document.getElementById("gw-name").textContent = s.gateway;
+  const u = s.uplink, b = s.buffer, sys = s.system;
+  const cards = h("div", { class: "cards" },
+    card("Gateway",
+      row("Id", h("strong", { "data-field": "gateway" }, s.gateway)),
+      row("Version", s.version),
+      row("Up for", h("span", { title: `started ${s.started}` }, duration(s.uptime_s))),
+      row("Clock", s.clock.synced ? badge("good") : h("span", { class: "badge warn" }, "not synchronized")),
+      row("Devices", `${s.devices.online} online, ${s.devices.degraded} degraded, ${s.devices.offline} offline`)),
+    card("Uplink",
+      row("State", badge(u.state)),
+      row("Broker", u.broker || (u.kind === "stdout" ? "none: readings printed to stdout" : "none")),
+      row("Published", `${u.published} (acked ${u.acked}, resent ${u.resent})`),
+      row("Rate", u.publish_rate === null ? "–" : `${u.publish_rate} msg/s`),
+      u.last_error ? row("Last error", h("span", { class: "err" }, u.last_error)) : []),
+    card("Buffer",
+      b ? [row("Depth", `${b.depth} reading(s)`),
+        row("Oldest", b.oldest_ts ? [when(b.oldest_ts), ` (${duration(b.oldest_age_s)} ago)`] : "empty"),
+        row("Dropped", h("span", { class: b.dropped ? "err" : "" }, String(b.dropped))),
+        row("On disk", bytes(b.bytes)),
+        b.disk_full ? row("Disk", h("span", { class: "badge bad" }, "full")) : []]
+        : row("Buffer", "none (no MQTT uplink configured)")),
+    card("System",
+      row("CPU", sys.cpu_percent === null ? "–" : `${sys.cpu_percent} %`),
+      row("Memory", `${bytes(sys.rss_bytes)} used by fieldgate`),
+      row("Free", sys.mem_available_bytes ? `${bytes(sys.mem_available_bytes)} of ${bytes(sys.mem_total_bytes)}` : "–"),
+      row("Load", sys.load1 === null ? "–" : String(sys.load1))));
+  setMain(cards, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
+    h("p", {}, h("button", { id: "reload", onclick: doReload }, "Reload configuration"),
+      h("span", { id: "reload-msg", class: "muted" })));
+}
+
+async function doReload() {
+  const msg = document.getElementById("reload-msg");
+  try {
+    await api("/api/v1/reload", { method: "POST", body: "{}" });
+    msg.textContent = " reload requested: see Events & log";
+  } catch (e) { msg.textContent = ` ${e.message}`; }
+}
+
+function deviceTable(devices, compact) {
+  if (!devices.length) return h("p", { class: "muted" }, "No devices configured.");
+  return h("table", { class: "devices" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Device"), h("th", {}, "State"), h("th", {}, "Last reading"),
+      h("th", {}, "Polls / errors"), h("th", {}, "Latency"), compact ? null : h("th", {}, "Values"),
+      h("th", {}, "Last error"))),
+    h("tbody", {}, devices.map((d) => h("tr", { "data-device": d.id },
+      h("td", { "data-label": "Device" }, h("a", { href: `/devices/${encodeURIComponent(d.id)}` }, d.id),
+        h("div", { class: "muted small" }, d.driver)),
+      h("td", { "data-label": "State", class: "state" }, badge(d.state)),
+      h("td", { "data-label": "Last reading" }, when(d.last_reading)),
+      h("td", { "data-label": "Polls / errors" }, `${d.polls} / ${d.failures}`),
+      h("td", { "data-label": "Latency" }, d.latency_ms === null ? "–" : `${d.latency_ms} ms`),
+      compact ? null : h("td", { "data-label": "Values" }, valueList(d.metrics)),
+      h("td", { "data-label": "Last error", class: "err" }, d.last_error || "")))));
+}
+
+function valueList(metrics) {
+  return h("ul", { class: "values" }, Object.entries(metrics).map(([name, m]) =>
+    h("li", { class: `q-${m.quality}`, title: m.reason ? `${m.quality}: ${m.reason}` : m.quality },
+      `${name} `, h("b", {}, fmtValue(m)), m.unit ? ` ${m.unit}` : "")));
+}
+
+function renderDevices(doc) {
+  document.getElementById("gw-name").textContent = doc.status.gateway;
+  setMain(h("h1", {}, "Devices"), deviceTable(doc.devices, false));
+}
+
+let detailStatic = null;
+
+async function showDevice(id) {
+  detailStatic = await api(`/api/v1/devices/${encodeURIComponent(id)}`);
+  renderDevice({ device: detailStatic });
+  follow(`/api/v1/devices/${encodeURIComponent(id)}/stream`, "device", (msg) => {
+    if (msg.status) document.getElementById("gw-name").textContent = msg.status.gateway;
+    if (msg.device) {
+      const changed = msg.device.state !== renderDevice.last;
+      renderDevice(msg);
+      if (changed) api(`/api/v1/devices/${encodeURIComponent(id)}`).then((d) => {
+        detailStatic = d; renderEvents(d.events);
+      }).catch(() => {});
+    }
+  });
+}
+
+function renderEvents(events) {
+  const el = document.getElementById("device-events");
+  if (!el) return;
+  el.replaceChildren(...(events.length ? events.map(eventItem) : [h("li", { class: "muted" }, "none yet")]));
+}
+
+function eventItem(e) {
+  const extra = Object.entries(e).filter(([k]) => !["id", "ts", "kind"].includes(k))
+    .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join("  ");
+  return h("li", {}, when(e.ts), " ", h("b", {}, e.kind), " ", extra);
+}
+
+function renderDevice(msg) {
+  const d = Object.assign({}, detailStatic, msg.device);
+  renderDevice.last = d.state;
+  const points = (detailStatic.profile_info || {}).points || [];
+  const names = points.map((p) => p.name);
+  for (const n of Object.keys(d.metrics)) if (!names.includes(n)) names.push(n);
+  const cfg = detailStatic.config || {};
+  setMain(
+    h("p", {}, h("a", { href: "/devices" }, "← all devices")),
+    h("h1", {}, d.id, " ", h("span", { id: "device-state", class: "state" }, badge(d.state))),
+    d.last_error && d.state !== "online"
+      ? h("p", { class: "alert", id: "device-error" }, d.last_error, " ", d.last_error_ts ? ["(", when(d.last_error_ts), ")"] : "")
+      : null,
+    h("table", { class: "points" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Point"), h("th", { class: "num" }, "Value"), h("th", {}, "Unit"),
+        h("th", {}, "Quality"))),
+      h("tbody", {}, names.map((n) => {
+        const m = d.metrics[n];
+        const p = points.find((x) => x.name === n) || {};
+        return h("tr", { "data-metric": n },
+          h("td", { "data-label": "Point" }, n),
+          h("td", { "data-label": "Value", class: "num value" }, fmtValue(m)),
+          h("td", { "data-label": "Unit" }, (m && m.unit) || p.unit || ""),
+          h("td", { "data-label": "Quality" }, m ? badge(m.quality) : h("span", { class: "muted" }, "no value yet"),
+            m && m.reason ? ` ${m.reason}` : ""));
+      }))),
+    h("div", { class: "cards" },
+      card("Polling",
+        row("Last reading", when(d.last_reading)),
+        row("Polls", String(d.polls)), row("Failed", String(d.failures)),
+        row("Failed in a row", String(d.consecutive_failures)),
+        row("Latency", d.latency_ms === null ? "–" : `${d.latency_ms} ms (avg ${d.avg_latency_ms} ms)`),
+        row("Overruns", String(d.overruns))),
+      card("Configuration",
+        row("Driver", d.driver), row("Profile", d.profile),
+        row("Model", `${(detailStatic.profile_info || {}).vendor || ""} ${(detailStatic.profile_info || {}).model || ""}`),
+        row("Poll every", `${d.poll_interval_s} s (timeout ${cfg.timeout_s} s)`),
+        row("Offline after", `${cfg.offline_after} failed polls`),
+        row("Bus", cfg.bus || "–"),
+        row("Tags", Object.entries(d.tags || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–"))),
+    h("h2", {}, "Recent events"), h("ul", { id: "device-events", class: "events" }));
+  renderEvents(detailStatic.events || []);
+}
+
+async function showEvents() {
+  const level = new URLSearchParams(location.search).get("level") || "INFO";
+  const [ev, logs] = await Promise.all([api("/api/v1/events?limit=100"), api(`/api/v1/logs?limit=200&level=${level}`)]);
+  const select = h("select", { id: "level", onchange: (e) => { location.search = `?level=${e.target.value}`; } },
+    ["DEBUG", "INFO", "WARNING", "ERROR"].map((l) => h("option", { value: l, selected: l === level }, l)));
+  setMain(
+    h("h1", {}, "Events"),
+    ev.events.length ? h("ul", { class: "events", id: "events" }, ev.events.map(eventItem))
+      : h("p", { class: "muted" }, "No events since the status page started."),
+    h("h2", {}, "Log ", h("label", { class: "small" }, "level ", select)),
+    logs.installed ? h("ol", { class: "log", id: "log" }, logs.lines.map((l) =>
+      h("li", { class: `lvl-${l.level.toLowerCase()}` }, when(l.ts), " ", h("b", {}, l.level), " ",
+        h("span", { class: "muted" }, l.logger), " ", l.message)))
+      : h("p", { class: "muted" }, "Log lines are not collected in this process."));
+  clearTimeout(state.timer);
+  state.timer = setTimeout(showEvents, 5000);
+}
+
+function showCheck() {
+  const text = h("textarea", { id: "profile-text", rows: 16, spellcheck: "false",
+    placeholder: "Paste a device profile (YAML) here, or choose a file" });
+  const file = h("input", { type: "file", id: "profile-file", accept: ".yaml,.yml,text/yaml,text/plain" });
+  const name = h("input", { type: "text", id: "profile-name", value: "pasted.yaml", "aria-label": "file name" });
+  const out = h("div", { id: "check-result", "aria-live": "polite" });
+  file.addEventListener("change", async () => {
+    const f = file.files[0];
+    if (!f) return;
+    text.value = await f.text();
+    name.value = f.name;
+  });
+  const run = async () => {
+    out.replaceChildren(h("p", { class: "muted" }, "Checking…"));
+    try {
+      const r = await api("/api/v1/profile-check", { method: "POST",
+        body: JSON.stringify({ text: text.value, filename: name.value }) });
+      out.replaceChildren(
+        h("p", { class: r.valid ? "alert ok" : "alert", id: "check-summary" }, r.valid ? "✔ " : "✖ ", r.summary),
+        r.diagnostics.length ? h("ol", { class: "diagnostics", id: "diagnostics" }, r.diagnostics.map((d) =>
+          h("li", { class: `sev-${d.severity}` }, h("code", {}, d.text)))) : null);
+    } catch (e) {
+      out.replaceChildren(h("p", { class: "alert" }, e.message));
+    }
+  };
+  setMain(h("h1", {}, "Profile check"),
+    h("p", { class: "muted" }, "Shows the same errors as ", h("code", {}, "fieldgate validate"), ", as file:line:col: key: message."),
+    h("div", { class: "form" }, text, h("div", { class: "row" }, file, name,
+      h("button", { id: "check", class: "primary", onclick: run }, "Check"))),
+    out);
+}
+
+function showLogin() {
+  const pw = h("input", { type: "password", id: "password", autocomplete: "current-password", required: true,
+    "aria-label": "password" });
+  const msg = h("p", { id: "login-msg", class: "err", "aria-live": "polite" });
+  const form = h("form", { class: "login card", id: "login-form" },
+    h("h1", {}, "Log in"), h("label", {}, "Status page password", pw),
+    h("button", { type: "submit", class: "primary", id: "login" }, "Log in"), msg);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    msg.textContent = "";
+    try {
+      const r = await api("/api/v1/login", { method: "POST", body: JSON.stringify({ password: pw.value }) });
+      state.csrf = r.csrf_token;
+      const next = new URLSearchParams(location.search).get("next") || "/";
+      location.href = next.startsWith("/") && !next.startsWith("//") ? next : "/";
+    } catch (e) {
+      msg.textContent = e.status === 401 ? "Wrong password." : e.message;
+      pw.select();
+    }
+  });
+  document.getElementById("nav").hidden = true;
+  setMain(form);
+  pw.focus();
+}
+
+async function boot() {
+  const session = await api("/api/v1/session");
+  state.csrf = session.csrf_token;
+  state.authRequired = session.auth_required;
+  const logout = document.getElementById("logout");
+  if (session.auth_required && session.authenticated) {
+    logout.hidden = false;
+    logout.addEventListener("click", async () => {
+      await api("/api/v1/logout", { method: "POST", body: "{}" }).catch(() => {});
+      location.href = "/login";
+    });
+  }
+  const path = location.pathname;
+  const section = path === "/" ? "overview" : path.split("/")[1];
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    a.classList.toggle("active", a.dataset.nav === section);
+  }
+  try {
+    if (path === "/login") showLogin();
+    else if (path === "/") follow("/api/v1/stream", "live", renderOverview);
+    else if (path === "/devices") follow("/api/v1/stream", "live", renderDevices);
+    else if (path.startsWith("/devices/")) await showDevice(decodeURIComponent(path.slice(9)));
+    else if (path === "/events") await showEvents();
+    else if (path === "/check") showCheck();
+    else setMain(h("p", {}, "Not found."));
+  } catch (e) {
+    setMain(h("p", { class: "alert" }, e.message));
+  }
+}
+
+document.addEventListener("DOMContentLoaded", boot);

@@ -1,0 +1,174 @@
+"""Fixtures for the status page tests: a running gateway with simulated devices, and clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from fieldgate.app import Gateway
+from fieldgate.config import load_config_text
+from fieldgate.outputs import MemoryOutput
+from fieldgate.web.app import CTX, create_app
+from fieldgate.web.auth import LoginLimiter, PasswordHash, hash_password
+from fieldgate.web.logring import LogRing
+from fieldgate.web.state import StateHub
+
+from ..conftest import REPO, sim_device
+
+ARTIFACTS = REPO / "test-artifacts" / "web"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Running:
+    """A gateway running in the test's event loop."""
+
+    gw: Gateway
+    out: MemoryOutput
+    control: Path
+    folder: Path
+
+
+def gateway_yaml(control: Path) -> str:
+    """Two sim devices: ``meter-1`` (breakable through ``control``) and ``air-1``."""
+    return ("gateway: {id: gw-web, clock_check: off}\ndevices:\n"
+            + sim_device("meter-1", poll_interval="0.1s", offline_after=2, backoff_max="0.2s",
+                         connection=f"{{control_file: {control}}}", tags="{site: depot}")
+            + sim_device("air-1", profile="air-quality", poll_interval="0.2s"))
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    """A gateway with two sim devices, polling until the test ends."""
+    control = tmp_path / "meter-1.fault"
+    control.write_text("none")
+    out = MemoryOutput()
+    gw = Gateway(load_config_text(gateway_yaml(control), str(tmp_path / "fieldgate.yaml")), out)
+    task = asyncio.create_task(gw.run(), name="gateway")
+    await asyncio.wait_for(gw.ready.wait(), 10)
+    try:
+        yield Running(gw, out, control, tmp_path)
+    finally:
+        gw.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+def ring() -> Iterator[LogRing]:
+    """A log ring attached to the root logger for this test only."""
+    r = LogRing(capacity=100, level=logging.DEBUG)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(r)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield r
+    finally:
+        root.removeHandler(r)
+        root.setLevel(old_level)
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> PasswordHash:
+    """The test password, hashed once per session (scrypt is slow on purpose)."""
+    return hash_password(PASSWORD)
+
+
+def remote_as(address: str) -> Any:
+    """A middleware making every request look as if it came from ``address``."""
+
+    @web.middleware
+    async def _mw(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await handler(request.clone(remote=address))  # type: ignore[no-any-return]
+
+    return _mw
+
+
+MakeClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def make_client(running: Running, ring: LogRing) -> AsyncIterator[MakeClient]:
+    """Build a test client for the status page of ``running`` (password and remote optional)."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def _make(*, password: PasswordHash | None = None, remote: str | None = None,
+                    limiter: LoginLimiter | None = None) -> TestClient[web.Request, web.Application]:
+        app = create_app(running.gw, running.out, password_hash=password, log_ring=ring, interval=0.05,
+                         limiter=limiter)
+        if remote is not None:
+            app.middlewares.insert(0, remote_as(remote))
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield _make
+    for c in clients:
+        await c.close()
+
+
+def hub_of(client: TestClient[web.Request, web.Application]) -> StateHub:
+    """The state hub behind a test client's app."""
+    return client.app[CTX].hub  # type: ignore[index]
+
+
+class ThreadedGateway:
+    """A gateway and its status page in a thread of their own (for synchronous clients)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="web-gateway", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # surfaced to the test thread
+            self._error = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        from fieldgate.config import WebConfig
+        from fieldgate.web import start_web
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        control = self.folder / "meter-1.fault"
+        control.write_text("none")
+        out = MemoryOutput()
+        gw = Gateway(load_config_text(gateway_yaml(control), str(self.folder / "fieldgate.yaml")), out)
+        task = asyncio.create_task(gw.run())
+        await gw.ready.wait()
+        server = await start_web(gw, out, WebConfig(listen="127.0.0.1:0"), interval=0.2, log_ring=LogRing())
+        self.url = server.url.rstrip("/")
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await server.close()
+            gw.request_stop()
+            await asyncio.wait_for(task, 10)
+
+    def __enter__(self) -> ThreadedGateway:
+        self._thread.start()
+        if not self._ready.wait(20) or self._error is not None:
+            raise RuntimeError(f"gateway thread did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(20)

@@ -1,0 +1,181 @@
+"""End to end in headless Chromium: a running gateway with simulated devices, seen through its status page.
+
+Uses Debian's ``chromium`` driven by Playwright (``playwright`` from PyPI, never ``playwright install``).
+Screenshots go to ``test-artifacts/web/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fieldgate.config import WebConfig
+from fieldgate.web import start_web
+from fieldgate.web.logring import LogRing
+
+from .conftest import ARTIFACTS, PASSWORD, Running
+from .test_api import BROKEN_PROFILE, _cli_validate
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                                "(apt-get install chromium); `make test` installs it")
+playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright (no browser download)")
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class Browser:
+    """One Chromium with an empty profile; collects page errors (a JS error fails the test)."""
+
+    def __init__(self, context: Any, base: str) -> None:
+        self.context = context
+        self.base = base.rstrip("/")
+        self.errors: list[str] = []
+
+    def _console(self, msg: Any) -> None:
+        # HTTP answers such as the 401 of a wrong password are logged by Chromium too; they are not JS errors
+        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+            self.errors.append(f"console: {msg.text}")
+
+    async def page(self, path: str = "/", **viewport: int) -> Any:
+        page = await self.context.new_page()
+        if viewport:
+            await page.set_viewport_size(viewport)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        page.on("console", self._console)
+        await page.goto(self.base + path)
+        return page
+
+
+async def _browser(tmp_path: Path, url: str) -> AsyncIterator[Browser]:
+    async with playwright_api.async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS,
+            viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="Europe/Berlin")
+        context.set_default_timeout(15_000)
+        b = Browser(context, url)
+        try:
+            yield b
+        finally:
+            await context.close()
+        assert b.errors == []
+
+
+@pytest.fixture
+async def browser(running: Running, tmp_path: Path, ring: LogRing) -> AsyncIterator[Browser]:
+    """Chromium looking at the status page of ``running`` (loopback, no password)."""
+    server = await start_web(running.gw, running.out, WebConfig(listen="127.0.0.1:0"), interval=0.2,
+                             log_ring=ring)
+    try:
+        async for b in _browser(tmp_path, server.url):
+            yield b
+    finally:
+        await server.close()
+
+
+def shot(name: str) -> str:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return str(ARTIFACTS / name)
+
+
+async def test_overview_and_devices_pages_show_the_gateway(browser: Browser, running: Running) -> None:
+    expect = playwright_api.expect
+    page = await browser.page("/")
+    await expect(page.locator("[data-field=gateway]")).to_have_text("gw-web")
+    await expect(page.locator("tr[data-device=meter-1] .state")).to_have_text("online")
+    await expect(page.locator("tr[data-device=air-1] .state")).to_have_text("online")
+    await expect(page.locator("#live")).to_have_text("live")
+    # timestamps: local time on the page, UTC on hover
+    stamp = page.locator("tr[data-device=meter-1] time")
+    assert (await stamp.get_attribute("title")).startswith("UTC 20")
+    await page.screenshot(path=shot("overview.png"), full_page=True)
+    page = await browser.page("/devices")
+    await expect(page.locator("tr[data-device=meter-1] .values li").first).to_contain_text("voltage")
+    await page.screenshot(path=shot("devices.png"), full_page=True)
+    phone = await browser.page("/devices", width=390, height=844)
+    await expect(phone.locator("tr[data-device=meter-1] .state")).to_have_text("online")
+    await phone.screenshot(path=shot("devices-phone.png"), full_page=True)
+
+
+async def test_device_page_updates_live_and_shows_a_broken_device(browser: Browser, running: Running) -> None:
+    expect = playwright_api.expect
+    page = await browser.page("/devices/meter-1")
+    energy = page.locator("tr[data-metric=energy] .value")
+    await expect(energy).not_to_have_text("\u2013")
+    first = await energy.text_content()
+    await page.evaluate("window.__notReloaded = true")
+    await page.wait_for_function(
+        "first => document.querySelector('tr[data-metric=energy] .value').textContent !== first", arg=first)
+    assert await page.evaluate("window.__notReloaded") is True  # updated in place, no page reload
+    await expect(page.locator("#device-state")).to_have_text("online")
+    await page.screenshot(path=shot("device-live.png"), full_page=True)
+
+    running.control.write_text("timeout")  # break the simulated meter
+    await expect(page.locator("#device-state")).to_have_text("offline")
+    await expect(page.locator("#device-error")).to_contain_text("simulated timeout")
+    await expect(page.locator("#device-events li").first).to_contain_text("device_state")
+    await page.screenshot(path=shot("device-offline.png"), full_page=True)
+    assert await page.evaluate("window.__notReloaded") is True
+
+    events = await browser.page("/events")
+    await expect(events.locator("#events")).to_contain_text("state=offline")
+    await expect(events.locator("#log")).to_contain_text("simulated timeout")
+    await events.screenshot(path=shot("events.png"), full_page=True)
+
+    running.control.write_text("none")  # heal it
+    await expect(page.locator("#device-state")).to_have_text("online")
+
+
+async def test_profile_check_page_shows_the_cli_errors(browser: Browser, tmp_path: Path) -> None:
+    expect = playwright_api.expect
+    (tmp_path / "bad-meter.yaml").write_text(BROKEN_PROFILE)
+    cli = await asyncio.to_thread(_cli_validate, tmp_path, "bad-meter.yaml")
+    page = await browser.page("/check")
+    await page.fill("#profile-text", BROKEN_PROFILE)
+    await page.fill("#profile-name", "bad-meter.yaml")
+    await page.click("#check")
+    await expect(page.locator("#diagnostics li")).to_have_text(cli[:-1])
+    await expect(page.locator("#check-summary")).to_contain_text(cli[-1])
+    await page.screenshot(path=shot("profile-check.png"), full_page=True)
+    # uploading a file works the same way
+    await page.set_input_files("#profile-file", str(tmp_path / "bad-meter.yaml"))
+    await expect(page.locator("#profile-name")).to_have_value("bad-meter.yaml")
+    await page.fill("#profile-text", "schema_version: 1\ndriver: sim\n")
+    await page.click("#check")
+    await expect(page.locator("#diagnostics li").first).to_contain_text("bad-meter.yaml:")
+
+
+async def test_login_page_guards_the_status_page(running: Running, tmp_path: Path) -> None:
+    expect = playwright_api.expect
+    secret = tmp_path / "web.password"
+    secret.write_text(PASSWORD + "\n")
+    cfg = WebConfig(listen="127.0.0.1:0", password={"file": secret})  # type: ignore[arg-type]
+    server = await start_web(running.gw, running.out, cfg, interval=0.2, log_ring=LogRing())
+    try:
+        async for b in _browser(tmp_path, server.url):
+            page = await b.page("/devices")
+            await expect(page).to_have_url(server.url + "login?next=/devices")
+            await page.fill("#password", "not it")
+            await page.click("#login")
+            await expect(page.locator("#login-msg")).to_have_text("Wrong password.")
+            await page.screenshot(path=shot("login.png"))
+            await page.fill("#password", PASSWORD)
+            await page.click("#login")
+            await expect(page).to_have_url(server.url + "devices")
+            await expect(page.locator("tr[data-device=meter-1] .state")).to_have_text("online")
+            cookies = {c["name"]: c for c in await b.context.cookies()}
+            assert cookies["fg_session"]["httpOnly"] and cookies["fg_session"]["sameSite"] == "Strict"
+            await page.click("#logout")
+            await expect(page).to_have_url(server.url + "login")
+    finally:
+        await server.close()
+
+
+def test_artifacts_folder_is_ignored_by_git() -> None:
+    gitignore = (Path(__file__).parents[2] / ".gitignore").read_text()
+    assert "/test-artifacts/" in gitignore and shutil.which("git") is not None
