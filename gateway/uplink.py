@@ -353,7 +353,8 @@ class BufferedUplink:
                 # otherwise the next turn reads again (the fast path needs no gap).
                 self._caught_up = len(rows) < limit and self._committed_max <= self._tail
             if room > 0 and ready:
-                backlog = not self._caught_up or len(ready) > room * per_message
+                # a backlog: more is waiting than the window carries as single messages
+                backlog = not self._caught_up or len(ready) > room
                 take = min(len(ready), room * (per_message if batch.enabled and
                                                (batch.when == "always" or backlog) else 1))
                 if rate is not None and backlog:

@@ -135,3 +135,19 @@ def test_yaml_positions_follow_merge_keys() -> None:
     data, smap, diags = load_yaml("base: &b {x: 1}\nitem:\n  <<: *b\n  y: 2\n", "t.yaml")
     assert data == {"base": {"x": 1}, "item": {"x": 1, "y": 2}} and diags == []
     assert smap.position(("item", "y")) == (4, 6)
+
+
+def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch, write_config: Callable[..., Path]) -> None:
+    from importlib.metadata import EntryPoint
+
+    from fieldgate import driver as registry
+
+    fake = EntryPoint(name="coap", value="fieldgate_not_installed_anywhere.driver:CoapDriver", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "available_drivers", lambda: {"coap": fake, "sim": None})
+    monkeypatch.setattr("fieldgate.config.available_drivers", registry.available_drivers)
+    monkeypatch.delitem(registry._cache, "coap", raising=False)
+    path = write_config("gateway: {id: g}\ndevices:\n  - {id: nb1, driver: coap, profile: x/y}\n")
+    errs = errors_of(path)
+    assert errs == [f"{path}:3:35: devices[0].driver: driver 'coap' needs 'fieldgate_not_installed_anywhere', "
+                    "which is not installed: pip install 'fieldgate[coap]' (hint: pip install 'fieldgate[coap]')"] \
+        or any("pip install 'fieldgate[coap]'" in e and ":3:" in e for e in errs), errs

@@ -22,7 +22,13 @@ from fieldgate.uplink import BufferedUplink
 from .conftest import sim_device
 from .support.broker import Mosquitto
 from .support.collector import Collector
-from .support.contract import validate_event, validate_gateway_status, validate_reading, validate_status
+from .support.contract import (
+    validate_batch,
+    validate_event,
+    validate_gateway_status,
+    validate_reading,
+    validate_status,
+)
 
 
 def gw_config(data_dir: Path, port: int, devices: int = 3, interval: str = "0.02s", mqtt_extra: str = "",
@@ -219,4 +225,60 @@ async def test_tls_and_credentials(tmp_path: Path, test_pki: Any, case: str) -> 
             await until(lambda: uplink.flushed > before + 5, what="buffering while refused")
             assert uplink.state.acked == 0
     finally:
+        await asyncio.to_thread(broker.stop)
+
+
+@pytest.mark.parametrize("when", ["always", "backlog"])
+async def test_batches_carry_every_reading(tmp_path: Path, mosquitto: Mosquitto, when: str) -> None:
+    col = Collector(mosquitto.host, mosquitto.port)
+    await asyncio.to_thread(col.connect)
+    data = tmp_path / "data"
+    try:
+        text = gw_config(data, mosquitto.port, mqtt_extra=f", batch: {{enabled: true, max_readings: 25, when: {when}}}")
+        async with running_gateway(text) as (_gw, uplink):
+            if when == "backlog":
+                await until(lambda: len(col.readings()) >= 10, what="live readings")
+                await asyncio.to_thread(mosquitto.stop)
+                before = uplink.flushed
+                await until(lambda: uplink.flushed >= before + 300, what="a backlog")
+                await asyncio.to_thread(mosquitto.start)
+            else:
+                await until(lambda: uplink.flushed >= 100, what="readings committed")
+            target = committed_max_seq(data)
+            await until(lambda: {r["seq"] for r in col.readings()} >= set(range(1, target + 1)), timeout=30,
+                        what=f"all seqs up to {target}")
+        batches = [m.json() for m in col.on("/readings")]
+        assert batches, "no batch message was sent"
+        for b in batches:
+            validate_batch(b)
+            assert 1 <= len(b["readings"]) <= 25
+        singles = col.on("/reading")
+        if when == "always":
+            assert not singles, "with batching always on, readings travel only in batches"
+        else:
+            assert singles, "live readings go one by one when there is no backlog"
+            assert any(len(b["readings"]) == 25 for b in batches), "the backlog is packed into full batches"
+        check_all_arrived(col, committed_max_seq(data))
+        col.check_contract()
+    finally:
+        await asyncio.to_thread(col.disconnect)
+
+
+async def test_mqtt_3_1_1_with_password_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = Mosquitto(tmp_dir=tmp_path / "broker", users={"gw": "s3cret"})
+    await asyncio.to_thread(broker.start)
+    col = Collector(broker.host, broker.port, username="gw", password="s3cret")
+    await asyncio.to_thread(col.connect)
+    monkeypatch.setenv("FG_TEST_MQTT_PASSWORD", "s3cret")
+    try:
+        text = gw_config(tmp_path / "data", broker.port, devices=1,
+                         mqtt_extra=", protocol: '3.1.1', username: gw, password: {env: FG_TEST_MQTT_PASSWORD}")
+        async with running_gateway(text) as (_gw, uplink):
+            await until(lambda: len(col.readings()) >= 5, what="readings over MQTT 3.1.1")
+            assert uplink.state.last_error is None
+        col.check_contract()
+    finally:
+        await asyncio.to_thread(col.disconnect)
         await asyncio.to_thread(broker.stop)
