@@ -28,7 +28,8 @@ _METRIC = _obj({
     "unit": {"type": "string"},
     "quality": {"type": "string", "enum": ["good", "uncertain", "bad"]},
     "reason": {"type": "string"},
-}, ["value", "quality"])
+    "stale": {"type": "boolean", "description": "the device is offline: this is the last value read before"},
+}, ["value", "quality", "stale"])
 _DEVICE = _obj({
     "id": {"type": "string"}, "driver": {"type": "string"}, "profile": {"type": "string"},
     "enabled": {"type": "boolean"}, "poll_interval_s": {"type": "number"},

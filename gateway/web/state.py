@@ -165,7 +165,8 @@ class StateHub:
                 overruns=s.overruns,
                 latency_ms=round(s.last_latency_s * 1000, 1) if s.last_latency_s is not None else None,
                 avg_latency_ms=round(s.latency_sum_s / ok * 1000, 1) if ok > 0 else None,
-                metrics={name: self._metric(m) for name, m in s.latest.items()},
+                # values kept from before the device went offline are shown, but marked stale
+                metrics={name: self._metric(m, stale=s.state == "offline") for name, m in s.latest.items()},
             )
         if detail:
             profile = spec.profile
@@ -180,10 +181,10 @@ class StateHub:
             }
         return doc
 
-    def _metric(self, m: Any) -> dict[str, Any]:
+    def _metric(self, m: Any, stale: bool = False) -> dict[str, Any]:
         if not isinstance(m, dict):
-            return {"value": None, "quality": "bad", "reason": "unknown"}
-        out: dict[str, Any] = {"value": m.get("value"), "quality": m.get("quality", "good")}
+            return {"value": None, "quality": "bad", "reason": "unknown", "stale": stale}
+        out: dict[str, Any] = {"value": m.get("value"), "quality": m.get("quality", "good"), "stale": stale}
         if m.get("unit"):
             out["unit"] = m["unit"]
         if m.get("reason"):

@@ -56,6 +56,7 @@ async def test_devices_show_state_values_and_poll_statistics(running: Running, m
     assert meter["state"] == "online" and meter["driver"] == "sim" and meter["polls"] >= 2
     assert meter["failures"] == 0 and meter["last_error"] is None and meter["latency_ms"] is not None
     assert meter["metrics"]["voltage"]["unit"] == "V" and meter["metrics"]["voltage"]["quality"] == "good"
+    assert not meter["metrics"]["voltage"]["stale"]
     assert isinstance(meter["metrics"]["energy"]["value"], float)
     assert meter["tags"] == {"site": "depot"} and meter["last_reading"].endswith("Z")
     assert devices["air-1"]["metrics"]
@@ -85,6 +86,8 @@ async def test_broken_device_goes_offline_with_an_event(running: Running, make_c
     doc = await (await client.get("/api/v1/devices/meter-1")).json()
     assert doc["state"] == "offline" and doc["last_error"] == "simulated timeout"
     assert doc["consecutive_failures"] >= 2 and doc["last_error_ts"]
+    # the last values are still shown, marked stale rather than good
+    assert doc["metrics"] and all(m["stale"] for m in doc["metrics"].values())
     events = (await (await client.get("/api/v1/events?device=meter-1")).json())["events"]
     # the page's own loop may also have seen the short "degraded" step in between
     assert events[0] | {"id": 0, "ts": "", "previous": ""} == {
@@ -94,6 +97,8 @@ async def test_broken_device_goes_offline_with_an_event(running: Running, make_c
     running.control.write_text("none")
     await running.out.wait_for(lambda o: o.statuses[-1] == ("meter-1", "online", None))
     hub.tick()
+    doc = await (await client.get("/api/v1/devices/meter-1")).json()
+    assert not any(m["stale"] for m in doc["metrics"].values())
     events = (await (await client.get("/api/v1/events")).json())["events"]
     assert (events[0]["state"], events[0]["previous"]) == ("online", "offline")
 

@@ -52,11 +52,11 @@ function bytes(n) {
 const STATE_WORD = {
   online: "online", degraded: "degraded", offline: "offline", starting: "starting", disabled: "disabled",
   connected: "connected", connecting: "connecting", disconnected: "disconnected", none: "no uplink",
-  good: "good", uncertain: "uncertain", bad: "bad",
+  good: "good", uncertain: "uncertain", bad: "bad", stale: "stale",
 };
 const STATE_CLASS = {
   online: "ok", connected: "ok", good: "ok", degraded: "warn", connecting: "warn", uncertain: "warn",
-  starting: "idle", disabled: "idle", none: "idle", offline: "bad", disconnected: "bad", bad: "bad",
+  starting: "idle", disabled: "idle", stale: "idle", none: "idle", offline: "bad", disconnected: "bad", bad: "bad",
 };
 
 function badge(s) {
@@ -181,7 +181,8 @@ function deviceTable(devices, compact) {
 
 function valueList(metrics) {
   return h("ul", { class: "values" }, Object.entries(metrics).map(([name, m]) =>
-    h("li", { class: `q-${m.quality}`, title: m.reason ? `${m.quality}: ${m.reason}` : m.quality },
+    h("li", { class: m.stale ? "q-stale" : `q-${m.quality}`,
+      title: (m.stale ? "stale (device offline), " : "") + (m.reason ? `${m.quality}: ${m.reason}` : m.quality) },
       `${name} `, h("b", {}, fmtValue(m)), m.unit ? ` ${m.unit}` : "")));
 }
 
@@ -242,7 +243,8 @@ function renderDevice(msg) {
           h("td", { "data-label": "Point" }, n),
           h("td", { "data-label": "Value", class: "num value" }, fmtValue(m)),
           h("td", { "data-label": "Unit" }, (m && m.unit) || p.unit || ""),
-          h("td", { "data-label": "Quality" }, m ? badge(m.quality) : h("span", { class: "muted" }, "no value yet"),
+          h("td", { "data-label": "Quality" }, m ? badge(m.stale ? "stale" : m.quality)
+            : h("span", { class: "muted" }, "no value yet"),
             m && m.reason ? ` ${m.reason}` : ""));
       }))),
     h("div", { class: "cards" },
