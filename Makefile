@@ -10,7 +10,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 EXTRAS  ?= all,test
-APT_PKGS := mosquitto mosquitto-clients chromium
+APT_PKGS := mosquitto mosquitto-clients chromium dbus libdbus-1-dev libglib2.0-dev pkg-config autoconf automake libtool
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -24,8 +24,10 @@ test: deps
 
 deps: apt $(VENV)/.installed
 
-# System packages: a broker for tests and the demo, Chromium for the status pages browser
-# tests (driven by Playwright; no browser download), and venv support for Python.
+# System packages: a broker for tests and the demo, Chromium for the status page's browser
+# tests (driven by Playwright; no browser download), D-Bus and its headers for the BLE tests
+# (python-dbusmock's BlueZ on a private bus), the autotools that build tinydtls for CoAP
+# DTLS-PSK, and venv support for Python.
 apt:
 	@missing=""; \
 	for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
