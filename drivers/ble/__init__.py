@@ -1,0 +1,1 @@
+"""The ``ble`` driver: BLE advertisements (BTHome, Ruuvi, pvvx, iBeacon, Eddystone) via bleak."""
