@@ -1,0 +1,207 @@
+"""Payload decoding: one CoAP report's bytes → raw readings of the profile's points.
+
+Four formats, chosen by the profile (``payload.format``):
+
+- ``senml``: RFC 8428 JSON or CBOR, by the request's Content-Format (110
+  senml+json, 112 senml+cbor; sniffed when absent). Records map to points
+  by name; a pack with several times gives one reading per time, oldest
+  first. A record whose unit differs from the point's is a ``unit_mismatch``.
+- ``json`` / ``cbor``: a document read with each point's dotted ``path``.
+- ``binary``: bytes read with the serial driver's ``FieldSpec`` and
+  ``BinaryDecoder`` (shared code, not a copy), optionally checked with one of
+  its checksums.
+
+Everything a device can send either decodes or raises ``PayloadError`` (a
+``ValueError``) with a reason; the fuzz tests hold this line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fieldgate.schema import PointError, RawReading
+
+from ..serial.checksums import CHECKSUMS
+from ..serial.fields import BinaryDecoder
+from .profile import CoapPoint, CoapProfile, PayloadSpec
+from .senml import SenmlError, loads_cbor, loads_json, resolve
+
+# CoAP Content-Format numbers (IANA CoRE parameters registry)
+CF_TEXT, CF_OCTETS, CF_JSON, CF_CBOR, CF_SENML_JSON, CF_SENML_CBOR = 0, 42, 50, 60, 110, 112
+_ACCEPTED = {
+    "senml": {None, CF_SENML_JSON, CF_SENML_CBOR, CF_JSON, CF_CBOR},
+    "json": {None, CF_JSON, CF_TEXT},
+    "cbor": {None, CF_CBOR},
+    "binary": {None, CF_OCTETS},
+}
+MAX_PAYLOAD = 4096  # bytes; an NB-IoT report is tens of bytes, a CoAP datagram at most ~1 kB
+
+
+class PayloadError(ValueError):
+    """A report that cannot be decoded.
+
+    Attributes:
+        reason: ``decode_error``, ``unsupported_format`` or ``checksum``.
+    """
+
+    def __init__(self, message: str, reason: str = "decode_error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PayloadDecoder:
+    """Decodes one profile's payloads; built once per device.
+
+    Args:
+        profile: the device's profile.
+    """
+
+    def __init__(self, profile: CoapProfile) -> None:
+        self.spec: PayloadSpec = profile.payload
+        self.points: Sequence[CoapPoint] = profile.points
+        self.format = self.spec.format
+        self._senml = {(p.senml or p.name): p for p in self.points}
+        self._paths = [(p.name, p.path.split(".")) for p in self.points if p.path]
+        self._time_path = self.spec.time.split(".") if self.spec.time else None
+        self._binary: BinaryDecoder | None = None
+        if self.format == "binary":
+            self._binary = BinaryDecoder([(p.name, p.field_spec()) for p in self.points], self.spec.byte_order)
+            self._need = max(p.at + p.field_spec().size for p in self.points if p.at is not None)
+
+    def accepts(self, content_format: int | None) -> bool:
+        """Whether a request with this Content-Format can hold this profile's payload."""
+        return content_format in _ACCEPTED[self.format]
+
+    def decode(self, payload: bytes, content_format: int | None = None, now: float | None = None) -> list[RawReading]:
+        """Raw readings of one report (at least one).
+
+        Raises:
+            PayloadError: the payload does not decode, or holds none of the profile's points.
+        """
+        now = time.time() if now is None else now
+        if not self.accepts(content_format):
+            raise PayloadError(f"Content-Format {content_format} does not carry a {self.format} payload",
+                               "unsupported_format")
+        if len(payload) > MAX_PAYLOAD:
+            raise PayloadError(f"payload of {len(payload)} bytes is larger than {MAX_PAYLOAD}")
+        if self.format == "senml":
+            return self._decode_senml(payload, content_format, now)
+        if self.format == "binary":
+            return [self._decode_binary(payload, now)]
+        return [self._decode_mapped(payload, now)]
+
+    # --- SenML --------------------------------------------------------------
+
+    def _decode_senml(self, payload: bytes, content_format: int | None, now: float) -> list[RawReading]:
+        is_json = content_format in (CF_SENML_JSON, CF_JSON) or (
+            content_format is None and payload.lstrip()[:1] == b"[")
+        try:
+            records = resolve(loads_json(payload) if is_json else loads_cbor(payload), now)
+        except SenmlError as exc:
+            raise PayloadError(f"SenML {'JSON' if is_json else 'CBOR'}: {exc}") from None
+        by_time: dict[float, dict[str, Any]] = {}
+        for rec in records:
+            point = self._senml.get(rec.name) or self._senml.get(rec.local)
+            if point is None:
+                continue
+            value: Any = rec.value
+            if rec.unit is not None and point.unit is not None and rec.unit != point.unit:
+                value = PointError("unit_mismatch")
+            elif isinstance(value, str) and point.unit is not None:
+                value = PointError("decode_error")  # text where the profile expects a measured number
+            by_time.setdefault(rec.time, {})[point.name] = value
+        if not by_time:
+            names = ", ".join(sorted({r.name for r in records})[:5]) or "none"
+            raise PayloadError(f"no record names a point of the profile (records: {names})")
+        return [RawReading(values, ts) for ts, values in sorted(by_time.items())]
+
+    # --- JSON / CBOR with paths ---------------------------------------------
+
+    def _decode_mapped(self, payload: bytes, now: float) -> RawReading:
+        if self.format == "json":
+            try:
+                doc = json.loads(payload)
+            except (ValueError, RecursionError) as exc:
+                raise PayloadError(f"not JSON: {exc}") from None
+        else:
+            import cbor2
+
+            try:
+                doc = cbor2.loads(payload)
+            except Exception as exc:  # cbor2 raises assorted errors on hostile input; all mean "not CBOR"
+                raise PayloadError(f"not CBOR: {type(exc).__name__}") from None
+        values: dict[str, Any] = {}
+        for name, path in self._paths:
+            found, raw = _walk(doc, path)
+            if not found:
+                continue
+            values[name] = raw if _plain(raw) else PointError("decode_error")
+        if not values:
+            raise PayloadError("none of the profile's paths is in the payload")
+        ts = now
+        if self._time_path is not None:
+            found, t = _walk(doc, self._time_path)
+            if found:
+                if isinstance(t, bool) or not isinstance(t, int | float) or not (0 < t < 2**34):
+                    raise PayloadError(f"time at {self.spec.time!r} is not seconds since the epoch")
+                ts = float(t)
+        return RawReading(values, ts)
+
+    # --- binary -------------------------------------------------------------
+
+    def _decode_binary(self, payload: bytes, now: float) -> RawReading:
+        n = len(payload)
+        if n < max(self.spec.min_length, 1):
+            raise PayloadError(f"{n}-byte payload is shorter than the {self.spec.min_length} bytes expected")
+        check = self.spec.checksum
+        if check is not None:
+            algo = CHECKSUMS[check.type]
+            at = check.at if check.at is not None else -algo.size
+            a = at if at >= 0 else n + at
+            start, end = check.over if check.over is not None else (0, a)
+            start = start if start >= 0 else n + start
+            end = end if end >= 0 else n + end
+            if not (a >= 0 and a + algo.size <= n and 0 <= start <= end <= n):
+                raise PayloadError(f"{n}-byte payload is too short for its {check.type} checksum")
+            if algo.compute(payload[start:end]) != int.from_bytes(payload[a:a + algo.size], check.byte_order):
+                raise PayloadError(f"{check.type} checksum does not match", "checksum")
+        assert self._binary is not None
+        values = self._binary.decode(payload)
+        if all(isinstance(v, PointError) for v in values.values()):
+            raise PayloadError(f"{n}-byte payload holds none of the fields (needs {self._need} bytes)")
+        for name, v in values.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                values[name] = PointError("decode_error")
+        return RawReading(values, now)
+
+
+def _walk(doc: Any, path: list[str]) -> tuple[bool, Any]:
+    """Follow a dotted path through maps (by key) and lists (by index)."""
+    node = doc
+    for part in path:
+        if isinstance(node, dict):
+            if part in node:
+                node = node[part]
+            elif part.lstrip("-").isdigit() and int(part) in node:  # CBOR maps with integer keys
+                node = node[int(part)]
+            else:
+                return False, None
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, bool | str):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return False
