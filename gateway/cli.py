@@ -242,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-broker", action="store_true", help="print readings on stdout instead of MQTT")
     p.set_defaults(func=cmd_demo)
+
+    # The installer's path: each module registers its own subcommand(s) and handler.
+    from . import doctor, install, provision
+
+    install.add_parser(sub)
+    provision.add_parser(sub)
+    doctor.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,722 @@
+"""``fieldgate doctor``: one command that checks the gateway and explains what is wrong.
+
+For the technician who comes to a cabinet months after the installer left:
+every check ends in a finding in plain words, with what to do about it.
+
+Checks, in order: the configuration and profile libraries; a provisioning
+file refused or still waiting on the boot partition; the systemd unit;
+the clock (NTP); disk space for the buffer; the buffer's depth and age (the
+database is opened read-only); serial ports present and permitted; the BLE
+adapter and BlueZ (not applicable without BLE devices); the broker reached,
+TLS and the login accepted (with a clean session, no last will, and its own
+client id, so a running gateway is not disturbed); and each enabled device
+answering, through the same driver, profile and timeouts as ``fieldgate
+run`` (``--no-devices`` skips this: a running service holds its serial ports).
+
+Statuses: ``ok``, ``n/a`` (not applicable), ``warn`` (works, needs attention)
+and ``fail`` (broken). Exit code: 0 nothing failed (warnings are printed;
+``--strict`` turns them into 3), 1 the configuration is missing or invalid,
+3 at least one check failed. ``--json`` prints the same for machines.
+
+The clock and ``statvfs`` are parameters of :class:`Doctor` so tests can
+simulate an unsynchronized clock or a full disk where the real ones cannot be
+changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import grp
+import json
+import logging
+import os
+import pwd
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .clock import clock_synced
+from .config import DEFAULT_CONFIG, DeviceSpec, LoadedConfig, load_config, load_profile_file
+from .errors import ConfigError, DeviceBusy, DriverError, GatewayError
+from .yamlsrc import Diagnostic
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 3
+
+Status = Literal["ok", "n/a", "warn", "fail"]
+_RANK: dict[str, int] = {"ok": 0, "n/a": 0, "warn": 1, "fail": 2}
+
+SERVICE_USER = "fieldgate"
+SERVICE_GROUPS = ("dialout", "bluetooth")
+STATE_DIR = Path("/var/lib/fieldgate")
+BOOT_DIRS = (Path("/boot/firmware"), Path("/boot"))
+UNIT_PATH = Path("/etc/systemd/system/fieldgate.service")
+UNIT_LINK = Path("/etc/systemd/system/multi-user.target.wants/fieldgate.service")
+
+MIB = 1024 * 1024
+DISK_FAIL_BYTES = 32 * MIB  # below this the buffer soon cannot commit
+DISK_FAIL_SHARE = 0.02
+DISK_WARN_SHARE = 0.10
+BACKLOG_WARN_S = 15 * 60.0  # readings older than this are not "in flight" any more
+
+
+@dataclass(slots=True)
+class Finding:
+    """One result: what was checked, how it is, in plain words, and what to do.
+
+    Attributes:
+        check: short name (``config``, ``clock``, ``serial:/dev/ttyUSB0``, ``device:meter-1``, ...).
+        status: ``ok``, ``n/a``, ``warn`` or ``fail``.
+        summary: one or two sentences for a person.
+        fix: what to do, for ``warn`` and ``fail``.
+        details: figures for machines (``--json``).
+    """
+
+    check: str
+    status: Status
+    summary: str
+    fix: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds / size
+            return f"{n:.0f} {unit}{'s' if round(n) != 1 else ''}"
+    return f"{seconds:.0f} s"
+
+
+def _size(n: float) -> str:
+    for unit in ("GB", "MB", "kB"):
+        scale = {"GB": 1e9, "MB": 1e6, "kB": 1e3}[unit]
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+class Doctor:
+    """Runs every check against one configuration file.
+
+    Args:
+        config_path: the configuration (``/etc/fieldgate/fieldgate.yaml``).
+        root: where ``/boot`` and ``/etc/systemd`` are looked for (``/`` on the gateway).
+        clock: returns True/False for "synchronized", None when it cannot be known.
+        statvfs: ``os.statvfs`` or a stand-in.
+        now: the wall clock.
+        timeout: seconds for the broker and for each device (at least the device's own poll timeout).
+        devices: whether to poll the devices.
+    """
+
+    def __init__(self, config_path: Path, *, root: Path = Path("/"),
+                 clock: Callable[[], bool | None] = clock_synced,
+                 statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
+                 now: Callable[[], float] = time.time, timeout: float = 10.0, devices: bool = True) -> None:
+        self.config_path = config_path
+        self.root = root
+        self.clock = clock
+        self.statvfs = statvfs
+        self.now = now
+        self.timeout = timeout
+        self.poll_devices = devices
+        self.findings: list[Finding] = []
+        self.loaded: LoadedConfig | None = None
+
+    def _on_root(self, path: Path) -> Path:
+        return self.root / path.relative_to("/")
+
+    def add(self, check: str, status: Status, summary: str, fix: str | None = None, **details: Any) -> Finding:
+        finding = Finding(check, status, summary, fix, details)
+        self.findings.append(finding)
+        return finding
+
+    async def run(self) -> list[Finding]:
+        """Every check; returns the findings (also in ``self.findings``)."""
+        self.check_config()
+        self.check_provisioning()
+        self.check_unit()
+        self.check_clock()
+        data_dir = self.loaded.config.gateway.data_dir if self.loaded else STATE_DIR
+        self.check_disk(data_dir)
+        self.check_buffer(data_dir)
+        if self.loaded is not None:
+            self.check_serial_ports(self.loaded.devices)
+            await self.check_ble(self.loaded.devices)
+            await self.check_broker(self.loaded)
+            if self.poll_devices:
+                await self.check_devices(self.loaded)
+            else:
+                self.add("devices", "n/a", "devices were not polled (--no-devices)")
+        return self.findings
+
+    # --- configuration -----------------------------------------------------------------------
+
+    def check_config(self) -> None:
+        path = self.config_path
+        if not path.exists():
+            self.add("config", "fail", f"there is no configuration at {path}: the service does not start without it",
+                     "put fieldgate.yaml on the boot partition and reboot (or run `sudo fieldgate provision`), "
+                     f"or write {path} by hand; see docs/installing.md", path=str(path))
+            return
+        try:
+            loaded = load_config(path)
+        except ConfigError as exc:
+            diags = [str(d) for d in exc.diagnostics if getattr(d, "severity", "error") == "error"]
+            shown = "\n".join(diags[:10]) + (f"\n... and {len(diags) - 10} more" if len(diags) > 10 else "")
+            self.add("config", "fail", f"the configuration has {len(diags)} error(s); the service refuses to start "
+                     f"with it:\n{shown}",
+                     f"correct each line named (file:line:column: key), check with `fieldgate validate {path}`, "
+                     "then `sudo systemctl restart fieldgate`", errors=diags, path=str(path))
+            return
+        self.loaded = loaded
+        enabled = [d for d in loaded.devices if d.config.enabled]
+        if loaded.warnings:
+            self.add("config", "warn", f"the configuration is valid ({len(enabled)} device(s)) but has "
+                     f"{len(loaded.warnings)} warning(s):\n" + "\n".join(str(w) for w in loaded.warnings[:10]),
+                     "address the warnings (renamed keys stop working in a later release)",
+                     warnings=[str(w) for w in loaded.warnings], path=str(path))
+        else:
+            self.add("config", "ok", f"configuration {path} is valid: {len(enabled)} enabled device(s), "
+                     "every profile valid", path=str(path), devices=len(enabled))
+        if loaded.config.mqtt is None:
+            self.add("config.mqtt", "fail", "the configuration has no 'mqtt' section: the service refuses to start "
+                     "(it would have nowhere to send readings)", "add an mqtt section with the broker's host")
+        self._check_profile_dirs(loaded)
+
+    def _check_profile_dirs(self, loaded: LoadedConfig) -> None:
+        for directory in loaded.config.gateway.profile_dirs:
+            if not directory.is_dir():
+                self.add("profiles", "fail", f"profile folder {directory} (gateway.profile_dirs) does not exist",
+                         "create it, or remove it from gateway.profile_dirs", folder=str(directory))
+                continue
+            errors: list[str] = []
+            files = sorted(directory.rglob("*.yaml"))
+            for p in files:
+                _, diags = load_profile_file(p)
+                errors += [str(d) for d in diags if isinstance(d, Diagnostic) and d.severity == "error"]
+            if errors:
+                self.add("profiles", "fail", f"{len(errors)} error(s) in the profiles of {directory}:\n"
+                         + "\n".join(errors[:10]),
+                         "correct the lines named, check with `fieldgate validate --profile FILE`",
+                         folder=str(directory), errors=errors)
+            else:
+                self.add("profiles", "ok", f"{len(files)} profile(s) in {directory} are valid", folder=str(directory))
+
+    def check_provisioning(self) -> None:
+        for boot in BOOT_DIRS:
+            d = self._on_root(boot)
+            errors = d / "fieldgate.yaml.errors.txt"
+            if errors.is_file():
+                try:
+                    text = errors.read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    text = ""
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                self.add("provisioning", "fail", f"the configuration placed on the boot partition ({boot}) was "
+                         "refused, so the gateway still runs its previous one:\n" + "\n".join(lines[3:13]),
+                         f"fix {boot / 'fieldgate.yaml'} as {errors.name} says, then reboot "
+                         "(or `sudo fieldgate provision`)", errors_file=str(boot / errors.name))
+                return
+            if (d / "fieldgate.yaml").is_file():
+                self.add("provisioning", "warn", f"{boot / 'fieldgate.yaml'} waits to be applied",
+                         "reboot, or apply it now: `sudo fieldgate provision`")
+                return
+
+    def check_unit(self) -> None:
+        unit, link = self._on_root(UNIT_PATH), self._on_root(UNIT_LINK)
+        if not unit.is_file():
+            self.add("service", "warn", "fieldgate.service is not installed: nothing starts the gateway at boot",
+                     "`sudo fieldgate install` (see docs/installing.md)")
+        elif not (link.is_symlink() or link.exists()):
+            self.add("service", "warn", "fieldgate.service is installed but not enabled: it does not start at boot",
+                     "`sudo systemctl enable --now fieldgate`")
+        else:
+            self.add("service", "ok", "fieldgate.service is installed and enabled")
+
+    # --- system ------------------------------------------------------------------------------
+
+    def check_clock(self) -> None:
+        try:
+            synced = self.clock()
+        except Exception as exc:
+            synced = None
+            log.debug("clock check failed: %s", exc)
+        if synced is None:
+            self.add("clock", "n/a", "the kernel cannot be asked whether the clock is synchronized here")
+        elif synced:
+            self.add("clock", "ok", "the system clock is synchronized (NTP)")
+        else:
+            self.add("clock", "fail", "the system clock is NOT synchronized: readings carry a guessed time and are "
+                     "flagged clock=unsynced (a Raspberry Pi has no battery clock)",
+                     "give the gateway a network path to an NTP server (UDP port 123), check `timedatectl` and "
+                     "`systemctl status systemd-timesyncd`; set NTP= in /etc/systemd/timesyncd.conf for a "
+                     "site-local server")
+
+    def check_disk(self, data_dir: Path) -> None:
+        probe = data_dir
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            st = self.statvfs(str(probe))
+        except OSError as exc:
+            self.add("disk", "fail", f"cannot measure free space at {probe}: {exc.strerror or exc}",
+                     "check that the data folder's filesystem is mounted")
+            return
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        share = free / total if total else 0.0
+        details: dict[str, Any] = {"path": str(probe), "free_bytes": free, "total_bytes": total}
+        where = f"{_size(free)} free of {_size(total)} at {probe}"
+        limit = self.loaded.config.buffer.max_bytes if self.loaded else None
+        if free < DISK_FAIL_BYTES or share < DISK_FAIL_SHARE:
+            self.add("disk", "fail", f"the disk is (almost) full: {where}. The buffer cannot store new readings; "
+                     "they wait in memory and are lost on a restart",
+                     "free space: `sudo journalctl --vacuum-size=50M`, remove old files; or use a larger SD card",
+                     **details)
+        elif share < DISK_WARN_SHARE or (limit is not None and free < limit - self._buffer_bytes(data_dir)):
+            why = f"less than buffer.max_bytes ({_size(limit)})" if limit and free < limit else "under 10 %"
+            self.add("disk", "warn", f"disk space is short: {where}, {why}: a long broker outage would fill it "
+                     "before the buffer's own limit drops old readings",
+                     "free space, or lower buffer.max_bytes below the free space", **details)
+        else:
+            self.add("disk", "ok", f"disk space for the buffer: {where}", **details)
+
+    @staticmethod
+    def _buffer_bytes(data_dir: Path) -> int:
+        total = 0
+        for name in ("buffer.db", "buffer.db-wal"):
+            try:
+                total += (data_dir / name).stat().st_size
+            except OSError:
+                pass
+        return total
+
+    def check_buffer(self, data_dir: Path) -> None:
+        db = data_dir / "buffer.db"
+        if not db.exists():
+            self.add("buffer", "n/a", f"no buffer at {db} yet: the gateway has not stored a reading there")
+            return
+        try:
+            depth, oldest_ms, last_seq = _read_buffer(db)
+        except PermissionError:
+            self.add("buffer", "warn", f"cannot read {db} as this user", "run `sudo fieldgate doctor`")
+            return
+        except sqlite3.Error as exc:
+            self.add("buffer", "fail", f"cannot read the buffer {db}: {exc}",
+                     "the gateway moves a corrupt buffer aside by itself at its next start; "
+                     "if this stays, stop the service and move buffer.db away", path=str(db))
+            return
+        hwm = _read_int(data_dir / "seq.hwm")
+        size = self._buffer_bytes(data_dir)
+        details: dict[str, Any] = {"path": str(db), "depth": depth, "last_seq": last_seq,
+                                   "seq_reserved": hwm, "bytes": size}
+        if depth == 0:
+            self.add("buffer", "ok", f"the buffer is empty: every reading was delivered (last seq {last_seq})",
+                     **details)
+            return
+        age = self.now() - oldest_ms / 1000.0
+        details["oldest_age_s"] = round(age, 1)
+        max_age = self.loaded.config.buffer.max_age if self.loaded else None
+        max_bytes = self.loaded.config.buffer.max_bytes if self.loaded else None
+        waiting = f"{depth} reading(s) wait in the buffer, the oldest from {_age(age)} ago"
+        if max_age and age > 0.8 * max_age:
+            self.add("buffer", "fail", f"{waiting}: readings older than {_age(max_age)} (buffer.max_age) are "
+                     f"dropped, the first in {_age(max_age - age)}",
+                     "get the broker connection working (see the broker finding); raise buffer.max_age to wait "
+                     "longer", **details)
+        elif max_bytes and size > 0.8 * max_bytes:
+            self.add("buffer", "warn", f"{waiting}, {_size(size)} of {_size(max_bytes)} "
+                     "(buffer.max_bytes): beyond the limit the oldest are dropped",
+                     "get the broker connection working (see the broker finding)", **details)
+        elif age > BACKLOG_WARN_S:
+            self.add("buffer", "warn", f"{waiting}: the broker has not acknowledged them",
+                     "see the broker finding; buffered readings are sent by themselves, in order, once it is "
+                     "reachable", **details)
+        else:
+            self.add("buffer", "ok", f"{depth} reading(s) in flight, the oldest from {_age(age)} ago", **details)
+
+    # --- hardware ----------------------------------------------------------------------------
+
+    def check_serial_ports(self, devices: Sequence[DeviceSpec]) -> None:
+        ports: dict[str, list[str]] = {}
+        for spec in devices:
+            if not spec.config.enabled:
+                continue
+            port = _serial_port(spec)
+            if port is not None:
+                ports.setdefault(port, []).append(spec.config.id)
+        for port, ids in ports.items():
+            who = ", ".join(ids)
+            try:
+                st = os.stat(port)
+            except FileNotFoundError:
+                self.add(f"serial:{port}", "fail", f"serial port {port} (used by {who}) does not exist",
+                         "plug the USB adapter in and check its cable; `ls -l /dev/serial/by-id/` lists the "
+                         "adapters present: use that stable name in the configuration", port=port, devices=ids)
+                continue
+            except OSError as exc:
+                self.add(f"serial:{port}", "fail", f"cannot look at {port}: {exc.strerror}", port=port, devices=ids)
+                continue
+            if not stat.S_ISCHR(st.st_mode):
+                self.add(f"serial:{port}", "fail", f"{port} (used by {who}) is not a serial device",
+                         "name the device node, e.g. /dev/serial/by-id/usb-...", port=port, devices=ids)
+                continue
+            problem = _service_cannot_open(port, st)
+            if problem:
+                self.add(f"serial:{port}", "fail", f"serial port {port} is present but {problem}",
+                         "allow group dialout: a udev rule `SUBSYSTEM==\"tty\", GROUP=\"dialout\", MODE=\"0660\"` "
+                         "for this adapter, then replug it", port=port, devices=ids)
+            else:
+                self.add(f"serial:{port}", "ok", f"serial port {port} is present and the service may open it "
+                         f"(used by {who})", port=port, devices=ids)
+
+    async def check_ble(self, devices: Sequence[DeviceSpec]) -> None:
+        adapters: dict[str, list[str]] = {}
+        for spec in devices:
+            if spec.config.enabled and spec.driver.name == "ble":
+                backend = getattr(spec.connection, "backend", "bleak")
+                if backend == "bleak":
+                    adapters.setdefault(str(getattr(spec.connection, "adapter", "hci0")), []).append(spec.config.id)
+        if not adapters:
+            self.add("ble", "n/a", "no Bluetooth LE device is configured: BlueZ and the adapter are not needed")
+            return
+        try:
+            state = await asyncio.wait_for(_bluez_state(), self.timeout)
+        except ImportError:
+            self.add("ble", "fail", "BLE devices are configured but the ble extra is not installed",
+                     "pip install 'fieldgate[ble]' into the gateway's environment (`sudo fieldgate install` does)")
+            return
+        except (OSError, TimeoutError, ValueError) as exc:
+            self.add("ble", "fail", f"the D-Bus system bus cannot be reached ({exc}); BLE goes through BlueZ on it",
+                     "`systemctl status dbus`; the package is dbus (Raspberry Pi OS has it)")
+            return
+        if state is None:
+            self.add("ble", "fail", "BlueZ (bluetoothd) is not running: BLE devices cannot be heard",
+                     "`sudo apt install bluez && sudo systemctl enable --now bluetooth`")
+            return
+        for adapter, ids in adapters.items():
+            props = state.get(adapter)
+            if props is None:
+                found = ", ".join(sorted(state)) or "none"
+                self.add(f"ble:{adapter}", "fail", f"Bluetooth adapter {adapter} (used by {', '.join(ids)}) is not "
+                         f"known to BlueZ (adapters: {found})",
+                         "check `bluetoothctl list` and `rfkill list`; a USB dongle may need replugging; "
+                         "or set connection.adapter to one that exists", adapter=adapter, adapters=sorted(state))
+            elif not props.get("Powered", False):
+                self.add(f"ble:{adapter}", "fail", f"Bluetooth adapter {adapter} is switched off",
+                         "`rfkill unblock bluetooth` and `bluetoothctl power on`", adapter=adapter)
+            else:
+                self.add(f"ble:{adapter}", "ok", f"Bluetooth adapter {adapter} is on and BlueZ runs "
+                         f"(used by {', '.join(ids)})", adapter=adapter, address=props.get("Address"))
+        try:
+            grp.getgrnam("bluetooth")
+        except KeyError:
+            self.add("ble.group", "warn", "there is no 'bluetooth' group: BlueZ's D-Bus policy may refuse the "
+                     "service user", "install bluez, then re-run `sudo fieldgate install`")
+
+    # --- uplink and devices --------------------------------------------------------------------
+
+    async def check_broker(self, loaded: LoadedConfig) -> None:
+        cfg = loaded.config.mqtt
+        if cfg is None:
+            return
+        from .mqtt import MqttLink, broker_url
+
+        url = broker_url(cfg)
+        tls_word = "TLS" if cfg.tls else "plain"
+        fast = cfg.model_copy(update={"connect_timeout": min(cfg.connect_timeout, self.timeout)})
+        link = MqttLink(fast, f"fieldgate-doctor-{loaded.config.gateway.id}-{os.getpid()}",
+                        ("fieldgate-doctor/unused", ""), on_ack=lambda _mid: None)
+        link.client.will_clear()  # a doctor that goes away must not announce the gateway offline
+        try:
+            await link.connect()
+        except GatewayError as exc:
+            stage, fix = _broker_stage(exc)
+            msg = exc.args[0] if exc.args else str(exc)
+            self.add(f"broker.{stage}", "fail", _STAGE_WORDS[stage].format(url=url) + f": {msg}",
+                     fix + (f" ({exc.hint})" if exc.hint else ""), url=url, stage=stage)
+            link.abort()
+            return
+        await link.disconnect()
+        login = f"login as {cfg.username!r} accepted" if cfg.username else "no login configured"
+        self.add("broker", "ok", f"broker {url} reached ({tls_word}"
+                 f"{', certificate verified' if cfg.tls else ''}), {login}", url=url)
+
+    async def check_devices(self, loaded: LoadedConfig) -> None:
+        groups: dict[str, list[DeviceSpec]] = {}
+        for spec in loaded.devices:
+            if spec.config.enabled:
+                groups.setdefault(spec.bus or f"device:{spec.config.id}", []).append(spec)
+
+        async def one_bus(specs: list[DeviceSpec]) -> None:
+            for spec in specs:  # devices sharing a line are asked one at a time, as the gateway does
+                self.findings.append(await self._probe(spec))
+
+        async with asyncio.TaskGroup() as tg:
+            for name, specs in groups.items():
+                tg.create_task(one_bus(specs), name=f"doctor[{name}]")
+
+    async def _probe(self, spec: DeviceSpec) -> Finding:
+        from .app import DeviceLog
+        from .driver import DeviceContext, SharedResources
+
+        dev_id = spec.config.id
+        check = f"device:{dev_id}"
+        limit = max(spec.config.poll_timeout, self.timeout)
+        dlog = DeviceLog(logging.getLogger(f"fieldgate.device.{dev_id}"), {"device": dev_id})
+        ctx = DeviceContext(dev_id, spec.profile, spec.connection, spec.config.poll_timeout, dlog, SharedResources())
+        sink = _FirstReading()
+        started = time.monotonic()
+        busy = ("; fieldgate.service holds this port while it runs: run doctor with --no-devices, or stop the "
+                "service for a moment (`sudo systemctl stop fieldgate`)")
+        try:
+            driver: Any = spec.driver(ctx)
+            async with asyncio.timeout(limit):
+                await driver.__aenter__()
+                try:
+                    if hasattr(driver, "run"):
+                        runner = asyncio.create_task(driver.run(sink))
+                        try:
+                            await sink.first.wait()
+                        finally:
+                            runner.cancel()
+                            await asyncio.gather(runner, return_exceptions=True)
+                    else:
+                        await driver.poll(sink)
+                finally:
+                    await driver.__aexit__(None, None, None)
+        except TimeoutError:
+            return Finding(check, "fail", f"device {dev_id} did not answer within {limit:g} s",
+                           "check power, wiring and the address in the configuration; `fieldgate probe "
+                           f"{dev_id}` shows the exchange", {"driver": spec.driver.name})
+        except DriverError as exc:
+            msg = exc.args[0] if exc.args else str(exc)
+            return Finding(check, "fail", f"device {dev_id} does not answer: {msg}",
+                           (exc.hint or "check power, wiring and the address in the configuration")
+                           + (busy if isinstance(exc, DeviceBusy) else ""),
+                           {"driver": spec.driver.name, "reason": exc.reason})
+        except Exception as exc:
+            return Finding(check, "fail", f"device {dev_id}: the {spec.driver.name} driver failed: {exc!r}",
+                           "report this with the output of `fieldgate probe " + dev_id + "`",
+                           {"driver": spec.driver.name})
+        took_ms = round((time.monotonic() - started) * 1000)
+        points = sum(len(r.values) for r in sink.readings)
+        bad = sorted({name for r in sink.readings for name, v in r.values.items() if hasattr(v, "reason")})
+        if sink.errors or bad:
+            what = "; ".join(str(e) for e in sink.errors[:3]) or f"points without a value: {', '.join(bad)}"
+            return Finding(check, "warn", f"device {dev_id} answered in {took_ms} ms, partly: {what}",
+                           f"`fieldgate probe {dev_id}` shows each point; check the profile's addresses",
+                           {"driver": spec.driver.name, "ms": took_ms, "bad_points": bad})
+        return Finding(check, "ok", f"device {dev_id} answered: {points} value(s) in {took_ms} ms",
+                       details={"driver": spec.driver.name, "ms": took_ms, "points": points})
+
+
+_STAGE_WORDS = {
+    "network": "the broker {url} cannot be reached",
+    "tls": "TLS with the broker {url} failed",
+    "login": "the broker {url} refused the login",
+}
+
+
+def _broker_stage(exc: GatewayError) -> tuple[str, str]:
+    import socket
+    import ssl
+
+    cause, text = exc.__cause__, str(exc).lower()
+    if isinstance(cause, ssl.SSLError) or "tls" in text:
+        return "tls", "check mqtt.tls.ca_file (it must be the CA that signed the broker's certificate), that " \
+                      "mqtt.host is the name in that certificate, and the client certificate for mutual TLS"
+    if "password" in text or "login" in text or "authori" in text or "credentials" in text:
+        return "login", "check mqtt.username and the password file (mqtt.password) against the broker's accounts"
+    if isinstance(cause, socket.gaierror):
+        return "network", "check mqtt.host and the DNS settings"
+    return "network", "check that the broker runs, mqtt.host and mqtt.port, and the network path (firewall, VPN)"
+
+
+class _FirstReading:
+    def __init__(self) -> None:
+        self.readings: list[Any] = []
+        self.errors: list[DriverError] = []
+        self.first = asyncio.Event()
+
+    def add(self, reading: Any) -> None:
+        self.readings.append(reading)
+        self.first.set()
+
+    def add_error(self, error: DriverError) -> None:
+        self.errors.append(error)
+
+
+def _serial_port(spec: DeviceSpec) -> str | None:
+    conn = spec.connection
+    for name in ("serial_port", "port"):
+        value = getattr(conn, name, None)
+        if isinstance(value, str) and value.startswith("/"):
+            return value
+    return None
+
+
+def _service_cannot_open(port: str, st: os.stat_result) -> str | None:
+    """Why the service user (with the unit's groups) could not open a device node, or None."""
+    mode = st.st_mode
+    if mode & stat.S_IROTH and mode & stat.S_IWOTH:
+        return None
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        # No service user here (not installed, a developer machine): judge by whoever runs doctor.
+        return None if os.access(port, os.R_OK | os.W_OK) else "this user cannot open it for reading and writing"
+    gids = {user.pw_gid}
+    for name in SERVICE_GROUPS:
+        try:
+            gids.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            pass
+    if st.st_uid == user.pw_uid and mode & stat.S_IRUSR and mode & stat.S_IWUSR:
+        return None
+    if st.st_gid in gids and mode & stat.S_IRGRP and mode & stat.S_IWGRP:
+        return None
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return (f"the service user cannot open it: it belongs to group {group} with mode "
+            f"{stat.S_IMODE(mode):04o}, and the service runs with groups {', '.join(SERVICE_GROUPS)}")
+
+
+def _read_buffer(db: Path) -> tuple[int, int, int]:
+    """(depth, oldest ts_ms, last seq) of a buffer database, opened read-only."""
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
+    try:
+        depth = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+        # By time, not seq: max_age drops by ts_ms, and a device with a lagging clock can be older.
+        row = conn.execute("SELECT min(ts_ms) FROM readings").fetchone()
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+    finally:
+        conn.close()
+    return depth, int(row[0]) if row and row[0] is not None else 0, int(seq[0]) if seq else 0
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def _bluez_state() -> dict[str, dict[str, Any]] | None:
+    """Adapters BlueZ knows with their properties, or None when BlueZ is not on the system bus.
+
+    Raises:
+        ImportError: dbus-fast (the ble extra) is not installed.
+        OSError: no system bus.
+    """
+    from dbus_fast import BusType, Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        reply = await bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
+            member="NameHasOwner", signature="s", body=["org.bluez"]))
+        if reply is None or reply.message_type == MessageType.ERROR or not reply.body[0]:
+            return None
+        reply = await bus.call(Message(
+            destination="org.bluez", path="/", interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects"))
+        if reply is None or reply.message_type == MessageType.ERROR:
+            return None
+        out: dict[str, dict[str, Any]] = {}
+        for path, ifaces in reply.body[0].items():
+            props = ifaces.get("org.bluez.Adapter1")
+            if props is not None:
+                out[str(path).rsplit("/", 1)[-1]] = {k: v.value for k, v in props.items()}
+        return out
+    finally:
+        bus.disconnect()
+
+
+# --- report and command line ---------------------------------------------------------------
+
+
+def worst(findings: Sequence[Finding]) -> Status:
+    """The most severe status among ``findings``."""
+    top: Status = "ok"
+    for f in findings:
+        if _RANK[f.status] > _RANK[top]:
+            top = f.status
+    return top
+
+
+def exit_code(findings: Sequence[Finding], strict: bool = False) -> int:
+    """1 configuration missing/invalid, 3 a check failed (or warned, with ``strict``), else 0."""
+    if any(f.check in ("config", "config.mqtt") and f.status == "fail" for f in findings):
+        return EXIT_INVALID
+    top = worst(findings)
+    if top == "fail" or (strict and top == "warn"):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+_LABEL = {"ok": "OK", "n/a": "n/a", "warn": "WARN", "fail": "FAIL"}
+
+
+def render_text(findings: Sequence[Finding], config_path: Path) -> str:
+    """The report for a person."""
+    lines = [f"fieldgate doctor: {config_path}", ""]
+    for f in findings:
+        first, *rest = f.summary.splitlines() or [""]
+        lines.append(f"{_LABEL[f.status]:<5} {f.check:<22} {first}")
+        lines += [f"{'':<29}{ln}" for ln in rest]
+        if f.fix and f.status in ("warn", "fail"):
+            lines.append(f"{'':<29}fix: {f.fix}")
+    counts = {s: sum(1 for f in findings if f.status == s) for s in ("fail", "warn", "ok", "n/a")}
+    lines += ["", f"{counts['fail']} problem(s), {counts['warn']} warning(s), {counts['ok']} ok, "
+              f"{counts['n/a']} not applicable"]
+    return "\n".join(lines)
+
+
+def render_json(findings: Sequence[Finding], config_path: Path, strict: bool = False) -> str:
+    """The report for machines."""
+    return json.dumps({"config": str(config_path), "worst": worst(findings),
+                       "exit_code": exit_code(findings, strict),
+                       "findings": [asdict(f) for f in findings]}, indent=2, default=str)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``fieldgate doctor``."""
+    from .logs import setup_logging
+
+    setup_logging("CRITICAL" if args.json else "ERROR")
+    path = Path(args.config)
+    doctor = Doctor(path, root=Path(args.root), timeout=args.timeout, devices=not args.no_devices)
+    findings = asyncio.run(doctor.run())
+    if args.json:
+        print(render_json(findings, path, args.strict))
+    else:
+        print(render_text(findings, path))
+    return exit_code(findings, args.strict)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``doctor``."""
+    p = sub.add_parser(
+        "doctor", help="check the gateway and explain what is wrong, with a fix for each finding",
+        description="Check the configuration and profiles, provisioning, the service, the clock, disk space, the "
+        "buffer, serial ports, BLE/BlueZ, the broker (reachability, TLS, login) and each device.",
+        epilog="exit codes: 0 nothing failed (warnings allowed), 1 configuration missing or invalid, "
+        "3 a check failed (with --strict: or warned)")
+    p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="configuration file (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.add_argument("--no-devices", action="store_true",
+                   help="do not poll the devices (a running service holds its serial ports)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds for the broker and each device (default 10)")
+    p.add_argument("--strict", action="store_true", help="warnings make the exit code 3 too")
+    p.add_argument("--root", default="/", help="look for /boot and /etc/systemd below this folder")
+    p.set_defaults(func=cmd_doctor)
