@@ -115,7 +115,8 @@ def write_demo_config(folder: Path, broker_port: int | None, extra_devices: list
 
 
 class DemoDevices:
-    """Protocol simulators for the demo: Modbus TCP and RTU meters, a particulate sensor, GNSS.
+    """Protocol simulators for the demo: Modbus TCP and RTU meters, a particulate sensor, GNSS,
+    BLE sensors replayed without a radio, NB-IoT devices pushing and observed over CoAP.
 
     Each simulated Modbus unit can be broken by writing a fault into
     ``<folder>/<device>.fault`` (``silent``, ``crc``, ``exception:02``,
@@ -128,6 +129,7 @@ class DemoDevices:
         self.notes: list[str] = []
         self._modbus: list[Any] = []
         self._serial: list[Any] = []
+        self._coap: Any = None
         self._faults: dict[str, tuple[Any, int]] = {}
         self._watch: asyncio.Task[None] | None = None
 
@@ -167,6 +169,21 @@ class DemoDevices:
                 self.config.append(f"  - {{id: {dev_id}, driver: serial, profile: {prof}, poll_interval: 5s,"
                                    f" connection: {{port: {port_path}, {extra}}}}}")
             self.notes.append("serial: PMS5003 particulate sensor and NMEA GNSS on ptys")
+        try:
+            from fieldgate_hwsim.ble_sim import DEMO_NOTE, demo_devices
+        except ImportError as exc:
+            self.notes.append(f"BLE sensors skipped ({exc}): pip install 'fieldgate[ble]'")
+        else:
+            self.config += demo_devices(self.folder)
+            self.notes.append(DEMO_NOTE)
+        try:
+            from fieldgate_hwsim.coap_sim import CoapDemo
+        except ImportError as exc:
+            self.notes.append(f"NB-IoT (CoAP) devices skipped ({exc}): pip install 'fieldgate[coap]'")
+        else:
+            self._coap = CoapDemo()
+            self.config += await self._coap.start(self.folder)
+            self.notes += self._coap.notes
         if self._faults:
             self._watch = asyncio.create_task(self._watch_faults())
 
@@ -192,6 +209,9 @@ class DemoDevices:
         for ssim in self._serial:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(ssim.stop)
+        if self._coap is not None:
+            with contextlib.suppress(Exception):
+                await self._coap.stop()
 
 
 async def _demo(folder: Path, broker_port: int | None, duration: float | None) -> int:

@@ -137,12 +137,15 @@ def test_yaml_positions_follow_merge_keys() -> None:
     assert smap.position(("item", "y")) == (4, 6)
 
 
-def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch, write_config: Callable[..., Path]) -> None:
+def test_missing_extra_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, write_config: Callable[..., Path]
+) -> None:
     from importlib.metadata import EntryPoint
 
     from fieldgate import driver as registry
 
-    fake = EntryPoint(name="coap", value="fieldgate_not_installed_anywhere.driver:CoapDriver", group=registry.ENTRY_POINT_GROUP)
+    fake = EntryPoint(name="coap", value="fieldgate_not_installed_anywhere.driver:CoapDriver",
+                      group=registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(registry, "available_drivers", lambda: {"coap": fake, "sim": None})
     monkeypatch.setattr("fieldgate.config.available_drivers", registry.available_drivers)
     monkeypatch.delitem(registry._cache, "coap", raising=False)

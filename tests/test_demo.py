@@ -24,14 +24,15 @@ def test_demo_runs_every_simulated_device_and_serves_the_status_page(
     url = next(line.split(": ", 1)[1].strip() for line in lines if line.startswith("  status page:"))
 
     def devices() -> dict[str, dict[str, object]]:
-        with urllib.request.urlopen(url + "api/v1/devices", timeout=5) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url + "api/v1/devices", timeout=5) as r:
             body = json.load(r)
         items = body["devices"] if isinstance(body, dict) else body
         return {d["id"]: d for d in items}
 
     # every device, of every driver, comes online (the report lines show it too)
     expected = {"energy-meter-1", "air-quality-1", "gully-level-1", "meter-tcp-1", "meter-rtu-1",
-                "climate-rtu-2", "pm-1", "gnss-1"}
+                "climate-rtu-2", "pm-1", "gnss-1", "ble-thermo-bthome", "ble-ruuvi", "ble-lywsd03mmc",
+                "ble-asset-tag", "bin-level-1", "manhole-1", "climate-coap-1"}
     seen_online: set[str] = set()
     while seen_online != expected:
         line = p.next_line(timeout=30)
@@ -41,4 +42,5 @@ def test_demo_runs_every_simulated_device_and_serves_the_status_page(
     states = {k: v["state"] for k, v in devices().items()}
     assert set(states) == expected
     p.popen.send_signal(signal.SIGINT if sys.platform != "win32" else signal.SIGTERM)
-    assert p.popen.wait(20) == 0
+    rc = p.popen.wait(20)
+    assert rc == 0, "".join(p.stderr_lines[-60:])

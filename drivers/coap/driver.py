@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+import traceback
 from typing import Any, ClassVar, Self
 
 import aiocoap
@@ -276,7 +277,7 @@ class CoapObserveDriver(_ClientDriver):
                     await asyncio.sleep(_max_age(first))
                     continue
                 deadline = loop.time() + _max_age(first) + margin
-                notifications = aiter(request.observation)
+                notifications: Any = aiter(request.observation)
                 while True:
                     try:
                         async with asyncio.timeout_at(deadline):
@@ -294,7 +295,16 @@ class CoapObserveDriver(_ClientDriver):
                         break
                     deadline = loop.time() + _max_age(note) + margin
                     self._deliver(note, sink)
+            except BaseException as exc:
+                # Cancelled while waiting for a notification, aiocoap's iterator holds a cancelled
+                # future, and the task keeps the CancelledError's traceback (whose frames hold the
+                # iterator) until interpreter shutdown; the iterator's ``__del__`` then reads that
+                # future after asyncio is torn down and CPython 3.11 dies with SIGSEGV on a clean
+                # stop. Clearing the finished frames lets the iterator go now.
+                traceback.clear_frames(exc.__traceback__)
+                raise
             finally:
+                notifications = None
                 if request.observation is not None and not request.observation.cancelled:
                     request.observation.cancel()
 
