@@ -193,7 +193,7 @@ class DeviceRunner:
     async def run(self) -> None:
         """Until cancelled."""
         ctx = DeviceContext(self.cfg.id, self.spec.profile, self.spec.connection, self.cfg.poll_timeout,
-                            self.log, self.shared)
+                            self.log, self.shared, event=self.output.event)
         loop = asyncio.get_running_loop()
         while True:
             delay = self.cfg.poll_interval

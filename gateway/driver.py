@@ -85,6 +85,9 @@ class DeviceContext:
     log: logging.LoggerAdapter[logging.Logger]
     shared: SharedResources
     options: dict[str, Any] = field(default_factory=dict)
+    #: Announce something operators should know (``kind`` plus fields) on the events topic and in
+    #: the log, e.g. a BLE scanner restarted by its watchdog. Outside a gateway it only logs.
+    event: Callable[..., None] = field(default=lambda kind, **fields: None)
 
 
 @runtime_checkable

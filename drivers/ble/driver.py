@@ -141,9 +141,7 @@ class BleDriver:
 
     def hub_event(self, kind: str, message: str, error: DriverError | None) -> None:
         """A watchdog step or failure of the shared scanner."""
-        emit = self.ctx.options.get("event")
-        if callable(emit):
-            emit(kind, device=self.ctx.device_id, message=message)
+        self.ctx.event(kind, device=self.ctx.device_id, message=message)
         if kind == "ble_scanner_failed" and error is not None:
             if self.failure is not None and not self.failure.done():
                 self.failure.set_result(error)

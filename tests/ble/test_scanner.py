@@ -122,8 +122,10 @@ async def test_match_by_bind_key_and_by_beacon_identity(monkeypatch: pytest.Monk
 
 async def test_watchdog_restarts_a_silent_scanner_then_power_cycles_the_adapter() -> None:
     rec = RECORDINGS["ruuvi"]
-    async with running(BleDriver(context("ruuvi/ruuvitag", address=rec.address, silence_timeout="300ms",
-                                         dedupe_window=0))) as (drv, sink, task):
+    ctx = context("ruuvi/ruuvitag", address=rec.address, silence_timeout="300ms", dedupe_window=0)
+    announced: list[tuple[str, dict[str, object]]] = []
+    ctx.event = lambda kind, **fields: announced.append((kind, fields))
+    async with running(BleDriver(ctx)) as (drv, sink, task):
         hub = hub_of(drv)
         air().advertise(rec)
         await sink.wait(lambda s: len(s.readings) == 1)
@@ -145,6 +147,9 @@ async def test_watchdog_restarts_a_silent_scanner_then_power_cycles_the_adapter(
         await sink.wait(lambda s: len(s.readings) == 3)
         kinds = [e["kind"] for e in hub.status()["events"]]
         assert kinds == ["ble_scanner_restarted", "ble_scanner_restarted", "ble_adapter_reset"]
+        # ...and the gateway's events topic hears each step, naming the device
+        assert [k for k, _ in announced] == kinds
+        assert all(f["device"] == "dev-1" and f["message"] for _, f in announced)
         assert hub.counts["restarts"] == 2 and hub.counts["resets"] == 1
         assert not task.done()
 
