@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import time
@@ -49,6 +50,19 @@ class Output(Protocol):
 
     async def close(self) -> None:
         """Flush and release on shutdown."""
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with only JSON types: non-finite floats become None, other objects their ``str``."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
 
 
 class DeviceLog(logging.LoggerAdapter[logging.Logger]):
@@ -131,6 +145,19 @@ class DeviceRunner:
         self.rng = random.Random()
         self._reported: tuple[str, str | None] | None = None
         self.pushing = False  # a push driver's run() is active
+        self.driver: Any = None  # the open driver instance, while it is open
+
+    def driver_status(self) -> dict[str, Any] | None:
+        """What the open driver says about itself (its optional ``status()``), JSON-safe, or None."""
+        report = getattr(self.driver, "status", None)
+        if not callable(report):
+            return None
+        try:
+            doc = report()
+        except Exception as exc:  # a driver's report must not break the status page
+            self.log.debug("driver status() failed: %r", exc)
+            return None
+        return _json_safe(doc) if isinstance(doc, dict) else None
 
     def emit(self, raw: RawReading) -> None:
         """Normalize a raw reading and hand it to the output."""
@@ -203,6 +230,7 @@ class DeviceRunner:
                 async with asyncio.timeout(self.cfg.poll_timeout):
                     await driver.__aenter__()
                 opened = True
+                self.driver = driver
                 if isinstance(driver, ServiceDriver) and hasattr(driver, "run"):
                     # Online on the first data, not when the port opens.
                     self.pushing = True
@@ -218,6 +246,7 @@ class DeviceRunner:
                 error, reason = self._describe(exc)
                 delay = self._failed(error, reason)
             finally:
+                self.driver = None
                 if opened:
                     await self._close(driver)
             await asyncio.sleep(delay)

@@ -224,6 +224,13 @@ class _ClientDriver(CoapDriver):
             raise DeviceProtocolError(f"{self.uri}: {type(exc).__name__}: {exc}") from exc
         return response
 
+    def status(self) -> dict[str, Any]:
+        """For the status page: the resource and, observed, how often it was (re-)registered."""
+        doc: dict[str, Any] = {"uri": self.uri}
+        if isinstance(self, CoapObserveDriver):
+            doc.update(registrations=self.registrations, lapses=self.lapses)
+        return doc
+
     def _deliver(self, response: aiocoap.Message, sink: ReadingSink) -> None:
         if not response.code.is_successful():
             raise DeviceProtocolError(f"{self.uri} answered {response.code}", reason=f"coap_{_dotted(response.code)}",
@@ -361,6 +368,21 @@ class CoapPushDriver(CoapDriver):
     async def poll(self, sink: ReadingSink) -> None:
         """Hand over what arrived since the last call (the supervisor uses ``run``)."""
         self._drain(sink)
+
+    def status(self) -> dict[str, Any]:
+        """For the status page: this device's reports and the shared endpoint's refusals."""
+        route, server = self.route, self.server
+        doc: dict[str, Any] = {"endpoint": f"{'coaps' if self.dtls else 'coap'}://{server.host}:{server.port}"
+                               if server is not None else None, "path": "/" + "/".join(self.path)}
+        if route is not None:
+            doc.update(accepted=route.accepted, dropped=route.dropped,
+                       last_report_age_s=round(time.monotonic() - route.last_report, 1)
+                       if route.last_report is not None else None)
+        if server is not None:
+            snap = server.snapshot()
+            doc["endpoint_refused"] = snap["refused"]
+            doc["endpoint_rate_limited"] = snap["rate_limited"]
+        return doc
 
     def _drain(self, sink: ReadingSink) -> int:
         assert self.route is not None

@@ -46,6 +46,10 @@ class SimDriver:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
+    def status(self) -> dict[str, Any]:
+        """For the status page: polls since the device was opened, and the fault setting."""
+        return {"polls": self.polls, "fault": self.conn.fail, "fault_rate": self.conn.fail_rate}
+
     def _fault(self) -> str:
         fail = self.conn.fail
         if self.conn.control_file:

@@ -53,6 +53,9 @@ _DEVICE_DETAIL = {"allOf": [{"$ref": "#/components/schemas/Device"}, _obj({
                                                               "items": {"type": "number"}}})},
     }),
     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+    "driver_status": {"type": ["object", "null"],
+                      "description": "what the open driver reports about itself (its counters, the state of a "
+                                     "shared adapter or endpoint); null while closed or when it reports nothing"},
 })]}
 _UPLINK = _obj({
     "kind": {"type": "string", "description": "mqtt, stdout or memory"},

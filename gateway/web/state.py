@@ -169,6 +169,9 @@ class StateHub:
                 metrics={name: self._metric(m, stale=s.state == "offline") for name, m in s.latest.items()},
             )
         if detail:
+            report = runner.driver_status() if runner is not None else None
+            # what the driver reports about itself (counters, adapter or endpoint state); strings redacted
+            doc["driver_status"] = self._redact_doc(report) if report is not None else None
             profile = spec.profile
             doc["config"] = {
                 "timeout_s": cfg.poll_timeout, "offline_after": cfg.offline_after,
@@ -180,6 +183,13 @@ class StateHub:
                            for p in profile.points],
             }
         return doc
+
+    def _redact_doc(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self._redact_doc(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redact_doc(v) for v in value]
+        return self.redact(value) if isinstance(value, str) else value
 
     def _metric(self, m: Any, stale: bool = False) -> dict[str, Any]:
         if not isinstance(m, dict):

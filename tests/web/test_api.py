@@ -70,6 +70,8 @@ async def test_device_detail_and_unknown_device(running: Running, make_client: M
     assert doc["config"] == {"timeout_s": 0.1, "offline_after": 2, "backoff_max_s": 0.2, "bus": None}
     assert [p["name"] for p in doc["profile_info"]["points"]][:2] == ["voltage", "current"]
     assert "connection" not in doc  # driver connection settings may hold secrets: never shown
+    # what the open driver reports about itself (the sim driver: its polls and fault setting)
+    assert doc["driver_status"]["fault"] == "none" and doc["driver_status"]["polls"] >= 1
     resp = await client.get("/api/v1/devices/nope")
     assert resp.status == 404 and (await resp.json())["error"] == "not_found"
     assert (await client.get("/api/v1/devices/nope/stream")).status == 404

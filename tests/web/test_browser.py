@@ -113,6 +113,8 @@ async def test_device_page_updates_live_and_shows_a_broken_device(browser: Brows
         "first => document.querySelector('tr[data-metric=energy] .value').textContent !== first", arg=first)
     assert await page.evaluate("window.__notReloaded") is True  # updated in place, no page reload
     await expect(page.locator("#device-state")).to_have_text("online")
+    await expect(page.locator("#driver-status")).to_contain_text("fault_rate")  # the driver's own report
+    assert "null" not in await page.locator("#main").inner_text()  # no absent value rendered as text
     await page.screenshot(path=shot("device-live.png"), full_page=True)
 
     running.control.write_text("timeout")  # break the simulated meter

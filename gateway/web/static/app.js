@@ -92,7 +92,7 @@ async function api(path, options) {
 
 function setMain(...nodes) {
   const main = document.getElementById("main");
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function setLive(on) {
@@ -114,6 +114,18 @@ function follow(url, eventName, render) {
 
 function card(title, ...rows) {
   return h("section", { class: "card" }, h("h2", {}, title), h("dl", {}, rows.flat()));
+}
+
+// A driver's nested status document as [label, text] pairs: {"adapter": {"state": "on"}} -> ["adapter state", "on"].
+function flatten(doc, prefix = "") {
+  const out = [];
+  for (const [k, v] of Object.entries(doc)) {
+    const label = prefix ? `${prefix} ${k}` : k;
+    if (v !== null && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length) out.push(...flatten(v, label));
+    else if (Array.isArray(v)) out.push([label, v.map((x) => (typeof x === "object" ? JSON.stringify(x) : String(x))).join(", ") || "–"]);
+    else out.push([label, v === null || v === undefined || (typeof v === "object") ? "–" : String(v)]);
+  }
+  return out;
 }
 
 function row(label, value) {
@@ -260,7 +272,11 @@ function renderDevice(msg) {
         row("Poll every", `${d.poll_interval_s} s (timeout ${cfg.timeout_s} s)`),
         row("Offline after", `${cfg.offline_after} failed polls`),
         row("Bus", cfg.bus || "–"),
-        row("Tags", Object.entries(d.tags || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–"))),
+        row("Tags", Object.entries(d.tags || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–")),
+      detailStatic.driver_status
+        ? h("section", { class: "card", id: "driver-status" }, h("h2", {}, "Driver"),
+          h("dl", {}, flatten(detailStatic.driver_status).map(([k, v]) => row(k, v)).flat()))
+        : null),
     h("h2", {}, "Recent events"), h("ul", { id: "device-events", class: "events" }));
   renderEvents(detailStatic.events || []);
 }
