@@ -338,13 +338,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
     boot_dirs = [Path(d) for d in args.boot_dir] if args.boot_dir else [root / d.relative_to("/") for d in BOOT_DIRS]
     etc_dir = Path(args.etc_dir) if args.etc_dir else root / ETC_DIR.relative_to("/")
     outcome = Provisioner(boot_dirs, etc_dir, root).run()
-    if outcome.status == "refused":
-        print(f"{outcome.source}: refused; nothing changed. Errors (also in {outcome.source}{ERRORS_SUFFIX}):",
-              file=sys.stderr)
-        for d in outcome.diagnostics:
-            print(f"  {d}", file=sys.stderr)
-    elif outcome.status == "failed":
+    if outcome.status == "failed":
         print(outcome.message, file=sys.stderr)
+    elif outcome.status == "refused":
+        pass  # every error and the verdict are log lines already (the journal under systemd): not twice
     else:
         print(outcome.message)
         if outcome.status == "applied":

@@ -102,6 +102,7 @@ def test_bad_file_is_refused_with_errors_next_to_it_and_config_untouched(root: P
     assert f"{src}:6:" in errors and "simm" in errors and "did you mean 'sim'" in errors
     assert "keeps its previous configuration" in errors
     assert "refused" in res.stderr and f"{src}:4:3" in res.stderr  # also on stderr, i.e. the journal
+    assert res.stderr.count(f"{src}:4:3") == 1  # once: the journal gets each error one time
 
     # Fixed and provisioned again: applied, and the stale error file goes away.
     _place_good(root)
