@@ -146,9 +146,16 @@ class DeviceModel:
         if p.unit in _COUNTER_UNITS and p.range is None:
             eng = 1000.0 + 0.5 * self.steps + self.rng.uniform(0, 0.01)
         else:
-            lo, hi = (p.range[0], p.range[1]) if p.range else _DEFAULT_RANGE.get(p.unit or "", (0.0, 100.0))
-            mid, amp = (lo + hi) / 2, (hi - lo) * 0.3
-            eng = mid + amp * math.sin(self.phase + t / 7.0 + self.steps) + self.rng.uniform(-0.02, 0.02) * amp
+            typical = _DEFAULT_RANGE.get(p.unit or "")
+            if typical and (p.range is None or (p.range[0] <= typical[0] and typical[1] <= p.range[1])):
+                lo, hi, share = typical[0], typical[1], 0.4  # what such a quantity usually reads
+            else:
+                lo, hi = (p.range[0], p.range[1]) if p.range else (0.0, 100.0)
+                share = 0.08
+            # a slow drift with a little noise: a sensor, not a random number generator
+            mid, amp = (lo + hi) / 2, (hi - lo) * share
+            eng = (mid + amp * math.sin(self.phase + t / 60.0 + self.steps * 0.05)
+                   + self.rng.uniform(-0.01, 0.01) * (hi - lo))
         raw = (eng - p.offset) / p.scale
         if p.scale_factor_point:
             raw /= 10.0 ** self.raw.get(p.scale_factor_point, 0)
