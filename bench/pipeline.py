@@ -170,8 +170,9 @@ async def main() -> None:
         try:
             (folder / "a").mkdir()
             await throughput(folder / "a", broker.port, args.devices, args.seconds, args.interval)
-            (folder / "b").mkdir()
-            await backlog(folder / "b", broker.port, broker, args.backlog_values)
+            if args.backlog_values > 0:
+                (folder / "b").mkdir()
+                await backlog(folder / "b", broker.port, broker, args.backlog_values)
         finally:
             broker.stop()
 
