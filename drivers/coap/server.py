@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -207,6 +208,11 @@ class PushServer:
             self._watch = asyncio.create_task(self._watch_handshakes(), name=f"coap-dtls[{self.host}:{self.port}]")
 
     async def _bind(self) -> None:
+        # aiocoap binds its server sockets with SO_REUSEPORT unless told otherwise. With it a second
+        # gateway, or `fieldgate doctor`/`probe` while the service runs, would bind the same port and
+        # the kernel would hand it a share of the pushes: acknowledged to the device, lost to the
+        # service. The port must be ours alone (a user may still set AIOCOAP_REUSE_PORT=1).
+        os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")
         try:
             if self.dtls:
                 # aiocoap's DTLS server adds (5684 - 5683) to the port it is given, so it is handed port - 1.

@@ -145,6 +145,21 @@ async def test_two_devices_cannot_share_a_path() -> None:
         assert a.server is not None and a.server.routes  # the first device keeps working
 
 
+async def test_a_second_gateway_cannot_share_the_push_port() -> None:
+    """With SO_REUSEPORT the kernel would split the pushes between two listeners; one must be refused."""
+    from fieldgate.errors import DeviceUnreachable
+
+    first = PushServer("127.0.0.1", 0)
+    await first.start()
+    try:
+        second = PushServer("127.0.0.1", first.port)  # as another process (doctor, a second service) would
+        with pytest.raises(DeviceUnreachable, match="cannot listen") as info:
+            await second.start()
+        assert "second gateway" in str(info.value.hint)
+    finally:
+        await first.close()
+
+
 async def test_bind_failure_is_unreachable_with_a_hint() -> None:
     import socket
 
