@@ -378,13 +378,20 @@ class Doctor:
 
     async def check_ble(self, devices: Sequence[DeviceSpec]) -> None:
         adapters: dict[str, list[str]] = {}
+        simulated: list[str] = []
         for spec in devices:
             if spec.config.enabled and spec.driver.name == "ble":
                 backend = getattr(spec.connection, "backend", "bleak")
                 if backend == "bleak":
                     adapters.setdefault(str(getattr(spec.connection, "adapter", "hci0")), []).append(spec.config.id)
+                else:
+                    simulated.append(spec.config.id)
         if not adapters:
-            self.add("ble", "n/a", "no Bluetooth LE device is configured: BlueZ and the adapter are not needed")
+            if simulated:
+                self.add("ble", "n/a", f"the BLE devices ({', '.join(simulated)}) are simulated (backend "
+                         "replay): BlueZ and the adapter are not needed")
+            else:
+                self.add("ble", "n/a", "no Bluetooth LE device is configured: BlueZ and the adapter are not needed")
             return
         try:
             state = await asyncio.wait_for(_bluez_state(), self.timeout)
@@ -480,6 +487,12 @@ class Doctor:
             async with asyncio.timeout(limit):
                 await driver.__aenter__()
                 try:
+                    if getattr(driver, "passive", False):
+                        where = (driver.status() if callable(getattr(driver, "status", None)) else {}) or {}
+                        endpoint = "".join(str(where.get(k) or "") for k in ("endpoint", "path")) or "its endpoint"
+                        return Finding(check, "ok", f"device {dev_id} reports when it wakes; the gateway can "
+                                       f"receive it at {endpoint}", "its last report time is on the status page",
+                                       {"driver": spec.driver.name, "passive": True})
                     if hasattr(driver, "run"):
                         runner = asyncio.create_task(driver.run(sink))
                         try:

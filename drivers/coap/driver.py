@@ -319,6 +319,10 @@ class CoapObserveDriver(_ClientDriver):
 class CoapPushDriver(CoapDriver):
     """``mode: push``: reports the shared ``PushServer`` routes to this device."""
 
+    #: The device reports on its own schedule (it sleeps, maybe for hours): opening proves the gateway
+    #: can receive; waiting for a report is no check (``fieldgate doctor`` reads this).
+    passive: ClassVar[bool] = True
+
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
         host, port = parse_listen(self.conn.listen)

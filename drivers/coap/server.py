@@ -28,6 +28,7 @@ logged at most once per ``summary_interval``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -40,7 +41,7 @@ from typing import Any
 import aiocoap
 import aiocoap.resource
 from aiocoap.credentials import DTLS, CredentialsMap
-from fieldgate.errors import DeviceProtocolError, DeviceUnreachable, DriverError
+from fieldgate.errors import DeviceBusy, DeviceProtocolError, DeviceUnreachable, DriverError
 from fieldgate.schema import RawReading
 
 from .payload import PayloadDecoder, PayloadError
@@ -259,6 +260,9 @@ class PushServer:
         except DeviceUnreachable:
             raise
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise DeviceBusy(f"cannot listen on {self.host}:{self.port}/udp: the port is in use",
+                                 hint="another program (or a second gateway) uses the port") from exc
             raise DeviceUnreachable(f"cannot listen on {self.host}:{self.port}/udp: {exc.strerror or exc}",
                                     hint="another program (or a second gateway) uses the port, or the address is "
                                          "not on this machine; ports below 1024 need root") from exc

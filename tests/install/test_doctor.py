@@ -285,9 +285,32 @@ def test_each_device_answering_or_not(tmp_path: Path) -> None:
     assert not [f for f in findings if f.check == "device:off-1"]
 
 
+def test_a_sleeping_push_device_is_checked_by_listening_not_by_waiting(tmp_path: Path) -> None:
+    """An NB-IoT device may report once an hour: doctor proves the endpoint, and sees it taken by another."""
+    pytest.importorskip("aiocoap")
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    body = (f"devices:\n  - {{id: bin-1, driver: coap, profile: dragino/ndds75, "
+            f"connection: {{mode: push, listen: '127.0.0.1:{port}'}}}}\n")
+    started = time.monotonic()
+    f = find(run(write(tmp_path, body), timeout=5.0), "device:bin-1")
+    assert time.monotonic() - started < 5  # no waiting for a report that may come in an hour
+    assert f.status == "ok" and f"coap://127.0.0.1:{port}/t/bin-1" in f.summary
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as service:  # as the running service holds it
+        service.bind(("127.0.0.1", port))
+        assert_failed(find(run(write(tmp_path, body)), "device:bin-1"), "in use", "systemctl stop fieldgate")
+
+
 def test_ble_not_applicable_without_ble_devices(tmp_path: Path) -> None:
     f = find(run(write(tmp_path, f"devices:\n  - {{id: m, driver: sim, profile: {METER}}}\n"), devices=False), "ble")
     assert f.status == "n/a" and "not needed" in f.summary
+    pytest.importorskip("bleak")
+    replayed = BLE_DEVICE.replace("connection: {", "connection: {backend: replay, ")
+    f = find(run(write(tmp_path, replayed), devices=False), "ble")
+    assert f.status == "n/a" and "tag-1" in f.summary and "simulated" in f.summary
 
 
 BLE_DEVICE = ('devices:\n  - {id: tag-1, driver: ble, profile: ruuvi/ruuvitag, '
