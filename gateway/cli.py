@@ -164,7 +164,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         errors, _ = _print_diagnostics([d for d in exc.diagnostics if isinstance(d, Diagnostic)])
         print(f"{errors} error(s) in {args.config}", file=sys.stderr)
         return EXIT_INVALID
-    return asyncio.run(probe(loaded, args.device, sys.stdout))
+    return asyncio.run(probe(loaded, args.device, sys.stdout, wait=args.wait))
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Poll one configured device once, with its profile, and print a table.")
     p.add_argument("device", help="device id from the configuration")
     p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="configuration file (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=None, metavar="S",
+                   help="how long to wait for an answer or, for a device that reports on its own, its first "
+                        "report (default: twice the poll timeout; 30 s for BLE and CoAP observe; 300 s for "
+                        "sleeping push devices)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("scan", help="find devices on a bus (e.g. scan modbus --port /dev/ttyUSB0)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any, TextIO
 
@@ -19,21 +20,52 @@ from .errors import DriverError
 from .normalize import Normalizer
 from .schema import PointError, RawReading
 
+#: How long to wait for a device that reports on its own (BLE adverts, CoAP observe) ...
+PUSH_WAIT_S = 30.0
+#: ... and for one that sleeps between reports (an NB-IoT device pushing): long enough to wake it by hand.
+PASSIVE_WAIT_S = 300.0
+
 
 class _Collect:
     def __init__(self) -> None:
         self.readings: list[RawReading] = []
         self.errors: list[DriverError] = []
+        self.first = asyncio.Event()
 
     def add(self, reading: RawReading) -> None:
         self.readings.append(reading)
+        self.first.set()
 
     def add_error(self, error: DriverError) -> None:
         self.errors.append(error)
+        self.first.set()
 
 
-async def probe(loaded: LoadedConfig, device_id: str, out: TextIO) -> int:
-    """Poll ``device_id`` once and print a table; returns an exit code (0 ok, 3 failed)."""
+async def _first_report(driver: Any, sink: _Collect) -> None:
+    """Run a push driver until its first reading or error (its own failure is raised)."""
+    runner = asyncio.create_task(driver.run(sink), name="probe-run")
+    first = asyncio.create_task(sink.first.wait(), name="probe-first")
+    try:
+        await asyncio.wait({runner, first}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (runner, first):
+            task.cancel()
+        await asyncio.gather(runner, first, return_exceptions=True)
+    if not sink.first.is_set() and runner.done() and not runner.cancelled() and runner.exception() is not None:
+        raise runner.exception()  # type: ignore[misc]
+
+
+async def probe(loaded: LoadedConfig, device_id: str, out: TextIO, wait: float | None = None,
+                err: TextIO | None = None) -> int:
+    """Read ``device_id`` once and print a table; returns an exit code (0 ok, 1 no such device, 3 failed).
+
+    A polled device is polled once. A device that reports on its own (the
+    driver has ``run``, as the supervisor sees it) is run until its first
+    reading or error, for at most ``wait`` seconds (default: twice the poll
+    timeout for polled devices, ``PUSH_WAIT_S`` for pushing ones,
+    ``PASSIVE_WAIT_S`` for sleeping ones, which the technician can wake).
+    """
+    err = err if err is not None else sys.stderr
     spec = next((d for d in loaded.devices if d.config.id == device_id), None)
     if spec is None:
         ids = ", ".join(d.config.id for d in loaded.devices) or "none"
@@ -42,23 +74,36 @@ async def probe(loaded: LoadedConfig, device_id: str, out: TextIO) -> int:
     log = DeviceLog(logging.getLogger(f"fieldgate.device.{device_id}"), {"device": device_id})
     ctx = DeviceContext(device_id, spec.profile, spec.connection, spec.config.poll_timeout, log, SharedResources())
     driver: Any = spec.driver(ctx)
+    pushes = hasattr(driver, "run")
+    passive = bool(getattr(driver, "passive", False))
+    if wait is None:
+        wait = PASSIVE_WAIT_S if passive else max(spec.config.poll_timeout * 2, PUSH_WAIT_S if pushes else 0.0)
     sink = _Collect()
     started = time.monotonic()
     try:
-        async with asyncio.timeout(spec.config.poll_timeout * 2):
+        async with asyncio.timeout(wait):
             await driver.__aenter__()
             try:
-                if hasattr(driver, "run") and not hasattr(driver, "poll"):
-                    await driver.run(sink)
+                if pushes:
+                    where = ""
+                    if passive and callable(getattr(driver, "status", None)):
+                        doc = driver.status() or {}
+                        where = " at " + "".join(str(doc.get(k) or "") for k in ("endpoint", "path"))
+                    print(f"waiting up to {wait:g} s for {device_id} to report{where}"
+                          + ("; wake it (button, magnet) to report now" if passive else "") + " ...", file=err)
+                    await _first_report(driver, sink)
                 else:
                     await driver.poll(sink)
             finally:
                 await driver.__aexit__(None, None, None)
     except TimeoutError:
-        print(f"{device_id}: no answer within {spec.config.poll_timeout * 2:g}s", file=out)
+        print(f"{device_id}: {'no report' if pushes else 'no answer'} within {wait:g}s", file=out)
         return 3
     except DriverError as exc:
-        print(f"{device_id}: {exc}", file=out)
+        print(f"{device_id}: {exc}", file=out)  # the message carries its hint
+        return 3
+    except Exception as exc:  # a driver bug: one clear line, not a traceback
+        print(f"{device_id}: the {spec.driver.name} driver failed: {exc!r} (a bug: please report it)", file=out)
         return 3
     took = (time.monotonic() - started) * 1000
     raw_text = dict(driver.last_raw()) if hasattr(driver, "last_raw") else {}
@@ -76,8 +121,8 @@ async def probe(loaded: LoadedConfig, device_id: str, out: TextIO) -> int:
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
-    for err in sink.errors:
-        print(f"partial failure: {err}", file=out)
+    for failure in sink.errors:
+        print(f"partial failure: {failure}", file=out)
     print(f"{device_id}: {len(rows) - 1} point(s) in {took:.0f} ms via {spec.driver.name} "
           f"({spec.profile.vendor} {spec.profile.model})", file=out)
     return 0 if not sink.errors else 3

@@ -53,6 +53,12 @@ def load_coap_profile(name: str | Path) -> CoapProfile:
     return CoapProfile.model_validate(yaml.safe_load(path.read_text()))
 
 
+# What a quantity usually reads, by unit (a simulated building, not the full sensor range).
+_TYPICAL = {"Cel": 21.0, "%RH": 45.0, "V": 230.0, "A": 1.5, "%": 40.0, "hPa": 1013.0, "ppm": 600.0, "mm": 1200.0}
+_FLAG_NAMES = {"open", "closed", "alarm", "present", "occupied", "leak", "tamper"}
+_TEXT_NAMES = {"label", "name", "state", "status_text"}
+
+
 class Model:
     """Plausible values for a profile's points, drifting a little on each ``step``."""
 
@@ -60,31 +66,43 @@ class Model:
         self.profile = profile
         self.rng = random.Random(seed)
         self.values: dict[str, Any] = {}
+        self.home: dict[str, float] = {}
         for p in profile.points:
-            if p.type == "bool" or (p.bits is not None and p.bits[1] == 1):
+            if p.type == "bool" or (p.bits is not None and p.bits[1] == 1) or p.name in _FLAG_NAMES:
                 self.values[p.name] = False
-            elif p.range:
-                lo, hi = p.range
-                self.values[p.name] = (lo + hi) / 2
+            elif p.name in _TEXT_NAMES:
+                self.values[p.name] = f"{profile.model} sim"
             else:
-                self.values[p.name] = 20.0
+                typical = _TYPICAL.get(p.unit or "")
+                if p.name.startswith("batt") and p.unit == "V":
+                    typical = 3.6
+                if typical is not None and (not p.range or p.range[0] <= typical <= p.range[1]):
+                    home = typical
+                elif p.range:
+                    home = (p.range[0] + p.range[1]) / 2
+                else:
+                    home = 20.0
+                self.home[p.name] = self.values[p.name] = home
         self.step()
 
     def step(self) -> dict[str, Any]:
+        """Move every value a little: flags flip now and then, numbers wander around their usual value."""
         for p in self.profile.points:
             v = self.values[p.name]
             if isinstance(v, bool):
                 self.values[p.name] = self.rng.random() < 0.2
             elif isinstance(v, int | float):
-                lo, hi = p.range or (v - 10, v + 10)
-                span = (hi - lo) or 1.0
-                self.values[p.name] = min(hi, max(lo, v + self.rng.uniform(-0.02, 0.02) * span))
+                home = self.home[p.name]
+                scale = max(abs(home), 1.0) * 0.02
+                v += (home - v) * 0.2 + self.rng.uniform(-scale, scale)
+                lo, hi = p.range or (v, v)
+                self.values[p.name] = min(hi, max(lo, v))
         return dict(self.values)
 
     def raw(self, p: Any) -> Any:
         """The raw (unscaled) value of point ``p``."""
         v = self.values[p.name]
-        if isinstance(v, bool):
+        if isinstance(v, bool | str):
             return v
         raw = (v - p.offset) / p.scale
         return raw
@@ -123,6 +141,8 @@ def encode(profile: CoapProfile, model: Model, fmt: str | None = None) -> tuple[
             rec: dict[str, Any] = {"n": p.senml or p.name}
             if isinstance(raw, bool):
                 rec["vb"] = raw
+            elif isinstance(raw, str):
+                rec["vs"] = raw
             else:
                 rec["v"] = round(float(raw), 4)
                 if p.unit:
