@@ -139,6 +139,9 @@ class BufferConfig(Model):
     )
     flush_interval: PositiveDuration = Field(0.2, description="readings are committed in batches this often")
     spill_max: int = Field(10_000, ge=0, description="readings held in memory while the disk is full")
+    max_pending: int = Field(
+        50_000, ge=1000, description="readings waiting in memory for their commit; only when devices produce "
+        "more than the disk stores does this fill up, and then the oldest are dropped (counted, announced)")
 
 
 class WebConfig(Model):

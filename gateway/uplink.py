@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,8 @@ from .mqtt import MqttLink, broker_url
 from .schema import BATCH_SCHEMA, iso_ms
 
 log = logging.getLogger(__name__)
+_FLUSH_CHUNK = 2000  # readings per commit
+_SWITCH_INTERVAL_S = 0.0005
 T = TypeVar("T")
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -86,6 +89,9 @@ class BufferedUplink:
         self._acked_events: list[int] = []
         self._inflight: dict[int, list[int]] = {}
         self._inflight_events: dict[int, int] = {}
+        # Events may wait in the buffer: read them only then, not on every publisher turn (each read is a
+        # round trip through the buffer's thread, which under load queues behind the commits).
+        self._events_waiting = True
         self._link: MqttLink | None = None
         self._reconnect = asyncio.Event()
         self._closing = False
@@ -93,6 +99,9 @@ class BufferedUplink:
         self._rng = random.Random()
         self._tasks: list[asyncio.Task[Any]] = []
         self.flushed = 0
+        self.overload_dropped = 0  # readings dropped before their commit: more arrived than the disk stores
+        self._overload_unannounced = 0
+        self._overload_logged = 0.0
         # Publisher read-ahead: rows queued for publishing, the last seq queued or
         # published in this session, and whether the buffer holds nothing newer.
         self._ready: collections.deque[Row] = collections.deque()
@@ -106,8 +115,28 @@ class BufferedUplink:
     def submit(self, device: str, message: dict[str, Any]) -> None:
         """Queue a reading for the next commit (hot path: no I/O here)."""
         self._pending.append((device, int(time.time() * 1000), _DUMPS(message)))
-        if len(self._pending) >= 1000:
+        if len(self._pending) >= _FLUSH_CHUNK:
             self._flush_now.set()
+        if len(self._pending) > self.bcfg.max_pending:
+            self._shed()
+
+    def _shed(self) -> None:
+        """More readings arrive than the buffer commits: drop the oldest uncommitted tenth, counted, announced."""
+        n = max(1, len(self._pending) // 10)
+        del self._pending[:n]
+        self.overload_dropped += n
+        self._overload_unannounced += n
+        self._flush_now.set()
+
+    def _announce_overload(self, final: bool = False) -> None:
+        """Say what was shed: every 10 s during a flood, and once more when it is over."""
+        now = time.monotonic()
+        if self._overload_unannounced and (final or now - self._overload_logged >= 10.0 or not self._pending):
+            n, self._overload_unannounced, self._overload_logged = self._overload_unannounced, 0, now
+            log.error("devices deliver more readings than the buffer can store: dropped %d (total %d) before "
+                      "their commit; poll less often or fewer points (buffer.max_pending %d)",
+                      n, self.overload_dropped, self.bcfg.max_pending)
+            self.event("buffer_drop", reason="overload", dropped=n, dropped_total=self.overload_dropped)
 
     def device_status(self, device: str, state: str, error: str | None) -> None:
         payload = {"state": state, "ts": iso_ms(time.time()), "error": error}
@@ -121,16 +150,25 @@ class BufferedUplink:
         if self._closing:
             return
         task = asyncio.get_running_loop().create_task(self._db(self.buffer.add_event, event))
-        task.add_done_callback(lambda _t: self._wake.set())
+        task.add_done_callback(lambda _t: self._event_stored())
+
+    def _event_stored(self) -> None:
+        self._events_waiting = True
+        self._wake.set()
 
     def _buffer_event(self, event: dict[str, Any]) -> None:
         # Called on the buffer's worker thread; the buffer already stored the event.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._event_stored)
 
     async def start(self) -> None:
         """Open the buffer (before devices start polling)."""
         self._loop = asyncio.get_running_loop()
+        # The buffer's thread gives up the GIL for every SQLite step (each row written, read or
+        # deleted) and must then wait for the event loop to hand it back, by default only every
+        # 5 ms. With a busy loop a 2000-row commit took seconds and the acknowledgements queued
+        # behind it; at 0.5 ms it takes tens of ms (bench/pipeline.py, overload run).
+        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         await self._db(self.buffer.open)
         self.stats = await self._db(self.buffer.stats)
         log.info("buffer %s: %d reading(s) waiting, last seq %d", self.bcfg.durability, self.stats.depth,
@@ -148,6 +186,8 @@ class BufferedUplink:
 
     async def close(self) -> None:
         """Commit what is pending, give in-flight messages a moment, say offline, close."""
+        await self._flush()
+        self._announce_overload(final=True)  # stored before the buffer closes; sent now or after the restart
         self._closing = True
         await self._flush()
         link = self._link
@@ -197,9 +237,13 @@ class BufferedUplink:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
+        # In chunks: one commit of everything pending would, under load, hold the buffer's thread for
+        # seconds while acknowledgements and reads wait behind it (and the next batch grows meanwhile).
+        while self._pending:
+            batch, self._pending = self._pending[:_FLUSH_CHUNK], self._pending[_FLUSH_CHUNK:]
+            await self._flush_batch(batch)
+
+    async def _flush_batch(self, batch: list[tuple[str, int, str]]) -> None:
         seqs = await self._db(self.buffer.append_many, batch)
         self.flushed += len(batch)
         if seqs:
@@ -223,6 +267,7 @@ class BufferedUplink:
                     await self._flush_now.wait()
             self._flush_now.clear()
             await self._flush()
+            self._announce_overload()
 
     async def _maintenance(self) -> None:
         tick = 0
@@ -319,6 +364,7 @@ class BufferedUplink:
         await self._commit_acks()  # acked rows must not be resent
         self._ready.clear()
         self._tail, self._caught_up, self._in_session = 0, False, True
+        self._events_waiting = True  # unacknowledged events of the last session are sent again
         try:
             await self._publish_loop(link)
         finally:
@@ -339,9 +385,12 @@ class BufferedUplink:
             self._status_dirty.clear()
             if self._acked_events or (self._acked and (len(self._acked) >= 500 or not self._inflight)):
                 await self._commit_acks()
-            if not self._inflight_events and not self._acked_events:
-                for event_id, text in await self._db(self.buffer.read_events, 20):
+            if self._events_waiting and not self._inflight_events and not self._acked_events:
+                self._events_waiting = False
+                events = await self._db(self.buffer.read_events, 20)
+                for event_id, text in events:
                     self._inflight_events[link.publish(f"{self.prefix}/events", text)] = event_id
+                self._events_waiting = len(events) == 20  # more than one turn's worth waits
             room = window - len(self._inflight)
             if room > 0 and not ready and not self._caught_up:
                 limit = max(500, room * per_message)
@@ -405,7 +454,8 @@ class BufferedUplink:
             "inflight": sum(len(v) for v in self._inflight.values()), "pending": len(self._pending),
             "buffer": None if b is None else {
                 "depth": b.depth, "oldest_ts": iso_ms(b.oldest_ts_ms / 1000) if b.oldest_ts_ms else None,
-                "bytes": b.bytes_on_disk, "dropped": b.dropped_total, "last_seq": b.newest_seq,
+                "bytes": b.bytes_on_disk, "dropped": b.dropped_total + self.overload_dropped,
+                "last_seq": b.newest_seq,
                 "disk_full": b.disk_full, "spilled": b.spilled,
             },
         }

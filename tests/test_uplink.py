@@ -167,6 +167,39 @@ async def test_buffer_limit_drops_exactly_the_oldest_and_announces_it(tmp_path: 
         await asyncio.to_thread(col.disconnect)
 
 
+async def test_readings_beyond_max_pending_are_dropped_counted_and_announced(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Devices deliver faster than the disk commits: memory stays bounded, the loss is counted and said."""
+    col = Collector(mosquitto.host, mosquitto.port)
+    await asyncio.to_thread(col.connect)
+    data = tmp_path / "data"
+    try:
+        text = gw_config(data, mosquitto.port, devices=1, interval="1h", buffer_extra=", max_pending: 1000")
+        async with running_gateway(text) as (_gw, uplink):
+            await until(lambda: bool(col.readings()), what="the sim device's reading")
+            template = {k: v for k, v in col.readings()[0].items() if k != "seq"}
+            flushed = uplink.flushed
+            for i in range(5000):  # no await in between: nothing can be committed meanwhile
+                uplink.submit("d0", {**template, "metrics": {"n": {"value": i, "quality": "good"}}})
+                assert len(uplink._pending) <= 1000
+            kept = len(uplink._pending)
+            assert uplink.overload_dropped == 5000 - kept > 0
+            await until(lambda: uplink.flushed == flushed + kept, what="the kept readings committed")
+            await until(lambda: any(e["kind"] == "buffer_drop" and e.get("reason") == "overload"
+                                    for e in col.events()), what="the overload event")
+            target = committed_max_seq(data)
+            await until(lambda: {r["seq"] for r in col.readings()} >= set(range(1, target + 1)),
+                        what="every committed reading")
+        events = [e for e in col.events() if e.get("reason") == "overload"]
+        assert sum(e["dropped"] for e in events) == events[-1]["dropped_total"] == 5000 - kept
+        values = [r["metrics"]["n"]["value"] for r in col.readings() if "n" in r["metrics"]]
+        assert values == list(range(5000 - kept, 5000)), "the newest are kept, in order; the oldest dropped"
+        check_all_arrived(col, target)
+    finally:
+        await asyncio.to_thread(col.disconnect)
+
+
 async def test_corrupt_buffer_is_moved_aside_and_seq_continues(tmp_path: Path, mosquitto: Mosquitto) -> None:
     col = Collector(mosquitto.host, mosquitto.port)
     await asyncio.to_thread(col.connect)
