@@ -472,13 +472,14 @@ class Doctor:
     async def _probe(self, spec: DeviceSpec) -> Finding:
         from .app import DeviceLog
         from .driver import DeviceContext, SharedResources
+        from .probe import RecordingSink, endpoint_of, first_report
 
         dev_id = spec.config.id
         check = f"device:{dev_id}"
         limit = max(spec.config.poll_timeout, self.timeout)
         dlog = DeviceLog(logging.getLogger(f"fieldgate.device.{dev_id}"), {"device": dev_id})
         ctx = DeviceContext(dev_id, spec.profile, spec.connection, spec.config.poll_timeout, dlog, SharedResources())
-        sink = _FirstReading()
+        sink = RecordingSink()
         started = time.monotonic()
         busy = ("; fieldgate.service holds this port while it runs: run doctor with --no-devices, or stop the "
                 "service for a moment (`sudo systemctl stop fieldgate`)")
@@ -488,18 +489,12 @@ class Doctor:
                 await driver.__aenter__()
                 try:
                     if getattr(driver, "passive", False):
-                        where = (driver.status() if callable(getattr(driver, "status", None)) else {}) or {}
-                        endpoint = "".join(str(where.get(k) or "") for k in ("endpoint", "path")) or "its endpoint"
                         return Finding(check, "ok", f"device {dev_id} reports when it wakes; the gateway can "
-                                       f"receive it at {endpoint}", "its last report time is on the status page",
+                                       f"receive it at {endpoint_of(driver)}",
+                                       "its last report time is on the status page",
                                        {"driver": spec.driver.name, "passive": True})
                     if hasattr(driver, "run"):
-                        runner = asyncio.create_task(driver.run(sink))
-                        try:
-                            await sink.first.wait()
-                        finally:
-                            runner.cancel()
-                            await asyncio.gather(runner, return_exceptions=True)
+                        await first_report(driver, sink)
                     else:
                         await driver.poll(sink)
                 finally:
@@ -550,20 +545,6 @@ def _broker_stage(exc: GatewayError) -> tuple[str, str]:
     if isinstance(cause, socket.gaierror):
         return "network", "check mqtt.host and the DNS settings"
     return "network", "check that the broker runs, mqtt.host and mqtt.port, and the network path (firewall, VPN)"
-
-
-class _FirstReading:
-    def __init__(self) -> None:
-        self.readings: list[Any] = []
-        self.errors: list[DriverError] = []
-        self.first = asyncio.Event()
-
-    def add(self, reading: Any) -> None:
-        self.readings.append(reading)
-        self.first.set()
-
-    def add_error(self, error: DriverError) -> None:
-        self.errors.append(error)
 
 
 def _serial_port(spec: DeviceSpec) -> str | None:

@@ -26,7 +26,9 @@ PUSH_WAIT_S = 30.0
 PASSIVE_WAIT_S = 300.0
 
 
-class _Collect:
+class RecordingSink:
+    """Keeps what a driver hands over; ``first`` is set by the first reading or error."""
+
     def __init__(self) -> None:
         self.readings: list[RawReading] = []
         self.errors: list[DriverError] = []
@@ -41,7 +43,13 @@ class _Collect:
         self.first.set()
 
 
-async def _first_report(driver: Any, sink: _Collect) -> None:
+def endpoint_of(driver: Any) -> str:
+    """Where a passive (push) driver receives its device's reports, from its ``status()``."""
+    doc = driver.status() if callable(getattr(driver, "status", None)) else None
+    return "".join(str((doc or {}).get(k) or "") for k in ("endpoint", "path")) or "its endpoint"
+
+
+async def first_report(driver: Any, sink: RecordingSink) -> None:
     """Run a push driver until its first reading or error (its own failure is raised)."""
     runner = asyncio.create_task(driver.run(sink), name="probe-run")
     first = asyncio.create_task(sink.first.wait(), name="probe-first")
@@ -78,20 +86,17 @@ async def probe(loaded: LoadedConfig, device_id: str, out: TextIO, wait: float |
     passive = bool(getattr(driver, "passive", False))
     if wait is None:
         wait = PASSIVE_WAIT_S if passive else max(spec.config.poll_timeout * 2, PUSH_WAIT_S if pushes else 0.0)
-    sink = _Collect()
+    sink = RecordingSink()
     started = time.monotonic()
     try:
         async with asyncio.timeout(wait):
             await driver.__aenter__()
             try:
                 if pushes:
-                    where = ""
-                    if passive and callable(getattr(driver, "status", None)):
-                        doc = driver.status() or {}
-                        where = " at " + "".join(str(doc.get(k) or "") for k in ("endpoint", "path"))
+                    where = f" at {endpoint_of(driver)}" if passive else ""
                     print(f"waiting up to {wait:g} s for {device_id} to report{where}"
                           + ("; wake it (button, magnet) to report now" if passive else "") + " ...", file=err)
-                    await _first_report(driver, sink)
+                    await first_report(driver, sink)
                 else:
                     await driver.poll(sink)
             finally:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,6 @@ from fieldgate.config import load_profile_file
 from fieldgate.driver import DeviceContext, SharedResources
 from fieldgate.drivers.ble.driver import BleDriver
 from fieldgate.drivers.ble.profile import BleConnection, BleProfile
-from fieldgate.errors import DriverError
-from fieldgate.schema import RawReading
 from fieldgate_hwsim import ble_sim
 
 from tests.support.contract import validate_reading
@@ -23,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "profiles"
 FAKE = "fieldgate_hwsim.ble_sim:FakeScanner"
 
-__all__ = ["FAKE", "PROFILES", "REPO", "Sink", "ble_profiles", "context", "load_ble_profile", "validate_reading"]
+__all__ = ["FAKE", "PROFILES", "REPO", "ble_profiles", "context", "load_ble_profile", "validate_reading"]
 
 
 def ble_profiles() -> list[Path]:
@@ -48,29 +45,6 @@ def context(profile: str | BleProfile, shared: SharedResources | None = None, de
     return DeviceContext(dev_id, prof, BleConnection(**conn), 2.0,
                          logging.LoggerAdapter(logging.getLogger(f"test.ble.{dev_id}")),
                          shared or SharedResources())
-
-
-class Sink:
-    """Records what a driver hands over; ``wait`` for a condition without sleeping."""
-
-    def __init__(self) -> None:
-        self.readings: list[RawReading] = []
-        self.errors: list[DriverError] = []
-        self.changed = asyncio.Event()
-
-    def add(self, reading: RawReading) -> None:
-        self.readings.append(reading)
-        self.changed.set()
-
-    def add_error(self, error: DriverError) -> None:
-        self.errors.append(error)
-        self.changed.set()
-
-    async def wait(self, predicate: Callable[[Sink], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self.changed.clear()
-                await self.changed.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,9 @@ from fieldgate.errors import DeviceUnreachable
 from fieldgate.schema import PointError
 from fieldgate_hwsim.ble_sim import BTHOME_EXAMPLE_KEY, RECORDINGS, Recording
 
-from .conftest import Sink, context
+from tests.support.sink import Sink
+
+from .conftest import context
 
 dbus = pytest.importorskip("dbus")
 dbusmock = pytest.importorskip("dbusmock")

@@ -34,7 +34,9 @@ from fieldgate.normalize import Normalizer
 from fieldgate.schema import RawReading
 from fieldgate.yamlsrc import load_yaml
 
-from .conftest import REPO, Sink, ble_profiles, context, load_ble_profile, validate_reading
+from tests.support.sink import Sink
+
+from .conftest import REPO, ble_profiles, context, load_ble_profile, validate_reading
 
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")  # bthome.io's example key (public)
 MAC = "54:48:E6:8F:80:A5"

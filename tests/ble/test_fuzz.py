@@ -16,7 +16,9 @@ from fieldgate_hwsim.ble_sim import RECORDINGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Sink, context
+from tests.support.sink import Sink
+
+from .conftest import context
 
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
 MAC = "54:48:E6:8F:80:A5"

@@ -26,7 +26,9 @@ from fieldgate.errors import DeviceTimeout, DeviceUnreachable, DriverError
 from fieldgate.outputs import MemoryOutput
 from fieldgate_hwsim.ble_sim import BTHOME_EXAMPLE_KEY, RECORDINGS, Recording, air
 
-from .conftest import FAKE, Sink, context, validate_reading
+from tests.support.sink import Sink
+
+from .conftest import FAKE, context, validate_reading
 
 STRANGERS = [RECORDINGS["phone"], RECORDINGS["stranger-ruuvi"]]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +10,6 @@ import pytest
 import yaml
 from fieldgate.driver import DeviceContext, SharedResources
 from fieldgate.drivers.coap.profile import CoapConnection, CoapProfile
-from fieldgate.errors import DriverError
-from fieldgate.schema import RawReading
 
 from tests.conftest import REPO
 from tests.support.contract import validate_reading as _validate
@@ -27,29 +24,6 @@ def make_ctx(prof: CoapProfile | str, shared: SharedResources | None = None, dev
     p = profile(prof) if isinstance(prof, str) else prof
     return DeviceContext(dev, p, CoapConnection(**conn), timeout,
                          logging.LoggerAdapter(logging.getLogger(f"test.coap.{dev}")), shared or SharedResources())
-
-
-class Sink:
-    """Records what a driver hands over; ``wait`` for a condition without sleeping."""
-
-    def __init__(self) -> None:
-        self.readings: list[RawReading] = []
-        self.errors: list[DriverError] = []
-        self.changed = asyncio.Event()
-
-    def add(self, reading: RawReading) -> None:
-        self.readings.append(reading)
-        self.changed.set()
-
-    def add_error(self, error: DriverError) -> None:
-        self.errors.append(error)
-        self.changed.set()
-
-    async def wait(self, predicate: Callable[[Sink], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self.changed.clear()
-                await self.changed.wait()
 
 
 @pytest.fixture

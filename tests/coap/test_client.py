@@ -11,7 +11,9 @@ from fieldgate.errors import DeviceProtocolError, DeviceTimeout
 from fieldgate.normalize import Normalizer
 from fieldgate_hwsim.coap_sim import ObservableSensor, free_udp_port
 
-from .conftest import Sink, make_ctx, profile
+from tests.support.sink import Sink
+
+from .conftest import make_ctx, profile
 
 
 async def test_poll_reads_the_resource_and_scales_it() -> None:

@@ -14,7 +14,9 @@ from fieldgate.drivers.coap.driver import CoapDriver
 from fieldgate.errors import DeviceUnreachable, DriverError
 from fieldgate_hwsim.coap_sim import ObservableSensor, SleepyDevice, free_udp_port
 
-from .conftest import Sink, make_ctx, profile
+from tests.support.sink import Sink
+
+from .conftest import make_ctx, profile
 
 pytest.importorskip("DTLSSocket")
 

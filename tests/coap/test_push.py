@@ -16,7 +16,9 @@ from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DriverError
 from fieldgate.normalize import Normalizer
 from fieldgate_hwsim.coap_sim import SleepyDevice, free_udp_port, request_bytes
 
-from .conftest import Sink, make_ctx, profile
+from tests.support.sink import Sink
+
+from .conftest import make_ctx, profile
 
 
 @asynccontextmanager

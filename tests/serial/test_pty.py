@@ -16,10 +16,11 @@ from fieldgate.config import load_config_text
 from fieldgate.driver import DeviceContext, SharedResources
 from fieldgate.drivers.serial.driver import SerialDriver, StreamingSerialDriver, open_hint
 from fieldgate.drivers.serial.profile import SerialConnection
-from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable, DriverError
+from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from fieldgate.outputs import MemoryOutput
-from fieldgate.schema import RawReading
 from fieldgate_hwsim.serial_sim import Faults, SerialSim
+
+from tests.support.sink import Sink
 
 from .conftest import REPO, load_serial_profile
 
@@ -44,29 +45,6 @@ def device(dev_id: str, profile: str, port: str, extra: str = "", **top: Any) ->
     keys = "".join(f", {k}: {v}" for k, v in top.items())
     conn = f"port: {port}" + (f", {extra}" if extra else "")
     return f"  - {{id: {dev_id}, driver: serial, profile: {profile}{keys}, connection: {{{conn}}}}}\n"
-
-
-class Sink:
-    """Records what a driver hands over; ``wait`` for a count without sleeping."""
-
-    def __init__(self) -> None:
-        self.readings: list[RawReading] = []
-        self.errors: list[DriverError] = []
-        self.changed = asyncio.Event()
-
-    def add(self, reading: RawReading) -> None:
-        self.readings.append(reading)
-        self.changed.set()
-
-    def add_error(self, error: DriverError) -> None:
-        self.errors.append(error)
-        self.changed.set()
-
-    async def wait(self, predicate: Callable[[Sink], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self.changed.clear()
-                await self.changed.wait()
 
 
 def context(profile: str, **conn: Any) -> DeviceContext:
