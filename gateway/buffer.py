@@ -113,6 +113,29 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
 )
 _INSERT = "INSERT INTO readings (device, ts_ms, body) VALUES (?, ?, ?)"
+# Rows per INSERT statement: every SQLite step releases and retakes the GIL, so one statement for
+# many rows keeps a busy event loop from convoying the buffer's thread (3 x 200 = 600 parameters,
+# far below SQLite's limit). Rows of one multi-row INSERT get consecutive seqs in VALUES order.
+_ROWS_PER_INSERT = 200
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_rows_sql(n: int) -> str:
+    return "INSERT INTO readings (device, ts_ms, body) VALUES " + ",".join(["(?,?,?)"] * n)
+
+
+def _insert_rows(conn: sqlite3.Connection, items: Sequence[tuple[str, int, str]]) -> None:
+    """Insert ``items`` in order, ``_ROWS_PER_INSERT`` rows per statement."""
+    k = _ROWS_PER_INSERT
+    full = len(items) - len(items) % k
+    if full:
+        conn.executemany(_insert_rows_sql(k),
+                         (tuple(itertools.chain.from_iterable(items[i:i + k])) for i in range(0, full, k)))
+    rest = items[full:]
+    if len(rest) > 1:
+        conn.execute(_insert_rows_sql(len(rest)), tuple(itertools.chain.from_iterable(rest)))
+    elif rest:
+        conn.execute(_INSERT, rest[0])
 _INSERT_WITH_SEQ = "INSERT OR IGNORE INTO readings (seq, device, ts_ms, body) VALUES (?, ?, ?, ?)"
 _LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'readings'"
 _READ = "SELECT seq, device, ts_ms, body FROM readings WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -716,7 +739,7 @@ class Buffer:
         conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, items)
+            _insert_rows(conn, items)
             last = int(conn.execute(_LAST_SEQ).fetchone()[0])
             if last > self._reserved:
                 self._write_hwm(last + SEQ_RESERVE)

@@ -75,6 +75,18 @@ def make(tmp_path: Path, events: list[dict[str, Any]]) -> Iterator[Callable[...,
 # --- seq -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("n", [1, 2, 199, 200, 201, 450])
+def test_a_commit_of_any_size_keeps_order_and_consecutive_seqs(make: Callable[..., Buffer], n: int) -> None:
+    """Rows are written many to a statement; whatever the size, each gets its seq in order."""
+    buf = make()
+    first = buf.append_many(items(3))
+    rows_in = [(f"dev-{i % 7}", int(T0 * 1000) + i, body(i, device=f"dev-{i % 7}")) for i in range(n)]
+    seqs = buf.append_many(rows_in)
+    assert seqs == list(range(first[-1] + 1, first[-1] + 1 + n))
+    got = all_rows(buf)[3:]
+    assert [(r.seq, r.device, r.ts_ms, r.body) for r in got] == [(q, *row) for q, row in zip(seqs, rows_in, strict=True)]
+
+
 def test_init_does_no_io(tmp_path: Path) -> None:
     Buffer(tmp_path / "nothing-yet")
     assert not (tmp_path / "nothing-yet").exists()
