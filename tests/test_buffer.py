@@ -84,7 +84,8 @@ def test_a_commit_of_any_size_keeps_order_and_consecutive_seqs(make: Callable[..
     seqs = buf.append_many(rows_in)
     assert seqs == list(range(first[-1] + 1, first[-1] + 1 + n))
     got = all_rows(buf)[3:]
-    assert [(r.seq, r.device, r.ts_ms, r.body) for r in got] == [(q, *row) for q, row in zip(seqs, rows_in, strict=True)]
+    expected = [(q, *row) for q, row in zip(seqs, rows_in, strict=True)]
+    assert [(r.seq, r.device, r.ts_ms, r.body) for r in got] == expected
 
 
 def test_init_does_no_io(tmp_path: Path) -> None:
