@@ -472,7 +472,7 @@ class Doctor:
     async def _probe(self, spec: DeviceSpec) -> Finding:
         from .app import DeviceLog
         from .driver import DeviceContext, SharedResources
-        from .probe import RecordingSink, endpoint_of, first_report
+        from .probe import RecordingSink, endpoint_of, read_once
 
         dev_id = spec.config.id
         check = f"device:{dev_id}"
@@ -493,10 +493,7 @@ class Doctor:
                                        f"receive it at {endpoint_of(driver)}",
                                        "its last report time is on the status page",
                                        {"driver": spec.driver.name, "passive": True})
-                    if hasattr(driver, "run"):
-                        await first_report(driver, sink)
-                    else:
-                        await driver.poll(sink)
+                    await read_once(driver, sink)
                 finally:
                     await driver.__aexit__(None, None, None)
         except TimeoutError:

@@ -63,6 +63,14 @@ async def first_report(driver: Any, sink: RecordingSink) -> None:
         raise runner.exception()  # type: ignore[misc]
 
 
+async def read_once(driver: Any, sink: RecordingSink) -> None:
+    """One poll of a polled driver; a pushing one (with ``run``, as the supervisor sees it) up to its first report."""
+    if hasattr(driver, "run"):
+        await first_report(driver, sink)
+    else:
+        await driver.poll(sink)
+
+
 async def probe(loaded: LoadedConfig, device_id: str, out: TextIO, wait: float | None = None,
                 err: TextIO | None = None) -> int:
     """Read ``device_id`` once and print a table; returns an exit code (0 ok, 1 no such device, 3 failed).
@@ -96,9 +104,7 @@ async def probe(loaded: LoadedConfig, device_id: str, out: TextIO, wait: float |
                     where = f" at {endpoint_of(driver)}" if passive else ""
                     print(f"waiting up to {wait:g} s for {device_id} to report{where}"
                           + ("; wake it (button, magnet) to report now" if passive else "") + " ...", file=err)
-                    await first_report(driver, sink)
-                else:
-                    await driver.poll(sink)
+                await read_once(driver, sink)
             finally:
                 await driver.__aexit__(None, None, None)
     except TimeoutError:

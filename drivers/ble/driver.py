@@ -64,7 +64,38 @@ def read_bind_key(conn: BleConnection) -> bytes | None:
     return key
 
 
-class BleDriver:
+class _HubMember:
+    """A device on its adapter's shared ``ScannerHub``: joins it on open, leaves (closing it last) on close."""
+
+    ctx: DeviceContext
+    conn: BleConnection
+    hub: ScannerHub | None
+
+    async def _join(self) -> ScannerHub:
+        hub = self.ctx.shared.acquire(self.conn.hub_key, lambda: ScannerHub(self.conn))
+        self.hub = hub
+        hub.subscribe(self, self.conn)
+        try:
+            await hub.ensure_started()
+        except BaseException:
+            await self._leave()
+            raise
+        return hub
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._leave()
+
+    async def _leave(self) -> None:
+        hub, self.hub = self.hub, None
+        if hub is None:
+            return
+        hub.unsubscribe(self)
+        last = self.ctx.shared.release(self.conn.hub_key)
+        if last is not None:
+            await last.close()
+
+
+class BleDriver(_HubMember):
     """A BLE sensor read from its advertisements (BTHome, Ruuvi, pvvx, iBeacon, Eddystone)."""
 
     name: ClassVar[str] = "ble"
@@ -105,29 +136,10 @@ class BleDriver:
 
     async def __aenter__(self) -> Self:
         self.key = read_bind_key(self.conn)
-        hub = self.ctx.shared.acquire(self.conn.hub_key, lambda: ScannerHub(self.conn))
-        self.hub = hub
         self.failure = asyncio.get_running_loop().create_future()
-        hub.subscribe(self, self.conn)
-        try:
-            await hub.ensure_started()
-        except BaseException:
-            await self._leave()
-            raise
+        hub = await self._join()
         self.ctx.log.info("listening for %s adverts from %s on %s", self.decoder.name, self.label, hub.adapter)
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._leave()
-
-    async def _leave(self) -> None:
-        hub, self.hub = self.hub, None
-        if hub is None:
-            return
-        hub.unsubscribe(self)
-        last = self.ctx.shared.release(self.conn.hub_key)
-        if last is not None:
-            await last.close()
 
     # --- hub callbacks (event loop, non-blocking) ---------------------------
 
@@ -236,7 +248,7 @@ class BleDriver:
                 "adapter": self.hub.status() if self.hub is not None else None}
 
 
-class BleGattDriver:
+class BleGattDriver(_HubMember):
     """A BLE sensor read over GATT: connect, read the profile's characteristics, disconnect."""
 
     name: ClassVar[str] = "ble"
@@ -263,28 +275,9 @@ class BleGattDriver:
                               hint="GATT reads connect to one device: give connection.address")
         self.client_backend = load_backend(self.conn.client_backend)
         # The shared scanner keeps the device's latest BLEDevice: BlueZ connects only to devices it has seen.
-        hub = self.ctx.shared.acquire(self.conn.hub_key, lambda: ScannerHub(self.conn))
-        self.hub = hub
-        hub.subscribe(self, self.conn)
-        try:
-            await hub.ensure_started()
-        except BaseException:
-            await self._leave()
-            raise
+        await self._join()
         self.ctx.log.info("reading %d characteristic(s) of %s over GATT", len(self.by_char), self.label)
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._leave()
-
-    async def _leave(self) -> None:
-        hub, self.hub = self.hub, None
-        if hub is None:
-            return
-        hub.unsubscribe(self)
-        last = self.ctx.shared.release(self.conn.hub_key)
-        if last is not None:
-            await last.close()
 
     def deliver(self, advert: Advert) -> None:
         """Adverts of a GATT device only tell that it is in range (the hub keeps its BLEDevice)."""
