@@ -390,7 +390,8 @@ class BufferedUplink:
                 events = await self._db(self.buffer.read_events, 20)
                 for event_id, text in events:
                     self._inflight_events[link.publish(f"{self.prefix}/events", text)] = event_id
-                self._events_waiting = len(events) == 20  # more than one turn's worth waits
+                if len(events) == 20:  # more than one turn's worth waits (never cleared here: an event
+                    self._events_waiting = True  # stored during the read has set it already)
             room = window - len(self._inflight)
             if room > 0 and not ready and not self._caught_up:
                 limit = max(500, room * per_message)
