@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldgate.app import Gateway
-from fieldgate.config import load_config_text
-from fieldgate.uplink import BufferedUplink
 
 from .conftest import sim_device
 from .support.broker import Mosquitto
@@ -29,6 +24,7 @@ from .support.contract import (
     validate_reading,
     validate_status,
 )
+from .support.gateway import running_gateway, until
 
 
 def gw_config(data_dir: Path, port: int, devices: int = 3, interval: str = "0.02s", mqtt_extra: str = "",
@@ -46,31 +42,6 @@ def committed_max_seq(data_dir: Path) -> int:
     with sqlite3.connect(data_dir / "buffer.db") as db:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
     return int(row[0]) if row else 0
-
-
-@asynccontextmanager
-async def running_gateway(text: str) -> AsyncIterator[tuple[Gateway, BufferedUplink]]:
-    loaded = load_config_text(text, "t.yaml")
-    uplink = BufferedUplink(loaded.config)
-    await uplink.start()
-    gw = Gateway(loaded, uplink)
-    task = asyncio.create_task(gw.run())
-    try:
-        await asyncio.wait_for(gw.ready.wait(), 10)
-        yield gw, uplink
-    finally:
-        gw.request_stop()
-        await asyncio.wait_for(task, 15)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Wait for a condition by yielding to the loop (the gateway runs in it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def check_all_arrived(col: Collector, upto: int, dropped: set[int] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]

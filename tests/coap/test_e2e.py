@@ -5,25 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from fieldgate.app import Gateway
-from fieldgate.config import load_config_text
-from fieldgate.uplink import BufferedUplink
 from fieldgate_hwsim.coap_sim import ObservableSensor, SleepyDevice, free_udp_port
 
 from tests.support.broker import Mosquitto
 from tests.support.collector import Collector
 from tests.support.contract import validate_reading
+from tests.support.gateway import running_gateway, until
 
 from .conftest import profile
-
-
-async def until(predicate: object, timeout: float = 15.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_push_and_polled_devices_reach_the_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -39,27 +28,20 @@ async def test_push_and_polled_devices_reach_the_broker(tmp_path: Path, mosquitt
             f"  - {{id: climate-1, driver: coap, profile: generic/senml, poll_interval: 0.2s, "
             f"connection: {{host: 127.0.0.1, port: {sensor.port}}}}}\n"
         )
-        loaded = load_config_text(text, str(tmp_path / "t.yaml"))
         col = Collector(mosquitto.host, mosquitto.port)
         await asyncio.to_thread(col.connect)
-        uplink = BufferedUplink(loaded.config)
-        await uplink.start()
-        gw = Gateway(loaded, uplink)
-        task = asyncio.create_task(gw.run())
         try:
-            await asyncio.wait_for(gw.ready.wait(), 10)
-            async with SleepyDevice(("127.0.0.1", push_port), "/t/bin-1", profile("dragino/ndds75"), seed=6,
-                                    ack_timeout=0.2) as dev:
-                # the push server binds when the device's driver opens: the sleepy device retransmits meanwhile
-                for _ in range(3):
-                    assert await dev.push(duplicates=1) == "2.04 Changed"
-                    sensor.update()
-            await until(lambda: len([r for r in col.readings() if r["device"] == "bin-1"]) >= 3
-                        and len([r for r in col.readings() if r["device"] == "climate-1"]) >= 3,
-                        what="readings of both devices")
+            async with running_gateway(text, str(tmp_path / "t.yaml")):
+                async with SleepyDevice(("127.0.0.1", push_port), "/t/bin-1", profile("dragino/ndds75"), seed=6,
+                                        ack_timeout=0.2) as dev:
+                    # the push server binds when the device's driver opens: the device retransmits meanwhile
+                    for _ in range(3):
+                        assert await dev.push(duplicates=1) == "2.04 Changed"
+                        sensor.update()
+                await until(lambda: len([r for r in col.readings() if r["device"] == "bin-1"]) >= 3
+                            and len([r for r in col.readings() if r["device"] == "climate-1"]) >= 3,
+                            what="readings of both devices")
         finally:
-            gw.request_stop()
-            await asyncio.wait_for(task, 15)
             await asyncio.to_thread(col.disconnect)
     readings = col.readings()
     for r in readings:
