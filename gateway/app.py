@@ -25,6 +25,7 @@ from .config import DeviceSpec, LoadedConfig
 from .driver import DeviceContext, ServiceDriver, SharedResources
 from .errors import DriverError
 from .normalize import Normalizer
+from .reload import RELOAD_TIME_LIMIT_S, ReloadPlan, plan_reload
 from .schema import RawReading, iso_ms
 from .sdnotify import notify, watchdog_task
 
@@ -303,6 +304,8 @@ class Gateway:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     def request_stop(self) -> None:
         """Ask for a clean shutdown (SIGTERM)."""
@@ -310,12 +313,44 @@ class Gateway:
         self._stop.set()
 
     def request_reload(self) -> None:
-        """Re-read and apply the configuration (SIGHUP); a bad one is refused."""
+        """Re-read and apply the configuration (SIGHUP); a bad one is refused.
+
+        The reload runs as its own task with a time limit (``RELOAD_TIME_LIMIT_S``), so a signal
+        handler or an HTTP request never waits on it; a reload asked for while one runs is done
+        once more after it, with the file as it is then.
+        """
         if self.loader is None:
             log.warning("reload requested but this gateway has no config file to re-read")
             return
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload(), name="reload")
+        self._reloading.add_done_callback(self._reload_done)
+
+    @staticmethod
+    def _reload_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # A bug in applying: the running configuration goes on, the traceback is logged once.
+            log.error("reload failed: %r", task.exception(), exc_info=task.exception())
+
+    async def _reload(self) -> None:
+        while True:
+            self._reload_again = False
+            try:
+                async with asyncio.timeout(RELOAD_TIME_LIMIT_S):
+                    await self._reload_once()
+            except TimeoutError:
+                log.error("reload did not finish within %.0f s; the devices not yet restarted are retried "
+                          "by the next reload", RELOAD_TIME_LIMIT_S)
+                self.output.event("config_rejected", errors=[f"reload timed out after {RELOAD_TIME_LIMIT_S:g} s"])
+            if not self._reload_again:
+                return
+
+    async def _reload_once(self) -> None:
         from .errors import ConfigError
 
+        assert self.loader is not None
         try:
             new = self.loader()
         except ConfigError as exc:
@@ -325,20 +360,28 @@ class Gateway:
             log.error("new configuration has %d error(s); keeping the running one", len(errors))
             self.output.event("config_rejected", errors=[str(d) for d in errors][:20])
             return
-        self.apply(new)
+        await self.apply(new)
 
-    def apply(self, new: LoadedConfig) -> None:
-        """Start, stop and restart devices to match ``new``."""
+    async def apply(self, new: LoadedConfig) -> ReloadPlan:
+        """Start, stop and restart devices to match ``new``, hand the rest to the output; say what waits.
+
+        A changed device's old runner is awaited (bounded by its poll timeout) before the new one
+        starts, so the two never hold the same serial port or UDP port at once.
+        """
         old_cfg = self.loaded.config
-        if new.config.gateway.id != old_cfg.gateway.id or new.config.gateway.data_dir != old_cfg.gateway.data_dir:
-            log.warning("gateway.id and gateway.data_dir take effect only after a restart")
+        plan = plan_reload(old_cfg, new.config)
         old = {d.config.id: d for d in self.loaded.devices}
         fresh = {d.config.id: d for d in new.devices}
         removed = [i for i in old if i not in fresh]
         changed = [i for i in fresh if i in old and fresh[i].fingerprint() != old[i].fingerprint()]
         added = [i for i in fresh if i not in old]
-        for dev_id in removed + changed:
-            self._stop_device(dev_id)
+        stopping = [t for t in (self._stop_device(dev_id) for dev_id in removed + changed) if t is not None]
+        if stopping:
+            limit = max(old[i].config.poll_timeout for i in removed + changed) + 1.0
+            _, pending = await asyncio.wait(stopping, timeout=limit)
+            if pending:
+                log.warning("reload: still closing after %.1f s: %s", limit, ", ".join(t.get_name() for t in pending))
+        # Keep what needs a restart as it runs: the running gateway's identity and files stay consistent.
         self.loaded = new
         for dev_id in changed + added:
             if fresh[dev_id].config.enabled:
@@ -346,8 +389,14 @@ class Gateway:
         reconfigure = getattr(self.output, "reconfigure", None)
         if callable(reconfigure):
             reconfigure(new.config)
-        log.info("configuration reloaded: %d added, %d changed, %d removed", len(added), len(changed), len(removed))
-        self.output.event("config_reloaded", added=added, changed=changed, removed=removed)
+        if plan.restart_required:
+            log.warning("reload: %s changed but take(s) effect only after a restart "
+                        "(`sudo systemctl restart fieldgate`)", ", ".join(plan.restart_required))
+        log.info("configuration reloaded: %d added, %d changed, %d removed%s", len(added), len(changed),
+                 len(removed), f"; applied {', '.join(plan.applied)}" if plan.applied else "")
+        self.output.event("config_reloaded", added=added, changed=changed, removed=removed, applied=plan.applied,
+                          restart_required=plan.restart_required)
+        return plan
 
     def _start_device(self, spec: DeviceSpec) -> None:
         assert self._tg is not None
@@ -356,11 +405,12 @@ class Gateway:
         self.runners[spec.config.id] = runner
         self.tasks[spec.config.id] = self._tg.create_task(runner.run(), name=f"poll[{spec.config.id}]")
 
-    def _stop_device(self, dev_id: str) -> None:
+    def _stop_device(self, dev_id: str) -> asyncio.Task[None] | None:
         task = self.tasks.pop(dev_id, None)
         if task is not None:
             task.cancel()
         self.runners.pop(dev_id, None)
+        return task
 
     async def _clock_task(self) -> None:
         last_wall, last_mono = time.time(), time.monotonic()
@@ -378,7 +428,6 @@ class Gateway:
 
     async def run(self) -> None:
         """Run until ``request_stop``; then shut down within the configured time limit."""
-        limit = self.loaded.config.gateway.shutdown_timeout
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             output_task = tg.create_task(self.output.run(), name="uplink")
@@ -394,6 +443,9 @@ class Gateway:
             self.output.event("started", version=__version__, devices=len(self.tasks))
             await self._stop.wait()
             notify("STOPPING=1")
+            limit = self.loaded.config.gateway.shutdown_timeout  # read now: a reload may have changed it
+            if self._reloading is not None:
+                self._reloading.cancel()
             watchdog.cancel()
             deadline = time.monotonic() + limit
             pollers = list(self.tasks.values())

@@ -43,6 +43,7 @@ from .schema import BATCH_SCHEMA, iso_ms
 log = logging.getLogger(__name__)
 _FLUSH_CHUNK = 2000  # readings per commit
 _SWITCH_INTERVAL_S = 0.0005
+_HANDOVER_S = 3.0  # a reload's wait for PUBACKs before leaving the old broker
 T = TypeVar("T")
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -93,6 +94,8 @@ class BufferedUplink:
         # round trip through the buffer's thread, which under load queues behind the commits).
         self._events_waiting = True
         self._link: MqttLink | None = None
+        self._connecting: MqttLink | None = None
+        self._next_mqtt: MqttConfig | None = None  # reloaded settings, taken at the next connect
         self._reconnect = asyncio.Event()
         self._closing = False
         self.stats: BufferStats | None = None
@@ -218,14 +221,56 @@ class BufferedUplink:
         self._executor.shutdown(wait=True)
 
     def reconfigure(self, cfg: GatewayConfig) -> None:
-        """Apply a reloaded config: a changed mqtt section reconnects."""
-        if cfg.mqtt is not None and cfg.mqtt != self.mqtt:
-            log.info("mqtt settings changed: reconnecting")
-            self.mqtt = cfg.mqtt
-            self.state.broker = broker_url(self.mqtt)
+        """Apply a reloaded config: buffer timing at once; a changed mqtt section hands over.
+
+        The handover runs in the connection loop (:meth:`_hand_over`): the PUBACKs of what is in
+        flight are collected, the old broker and prefix are told the gateway left, the connection
+        is closed cleanly, and the next one uses the new settings (broker, prefix and last will,
+        credentials, TLS, limits). Readings not acknowledged stay in the buffer and go out on the
+        new connection. Settings that need a restart are named by the supervisor, not here.
+        """
+        self.bcfg = self.bcfg.model_copy(update={"flush_interval": cfg.buffer.flush_interval,
+                                                 "max_pending": cfg.buffer.max_pending})
+        self._flush_now.set()  # the flusher waits with the old interval: wake it
+        if cfg.mqtt is not None and cfg.mqtt != (self._next_mqtt or self.mqtt):
+            log.info("mqtt settings changed: handing over to %s, topics %s/%s/...", broker_url(cfg.mqtt),
+                     cfg.mqtt.topic_prefix, self.gateway_id)
+            self._next_mqtt = cfg.mqtt
             self._reconnect.set()
-            if self._link is not None:
-                self._link.abort()
+            self._wake.set()
+            if self._connecting is not None:
+                self._connecting.abort()  # a connect to the old broker may hang for connect_timeout
+
+    def _take_new_settings(self) -> None:
+        if self._next_mqtt is not None:
+            self.mqtt, self._next_mqtt = self._next_mqtt, None
+            self.prefix = f"{self.mqtt.topic_prefix}/{self.gateway_id}"
+            self.state.broker = broker_url(self.mqtt)
+
+    async def _hand_over(self, link: MqttLink) -> None:
+        """Leave the current broker and prefix cleanly before a reload's settings take over."""
+        new = self._next_mqtt
+        assert new is not None
+        moved = (new.topic_prefix, new.host, new.effective_port) != (
+            self.mqtt.topic_prefix, self.mqtt.host, self.mqtt.effective_port)
+        # Collect the acknowledgements of what is in flight, so the new connection does not send
+        # again what the old broker already has (bounded: the rest is sent again, at least once).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_HANDOVER_S):
+                while self._inflight and link.connected.is_set():
+                    self._wake.clear()  # acks arrive in callbacks on this thread: none is missed here
+                    await self._wait_wake(link, 1.0)
+        await self._commit_acks()
+        if not link.connected.is_set():
+            return
+        if moved:
+            # Nothing stale stays behind: device statuses are cleared (an empty retained message
+            # deletes one) and the gateway is said offline, as its last will would have said.
+            for dev in self._statuses:
+                link.publish(f"{self.prefix}/{dev}/status", b"", retain=True)
+            link.publish(f"{self.prefix}/status", self._gateway_status("offline"), retain=True)
+        await link.disconnect()
+        log.info("left %s (topics %s/...)", self.state.broker, self.prefix)
 
     def attach(self, gateway: Any) -> None:
         """Hook for the status page (later) to reach the gateway."""
@@ -308,17 +353,23 @@ class BufferedUplink:
         failures = 0
         while True:
             self._reconnect.clear()
+            self._take_new_settings()
             link = MqttLink(self.mqtt, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
                             (f"{self.prefix}/status", self._gateway_status("offline")), self._on_ack)
             self.state.state = "connecting"
+            self._connecting = link
             try:
                 await link.connect()
             except UplinkError as exc:
                 link.abort()
+                if self._reconnect.is_set():
+                    continue  # cut short by a reload: try the new settings at once
                 failures += 1
                 self._record_error(exc, failures)
                 await self._backoff(failures)
                 continue
+            finally:
+                self._connecting = None
             failures = 0
             self._link = link
             self.state.state, self.state.connected_since = "connected", time.time()
@@ -326,6 +377,8 @@ class BufferedUplink:
             log.info("connected to %s", self.state.broker)
             try:
                 await self._session(link)
+                if self._next_mqtt is not None:
+                    await self._hand_over(link)
             except UplinkError as exc:
                 self._record_error(exc, 1)
             finally:
@@ -423,15 +476,19 @@ class BufferedUplink:
             if not link.connected.is_set():
                 break
             # Nothing to do until new rows, an ack, a status or the connection drops.
-            waiter = asyncio.create_task(self._wake.wait())
-            closed = asyncio.create_task(link.closed.wait())
-            try:
-                await asyncio.wait({waiter, closed}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                closed.cancel()
+            await self._wait_wake(link, 1.0)
             if link.closed.is_set():
                 break
+
+    async def _wait_wake(self, link: MqttLink, timeout: float) -> None:
+        """Until something is to be done (``_wake``), the connection drops, or ``timeout``."""
+        waiter = asyncio.create_task(self._wake.wait())
+        closed = asyncio.create_task(link.closed.wait())
+        try:
+            await asyncio.wait({waiter, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            closed.cancel()
 
     def _publish_rows(self, link: MqttLink, rows: list[Row], batched: bool, per_message: int) -> None:
         topic_of = self.prefix + "/{}/reading"
