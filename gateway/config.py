@@ -76,7 +76,9 @@ class TlsConfig(Model):
     cert_file: RelPath | None = Field(None, description="client certificate (mutual TLS)")
     key_file: RelPath | None = Field(None, description="client private key (mutual TLS)")
     key_password: Secret | None = None
-    server_name: str | None = Field(None, description="name to verify instead of the host")
+    server_name: str | None = Field(
+        None, description="name the broker's certificate must carry (and sent as SNI), when mqtt.host is an "
+        "address or another name; verification stays on")
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:

@@ -23,10 +23,54 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from .config import MqttConfig
+from .config import MqttConfig, TlsConfig
 from .errors import UplinkError
 
 log = logging.getLogger(__name__)
+
+# OpenSSL's verify codes for a certificate that does not name the host (X509_V_ERR_*).
+_X509_HOSTNAME_MISMATCH, _X509_IP_MISMATCH = 62, 64
+
+
+class _ServerNameContext(ssl.SSLContext):
+    """A client TLS context that verifies the broker's certificate against ``server_name``.
+
+    paho-mqtt 2 wraps its socket with ``context.wrap_socket(sock, server_hostname=<the host it
+    dials>)`` (``Client._ssl_wrap_socket``) and, when the context has ``check_hostname`` on,
+    leaves the name check to it. Replacing ``server_hostname`` here makes both SNI and the
+    certificate's name check use ``mqtt.tls.server_name``, while paho still dials ``mqtt.host``
+    (an IP address or a name DNS does not know). ``CERT_REQUIRED`` and ``check_hostname`` stay on:
+    this changes which name is verified, never whether.
+    """
+
+    server_name: str | None = None
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False, do_handshake_on_connect: bool = True,
+                    suppress_ragged_eofs: bool = True, server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        return super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
+                                   self.server_name or server_hostname, session)
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The client context for ``mqtt.tls``: the CA (or the system's), mutual TLS, the name to verify.
+
+    Raises:
+        OSError, ssl.SSLError, KeyError: a file or the key password cannot be read.
+    """
+    # What ssl.create_default_context(Purpose.SERVER_AUTH) does, in our subclass.
+    ctx = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file:
+        ctx.load_verify_locations(cafile=str(tls.ca_file))
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    ctx.server_name = tls.server_name
+    if tls.cert_file and tls.key_file:
+        key_pw = tls.key_password.reveal() if tls.key_password else None
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=key_pw)
+    # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and hostname checking, always.
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    return ctx
 
 
 def broker_url(cfg: MqttConfig) -> str:
@@ -142,16 +186,11 @@ class MqttLink:
                                   hint="check mqtt.password: the file must be readable by fieldgate") from exc
             self.client.username_pw_set(cfg.username, password)
         if cfg.tls is not None:
-            tls = cfg.tls
             try:
-                ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-                if tls.cert_file and tls.key_file:
-                    key_pw = tls.key_password.reveal() if tls.key_password else None
-                    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=key_pw)
+                ctx = tls_context(cfg.tls)
             except (OSError, ssl.SSLError, KeyError) as exc:
                 raise UplinkError(f"cannot load TLS files: {exc}",
                                   hint="check mqtt.tls.ca_file / cert_file / key_file") from exc
-            # create_default_context: CERT_REQUIRED and hostname checking, always.
             self.client.tls_set_context(ctx)
 
     def _blocking_connect(self) -> None:
@@ -173,8 +212,17 @@ class MqttLink:
             async with asyncio.timeout(self.cfg.connect_timeout + 1):
                 await asyncio.to_thread(self._blocking_connect)
         except ssl.SSLCertVerificationError as exc:
+            if exc.verify_code in (_X509_HOSTNAME_MISMATCH, _X509_IP_MISMATCH):
+                name = (self.cfg.tls.server_name if self.cfg.tls else None) or self.cfg.host
+                key = "mqtt.tls.server_name" if self.cfg.tls and self.cfg.tls.server_name else "mqtt.host"
+                raise UplinkError(
+                    f"TLS: the certificate of {url} is not valid for {name!r} ({key}); it is signed by a "
+                    "trusted CA but names another host",
+                    hint="set mqtt.tls.server_name to a name in the broker's certificate, or connect by that "
+                    "name") from exc
             raise UplinkError(f"TLS: the certificate of {url} is not trusted: {exc.verify_message}",
-                              hint="check mqtt.tls.ca_file and that the broker's name matches mqtt.host") from exc
+                              hint="check mqtt.tls.ca_file and that the broker's name matches mqtt.host "
+                              "(or mqtt.tls.server_name)") from exc
         except ssl.SSLError as exc:
             raise UplinkError(f"TLS handshake with {url} failed: {exc.reason or exc}",
                               hint="a client certificate may be required (mqtt.tls.cert_file/key_file)") from exc

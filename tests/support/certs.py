@@ -7,6 +7,7 @@ pytest plugin never breaks collection of tests that do not use TLS.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
-__all__ = ["TlsFiles", "generate_pki", "test_pki"]
+__all__ = ["TlsFiles", "generate_pki", "issue_server_cert", "test_pki"]
 
 # Certificates are valid from a day ago (tolerates a skewed test clock) to a month ahead.
 _BACKDATE = dt.timedelta(days=1)
@@ -199,6 +200,26 @@ def generate_pki(directory: Path) -> TlsFiles:
         client_cert=client_paths[0], client_key=client_paths[1],
         rogue_ca_cert=rogue_paths[0], rogue_ca_key=rogue_paths[1],
     )
+
+
+def issue_server_cert(pki: TlsFiles, directory: Path, common_name: str, *, dns_names: Iterable[str] = (),
+                      ip_addresses: Iterable[str] = ()) -> TlsFiles:
+    """``pki`` with another server certificate, signed by its CA, for exactly the names given.
+
+    For name-checking tests: e.g. a certificate for ``broker.site.example`` only, without the
+    ``127.0.0.1`` SAN of the default one.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    _need_cryptography()
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    cert, key = _issue(ca_cert, ca_key, common_name, server=True,  # type: ignore[arg-type]
+                       dns_names=dns_names, ip_addresses=ip_addresses)
+    cert_path, key_path = _write(directory, "server", cert, key)
+    return dataclasses.replace(pki, server_cert=cert_path, server_key=key_path)
 
 
 @pytest.fixture(scope="session")
