@@ -11,7 +11,17 @@ adapter and BlueZ (not applicable without BLE devices); the broker reached,
 TLS and the login accepted (with a clean session, no last will, and its own
 client id, so a running gateway is not disturbed); and each enabled device
 answering, through the same driver, profile and timeouts as ``fieldgate
-run`` (``--no-devices`` skips this: a running service holds its serial ports).
+run`` (``--no-devices`` skips this).
+
+Beside the running service: when the service runs this configuration, its
+status API (``web.listen``, with ``web.password`` as a bearer token) answers
+with its gateway id; doctor then reads each device's state from it ("held by
+the running service, which reports it online") instead of opening ports the
+service holds, and a device the service reports offline is still a FAIL. The
+status API was chosen over a pid file: it answers only while the service
+runs, names the gateway, and carries the states. Without the status page
+(``web.enabled: false`` or port 0) the devices are probed directly, and a port
+the service holds is reported as busy with the stop-the-service hint.
 
 Statuses: ``ok``, ``n/a`` (not applicable), ``warn`` (works, needs attention)
 and ``fail`` (broken). Exit code: 0 nothing failed (warnings are printed;
@@ -150,7 +160,10 @@ class Doctor:
             self.check_serial_ports(self.loaded.devices)
             await self.check_ble(self.loaded.devices)
             await self.check_broker(self.loaded)
-            if self.poll_devices:
+            service = await self.check_running_service(self.loaded)
+            if service is not None:
+                self.check_devices_of_service(self.loaded, service)
+            elif self.poll_devices:
                 await self.check_devices(self.loaded)
             else:
                 self.add("devices", "n/a", "devices were not polled (--no-devices)")
@@ -455,6 +468,84 @@ class Doctor:
         self.add("broker", "ok", f"broker {url} reached ({tls_word}"
                  f"{', certificate verified' if cfg.tls else ''}), {login}", url=url)
 
+    async def check_running_service(self, loaded: LoadedConfig) -> dict[str, dict[str, Any]] | None:
+        """The devices of the gateway running with this configuration, as its status page reports them.
+
+        The running instance is found through its status API at ``web.listen`` (with ``web.password``
+        as a bearer token when one is set): it answers only while the service runs, it says which
+        gateway it is, and it carries each device's state, so nothing is opened a second time and
+        a stale pid file cannot mislead. Returns None when no instance of this gateway answers there
+        (the devices are then probed directly).
+        """
+        web = loaded.config.web
+        if not web.enabled:
+            return None
+        host, _, port = web.listen.rpartition(":")
+        host = host.strip("[]")
+        if not port.isdigit() or int(port) == 0:
+            return None  # a port picked at start cannot be known from the file
+        # The page may listen on every address; it is asked on loopback, which it always serves.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        base = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v1"
+        headers = {"Accept": "application/json"}
+        if web.password is not None:
+            try:
+                headers["Authorization"] = f"Bearer {web.password.reveal()}"
+            except (OSError, KeyError):
+                return None  # this user cannot read the password: probe as before
+        try:
+            status = await asyncio.to_thread(_get_json, f"{base}/status", headers, min(self.timeout, 3.0))
+            if not isinstance(status, dict) or status.get("gateway") != loaded.config.gateway.id:
+                return None
+            devices = await asyncio.to_thread(_get_json, f"{base}/devices", headers, min(self.timeout, 3.0))
+        except (OSError, ValueError) as exc:
+            log.debug("no running service at %s: %s", base, exc)
+            return None
+        docs = devices.get("devices", devices) if isinstance(devices, dict) else devices
+        by_id = {str(d["id"]): d for d in docs if isinstance(d, dict) and "id" in d} if isinstance(docs, list) else {}
+        self.add("service.running", "ok", f"fieldgate {status.get('version', '')} is running this configuration "
+                 f"(up {_age(float(status.get('uptime_s') or 0))}); its devices are read from its status page "
+                 f"{base.removesuffix('/api/v1')}/, not opened a second time", url=base,
+                 uptime_s=status.get("uptime_s"))
+        return by_id
+
+    def check_devices_of_service(self, loaded: LoadedConfig, service: dict[str, dict[str, Any]]) -> None:
+        """One finding per enabled device from what the running service reports about it."""
+        for spec in loaded.devices:
+            if not spec.config.enabled:
+                continue
+            dev_id = spec.config.id
+            check = f"device:{dev_id}"
+            details: dict[str, Any] = {"driver": spec.driver.name, "from": "service"}
+            doc = service.get(dev_id)
+            if doc is None:
+                self.add(check, "warn", f"device {dev_id} is in the configuration but the running service does "
+                         "not run it: the file changed since it started",
+                         "apply the file: `sudo systemctl reload fieldgate` (or restart it)", **details)
+                continue
+            state, error = str(doc.get("state")), doc.get("last_error")
+            details.update(state=state, last_reading=doc.get("last_reading"), last_error=error)
+            held = f"device {dev_id}: held by the running service, which reports it {state}"
+            seen = f" (last reading {doc['last_reading']})" if doc.get("last_reading") else ""
+            if state == "online":
+                self.add(check, "ok", held + seen, **details)
+            elif state == "starting":
+                self.add(check, "ok", held + ": it has just started", **details)
+            elif state == "offline" and not error and not doc.get("last_reading"):
+                # Nothing failed, nothing arrived: a device that reports on its own (a sleeping push
+                # device) has not reported since the service started; the direct check says the same.
+                self.add(check, "ok", f"device {dev_id}: held by the running service, which listens for it; "
+                         "no report from it since the service started", "its last report time is on the status page",
+                         **details)
+            elif state == "degraded":
+                self.add(check, "warn", f"{held}: {error or 'some points fail'}{seen}",
+                         f"`fieldgate probe {dev_id}` shows each point (stop the service for it if the port is "
+                         "exclusive); check the profile's addresses", **details)
+            else:
+                self.add(check, "fail", f"{held}: {error or 'no answer'}{seen}",
+                         "check power, wiring and the address in the configuration; the status page shows "
+                         "when it last answered", **details)
+
     async def check_devices(self, loaded: LoadedConfig) -> None:
         groups: dict[str, list[DeviceSpec]] = {}
         for spec in loaded.devices:
@@ -592,6 +683,20 @@ def _read_buffer(db: Path) -> tuple[int, int, int]:
     finally:
         conn.close()
     return depth, int(row[0]) if row and row[0] is not None else 0, int(seq[0]) if seq else 0
+
+
+def _get_json(url: str, headers: dict[str, str], timeout: float) -> Any:
+    """GET ``url`` and parse its JSON (blocking; run in a thread).
+
+    Raises:
+        OSError: no answer, refused, or an HTTP error status.
+        ValueError: the body is not JSON.
+    """
+    import urllib.request
+
+    req = urllib.request.Request(url, headers=headers)  # an http URL built from web.listen
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read(1_000_000))
 
 
 def _read_int(path: Path) -> int | None:

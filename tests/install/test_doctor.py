@@ -393,3 +393,79 @@ def test_text_report_has_a_fix_under_every_problem(tmp_path: Path) -> None:
             tail = [*rest, "END"]
             nxt = next(j for j, ln in enumerate(tail) if not ln.startswith(" ") or "fix:" in ln)
             assert "fix:" in tail[nxt], line
+
+
+def _json_doctor(cfg: Path, root: Path) -> tuple[int, dict[str, Finding]]:
+    res = subprocess.run([sys.executable, "-m", "fieldgate.cli", "doctor", "-c", str(cfg), "--json", "--timeout", "3",
+                          "--root", str(root)], capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+    assert res.stdout, res.stderr
+    report = json.loads(res.stdout)
+    assert "Traceback" not in res.stderr, res.stderr
+    return res.returncode, {f["check"]: Finding(**f) for f in report["findings"]}
+
+
+def test_beside_the_running_service_devices_are_read_from_it(
+    tmp_path: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Any]
+) -> None:
+    """The service holds the push port: doctor asks the service instead of failing on the busy port."""
+    pytest.importorskip("aiocoap")
+    import socket
+    import urllib.request
+
+    from fieldgate.clock import clock_synced
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        coap_port = probe.getsockname()[1]
+    control = tmp_path / "fault"
+    control.write_text("none")
+    web_port = free_port()
+    cfg = tmp_path / "fieldgate.yaml"
+    cfg.write_text(
+        f"gateway: {{id: gw-doc, data_dir: {tmp_path / 'data'}, clock_check: off}}\n"
+        f"web: {{listen: '127.0.0.1:{web_port}'}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}, connect_timeout: 2}}\n"
+        "devices:\n"
+        f"  - {{id: meter-1, driver: sim, profile: {METER}, poll_interval: 0.2s, offline_after: 2, backoff_max: 0.3s,"
+        f" connection: {{control_file: {control}}}}}\n"
+        f"  - {{id: bin-1, driver: coap, profile: dragino/ndds75, "
+        f"connection: {{mode: push, listen: '127.0.0.1:{coap_port}'}}}}\n"
+    )
+    service = fieldgate_proc("run", "-c", str(cfg))
+    service.wait_stderr("status page on", timeout=30)
+    service.wait_stderr("connected to", timeout=30)
+
+    def state_of(dev: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/v1/devices/{dev}", timeout=5) as resp:
+            return str(json.load(resp)["state"])
+
+    deadline = time.monotonic() + 30
+    while state_of("meter-1") != "online":  # the status page is the service's own word: poll it
+        assert time.monotonic() < deadline, "meter-1 never online"
+        time.sleep(0.1)
+    expected_fail = set() if clock_synced() else {"clock"}  # this machine's real clock is not faked here
+
+    code, found = _json_doctor(cfg, tmp_path)
+    fails = {c for c, f in found.items() if f.status == "fail"}
+    assert fails == expected_fail, {c: found[c].summary for c in fails}
+    assert code == (0 if not expected_fail else 3)
+    for dev in ("meter-1", "bin-1"):
+        f = found[f"device:{dev}"]
+        assert "held by the running service" in f.summary, f
+    assert "reports it online" in found["device:meter-1"].summary
+    assert found["service.running"].status == "ok"
+    # in-process, with the clock said synchronized, nothing fails: exit 0
+    assert exit_code(run(cfg, root=tmp_path, timeout=3.0)) == 0
+
+    control.write_text("unreachable")  # the meter stops answering the service
+    deadline = time.monotonic() + 30
+    while state_of("meter-1") != "offline":
+        assert time.monotonic() < deadline, "meter-1 never offline"
+        time.sleep(0.1)
+    code, found = _json_doctor(cfg, tmp_path)
+    assert code == 3
+    meter = found["device:meter-1"]
+    assert meter.status == "fail" and "reports it offline" in meter.summary and meter.fix, meter
+    assert "simulated" in meter.summary  # the service's last error, so the technician sees the cause
+    assert found["device:bin-1"].status != "fail"
+    assert {c for c, f in found.items() if f.status == "fail"} == expected_fail | {"device:meter-1"}
