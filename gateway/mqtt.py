@@ -162,11 +162,23 @@ class MqttLink:
             return
         self.connected.set()
 
-    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_disconnect(self, _c: Any, _u: Any, flags: Any, reason: Any, _props: Any) -> None:
         if self.error is None and self.connected.is_set():
-            self.error = UplinkError(f"connection to {broker_url(self.cfg)} lost: {reason}")
+            self.error = UplinkError(f"connection to {broker_url(self.cfg)} lost: {self._why_lost(flags, reason)}")
         self.connected.clear()
         self.closed.set()
+
+    def _why_lost(self, flags: Any, reason: Any) -> str:
+        """Words for a lost connection: paho says "Unspecified error" for every closed socket."""
+        if getattr(flags, "is_disconnect_packet_from_server", False):
+            return f"the broker ended the session: {reason}"
+        text = str(reason)
+        if text == "Keep alive timeout":
+            return f"no answer from the broker within the keepalive ({self.cfg.keepalive:g}s)"
+        if text == "Unspecified error":
+            # The socket was closed without an MQTT DISCONNECT: mosquitto does this when it stops.
+            return "the broker closed the connection (it stopped or restarted, or the network dropped it)"
+        return text
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
         if getattr(reason, "is_failure", False):

@@ -206,6 +206,10 @@ class BufferedUplink:
                     while not drained() and link.connected.is_set():
                         self._wake.clear()
                         await self._wake.wait()
+            if not drained():
+                log.warning("shutdown: readings up to seq %d committed, %d sent and unacknowledged, %d queued; "
+                            "what is not acknowledged stays buffered and is sent after the restart",
+                            self._committed_max, sum(len(v) for v in self._inflight.values()), len(self._ready))
         # Stop our own tasks before the buffer closes under them.
         for task in self._tasks:
             task.cancel()

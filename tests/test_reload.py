@@ -89,6 +89,8 @@ def test_reload_moves_broker_prefix_and_credentials_and_loses_nothing(
         assert stop_gracefully(proc) == 0, "".join(proc.stderr_lines)
     finally:
         proc.stop()
+    at_old.sync()  # acknowledged by the broker is not yet delivered to the subscriber: a barrier
+    at_new.sync()
     target = committed_max_seq(data)
     seen_old = {r["seq"] for r in at_old.readings()}
     seen_new = {r["seq"] for r in at_new.readings()}
