@@ -30,10 +30,11 @@ def committed_max_seq(data_dir: Path) -> int:
 
 
 def write_config(path: Path, data_dir: Path, mqtt: str, *, buffer: str = "flush_interval: 50ms",
-                 web: str = "enabled: false", devices: int = 2) -> None:
+                 web: str = "enabled: false", devices: int = 2,
+                 reconnect: str = "reconnect_min: 0.05s, reconnect_max: 0.5s") -> None:
     path.write_text(
         f"gateway: {{id: {GW}, data_dir: {data_dir}, clock_check: off, shutdown_timeout: 5s}}\n"
-        f"mqtt: {{{mqtt}, reconnect_min: 0.05s, reconnect_max: 0.5s}}\n"
+        f"mqtt: {{{mqtt}, {reconnect}}}\n"
         f"buffer: {{{buffer}}}\n"
         f"web: {{{web}}}\n"
         "devices:\n" + "".join(sim_device(f"d{i}", poll_interval="0.05s") for i in range(devices))
@@ -138,3 +139,35 @@ def test_reload_of_a_setting_that_cannot_apply_live_is_named(
     finally:
         proc.stop()
         col.disconnect()
+
+
+def test_reload_away_from_a_broker_that_is_down_connects_at_once_and_sends_the_backlog(
+    tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto], fieldgate_proc: Callable[..., Proc]
+) -> None:
+    old = mosquitto_factory()
+    new = mosquitto_factory()
+    at_old = Collector(old.host, old.port, topic="#").connect()
+    at_new = Collector(new.host, new.port, topic="#").connect()
+    data = tmp_path / "data"
+    cfg = tmp_path / "fieldgate.yaml"
+    # Long reconnect waits: only a reload that cuts the backoff short reaches the new broker in time.
+    slow = "reconnect_min: 30s, reconnect_max: 60s"
+    write_config(cfg, data, f"host: 127.0.0.1, port: {old.port}", reconnect=slow)
+    proc = fieldgate_proc("run", "-c", str(cfg))
+    try:
+        at_old.wait_for(lambda: len(at_old.readings()) >= 10, timeout=30, what="readings at the first broker")
+        at_old.disconnect()
+        old.stop()
+        proc.wait_stderr("readings stay buffered", timeout=20)
+        write_config(cfg, data, f"host: 127.0.0.1, port: {new.port}", reconnect=slow)
+        proc.popen.send_signal(signal.SIGHUP)
+        at_new.wait_for(lambda: len(at_new.readings()) >= 10, timeout=20, what="readings at the new broker")
+        assert stop_gracefully(proc) == 0, "".join(proc.stderr_lines)
+    finally:
+        proc.stop()
+    at_new.sync()
+    target = committed_max_seq(data)
+    missing = sorted(set(range(1, target + 1)) - {r["seq"] for r in at_old.readings() + at_new.readings()})
+    assert not missing, f"{len(missing)} of {target} seqs never arrived, e.g. {missing[:10]}"
+    assert "Traceback" not in "".join(proc.stderr_lines)
+    at_new.disconnect()

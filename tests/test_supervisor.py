@@ -155,3 +155,58 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert all(0.5 <= d <= 1.0 for d in delays[:1])
     assert all(15.0 <= d <= 30.0 for d in delays[6:])
     assert len(set(delays)) == len(delays)
+
+
+class _Exclusive:
+    """A driver holding an exclusive resource (a serial line, a UDP port) that takes a moment to release."""
+
+    name: ClassVar[str] = "sim"
+    Profile = SimDriver.Profile
+    Connection = SimDriver.Connection
+    open_now: ClassVar[int] = 0
+    max_open: ClassVar[int] = 0
+    opens: ClassVar[int] = 0
+
+    def __init__(self, ctx: DeviceContext) -> None:
+        self.ctx = ctx
+
+    async def __aenter__(self) -> Self:
+        cls = type(self)
+        cls.open_now += 1
+        cls.opens += 1
+        cls.max_open = max(cls.max_open, cls.open_now)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0.05)  # closing a port is not instant (within the 0.2 s poll timeout)
+        type(self).open_now -= 1
+
+    async def poll(self, sink: ReadingSink) -> None:
+        sink.add(RawReading({"voltage": 230.0}))
+
+
+async def test_reload_closes_a_changed_device_before_opening_it_again() -> None:
+    """Old and new runner of one device never hold its port at once (a second open would be refused)."""
+    def load(interval: str) -> Any:
+        loaded = load_config_text(config(sim_device("d", poll_interval=interval)), "t.yaml")
+        for spec in loaded.devices:
+            spec.driver = _Exclusive  # type: ignore[assignment]
+        return loaded
+
+    _Exclusive.open_now = _Exclusive.max_open = _Exclusive.opens = 0
+    out = MemoryOutput()
+    gw = Gateway(load("0.2s"), out)
+    task = asyncio.create_task(gw.run())
+    try:
+        await out.wait_for(lambda o: len(o.readings) >= 3)
+        plan = await gw.apply(load("0.3s"))
+        assert plan.applied == ["devices"] and plan.restart_required == []
+        await out.wait_for(lambda _o: _Exclusive.opens >= 2)
+        n = len(out.readings)
+        await out.wait_for(lambda o: len(o.readings) >= n + 3)
+    finally:
+        gw.request_stop()
+        await asyncio.wait_for(task, 10)
+    assert _Exclusive.max_open == 1, "the new runner opened the device while the old one still held it"
+    event = next(e for e in out.events if e["kind"] == "config_reloaded")
+    assert event["changed"] == ["d"] and event["restart_required"] == []
