@@ -305,7 +305,7 @@ class Gateway:
         self._stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._reloading: asyncio.Task[None] | None = None
-        self._reload_again = False
+        self._next_config: LoadedConfig | None = None  # read by a reload, waiting for the apply
 
     def request_stop(self) -> None:
         """Ask for a clean shutdown (SIGTERM)."""
@@ -315,42 +315,15 @@ class Gateway:
     def request_reload(self) -> None:
         """Re-read and apply the configuration (SIGHUP); a bad one is refused.
 
-        The reload runs as its own task with a time limit (``RELOAD_TIME_LIMIT_S``), so a signal
-        handler or an HTTP request never waits on it; a reload asked for while one runs is done
-        once more after it, with the file as it is then.
+        The file is read here; applying it runs as its own task with a time limit
+        (``RELOAD_TIME_LIMIT_S``), so a signal handler or an HTTP request never waits on devices
+        closing. A file read while an apply runs is applied right after it (the newest wins).
         """
         if self.loader is None:
             log.warning("reload requested but this gateway has no config file to re-read")
             return
-        if self._reloading is not None and not self._reloading.done():
-            self._reload_again = True
-            return
-        self._reloading = asyncio.get_running_loop().create_task(self._reload(), name="reload")
-        self._reloading.add_done_callback(self._reload_done)
-
-    @staticmethod
-    def _reload_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            # A bug in applying: the running configuration goes on, the traceback is logged once.
-            log.error("reload failed: %r", task.exception(), exc_info=task.exception())
-
-    async def _reload(self) -> None:
-        while True:
-            self._reload_again = False
-            try:
-                async with asyncio.timeout(RELOAD_TIME_LIMIT_S):
-                    await self._reload_once()
-            except TimeoutError:
-                log.error("reload did not finish within %.0f s; the devices not yet restarted are retried "
-                          "by the next reload", RELOAD_TIME_LIMIT_S)
-                self.output.event("config_rejected", errors=[f"reload timed out after {RELOAD_TIME_LIMIT_S:g} s"])
-            if not self._reload_again:
-                return
-
-    async def _reload_once(self) -> None:
         from .errors import ConfigError
 
-        assert self.loader is not None
         try:
             new = self.loader()
         except ConfigError as exc:
@@ -360,7 +333,27 @@ class Gateway:
             log.error("new configuration has %d error(s); keeping the running one", len(errors))
             self.output.event("config_rejected", errors=[str(d) for d in errors][:20])
             return
-        await self.apply(new)
+        self._next_config = new
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self._apply_next(), name="reload")
+            self._reloading.add_done_callback(self._reload_done)
+
+    @staticmethod
+    def _reload_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # A bug in applying: the running configuration goes on, the traceback is logged once.
+            log.error("reload failed: %r", task.exception(), exc_info=task.exception())
+
+    async def _apply_next(self) -> None:
+        while self._next_config is not None:
+            new, self._next_config = self._next_config, None
+            try:
+                async with asyncio.timeout(RELOAD_TIME_LIMIT_S):
+                    await self.apply(new)
+            except TimeoutError:
+                log.error("reload did not finish within %.0f s; send SIGHUP again to retry the devices not "
+                          "restarted", RELOAD_TIME_LIMIT_S)
+                self.output.event("config_rejected", errors=[f"reload timed out after {RELOAD_TIME_LIMIT_S:g} s"])
 
     async def apply(self, new: LoadedConfig) -> ReloadPlan:
         """Start, stop and restart devices to match ``new``, hand the rest to the output; say what waits.
@@ -377,11 +370,13 @@ class Gateway:
         added = [i for i in fresh if i not in old]
         stopping = [t for t in (self._stop_device(dev_id) for dev_id in removed + changed) if t is not None]
         if stopping:
-            limit = max(old[i].config.poll_timeout for i in removed + changed) + 1.0
+            # Bounded well inside the reload's limit: a device that will not close costs only itself.
+            limit = min(max(old[i].config.poll_timeout for i in removed + changed) + 1.0, RELOAD_TIME_LIMIT_S / 3)
             _, pending = await asyncio.wait(stopping, timeout=limit)
             if pending:
                 log.warning("reload: still closing after %.1f s: %s", limit, ", ".join(t.get_name() for t in pending))
-        # Keep what needs a restart as it runs: the running gateway's identity and files stay consistent.
+        # What needs a restart is not read from self.loaded after the start (the gateway id, the clock
+        # monitor, the buffer and the status page keep their own), so taking the whole file is safe.
         self.loaded = new
         for dev_id in changed + added:
             if fresh[dev_id].config.enabled:
