@@ -44,15 +44,17 @@ class _ServerNameContext(ssl.SSLContext):
     """
 
     server_name: str | None = None
+    wrapped: ssl.SSLSocket | None = None  # the last socket wrapped: closed by us if paho's connect fails
 
     def wrap_socket(self, sock: socket.socket, server_side: bool = False, do_handshake_on_connect: bool = True,
                     suppress_ragged_eofs: bool = True, server_hostname: str | bytes | None = None,
                     session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
-        return super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
-                                   self.server_name or server_hostname, session)
+        self.wrapped = super().wrap_socket(sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
+                                           self.server_name or server_hostname, session)
+        return self.wrapped
 
 
-def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+def tls_context(tls: TlsConfig) -> _ServerNameContext:
     """The client context for ``mqtt.tls``: the CA (or the system's), mutual TLS, the name to verify.
 
     Raises:
@@ -108,6 +110,7 @@ class MqttLink:
         self.closed = asyncio.Event()
         self.error: UplinkError | None = None
         self._sock: socket.socket | None = None
+        self._tls_ctx: _ServerNameContext | None = None
         self._misc: asyncio.Task[None] | None = None
         c = self.client
         c.on_connect = self._on_connect
@@ -204,11 +207,21 @@ class MqttLink:
                 raise UplinkError(f"cannot load TLS files: {exc}",
                                   hint="check mqtt.tls.ca_file / cert_file / key_file") from exc
             self.client.tls_set_context(ctx)
+            self._tls_ctx = ctx
 
     def _blocking_connect(self) -> None:
         v5 = self.cfg.protocol == "5"
         kw: dict[str, Any] = {"clean_start": True} if v5 else {}
-        rc = self.client.connect(self.cfg.host, self.cfg.effective_port, int(self.cfg.keepalive), **kw)
+        try:
+            rc = self.client.connect(self.cfg.host, self.cfg.effective_port, int(self.cfg.keepalive), **kw)
+        except BaseException:
+            # paho leaves the TLS socket of a failed handshake (an untrusted or misnamed certificate)
+            # open; without this every retry leaked one until the garbage collector found it.
+            ctx = self._tls_ctx
+            if ctx is not None and ctx.wrapped is not None:
+                ctx.wrapped.close()
+                ctx.wrapped = None
+            raise
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise OSError(f"connect returned {rc}")
 

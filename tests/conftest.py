@@ -56,14 +56,15 @@ class Proc:
         threading.Thread(target=self._pump, args=(self.popen.stderr, False), daemon=True).start()
 
     def _pump(self, stream: Any, is_out: bool) -> None:
-        for line in stream:
-            if is_out:
-                self.stdout_lines.append(line)
-                self.stdout.put(line)
-            else:
-                with self._err_cond:
-                    self.stderr_lines.append(line)
-                    self._err_cond.notify_all()
+        with stream:  # closed at EOF: an open pipe left behind is a ResourceWarning in a later test
+            for line in stream:
+                if is_out:
+                    self.stdout_lines.append(line)
+                    self.stdout.put(line)
+                else:
+                    with self._err_cond:
+                        self.stderr_lines.append(line)
+                        self._err_cond.notify_all()
 
     def next_line(self, timeout: float = 10.0) -> str:
         """The next stdout line (raises queue.Empty after ``timeout``)."""

@@ -156,8 +156,7 @@ def test_reload_away_from_a_broker_that_is_down_connects_at_once_and_sends_the_b
     proc = fieldgate_proc("run", "-c", str(cfg))
     try:
         at_old.wait_for(lambda: len(at_old.readings()) >= 10, timeout=30, what="readings at the first broker")
-        at_old.disconnect()
-        old.stop()
+        old.stop()  # the subscriber's session stays at the old broker (persistence): read at the end
         proc.wait_stderr("readings stay buffered", timeout=20)
         write_config(cfg, data, f"host: 127.0.0.1, port: {new.port}", reconnect=slow)
         proc.popen.send_signal(signal.SIGHUP)
@@ -165,9 +164,14 @@ def test_reload_away_from_a_broker_that_is_down_connects_at_once_and_sends_the_b
         assert stop_gracefully(proc) == 0, "".join(proc.stderr_lines)
     finally:
         proc.stop()
+    # What the old broker acknowledged just before it stopped waits in the subscriber's session there.
+    old.start()
+    at_old.wait_connected(timeout=20)
+    at_old.sync()
     at_new.sync()
     target = committed_max_seq(data)
     missing = sorted(set(range(1, target + 1)) - {r["seq"] for r in at_old.readings() + at_new.readings()})
     assert not missing, f"{len(missing)} of {target} seqs never arrived, e.g. {missing[:10]}"
     assert "Traceback" not in "".join(proc.stderr_lines)
+    at_old.disconnect()
     at_new.disconnect()
