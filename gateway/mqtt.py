@@ -111,6 +111,7 @@ class MqttLink:
         self.error: UplinkError | None = None
         self._sock: socket.socket | None = None
         self._tls_ctx: _ServerNameContext | None = None
+        self.leaving = False
         self._misc: asyncio.Task[None] | None = None
         c = self.client
         c.on_connect = self._on_connect
@@ -166,7 +167,7 @@ class MqttLink:
         self.connected.set()
 
     def _on_disconnect(self, _c: Any, _u: Any, flags: Any, reason: Any, _props: Any) -> None:
-        if self.error is None and self.connected.is_set():
+        if self.error is None and self.connected.is_set() and not self.leaving:
             self.error = UplinkError(f"connection to {broker_url(self.cfg)} lost: {self._why_lost(flags, reason)}")
         self.connected.clear()
         self.closed.set()
@@ -293,6 +294,7 @@ class MqttLink:
 
     async def disconnect(self) -> None:
         """Clean DISCONNECT (no last will)."""
+        self.leaving = True  # our own DISCONNECT is not an error of the connection
         if self._sock is not None:
             self.client.disconnect()
             with contextlib.suppress(TimeoutError):

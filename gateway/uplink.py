@@ -86,6 +86,7 @@ class BufferedUplink:
         self._status_dirty: set[str] = set()
         self._wake = asyncio.Event()  # new rows, acks, statuses or events to publish
         self._flush_now = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._acked: list[int] = []
         self._acked_events: list[int] = []
         self._inflight: dict[int, list[int]] = {}
@@ -288,9 +289,12 @@ class BufferedUplink:
     async def _flush(self) -> None:
         # In chunks: one commit of everything pending would, under load, hold the buffer's thread for
         # seconds while acknowledgements and reads wait behind it (and the next batch grows meanwhile).
-        while self._pending:
-            batch, self._pending = self._pending[:_FLUSH_CHUNK], self._pending[_FLUSH_CHUNK:]
-            await self._flush_batch(batch)
+        # One flush at a time: close() must not find _pending empty while the flusher's batch is still
+        # being committed, take the publisher for drained, and leave that batch unsent until a restart.
+        async with self._flush_lock:
+            while self._pending:
+                batch, self._pending = self._pending[:_FLUSH_CHUNK], self._pending[_FLUSH_CHUNK:]
+                await self._flush_batch(batch)
 
     async def _flush_batch(self, batch: list[tuple[str, int, str]]) -> None:
         seqs = await self._db(self.buffer.append_many, batch)
