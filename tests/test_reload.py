@@ -9,7 +9,6 @@ assigned is seen by one of the two subscribers.
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,14 +18,9 @@ from .conftest import Proc, sim_device
 from .support.broker import Mosquitto
 from .support.collector import Collector
 from .support.contract import validate_event, validate_reading
+from .test_uplink import committed_max_seq
 
 GW = "gw-r"
-
-
-def committed_max_seq(data_dir: Path) -> int:
-    with sqlite3.connect(data_dir / "buffer.db") as db:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
-    return int(row[0]) if row else 0
 
 
 def write_config(path: Path, data_dir: Path, mqtt: str, *, buffer: str = "flush_interval: 50ms",

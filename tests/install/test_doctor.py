@@ -404,8 +404,9 @@ def _json_doctor(cfg: Path, root: Path) -> tuple[int, dict[str, Finding]]:
     return res.returncode, {f["check"]: Finding(**f) for f in report["findings"]}
 
 
+@pytest.mark.parametrize("password", [False, True], ids=["loopback", "password"])
 def test_beside_the_running_service_devices_are_read_from_it(
-    tmp_path: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Any]
+    tmp_path: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Any], password: bool
 ) -> None:
     """The service holds the push port: doctor asks the service instead of failing on the busy port."""
     pytest.importorskip("aiocoap")
@@ -420,10 +421,13 @@ def test_beside_the_running_service_devices_are_read_from_it(
     control = tmp_path / "fault"
     control.write_text("none")
     web_port = free_port()
+    secret = tmp_path / "web.password"
+    secret.write_text("doctor-test-pw\n")
+    headers = {"Authorization": "Bearer doctor-test-pw"} if password else {}
     cfg = tmp_path / "fieldgate.yaml"
     cfg.write_text(
         f"gateway: {{id: gw-doc, data_dir: {tmp_path / 'data'}, clock_check: off}}\n"
-        f"web: {{listen: '127.0.0.1:{web_port}'}}\n"
+        f"web: {{listen: '127.0.0.1:{web_port}'{f', password: {{file: {secret}}}' if password else ''}}}\n"
         f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}, connect_timeout: 2}}\n"
         "devices:\n"
         f"  - {{id: meter-1, driver: sim, profile: {METER}, poll_interval: 0.2s, offline_after: 2, backoff_max: 0.3s,"
@@ -436,7 +440,8 @@ def test_beside_the_running_service_devices_are_read_from_it(
     service.wait_stderr("connected to", timeout=30)
 
     def state_of(dev: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/v1/devices/{dev}", timeout=5) as resp:
+        req = urllib.request.Request(f"http://127.0.0.1:{web_port}/api/v1/devices/{dev}", headers=headers)
+        with urllib.request.urlopen(req, timeout=5) as resp:
             return str(json.load(resp)["state"])
 
     deadline = time.monotonic() + 30
