@@ -93,4 +93,6 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
             (plan.applied if key in LIVE_KEYS else plan.restart_required).append(key)
     if old.devices != new.devices:
         plan.applied.append("devices")
+    plan.applied.sort()
+    plan.restart_required.sort()
     return plan

@@ -173,3 +173,38 @@ def test_reload_away_from_a_broker_that_is_down_connects_at_once_and_sends_the_b
     assert "Traceback" not in "".join(proc.stderr_lines)
     at_old.disconnect()
     at_new.disconnect()
+
+
+def test_every_config_key_is_either_applied_live_or_named_for_a_restart() -> None:
+    """A key added to the models later must be sorted into reload.py's lists (else it is called restart-only)."""
+    from fieldgate.config import GatewayConfig
+    from fieldgate.reload import LIVE_KEYS, LIVE_SECTIONS, RESTART_KEYS
+
+    assert not LIVE_KEYS & RESTART_KEYS
+    unsorted = []
+    for section, info in GatewayConfig.model_fields.items():
+        if section in LIVE_SECTIONS:
+            continue
+        model = info.annotation
+        assert isinstance(model, type), section
+        unsorted += [f"{section}.{k}" for k in model.model_fields if f"{section}.{k}" not in LIVE_KEYS | RESTART_KEYS]
+    assert not unsorted, f"sort these into fieldgate/reload.py: {unsorted}"
+
+
+def test_plan_reload_sorts_the_changed_keys() -> None:
+    from fieldgate.config import load_config_text
+    from fieldgate.reload import plan_reload
+
+    def cfg(extra_mqtt: str = "", buffer: str = "{}", web: str = "{}", gw: str = "") -> Any:
+        return load_config_text(
+            f"gateway: {{id: g{gw}}}\nmqtt: {{host: h{extra_mqtt}}}\nbuffer: {buffer}\nweb: {web}\n", "t.yaml").config
+
+    base = cfg()
+    assert plan_reload(base, cfg()).applied == [] and plan_reload(base, cfg()).restart_required == []
+    plan = plan_reload(base, cfg(", topic_prefix: p2, tls: {server_name: x}, batch: {enabled: true}",
+                                 "{flush_interval: 1s, durability: normal}", "{listen: '127.0.0.1:9'}",
+                                 gw=", data_dir: /d"))
+    # mqtt.tls from none to {server_name: x}: only the key that differs is named
+    assert plan.applied == ["buffer.flush_interval", "mqtt.batch.enabled", "mqtt.tls.server_name",
+                            "mqtt.topic_prefix"], plan
+    assert plan.restart_required == ["buffer.durability", "gateway.data_dir", "web.listen"], plan
