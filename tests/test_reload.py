@@ -175,6 +175,35 @@ def test_reload_away_from_a_broker_that_is_down_connects_at_once_and_sends_the_b
     at_new.disconnect()
 
 
+def test_a_new_prefix_carries_the_last_will(
+    tmp_path: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Proc]
+) -> None:
+    """Same broker, new topic_prefix, then kill -9: the broker says offline under the new prefix (the will)."""
+    col = Collector(mosquitto.host, mosquitto.port, topic="#").connect()
+    data = tmp_path / "data"
+    cfg = tmp_path / "fieldgate.yaml"
+    write_config(cfg, data, f"host: 127.0.0.1, port: {mosquitto.port}, keepalive: 2s")
+    proc = fieldgate_proc("run", "-c", str(cfg))
+    try:
+        col.wait_for(lambda: len(col.readings()) >= 5, timeout=30, what="readings")
+        write_config(cfg, data, f"host: 127.0.0.1, port: {mosquitto.port}, keepalive: 2s, topic_prefix: moved")
+        proc.popen.send_signal(signal.SIGHUP)
+        col.wait_for(lambda: any(m.topic.startswith(f"moved/{GW}/") and m.topic.endswith("/reading")
+                                 for m in col.messages), timeout=20, what="readings under the new prefix")
+        old_status = col.retained(f"fieldgate/{GW}/status")
+        assert old_status is not None and old_status.json()["state"] == "offline"
+        assert col.retained_map(f"fieldgate/{GW}/+/status") == {}
+        new_status = col.retained(f"moved/{GW}/status")
+        assert new_status is not None and new_status.json()["state"] == "online"
+        proc.popen.kill()  # no clean DISCONNECT: only the will can say it
+        proc.popen.wait(10)
+        col.wait_for(lambda: any(m.topic == f"moved/{GW}/status" and m.json()["state"] == "offline"
+                                 for m in col.messages), timeout=30, what="the will under the new prefix")
+    finally:
+        proc.stop()
+        col.disconnect()
+
+
 def test_every_config_key_is_either_applied_live_or_named_for_a_restart() -> None:
     """A key added to the models later must be sorted into reload.py's lists (else it is called restart-only)."""
     from fieldgate.config import GatewayConfig
