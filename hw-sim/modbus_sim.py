@@ -42,9 +42,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import math
 import os
-import functools
 import random
 import struct
 import sys
@@ -295,7 +295,7 @@ class ModbusSim:
         """
         if fault is not None:
             name, at, fc = fault.partition("@")
-            ok = name in _BYTE_FAULTS and (not at or fc in ("1", "2", "3", "4")) or fault == "silent"
+            ok = (name in _BYTE_FAULTS and (not at or fc in ("1", "2", "3", "4"))) or fault == "silent"
             try:
                 if fault.startswith("exception:"):
                     ok = int(fault[10:], 16) in {int(c) for c in ExcCodes}  # what pymodbus can send

@@ -169,9 +169,10 @@ async def test_hostile_endpoints_leave_healthy_ones_on_schedule(sims: list[Modbu
         gw.request_stop()
         await asyncio.wait_for(task, 10)
     assert gw.runners["good"].stats.failures == 0
-    named = {"junk": "bad_frame", "wrong-unit": "wrong_unit", "wrong-transaction": "wrong_transaction",
-             "bad-length": "bad_length", "wrong-function": "wrong_function", "slow-loris": "incomplete_frame",
-             "silent": "no answer", "exception-04": "exception 04"}
+    # The status line a technician reads names the cause in words.
+    named = {"junk": "not a Modbus TCP answer", "wrong-unit": "answer from unit 2",
+             "wrong-transaction": "transaction id", "bad-length": "byte count", "wrong-function": "function code 4",
+             "slow-loris": "incomplete", "silent": "no answer", "exception-04": "exception 04"}
     for name, word in named.items():
         first = next(e for d, s, e in out.statuses if d == name and s != "online")
         assert word in (first or ""), (name, first)
