@@ -18,17 +18,22 @@ def test_installed_pymodbus_is_in_the_tested_range() -> None:
 
 async def test_the_receive_hook_sees_the_whole_buffer_and_decides_what_is_parsed() -> None:
     first_seen = asyncio.Event()
+    served = asyncio.Event()
     seen: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readexactly(12)  # the read request
-        writer.write(ANSWER_HEAD)
-        await writer.drain()
-        await first_seen.wait()
-        writer.write(ANSWER_TAIL)
-        await writer.drain()
-        await reader.read()  # until the client closes
-        writer.close()
+        try:
+            await reader.readexactly(12)  # the read request
+            writer.write(ANSWER_HEAD)
+            await writer.drain()
+            await first_seen.wait()
+            writer.write(ANSWER_TAIL)
+            await writer.drain()
+            await reader.read()  # until the client closes
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            served.set()
 
     def hook(sending: bool, data: bytes) -> bytes:
         if sending:
@@ -51,5 +56,6 @@ async def test_the_receive_hook_sees_the_whole_buffer_and_decides_what_is_parsed
         assert seen[0] == ANSWER_HEAD and seen[-1] == ANSWER_HEAD + ANSWER_TAIL
     finally:
         client.close()
+        await asyncio.wait_for(served.wait(), 10)  # the handler is done with its writer before the loop ends
         server.close()
         await server.wait_closed()

@@ -206,3 +206,18 @@ async def _poll(port: int) -> None:
     async with ModbusDriver(make_ctx(prof, SharedResources(), host="127.0.0.1", port=port, unit=2,
                                      **QUICK)) as drv:
         await drv.poll(Sink())
+
+
+async def test_scan_names_a_garbled_unit_and_goes_on(sims: list[ModbusSim]) -> None:
+    import io
+
+    from fieldgate.drivers.modbus.profile import ModbusConnection
+    from fieldgate.drivers.modbus.scan import scan
+
+    prof = profile("senseair/s8")
+    sim, conn = await start(sims, "rtu", {3: prof, 5: prof})
+    sim.set_fault(3, "junk")
+    out = io.StringIO()
+    found = await scan(ModbusConnection(**conn, timeout=0.1), [2, 3, 4, 5], out)
+    assert found == [5]
+    assert "unit 3: bad answer (bad_frame)" in out.getvalue(), out.getvalue()
