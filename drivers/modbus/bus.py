@@ -195,6 +195,7 @@ class ModbusBus:
                 name=self.key, trace_packet=self._packet, trace_connect=self._connection)
         # A silent unit must not make pymodbus drop a connection shared with healthy units.
         self.client.set_max_no_responses(1_000_000)
+        compat.widen_receive_buffer(self.client)
         ok = await self.client.connect()
         if not ok:
             self.client.close()

@@ -8,7 +8,10 @@ which its documentation does not promise:
   (the buffer is emptied when a request is written), not just the new bytes;
 * what the hook returns is all the framer parses: returning ``b""`` hides
   bytes from it, returning one frame makes it parse exactly that frame;
-* the per-request answer timeout is ``client.ctx.comm_params.timeout_connect``.
+* the per-request answer timeout is ``client.ctx.comm_params.timeout_connect``;
+* the receive buffer is thrown away, unseen by the hook, once it holds more
+  than ``client.ctx.max_buffer_size`` bytes (264: one largest frame), so a
+  late answer followed by ours would be lost; it is widened here.
 
 ``tests/modbus/test_compat.py`` is the canary: it fails when any of this
 moves. ``TESTED`` is the version range it passed on; outside it the driver
@@ -40,6 +43,15 @@ def check_version() -> None:
         log.warning("pymodbus %s is outside the range the Modbus driver was tested with (%s to below %s); "
                     "run tests/modbus/test_compat.py", ".".join(map(str, v)),
                     ".".join(map(str, TESTED[0])), ".".join(map(str, TESTED[1])))
+
+
+#: Receive buffer the bus lets pymodbus keep: a few largest frames (late answers, stray bytes, ours).
+RECEIVE_BUFFER = 4 * 264
+
+
+def widen_receive_buffer(client: Any) -> None:
+    """Let the receive buffer hold late answers and stray bytes besides the answer (see above)."""
+    client.ctx.max_buffer_size = RECEIVE_BUFFER
 
 
 def set_answer_timeout(client: Any, seconds: float) -> None:

@@ -27,6 +27,7 @@ from fieldgate.schema import PointError
 from fieldgate_hwsim.modbus_sim import ModbusSim
 
 from tests.modbus.conftest import Sink, make_ctx, poll_once, profile, start, validate_reading
+from tests.modbus.test_bus import stamp as _stamp
 
 PROFILE = "generic-rs485/xy-md02"  # input registers (FC4) and holding registers (FC3)
 QUICK = {"timeout": 0.3, "retries": 0}
@@ -137,6 +138,11 @@ async def test_hostile_unit_on_a_shared_rtu_line_costs_only_its_timeout(sims: li
         await asyncio.wait_for(task, 10)
     for u in range(1, 4):
         assert gw.runners[f"th{u}"].stats.failures == 0, gw.runners[f"th{u}"].stats
+        # From the second reading (the first cycle reads the every: 60 points too): on average the
+        # period, plus at most the hostile unit's 0.2 s timeout, plus a busy machine's slack.
+        times = [_stamp(r["ts"]) for r in out.by_device(f"th{u}")][1:]
+        mean = (times[-1] - times[0]) / (len(times) - 1)
+        assert mean < 0.3 + 0.2 + 0.15, (u, mean)
     errors = [e for d, s, e in out.statuses if d == "th4" and s != "online"]
     assert errors and all("bad_frame" in (e or "") or "not a Modbus" in (e or "") or "next try" in (e or "")
                           for e in errors), errors
@@ -221,3 +227,4 @@ async def test_scan_names_a_garbled_unit_and_goes_on(sims: list[ModbusSim]) -> N
     found = await scan(ModbusConnection(**conn, timeout=0.1), [2, 3, 4, 5], out)
     assert found == [5]
     assert "unit 3: bad answer (bad_frame)" in out.getvalue(), out.getvalue()
+

@@ -84,3 +84,11 @@ def test_bits_are_counted_in_bytes() -> None:
     coils = Expect(unit=1, function=1, count=9, tid=1)
     assert check(coils, mbap(1, 1, "0102 ff01")).kind == "answer"
     assert check(coils, mbap(1, 1, "0101 ff")).reason == "bad_length"
+
+
+def test_a_late_largest_answer_before_ours_is_skipped() -> None:
+    big = Expect(unit=1, function=3, count=125, tid=2)
+    regs = "03fa" + "0000" * 125
+    data = mbap(1, 1, regs) + mbap(2, 1, regs)  # 518 bytes: more than pymodbus keeps by itself
+    v = check(big, data)
+    assert (v.kind, v.start, v.end) == ("answer", 259, 518)
