@@ -55,8 +55,8 @@ def _ts(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
-class _SimThread:
-    """Simulators in an event loop of their own thread."""
+class SimThread:
+    """Simulators in an event loop of their own thread (they keep answering whatever the test does)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -64,12 +64,15 @@ class _SimThread:
         self.thread.start()
         self.sims: list[ModbusSim] = []
 
-    def start(self, count: int) -> list[int]:
+    def start(self, count: int, faults: list[str | None] | None = None, profile: str = PROFILE) -> list[int]:
+        """Start ``count`` Modbus TCP servers of unit 1 (``faults[i]`` injected into the i-th); their ports."""
         async def _start() -> list[int]:
-            prof = load_modbus_profile(PROFILE)
+            prof = load_modbus_profile(profile)
             ports = []
-            for _ in range(count):
+            for i in range(count):
                 sim = ModbusSim({1: prof})
+                if faults and faults[i]:
+                    sim.set_fault(1, faults[i])
                 self.sims.append(sim)
                 ports.append(await sim.start_tcp())
             return ports
@@ -102,7 +105,7 @@ def run(folder: Path, *, devices: int = 6, interval: float = 0.2, stalls: int = 
     """Start everything, freeze the gateway ``stalls`` times for ``stall_s``, count what arrived."""
     rng = random.Random(seed)
     fig = Figures(devices, interval, stalls, stall_s)
-    sims = _SimThread()
+    sims = SimThread()
     (folder / "broker").mkdir()
     broker = Mosquitto(folder / "broker").start()
     col = Collector(broker.host, broker.port)

@@ -228,3 +228,46 @@ async def test_scan_names_a_garbled_unit_and_goes_on(sims: list[ModbusSim]) -> N
     assert found == [5]
     assert "unit 3: bad answer (bad_frame)" in out.getvalue(), out.getvalue()
 
+
+
+def test_the_gateway_process_survives_every_hostile_mode(tmp_path: Any, mosquitto: Any) -> None:
+    """`fieldgate run` with one healthy and eight hostile Modbus TCP devices: all named, the healthy one
+    keeps its period, SIGTERM ends it cleanly, no traceback."""
+    from tests.conftest import Proc
+    from tests.modbus.stall_rig import SimThread
+    from tests.support.collector import Collector
+
+    modes = ["junk", "wrong-unit", "wrong-transaction", "bad-length", "wrong-function", "slow-loris", "silent",
+             "exception:04"]
+    words = ["not a Modbus TCP answer", "answer from unit 2", "transaction id", "byte count", "function code 4",
+             "incomplete", "no answer", "exception 04"]
+    sims = SimThread()
+    ports = sims.start(1 + len(modes), [None, *modes], profile=PROFILE)
+    names = ["good"] + [m.replace(":", "-") for m in modes]
+    cfg = tmp_path / "fieldgate.yaml"
+    cfg.write_text(
+        f"gateway: {{id: gw-h, data_dir: {tmp_path / 'data'}, clock_check: off, shutdown_timeout: 5s}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}\ndevices:\n" + "".join(
+            f"  - {{id: {n}, driver: modbus, profile: {PROFILE}, poll_interval: 0.2s, backoff_max: 1s, "
+            f"connection: {{transport: tcp, host: 127.0.0.1, port: {p}, timeout: 0.3s, retries: 0, "
+            f"backoff: 0.5s}}}}\n" for n, p in zip(names, ports, strict=True)))
+    col = Collector(mosquitto.host, mosquitto.port).connect()
+    gw = Proc(["run", "-c", str(cfg)])
+    try:
+        def errors(dev: str) -> list[str]:
+            return [s.get("error") or "" for s in col.statuses(f"fieldgate/gw-h/{dev}/status")
+                    if s.get("state") != "online"]
+
+        col.wait_for(lambda: len([r for r in col.readings() if r["device"] == "good"]) >= 15
+                     and all(errors(n) for n in names[1:]), timeout=60, what="good readings, every fault named")
+        for name, word in zip(names[1:], words, strict=True):
+            assert word in errors(name)[0], (name, errors(name))
+        assert errors("good") == []
+        gw.popen.send_signal(15)
+        assert gw.popen.wait(30) == 0
+        err = "".join(gw.stderr_lines)
+        assert "Traceback" not in err and "internal error" not in err, err
+    finally:
+        gw.stop()
+        col.disconnect()
+        sims.stop()
