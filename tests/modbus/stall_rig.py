@@ -45,10 +45,17 @@ class Figures:
     degraded: int = 0  # status messages other than online
     timeouts_logged: int = 0
     per_device: dict[str, int] = field(default_factory=dict)
+    stall_lengths: list[float] = field(default_factory=list)  # as made: a busy machine stretches them
 
     @property
     def lost(self) -> int:
         return max(0, self.expected - self.delivered)
+
+    @property
+    def unavoidable(self) -> int:
+        """Polls no gateway could make: slots that began and ended while it was frozen, beyond the one
+        it polls late on waking (the loop polls the slot it slept for, then the current one)."""
+        return self.devices * sum(max(0, int(s // self.interval) - 1) for s in self.stall_lengths)
 
 
 def _ts(text: str) -> float:
@@ -129,8 +136,10 @@ def run(folder: Path, *, devices: int = 6, interval: float = 0.2, stalls: int = 
         for _ in range(stalls):
             time.sleep(rng.uniform(*gap_s))  # fault injection timing, not synchronization
             proc.send_signal(signal.SIGSTOP)
+            frozen = time.monotonic()
             time.sleep(stall_s)  # the stall itself
             proc.send_signal(signal.SIGCONT)
+            fig.stall_lengths.append(time.monotonic() - frozen)
         time.sleep(gap_s[1])  # fault injection timing: a quiet tail after the last stall
         t1 = time.time()
         fig.window_s = t1 - t0
@@ -167,6 +176,7 @@ def describe(fig: Figures) -> str:
     """One line of figures, with the load average."""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{fig.devices} devices every {fig.interval:g}s, {fig.stalls} stalls of {fig.stall_s * 1000:.0f} ms in "
-            f"{fig.window_s:.1f}s: polls expected {fig.expected}, delivered {fig.delivered}, lost {fig.lost}, "
+            f"{fig.window_s:.1f}s (longest {max(fig.stall_lengths, default=0) * 1000:.0f} ms): polls expected "
+            f"{fig.expected}, delivered {fig.delivered}, lost {fig.lost} (unavoidable {fig.unavoidable}), "
             f"degraded/offline statuses {fig.degraded}, timeout lines logged {fig.timeouts_logged} "
             f"(load average {load})")

@@ -4,8 +4,8 @@ Each Modbus device answers on time from its own pymodbus server (in this
 process, not frozen); the gateway is frozen 100 ms, fifteen times, with a
 100 ms poll interval. Before the fix a stall timed polls out (the poll
 timeout defaulted to the interval and was charged the stall) and the poll
-loop dropped the slot it woke up late for: 17 to 60 of 516 polls were lost
-and devices went degraded. Figures for more cases: ``bench/stall.py``.
+loop dropped the slot it woke up late for, so polls were lost and devices
+went degraded. Figures for more cases: ``bench/stall.py``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ from tests.modbus.stall_rig import describe, run
 
 @pytest.mark.slow
 def test_a_stall_as_long_as_the_interval_costs_no_poll(tmp_path: Path) -> None:
-    fig = run(tmp_path, devices=6, interval=0.1, stalls=15, stall_s=0.1, gap_s=(0.3, 0.7))
+    # Three devices, so that a busy machine's own slowness is not what gets measured.
+    fig = run(tmp_path, devices=3, interval=0.1, stalls=15, stall_s=0.1, gap_s=(0.3, 0.7))
     print("\n" + describe(fig))
     assert fig.degraded == 0 and fig.timeouts_logged == 0, describe(fig)
-    # One reading per device may fall either side of the window's edges; nothing else may go missing.
-    assert fig.lost <= fig.devices, describe(fig)
+    # Readings may fall either side of the window's edges, a loaded machine delays the odd poll past its
+    # slot (measured: up to 6 of 384 at load 11), and a stall the machine stretched past two intervals
+    # spans slots no frozen process can poll. Before the fix: 54 of 384 lost, 13 degraded statuses.
+    assert fig.lost <= max(2 * fig.devices, fig.expected // 20) + fig.unavoidable, describe(fig)
     assert all(n > 0 for n in fig.per_device.values()), fig.per_device
 
 
