@@ -10,12 +10,13 @@ A device that hangs or whose driver has a bug costs only itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -113,6 +114,44 @@ class _Sink:
         if self.runner.pushing:
             # A push driver has no poll end to report at: a partial failure shows at once.
             self.runner._set_state(DEGRADED, str(error))
+
+
+#: A deadline callback this late means the event loop itself was stalled (a busy or frozen host).
+STALL_S = 0.02
+
+
+@contextlib.asynccontextmanager
+async def poll_deadline(seconds: float) -> AsyncIterator[None]:
+    """``asyncio.timeout(seconds)`` that does not charge a stall of the event loop to the device.
+
+    If the loop was stalled when the deadline came (its callback ran late by more than ``STALL_S``),
+    the answer may be sitting in a socket, unread: the deadline moves on by the time lost, at most
+    ``seconds`` in all, so a hung driver is still cancelled, but a device that answered while the
+    host was frozen is not called timed out.
+
+    Raises:
+        TimeoutError: the body ran past the deadline.
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as cm:
+        extended = 0.0
+        handle: asyncio.TimerHandle | None = None
+
+        def check(when: float) -> None:
+            nonlocal extended, handle
+            late = loop.time() - when
+            if late > STALL_S and extended < seconds:
+                grant = min(late, seconds - extended)
+                extended += grant
+                handle = loop.call_at(loop.time() + grant, check, loop.time() + grant)
+            else:
+                cm.reschedule(loop.time())  # expire now
+
+        handle = loop.call_at(loop.time() + seconds, check, loop.time() + seconds)
+        try:
+            yield
+        finally:
+            handle.cancel()
 
 
 def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
@@ -269,20 +308,23 @@ class DeviceRunner:
             sink = _Sink(self)
             started = time.monotonic()
             if self.bus_lock is not None:
-                async with self.bus_lock, asyncio.timeout(self.cfg.poll_timeout):
+                async with self.bus_lock, poll_deadline(self.cfg.poll_timeout):
                     await driver.poll(sink)
             else:
-                async with asyncio.timeout(self.cfg.poll_timeout):
+                async with poll_deadline(self.cfg.poll_timeout):
                     await driver.poll(sink)
             self._ok(sink, started)
             k += 1
             now = loop.time()
             due = start + k * interval
-            if due < now:  # missed slots: skip them rather than poll in a burst
-                missed = int((now - due) // interval) + 1
+            if due < now:
+                # Late (a long poll, or the host stalled): poll now, for the latest slot that has begun,
+                # and skip (count) only the slots before it. Skipping a slot that is merely late, as this
+                # loop did, lost a reading to every stall as long as the interval.
+                missed = int((now - due) // interval)
                 self.stats.overruns += missed
                 k += missed
-                due = start + k * interval
+                due = now
             await asyncio.sleep(due - now)
 
 

@@ -199,7 +199,8 @@ class DeviceConfig(Model):
     profile: str | dict[str, Any] = Field(description="library name (vendor/model), a path, or inline")
     connection: dict[str, Any] = Field(default_factory=dict, description="driver-specific")
     poll_interval: PositiveDuration = 10.0
-    timeout: PositiveDuration | None = Field(None, description="per poll; default min(poll_interval, 5s)")
+    timeout: PositiveDuration | None = Field(
+        None, description="per poll, a guard against a hung driver; default 5s whatever the poll interval")
     tags: dict[str, str | int | float | bool] = Field(default_factory=dict)
     enabled: bool = True
     bus: str | None = Field(None, description="devices naming the same bus are polled one at a time")
@@ -208,8 +209,12 @@ class DeviceConfig(Model):
 
     @property
     def poll_timeout(self) -> float:
-        """The timeout around one poll."""
-        return self.timeout if self.timeout is not None else min(self.poll_interval, 5.0)
+        """The timeout around one poll.
+
+        Not tied to the poll interval: drivers time their own requests, and a guard as short as a
+        fast interval timed out every device at once when the host stalled for that long.
+        """
+        return self.timeout if self.timeout is not None else 5.0
 
 
 class GatewayConfig(Model):

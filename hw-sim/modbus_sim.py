@@ -2,10 +2,19 @@
 
 Values move plausibly (within each point's ``range``, energy counters grow)
 and are encoded with the profile's own types and byte/word orders. Faults
-can be injected per unit at run time: ``silent`` (no answer: a dead or
-unplugged slave, or one that disappears and later returns), ``exception:NN``
-(every read answered with exception NN), ``crc`` (answers with a corrupted
-CRC; RTU framings only), ``slow:S`` (answer after S seconds).
+can be injected per unit at run time (``FAULTS``): ``silent`` (no answer: a
+dead or unplugged slave, one that disappears and later returns, or, on every
+unit, a server that accepts connections and never answers),
+``exception:NN`` (every read answered with exception NN), ``crc`` (answers
+with a corrupted CRC; RTU framings only), ``slow:S`` (answer after S
+seconds), and the hostile answers a fault campaign needs: ``junk`` (random
+bytes instead of the answer), ``wrong-unit`` (the answer carries another
+unit id), ``wrong-transaction`` (Modbus TCP: another transaction id; RTU has
+none, so it is served normally there), ``bad-length`` (the byte count
+contradicts the data that follows), ``wrong-function`` (FC3 answered as FC4,
+FC1 as FC2 and back), ``slow-loris`` (the answer trickles out a byte every
+0.1 s and its last byte never comes). A byte-level fault may name one
+function code, ``junk@3``: then only answers to FC3 are hit.
 
 Design choices:
 
@@ -20,8 +29,9 @@ Design choices:
   baud rate (11 bits per character), so timing tests and the benchmark see a
   real line's speed. It avoids running pymodbus's serial server on a pty and
   gives RTU-over-TCP a test peer for free.
-* Corrupted CRCs are made in the server's outgoing-packet hook: the client
-  sees garbage, which it can only treat as a timeout.
+* Byte-level faults (CRC, junk, wrong ids, lengths and functions, the
+  trickle) are made in each connection's outgoing-packet hook, after
+  pymodbus built a correct answer, so every framing gets them from one place.
 
 Importing this module imports ``pymodbus.server`` (and with it aiohttp);
 drivers never do.
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import random
@@ -49,7 +60,15 @@ from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
+from pymodbus.framer.rtu import FramerRTU
 from pymodbus.server import ModbusTcpServer
+
+#: Faults ``ModbusSim.set_fault`` accepts (``exception:NN`` and ``slow:SECONDS`` take a value).
+FAULTS = ("silent", "crc", "junk", "wrong-unit", "wrong-transaction", "bad-length", "wrong-function",
+          "slow-loris", "exception:NN", "slow:SECONDS")
+_BYTE_FAULTS = {"crc", "junk", "wrong-unit", "wrong-transaction", "bad-length", "wrong-function", "slow-loris"}
+#: Seconds between the bytes of a ``slow-loris`` answer.
+TRICKLE = 0.1
 
 _FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 6: "holding", 16: "holding"}
 _LIMITS = {
@@ -261,16 +280,31 @@ class ModbusSim:
         self._last_step = time.monotonic()
         self._servers: list[ModbusTcpServer] = []
         self._bridges: list[_PtyBridge] = []
+        self._trickles: set[asyncio.Future[None]] = set()
+        self._rng = random.Random(seed)
 
     # -- control ------------------------------------------------------------------------------
 
     def set_fault(self, unit: int, fault: str | None) -> None:
         """Inject a fault into a unit (``None`` heals it).
 
-        Faults: ``silent``, ``exception:NN``, ``crc``, ``slow:SECONDS``.
+        Faults: see ``FAULTS``.
+
+        Raises:
+            ValueError: an unknown fault or a malformed value.
         """
-        if fault is not None and not (fault in ("silent", "crc") or fault.startswith(("exception:", "slow:"))):
-            raise ValueError(f"unknown fault {fault!r}: silent, crc, exception:NN or slow:SECONDS")
+        if fault is not None:
+            name, at, fc = fault.partition("@")
+            ok = (name in _BYTE_FAULTS and (not at or fc in ("1", "2", "3", "4"))) or fault == "silent"
+            try:
+                if fault.startswith("exception:"):
+                    ok = int(fault[10:], 16) in {int(c) for c in ExcCodes}  # what pymodbus can send
+                elif fault.startswith("slow:"):
+                    ok = float(fault[5:]) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"unknown fault {fault!r}: one of {', '.join(FAULTS)}")
         self.models[unit].fault = fault
 
     def step(self) -> None:
@@ -293,22 +327,48 @@ class ModbusSim:
             return _Failing(ExcCodes(int(fault[10:], 16)))  # type: ignore[return-value]
         return model
 
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """Server packet hook: corrupt the CRC of answers from units with the ``crc`` fault."""
-        if sending and data:
-            model = self.models.get(data[0])
-            if model is not None and model.fault == "crc":
-                return data[:-1] + bytes([data[-1] ^ 0xFF])
-        return data
+    def _outgoing(self, conn: Any, rtu: bool, sending: bool, data: bytes) -> bytes:
+        """A connection's packet hook: turn the correct answer of a faulty unit into its fault's bytes."""
+        if not sending or len(data) < (4 if rtu else 8):
+            return data
+        head = 0 if rtu else 6  # offset of the unit id; the function code follows it
+        model = self.models.get(data[head])
+        fault, _, only = (model.fault or "").partition("@") if model is not None else ("", "", "")
+        if fault not in _BYTE_FAULTS or (only and int(only) != data[head + 1] & 0x7F):
+            return data
+        if fault == "slow-loris":
+            self._trickles.add(asyncio.ensure_future(_trickle(conn, data[:-1])))
+            return b""
+        if fault == "junk":
+            junk = bytearray(self._rng.randbytes(len(data)))
+            if not rtu:
+                junk[2] |= 0x80  # not protocol id 0: the bytes are no Modbus TCP frame
+            return bytes(junk)
+        if fault == "crc":
+            return data[:-1] + bytes([data[-1] ^ 0xFF]) if rtu else data
+        frame = bytearray(data[:-2] if rtu else data)
+        fc = frame[head + 1]
+        if fault == "wrong-unit":
+            frame[head] = frame[head] % 247 + 1
+        elif fault == "wrong-transaction":
+            if rtu:
+                return data  # RTU frames carry no transaction id
+            frame[0:2] = ((int.from_bytes(frame[0:2], "big") + 0x1111) % 0x10000).to_bytes(2, "big")
+        elif fault == "bad-length" and fc in _FC_TABLE and fc <= 4:
+            frame[head + 2] = (frame[head + 2] + 2) % 256  # the byte count; the data and MBAP length stay
+        elif fault == "wrong-function" and fc <= 4:
+            frame[head + 1] = {1: 2, 2: 1, 3: 4, 4: 3}[fc]
+        if rtu:
+            frame += FramerRTU.compute_CRC(bytes(frame)).to_bytes(2, "big")
+        return bytes(frame)
 
     # -- serving ------------------------------------------------------------------------------
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0, *, rtu_framing: bool = False) -> int:
         """Serve Modbus TCP (or RTU-over-TCP with ``rtu_framing``); returns the bound port."""
-        server = ModbusTcpServer(
-            _Context(self), framer=FramerType.RTU if rtu_framing else FramerType.SOCKET, address=(host, port),
-            ignore_missing_devices=True, broadcast_enable=True,
-            trace_packet=self._trace_packet if rtu_framing else None)
+        server = _Server(
+            self, rtu_framing, _Context(self), framer=FramerType.RTU if rtu_framing else FramerType.SOCKET,
+            address=(host, port), ignore_missing_devices=True, broadcast_enable=True)
         await server.serve_forever(background=True)
         self._servers.append(server)
         return int(server.transport.sockets[0].getsockname()[1])  # type: ignore[union-attr]
@@ -323,12 +383,41 @@ class ModbusSim:
 
     async def stop(self) -> None:
         """Stop every server and bridge."""
+        for t in self._trickles:
+            t.cancel()
+        for t in self._trickles:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         for b in self._bridges:
             await b.stop()
         for s in self._servers:
             await s.shutdown()
+        self._trickles.clear()
         self._bridges.clear()
         self._servers.clear()
+
+
+class _Server(ModbusTcpServer):
+    """pymodbus's TCP server, each connection with a packet hook that knows the connection (for the trickle)."""
+
+    def __init__(self, sim: ModbusSim, rtu: bool, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.sim, self.rtu = sim, rtu
+
+    def callback_new_connection(self) -> Any:
+        handler = super().callback_new_connection()
+        handler.trace_packet = functools.partial(self.sim._outgoing, handler, self.rtu)
+        return handler
+
+
+async def _trickle(conn: Any, data: bytes) -> None:
+    """Write ``data`` a byte at a time, ``TRICKLE`` seconds apart (a slow-loris answer that never completes)."""
+    for i in range(len(data)):
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data[i:i + 1])
+        await asyncio.sleep(TRICKLE)  # the fault's own pace, not a synchronization
 
 
 class _Failing:
@@ -417,6 +506,13 @@ async def serve_rtu(profile_path: str | Path, unit_ids: Sequence[int], baudrate:
     return sim, await sim.start_rtu(baudrate)
 
 
+def _unit_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"bad unit id {text!r} in --fault UNIT=FAULT (a number, or * for every unit)") from None
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -427,7 +523,10 @@ async def _main(args: argparse.Namespace) -> None:
     sim = ModbusSim(dict.fromkeys(args.unit or [1], profile), strict=args.strict)
     for spec in args.fault or []:
         unit, _, fault = spec.partition("=")
-        sim.set_fault(int(unit), fault)
+        for u in sim.models if unit == "*" else [_unit_id(unit)]:
+            if u not in sim.models:
+                raise ValueError(f"--fault {spec}: unit {u} is not served (add --unit {u})")
+            sim.set_fault(u, fault)
     units = ",".join(str(u) for u in sim.models)
     if args.tcp:
         port = await sim.start_tcp(*_host_port(args.tcp))
@@ -456,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baud", type=int, default=9600, help="line speed emulated on the pty")
     ap.add_argument("--strict", action="store_true", help="reject reads spanning unimplemented addresses")
     ap.add_argument("--fault", action="append", metavar="UNIT=FAULT",
-                    help="silent, crc, exception:NN or slow:SECONDS (repeatable)")
+                    help=f"UNIT is a unit id or * for all; FAULT one of {', '.join(FAULTS)} (repeatable)")
     args = ap.parse_args(argv)
     if not (args.tcp or args.rtu or args.rtu_over_tcp):
         args.tcp = "127.0.0.1:0"

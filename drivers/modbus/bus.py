@@ -16,6 +16,7 @@ reported with a reason and a hint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -23,8 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
+from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable, DriverError
 
+from . import compat, frames
 from .profile import ModbusConnection
 
 log = logging.getLogger(__name__)
@@ -69,14 +71,51 @@ class ExceptionResponse(DeviceProtocolError):
         self.code = code
 
 
-class _StaleFrame(Exception):
-    """An answer that does not belong to the request just sent."""
+class FrameError(DeviceProtocolError):
+    """An answer came, but not a valid one for the request (``reason``: bad_frame, wrong_unit, ...)."""
+
+
+class _StaleFrame(FrameError):
+    """RTU: a sound frame from the unit that answers another request (e.g. late); drain and ask again."""
+
+
+#: What a technician checks for each kind of bad answer; (TCP hint, RTU hint).
+_HINTS = {
+    frames.BAD_FRAME: ("the device does not speak Modbus TCP on this port; an RS-485 serial server needs "
+                       "transport rtu-over-tcp", "check baud rate, parity, stop bits and the A/B wiring"),
+    frames.BAD_CRC: ("noise between the serial server and the device: check termination, biasing and shielding",
+                     "noise on the line: check termination, biasing, shielding and the baud rate"),
+    frames.WRONG_UNIT: ("the device answers as another unit: set its unit id in the connection",
+                        "two devices may share one unit id, or the device answers as another: check the ids"),
+    frames.WRONG_TRANSACTION: ("answers arrive late or mixed up: raise the timeout, or check that no second "
+                               "client uses a device that serves one at a time", ""),
+    frames.BAD_LENGTH: ("the answer does not fit the request: lower the profile's max_registers if the device "
+                        "caps reads",) * 2,
+    frames.WRONG_FUNCTION: ("the device answered another register table: check the profile's tables "
+                            "(holding vs input) for this model",) * 2,
+    frames.INCOMPLETE: ("the answer stopped midway: the device or a gateway in between is overloaded",
+                        "the answer stopped midway: check the baud rate and the serial server's packet timeout"),
+}
+
+
+class _Pending:
+    """The one request in flight on a bus: what it must get back, and what came so far."""
+
+    __slots__ = ("expect", "failed", "note", "received", "sent_at")
+
+    def __init__(self, expect: frames.Expect, loop: asyncio.AbstractEventLoop) -> None:
+        self.expect = expect
+        self.sent_at: float | None = None
+        self.received = b""
+        self.note: tuple[str, str] | None = None
+        self.failed: asyncio.Future[DriverError] = loop.create_future()
 
 
 @dataclass(slots=True)
 class _Unit:
     failures: int = 0
     until: float = 0.0
+    last: DriverError | None = None  # why it is skipped
 
 
 _READERS = {
@@ -105,6 +144,7 @@ class ModbusBus:
         self.client: Any = None
         self.units: dict[int, _Unit] = {}
         self._quiet_from = 0.0  # monotonic time the line went quiet
+        self._pending: _Pending | None = None
         self.requests = 0
 
     def check_compatible(self, conn: ModbusConnection) -> None:
@@ -137,6 +177,7 @@ class ModbusBus:
         from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
         from pymodbus.framer import FramerType
 
+        compat.check_version()
         c = self.conn
         if self.client is not None:
             self.client.close()
@@ -146,14 +187,15 @@ class ModbusBus:
             self.client = AsyncModbusSerialClient(
                 c.serial_port, framer=FramerType.RTU, baudrate=c.baudrate, bytesize=c.bytesize,
                 parity=c.parity, stopbits=c.stopbits, timeout=c.timeout, retries=0, reconnect_delay=0,
-                name=c.serial_port)
+                name=c.serial_port, trace_packet=self._packet, trace_connect=self._connection)
         else:
             framer = FramerType.RTU if self.rtu_framing else FramerType.SOCKET
             self.client = AsyncModbusTcpClient(
                 c.host or "", port=c.tcp_port, framer=framer, timeout=c.timeout, retries=0, reconnect_delay=0,
-                name=self.key)
+                name=self.key, trace_packet=self._packet, trace_connect=self._connection)
         # A silent unit must not make pymodbus drop a connection shared with healthy units.
         self.client.set_max_no_responses(1_000_000)
+        compat.widen_receive_buffer(self.client)
         ok = await self.client.connect()
         if not ok:
             self.client.close()
@@ -179,20 +221,27 @@ class ModbusBus:
                    backoff: float, backoff_max: float) -> list[int] | list[bool]:
         """Read ``count`` registers or bits, serialized with every other request on the bus.
 
+        ``timeout`` runs from the moment the request is written, and an answer that arrived while
+        the event loop was busy elsewhere is taken, not timed out.
+
         Raises:
-            DeviceTimeout: no valid answer after the retries (a CRC error looks like a timeout),
-                or the unit is in backoff.
+            DeviceTimeout: nothing came back after the retries, or the unit is in backoff after that.
+            FrameError: bytes came back, but no valid answer to the request (``reason`` names why:
+                bad_frame, bad_crc, wrong_unit, wrong_transaction, bad_length, wrong_function,
+                incomplete_frame), after the retries, or the unit is in backoff after that.
             ExceptionResponse: the device answered with a Modbus exception.
             DeviceUnreachable: the port or connection is gone.
-            DeviceProtocolError: the answer does not fit the request.
         """
         state = self.units.setdefault(unit, _Unit())
         left = state.until - time.monotonic()
         if left > 0:
+            last = state.last
+            if isinstance(last, FrameError):
+                raise FrameError(f"{last.args[0]}; next try in {left:.1f}s", reason=last.reason, hint=last.hint)
             raise DeviceTimeout(f"unit {unit} on {self.key} stopped answering; next try in {left:.1f}s")
         async with self.lock:
             await self._connect()
-            timeouts = stale = 0
+            attempts = stale = 0
             while True:
                 try:
                     resp = await self._request(unit, table, start, count, timeout)
@@ -201,61 +250,122 @@ class ModbusBus:
                     # Let the real answer arrive and be dropped, then ask again, once.
                     stale += 1
                     if stale > 1:
-                        raise DeviceProtocolError(f"unit {unit} on {self.key}: {exc}", reason="decode_error") from exc
+                        raise FrameError(str(exc.args[0]), reason=exc.reason, hint=exc.hint) from exc
                     log.debug("%s: %s; draining the line", self.key, exc)
-                    await asyncio.sleep(timeout)
+                    await asyncio.sleep(timeout)  # the line's own pace: the late frame needs this long at most
                     continue
-                except DeviceTimeout:
-                    timeouts += 1
-                    if timeouts <= retries:
+                except (DeviceTimeout, FrameError) as exc:
+                    attempts += 1
+                    if attempts <= retries:
                         continue
                     state.failures += 1
                     pause = min(backoff_max, backoff * 2 ** (state.failures - 1))
                     state.until = time.monotonic() + pause
+                    if isinstance(exc, FrameError):
+                        state.last = exc
+                        raise FrameError(f"{exc.args[0]} ({retries + 1} attempt(s)); skipping it for {pause:g}s",
+                                         reason=exc.reason, hint=exc.hint) from None
+                    state.last = None
                     raise DeviceTimeout(
                         f"unit {unit} on {self.key}: no answer to {table} {start}+{count} within {timeout:g}s"
                         f" ({retries + 1} attempt(s)); skipping it for {pause:g}s",
                         hint="check wiring (A/B), unit id, baud rate and parity" if self.rtu_framing else
                         "check the unit id; a gateway may not forward to that unit") from None
-                state.failures, state.until = 0, 0.0
+                state.failures, state.until, state.last = 0, 0.0, None
                 if resp.isError():
                     code = int(getattr(resp, "exception_code", 0) or 0)
                     raise ExceptionResponse(code, f"unit {unit} answered {table} {start}+{count} with "
                                                   f"exception {code:02d}")
                 return list(resp.bits if table in ("coil", "discrete") else resp.registers)[:count]
 
+    # -- one exchange -------------------------------------------------------------------------
+
+    def _packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's packet hook: time the request from its write; show the framer only our answer."""
+        p = self._pending
+        if sending:
+            if p is not None and p.sent_at is None:
+                p.sent_at = asyncio.get_running_loop().time()
+                if not self.rtu_framing and len(data) >= 2:
+                    p.expect = frames.Expect(p.expect.unit, p.expect.function, p.expect.count,
+                                             tid=int.from_bytes(data[:2], "big"))
+            return data
+        if p is None or p.sent_at is None or p.failed.done():
+            return b""  # nothing asked: a late or unsolicited answer, dropped
+        p.received = data
+        verdict = frames.check(p.expect, data)
+        if verdict.kind == "answer":
+            return data[verdict.start:verdict.end]
+        if verdict.kind == "wait":
+            p.note = verdict.note or p.note
+            return b""
+        cls = _StaleFrame if verdict.kind == "stale" else FrameError
+        p.failed.set_result(self._frame_error(cls, p.expect, verdict.reason, verdict.detail))
+        return b""
+
+    def _connection(self, connected: bool) -> None:
+        p = self._pending
+        if not connected and p is not None and not p.failed.done():
+            p.failed.set_result(DeviceUnreachable(f"connection to {self.key} lost", hint="the device closed it"))
+
+    def _frame_error(self, cls: type[FrameError], expect: frames.Expect, reason: str, detail: str) -> FrameError:
+        hint = _HINTS.get(reason, ("", ""))[1 if self.rtu_framing else 0] or None
+        return cls(f"unit {expect.unit} on {self.key}: {detail}", reason=reason, hint=hint)
+
     async def _request(self, unit: int, table: str, start: int, count: int, timeout: float) -> Any:
         from pymodbus.exceptions import ConnectionException, ModbusIOException
 
         await self._wait_silence()
-        self.client.ctx.comm_params.timeout_connect = timeout  # per device, set under the lock
+        loop = asyncio.get_running_loop()
+        # pymodbus's own timer is only a backstop: the answer is timed here, from the write.
+        compat.set_answer_timeout(self.client, timeout * 2 + 1.0)
+        p = _Pending(frames.Expect(unit, frames.READ_FUNCTIONS[table], count), loop)
+        self._pending = p
         self.requests += 1
+        created = loop.time()
+        call = asyncio.ensure_future(getattr(self.client, _READERS[table])(start, count=count, device_id=unit))
         try:
-            async with asyncio.timeout(timeout * 2 + 0.5):  # pymodbus's own timer should fire first
-                resp = await getattr(self.client, _READERS[table])(start, count=count, device_id=unit)
+            while True:
+                left = (p.sent_at if p.sent_at is not None else created) + timeout - loop.time()
+                if left > 0:
+                    await asyncio.wait((call, p.failed), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    # The time is up, but the loop may have been busy elsewhere (a host stall) while the
+                    # answer sat in the socket: let it read what is there before calling it a timeout.
+                    for _ in range(2):
+                        await asyncio.sleep(0)
+                if call.done():
+                    return call.result()
+                if p.failed.done():
+                    raise p.failed.result()
+                if left <= 0:
+                    reason, detail = frames.at_timeout(p.expect, p.received, p.note)
+                    if reason == frames.TIMEOUT:
+                        raise DeviceTimeout(f"unit {unit} on {self.key}: no answer within {timeout:g}s")
+                    raise self._frame_error(FrameError, p.expect, reason, f"{detail} within {timeout:g}s")
         except ModbusIOException as exc:
-            if "but received" in str(exc):  # pymodbus: answer from another unit or transaction
-                raise _StaleFrame(str(exc)) from exc
             if self.client is not None and not self.client.connected:
                 self.client = None
                 raise DeviceUnreachable(f"connection to {self.key} lost", hint="the device closed it") from exc
             raise DeviceTimeout(str(exc)) from exc
-        except TimeoutError as exc:
-            if self.client is not None and not self.client.connected:
-                self.client = None
-                raise DeviceUnreachable(f"connection to {self.key} lost", hint="the device closed it") from exc
-            raise DeviceTimeout(str(exc)) from exc
-        except ConnectionException as exc:
+        except (ConnectionException, DeviceUnreachable) as exc:
             self.client = None
+            if isinstance(exc, DeviceUnreachable):
+                raise
             raise DeviceUnreachable(f"connection to {self.key} lost: {exc}") from exc
+        except FrameError as exc:
+            if not self.rtu_framing and exc.reason in (frames.BAD_FRAME, frames.BAD_LENGTH, frames.INCOMPLETE):
+                # The byte stream lost its frame boundaries: start the next request on a new connection.
+                self.client.close()
+                self.client = None
+            raise
         finally:
+            self._pending = None
             self._quiet_from = time.monotonic()
-        if not resp.isError():
-            got = len(resp.bits) if table in ("coil", "discrete") else len(resp.registers)
-            # Bits come padded to a multiple of 8; registers must match exactly.
-            if got < count or (table in ("holding", "input") and got != count) or got >= count + 8:
-                raise _StaleFrame(f"answer with {got} values to a request for {count}")
-        return resp
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
 
     async def broadcast_write(self, address: int, values: list[int]) -> None:
         """Write holding registers on every unit (unit id 0): no answer comes, so wait the turnaround delay."""

@@ -5,7 +5,9 @@ Each poll picks the points due (``every: N``), plans merged reads for them
 that owns the port or endpoint, decodes raw values and hands them to the
 sink. An exception response fails only the points of its block (the poll
 goes on); a merged read the device rejects with exception 02 is retried as
-smaller reads and remembered. A timeout fails the poll: the device is gone.
+smaller reads and remembered. A timeout or a bad answer (``FrameError``:
+junk, wrong unit, ...) on the first request fails the poll; on a later one
+it fails only that block's points, with the reason as their quality reason.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DriverError
 from fieldgate.schema import PointError, RawReading
 
-from .bus import ExceptionResponse, ModbusBus
+from .bus import ExceptionResponse, FrameError, ModbusBus
 from .decode import DecodeError, decode, hex_words
 from .plan import BIT_TABLES, Block, Item, plan_reads, split
 from .profile import ModbusConnection, ModbusPoint, ModbusProfile
@@ -111,7 +113,7 @@ class ModbusDriver:
         ts = time.time()
         words: dict[str, list[Any]] = {}
         failed: dict[str, PointError] = {}
-        problems: list[ExceptionResponse] = []
+        problems: list[DeviceProtocolError] = []
         for block in self.plan(names):
             await self._read_block(block, words, failed, problems)
         if not words and problems:
@@ -128,7 +130,7 @@ class ModbusDriver:
         sink.add(RawReading(values, ts=ts))
 
     async def _read_block(self, block: Block, words: dict[str, list[Any]], failed: dict[str, PointError],
-                          problems: list[ExceptionResponse]) -> None:
+                          problems: list[DeviceProtocolError]) -> None:
         assert self.bus is not None
         c = self.conn
         try:
@@ -148,12 +150,14 @@ class ModbusDriver:
             for it in block.items:
                 failed[it.key] = PointError(exc.reason)
             return
-        except DeviceTimeout:
+        except (DeviceTimeout, FrameError) as exc:
             if not words and not failed:
                 raise
-            # Part of the device answered: report the rest as timed out and go on.
+            # Part of the device answered: report the rest with the reason and go on.
+            if isinstance(exc, FrameError):
+                problems.append(exc)
             for it in block.items:
-                failed[it.key] = PointError("timeout")
+                failed[it.key] = PointError(exc.reason)
             return
         for it in block.items:
             off = it.address - block.start

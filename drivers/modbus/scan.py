@@ -14,7 +14,7 @@ import sys
 
 from fieldgate.errors import DeviceTimeout, DriverError
 
-from .bus import ExceptionResponse, ModbusBus
+from .bus import ExceptionResponse, FrameError, ModbusBus
 from .profile import ModbusConnection
 
 
@@ -54,6 +54,10 @@ async def scan(conn: ModbusConnection, ids: list[int], out: object = None) -> li
             except ExceptionResponse as exc:
                 print(f"unit {unit}: answers with exception {exc.code:02d} (present)", file=stream, flush=True)  # type: ignore[call-overload]
             except DeviceTimeout:
+                continue
+            except FrameError as exc:
+                # Something answered, but not validly: say what (a wrong baud rate garbles every id).
+                print(f"unit {unit}: bad answer ({exc.reason}): {exc.args[0]}", file=stream, flush=True)  # type: ignore[call-overload]
                 continue
             found.append(unit)
     finally:

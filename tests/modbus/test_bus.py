@@ -46,12 +46,16 @@ async def test_dead_slave_does_not_steal_the_others_period(sims: list[ModbusSim]
         gw.request_stop()
         await asyncio.wait_for(task, 10)
     for u in range(1, 10):
-        times = [stamp(r["ts"]) for r in out.by_device(f"th{u}")]
+        # From the second reading on: the first cycle reads every point, the `every: 60` ones too
+        # (3 requests per unit instead of 1), so ten units overrun the 0.25 s period once, by design.
+        times = [stamp(r["ts"]) for r in out.by_device(f"th{u}")][1:]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         mean = sum(gaps) / len(gaps)
-        # Generous bounds: the dead unit may cost one 0.2 s timeout per backoff period, never every cycle.
+        # The dead unit may cost one 0.2 s timeout per backoff period, never every cycle: the mean stays
+        # the period. One gap may be the period plus that timeout, plus what a busy 2-core machine adds
+        # (measured: 0.41 s at load 12 for the 0.45 s the line allows; 0.61 s seen once at load 10).
         assert abs(mean - period) < 0.06, (u, gaps)
-        assert max(gaps) < period + 0.35, (u, gaps)
+        assert max(gaps) < period + 0.2 + 0.4, (u, gaps)
         assert gw.runners[f"th{u}"].stats.failures == 0
     assert out.by_device("th10") == []
     assert gw.runners["th10"].stats.state == "offline"

@@ -11,7 +11,7 @@ import pytest
 from fieldgate.app import Gateway
 from fieldgate.config import load_config_text
 from fieldgate.driver import SharedResources
-from fieldgate.drivers.modbus.bus import ModbusBus
+from fieldgate.drivers.modbus.bus import FrameError, ModbusBus
 from fieldgate.drivers.modbus.decode import encode, hex_words
 from fieldgate.drivers.modbus.driver import ModbusDriver
 from fieldgate.drivers.modbus.profile import ModbusProfile
@@ -170,14 +170,15 @@ async def test_silent_unit_times_out_once_then_is_skipped(sims: list[ModbusSim])
 
 
 @pytest.mark.parametrize("transport_", ["rtu", "rtu-over-tcp"])
-async def test_corrupted_crc_is_a_timeout_and_recovers(transport_: str, sims: list[ModbusSim]) -> None:
+async def test_corrupted_crc_is_named_and_recovers(transport_: str, sims: list[ModbusSim]) -> None:
     prof = profile("generic-rs485/xy-md02")
     sim, conn = await start(sims, transport_, {1: prof})
     sim.set_fault(1, "crc")
     ctx = make_ctx(prof, **conn, timeout=0.1, retries=0, backoff=0.05, backoff_max=0.05)
     async with ModbusDriver(ctx) as drv:
-        with pytest.raises(DeviceTimeout):
+        with pytest.raises(FrameError) as err:
             await drv.poll(Sink())
+        assert err.value.reason == "bad_crc" and "termination" in str(err.value)
         sim.set_fault(1, None)
         sink = Sink()
         deadline = time.monotonic() + 5
@@ -185,7 +186,7 @@ async def test_corrupted_crc_is_a_timeout_and_recovers(transport_: str, sims: li
             assert time.monotonic() < deadline
             try:
                 await drv.poll(sink)
-            except DeviceTimeout:
+            except FrameError:
                 await asyncio.sleep(0.02)  # backoff period of 50 ms
         values, expected = sink.readings[0].values, sim.models[1].expected()
         assert values == {k: expected[k] for k in values} and "temperature" in values
