@@ -9,8 +9,12 @@ One aiohttp application in the gateway's own event loop. Who may see it
 * With ``web.password``: a login (session cookie) or ``Authorization: Bearer
   <password>`` (for scripts and Prometheus) is needed, on loopback too.
 
-State-changing requests (login, logout, profile check, reload) need the CSRF
-token in ``X-CSRF-Token`` and a same-origin ``Origin`` when one is sent.
+Every request must name this gateway in ``Host`` (loopback, the address it
+came in on, or ``web.allowed_hosts``; see ``hosts.py``): anything else is
+refused with 421 before any page, API, stream or metric is touched, which is
+what stops DNS rebinding. State-changing requests (login, logout, profile
+check, reload) need the CSRF token in ``X-CSRF-Token``, and any ``Origin`` a
+browser sends must be one of those names on the same port.
 
 Cookies are ``HttpOnly`` (the session) and ``SameSite=Strict``; ``Secure`` is
 set when the request came over TLS. A gateway on a LAN usually serves plain
@@ -37,6 +41,7 @@ from ..config import WebConfig
 from ..errors import GatewayError
 from .auth import LoginLimiter, PasswordHash, Session, SessionStore, hash_password, is_loopback, new_token, tokens_match
 from .auth import verify_password as _verify
+from .hosts import HostPolicy
 from .logring import EventLog, LogRing, Redactor, current_log_ring, install_log_ring
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
@@ -70,6 +75,7 @@ class WebContext:
     ring: LogRing | None
     redact: Redactor
     password: PasswordHash | None
+    hosts: HostPolicy = field(default_factory=HostPolicy)
     sessions: SessionStore = field(default_factory=SessionStore)
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     untap: Any = None
@@ -95,6 +101,39 @@ def _is_api(request: web.Request) -> bool:
 
 
 # --- middlewares ----------------------------------------------------------------
+
+
+def _local_address(request: web.Request) -> str | None:
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return str(sock[0]) if sock else None
+
+
+_refused_hosts: set[str] = set()
+
+
+@web.middleware
+async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests whose ``Host`` or ``Origin`` does not name this gateway (DNS rebinding)."""
+    ctx = request.app[CTX]
+    local = _local_address(request)
+    host = request.headers.get("Host")
+    reason = ctx.hosts.check_host(host, local)
+    status = 421
+    # "null" is what a browser sends from an opaque origin and after some redirects; the CSRF
+    # token (which such a page cannot read) still guards those requests, as before
+    origin = request.headers.get("Origin")
+    if reason is None and origin and origin != "null":
+        reason, status = ctx.hosts.check_origin(origin, host, local, request.scheme), 403
+    if reason is None:
+        return await handler(request)
+    key = f"{host}|{origin}"
+    if key not in _refused_hosts and len(_refused_hosts) < 64:  # one line per name, bounded
+        _refused_hosts.add(key)
+        log.warning("status page: refused a request from %s: %s", request.remote, reason)
+    resp = _error(status, "misdirected_request" if status == 421 else "csrf", reason)
+    _security_headers(resp)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 @web.middleware
@@ -175,9 +214,6 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if getattr(request.match_info, "http_exception", None) is not None:
         return await handler(request)  # no such route or method: the router's 404/405 says so
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and origin.split("://", 1)[-1] != request.host:
-        return _error(403, "csrf", f"cross-origin request from {origin} refused")
     session = request.get(SESSION)
     expected = session.csrf if session is not None else request.cookies.get(CSRF_COOKIE)
     if not tokens_match(request.headers.get(CSRF_HEADER), expected):
@@ -425,7 +461,7 @@ def _tap_events(output: object, events: EventLog) -> Any:
 def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | None = None,
                log_ring: LogRing | None = None, interval: float = 1.0,
                sessions: SessionStore | None = None, limiter: LoginLimiter | None = None,
-               redact: Redactor | None = None) -> web.Application:
+               redact: Redactor | None = None, hosts: HostPolicy | None = None) -> web.Application:
     """The aiohttp application (not yet serving); :func:`start_web` is the usual entry point.
 
     Args:
@@ -437,14 +473,16 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
         sessions: session store (tests inject one with their own clock).
         limiter: login limiter (tests inject one with their own clock).
         redact: secret remover shared with the log ring.
+        hosts: the names the page answers to (default: loopback only).
     """
     ring = log_ring if log_ring is not None else current_log_ring()
     redactor = redact or (ring.redact if ring is not None else Redactor())
     events = EventLog(redact=redactor)
     hub = StateHub(gateway, output, events, redactor, interval=interval)
-    ctx = WebContext(gateway, output, hub, events, ring, redactor, password_hash,
+    ctx = WebContext(gateway, output, hub, events, ring, redactor, password_hash, hosts or HostPolicy(),
                      sessions or SessionStore(), limiter or LoginLimiter())
-    app = web.Application(middlewares=[headers_middleware, auth_middleware, csrf_middleware],
+    # the Host check comes first: a refused request sets no cookie and reaches no handler
+    app = web.Application(middlewares=[host_middleware, headers_middleware, auth_middleware, csrf_middleware],
                           client_max_size=MAX_PROFILE_BYTES * 2 + 65536)
     app[CTX] = ctx
     for path in _PAGES:
@@ -537,7 +575,8 @@ async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: f
         ring.redact.add(secret)
         password_hash = await asyncio.to_thread(hash_password, secret)
         del secret
-    app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval)
+    app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval,
+                     hosts=HostPolicy.build(host, cfg.allowed_hosts))
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
