@@ -174,7 +174,15 @@ def openapi_spec() -> dict[str, Any]:
             "/api/v1/reload": {"post": {
                 "summary": "Re-read the configuration file (as SIGHUP); a bad one is refused and logged",
                 "operationId": "reload", "parameters": [_CSRF],
-                "responses": {**_ok(_obj({"requested": {"type": "boolean"}}), "Reload requested", "202"),
+                "responses": {**_ok(_obj({
+                    "requested": {"type": "boolean"},
+                    "result": {"type": "string", "enum": ["applied", "refused", "requested"],
+                               "description": "requested: the gateway did not say (yet) whether it applied it"},
+                    "changes": _obj({k: {"type": "array", "items": {"type": "string"}}
+                                     for k in ("added", "changed", "removed")}),
+                    "warnings": {"type": "array", "items": {"type": "string"}},
+                    "errors": {"type": "array", "items": {"type": "string"}},
+                }, ["requested", "result"]), "Reload requested", "202"),
                               **_errors(403, 409)}}},
             "/api/v1/session": {"get": {
                 "summary": "Whether a login is needed; the CSRF token for this browser (no login needed)",

@@ -219,7 +219,8 @@ class StateHub:
         u.pop("buffer", None)
         u["kind"] = kind
         u["last_error"] = self.redact(u["last_error"]) if u.get("last_error") else None
-        u["publish_rate"] = self.rate
+        # a rate from before the outage would say data is getting out while it is not
+        u["publish_rate"] = self.rate if u.get("state") == "connected" else None
         return u
 
     def buffer(self) -> dict[str, Any] | None:

@@ -191,6 +191,7 @@ class GatewayProcess:
 def process_yaml(folder: Path, *, mqtt_port: int | None = None, web: str = "{listen: '127.0.0.1:0'}",
                  meter_interval: str = "0.2s") -> str:
     """A config for a gateway process: ``meter-1`` (breakable) and ``air-1``; MQTT when a port is given."""
+    folder.mkdir(parents=True, exist_ok=True)
     control = folder / "meter-1.fault"
     if not control.exists():
         control.write_text("none")

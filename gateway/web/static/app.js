@@ -3,7 +3,8 @@
 // Text from the gateway is always inserted with textContent, never as HTML.
 "use strict";
 
-const state = { csrf: "", authRequired: false, source: null, timer: null };
+// notice: the result of the last action (reload), kept across live redraws until dismissed
+const state = { csrf: "", authRequired: false, source: null, timer: null, notice: null, last: null };
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -13,7 +14,9 @@ function h(tag, attrs, ...children) {
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  // Views nest arrays freely (a card holds rows, a row is [dt, dd]): flatten all the way down,
+  // or an inner array would be rendered as "[object HTMLElement],…" text.
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -30,6 +33,16 @@ function when(iso) {
   const local = (today ? "" : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} `) +
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   return h("time", { datetime: iso, title: `UTC ${iso.replace("T", " ").replace("Z", "")}` }, local);
+}
+
+// "12 min ago": how long ago an instant was, coarse enough to read at a glance.
+function ago(iso) {
+  if (!iso) return "";
+  const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+  if (s < 60) return "just now";
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
 }
 
 function duration(s) {
@@ -106,7 +119,12 @@ function follow(url, eventName, render) {
   if (state.source) state.source.close();
   const src = new EventSource(url);
   state.source = src;
-  src.addEventListener(eventName, (ev) => { setLive(true); render(JSON.parse(ev.data)); });
+  src.addEventListener(eventName, (ev) => {
+    setLive(true);
+    state.last = JSON.parse(ev.data);
+    render(state.last);
+    window.__renders = (window.__renders || 0) + 1;  // the browser tests count redraws
+  });
   src.onerror = () => setLive(false);
 }
 
@@ -144,16 +162,18 @@ function renderOverview(doc) {
       row("Clock", s.clock.synced ? badge("good") : h("span", { class: "badge warn" }, "not synchronized")),
       row("Devices", `${s.devices.online} online, ${s.devices.degraded} degraded, ${s.devices.offline} offline`)),
     card("Uplink",
-      row("State", badge(u.state)),
+      row("State", h("span", { "data-field": "uplink-state" }, badge(u.state))),
       row("Broker", u.broker || (u.kind === "stdout" ? "none: readings printed to stdout" : "none")),
       row("Published", `${u.published} (acked ${u.acked}, resent ${u.resent})`),
-      row("Rate", u.publish_rate === null ? "–" : `${u.publish_rate} msg/s`),
-      u.last_error ? row("Last error", h("span", { class: "err" }, u.last_error)) : []),
+      row("Rate", h("span", { "data-field": "uplink-rate" }, u.publish_rate === null ? "–" : `${u.publish_rate} msg/s`)),
+      u.last_error ? row("Last error", h("span", { class: u.state === "connected" ? "muted" : "err" },
+        u.last_error, u.state === "connected" ? " (recovered)" : "")) : []),
     card("Buffer",
-      b ? [row("Depth", `${b.depth} reading(s)`),
-        row("Oldest", b.oldest_ts ? [when(b.oldest_ts), ` (${duration(b.oldest_age_s)} ago)`] : "empty"),
-        row("Dropped", h("span", { class: b.dropped ? "err" : "" }, String(b.dropped))),
-        row("On disk", bytes(b.bytes)),
+      b ? [row("Depth", [h("span", { "data-field": "buffer-depth" }, String(b.depth)), " reading(s)"]),
+        row("Oldest", h("span", { "data-field": "buffer-oldest" },
+          b.oldest_ts ? [when(b.oldest_ts), ` (${duration(b.oldest_age_s)} ago)`] : "empty")),
+        row("Dropped", h("span", { class: b.dropped ? "err" : "", "data-field": "buffer-dropped" }, String(b.dropped))),
+        row("On disk", h("span", { "data-field": "buffer-bytes" }, bytes(b.bytes))),
         b.disk_full ? row("Disk", h("span", { class: "badge bad" }, "full")) : []]
         : row("Buffer", "none (no MQTT uplink configured)")),
     card("System",
@@ -162,16 +182,48 @@ function renderOverview(doc) {
       row("Free", sys.mem_available_bytes ? `${bytes(sys.mem_available_bytes)} of ${bytes(sys.mem_total_bytes)}` : "–"),
       row("Load", sys.load1 === null ? "–" : String(sys.load1))));
   setMain(cards, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
-    h("p", {}, h("button", { id: "reload", onclick: doReload }, "Reload configuration"),
-      h("span", { id: "reload-msg", class: "muted" })));
+    h("div", { class: "actions" }, h("button", { id: "reload", onclick: doReload }, "Reload configuration")),
+    noticeBox());
+}
+
+// The result of the last action, drawn by every redraw until the user dismisses it.
+function noticeBox() {
+  const n = state.notice;
+  if (!n) return null;
+  return h("div", { id: "reload-msg", class: n.ok ? "alert ok" : "alert", role: "status" },
+    h("button", { id: "reload-dismiss", class: "link dismiss", "aria-label": "dismiss",
+      onclick: () => { state.notice = null; document.getElementById("reload-msg")?.remove(); } }, "✕"),
+    h("strong", {}, n.title), " ", h("span", { class: "muted" }, when(n.at)),
+    n.lines.length ? h("ul", {}, n.lines.map((l) => h("li", {}, l))) : null);
 }
 
 async function doReload() {
-  const msg = document.getElementById("reload-msg");
+  const at = new Date().toISOString();
   try {
-    await api("/api/v1/reload", { method: "POST", body: "{}" });
-    msg.textContent = " reload requested: see Events & log";
-  } catch (e) { msg.textContent = ` ${e.message}`; }
+    const r = await api("/api/v1/reload", { method: "POST", body: "{}" });
+    if (r.result === "applied") {
+      const c = r.changes || {};
+      state.notice = { ok: true, at, title: "Configuration applied.", lines: [
+        `${(c.added || []).length} device(s) added, ${(c.changed || []).length} changed, ${(c.removed || []).length} removed`,
+        ...(r.warnings || [])] };
+    } else if (r.result === "refused") {
+      state.notice = { ok: false, at, title: "Configuration refused; the running one is kept.", lines: r.errors || [] };
+    } else {
+      state.notice = { ok: true, at, title: "Reload requested: see Events & log.", lines: [] };
+    }
+  } catch (e) {
+    state.notice = { ok: false, at, title: "Reload failed.", lines: [e.message] };
+  }
+  if (state.last) renderOverview(state.last);
+}
+
+// A device's last error: red while it is current, muted with "recovered" once the device is online again.
+function lastError(d) {
+  if (!d.last_error) return h("span", { class: "muted" }, "–");
+  const current = d.state !== "online";
+  return h("span", { class: current ? "err current" : "muted recovered", title: d.last_error_ts || "" },
+    current ? "" : "Last error, ", d.last_error_ts ? ago(d.last_error_ts) : "",
+    current ? "" : ", recovered", ": ", d.last_error);
 }
 
 function deviceTable(devices, compact) {
@@ -188,7 +240,8 @@ function deviceTable(devices, compact) {
       h("td", { "data-label": "Polls / errors" }, `${d.polls} / ${d.failures}`),
       h("td", { "data-label": "Latency" }, d.latency_ms === null ? "–" : `${d.latency_ms} ms`),
       compact ? null : h("td", { "data-label": "Values" }, valueList(d.metrics)),
-      h("td", { "data-label": "Last error", class: "err" }, d.last_error || "")))));
+      h("td", { "data-label": "Last error", "data-field": "last-error",
+        class: d.last_error && d.state !== "online" ? "err current" : "muted" }, lastError(d))))));
 }
 
 function valueList(metrics) {
@@ -226,10 +279,43 @@ function renderEvents(events) {
   el.replaceChildren(...(events.length ? events.map(eventItem) : [h("li", { class: "muted" }, "none yet")]));
 }
 
+const KIND_WORD = {
+  device_state: "device", config_reloaded: "reload", config_rejected: "reload", started: "start",
+  buffer_drop: "loss", buffer_corrupt: "loss", clock_jump: "clock", clock_sync: "clock",
+};
+
+function list(xs) { return (xs || []).length ? xs.join(", ") : "none"; }
+
+// One sentence per event; unknown kinds fall back to their fields, never to "null".
+function sentence(e) {
+  switch (e.kind) {
+    case "device_state":
+      // the device is named by the link before the sentence
+      return e.state === "online" ? `is online again (was ${e.previous}).`
+        : `went ${e.state}${e.error ? `: ${e.error}` : "."}`;
+    case "config_reloaded":
+      return `Configuration reloaded: added ${list(e.added)}, changed ${list(e.changed)}, removed ${list(e.removed)}.`;
+    case "config_rejected":
+      return `Configuration refused (${(e.errors || []).length} error(s)); the running one is kept.`;
+    case "started": return `Gateway started (version ${e.version}, ${e.devices} device(s)).`;
+    case "buffer_drop": return `${e.dropped} reading(s) dropped (${e.reason || "buffer"}).`;
+    case "clock_jump": return `The clock jumped by ${e.seconds} s.`;
+    case "clock_sync": return e.synced ? "The clock is synchronized." : "The clock is not synchronized.";
+    default: {
+      const extra = Object.entries(e).filter(([k, v]) => !["id", "ts", "kind", "device"].includes(k) && v !== null)
+        .map(([k, v]) => `${k.replace(/_/g, " ")}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join("; ");
+      return `${e.kind.replace(/_/g, " ")}${extra ? `: ${extra}` : ""}`;
+    }
+  }
+}
+
 function eventItem(e) {
-  const extra = Object.entries(e).filter(([k]) => !["id", "ts", "kind"].includes(k))
-    .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join("  ");
-  return h("li", {}, when(e.ts), " ", h("b", {}, e.kind), " ", extra);
+  const bad = (e.kind === "device_state" && e.state !== "online") || ["config_rejected", "buffer_drop"].includes(e.kind);
+  return h("li", { "data-kind": e.kind, "data-device": e.device || "", class: bad ? "ev-bad" : "" },
+    h("span", { class: "ev-kind" }, KIND_WORD[e.kind] || e.kind.split("_")[0]), " ",
+    e.device ? h("a", { href: `/devices/${encodeURIComponent(e.device)}`, class: "ev-device" }, e.device) : null,
+    e.device ? " " : null, h("span", { class: "ev-text" }, sentence(e)), " ",
+    h("span", { class: "muted small", title: e.ts }, ago(e.ts) || "just now", " · ", when(e.ts)));
 }
 
 function renderDevice(msg) {
@@ -244,7 +330,7 @@ function renderDevice(msg) {
     h("h1", {}, d.id, " ", h("span", { id: "device-state", class: "state" }, badge(d.state))),
     d.last_error && d.state !== "online"
       ? h("p", { class: "alert", id: "device-error" }, d.last_error, " ", d.last_error_ts ? ["(", when(d.last_error_ts), ")"] : "")
-      : null,
+      : d.last_error ? h("p", { class: "muted", id: "device-last-error" }, lastError(d)) : null,
     h("table", { class: "points" },
       h("thead", {}, h("tr", {}, h("th", {}, "Point"), h("th", { class: "num" }, "Value"), h("th", {}, "Unit"),
         h("th", {}, "Quality"))),
@@ -282,13 +368,24 @@ function renderDevice(msg) {
 }
 
 async function showEvents() {
-  const level = new URLSearchParams(location.search).get("level") || "INFO";
-  const [ev, logs] = await Promise.all([api("/api/v1/events?limit=100"), api(`/api/v1/logs?limit=200&level=${level}`)]);
-  const select = h("select", { id: "level", onchange: (e) => { location.search = `?level=${e.target.value}`; } },
+  const q = new URLSearchParams(location.search);
+  const level = q.get("level") || "INFO", device = q.get("device") || "", kind = q.get("kind") || "";
+  const [ev, logs] = await Promise.all([api(`/api/v1/events?limit=200${device ? `&device=${encodeURIComponent(device)}` : ""}`),
+    api(`/api/v1/logs?limit=200&level=${level}`)]);
+  const go = (key, value) => { const n = new URLSearchParams(location.search); if (value) n.set(key, value); else n.delete(key); location.search = n.toString(); };
+  const select = h("select", { id: "level", onchange: (e) => go("level", e.target.value) },
     ["DEBUG", "INFO", "WARNING", "ERROR"].map((l) => h("option", { value: l, selected: l === level }, l)));
+  const devices = [...new Set(ev.events.map((e) => e.device).filter(Boolean).concat(device ? [device] : []))].sort();
+  const kinds = [...new Set(ev.events.map((e) => e.kind).concat(kind ? [kind] : []))].sort();
+  const shown = ev.events.filter((e) => !kind || e.kind === kind);
   setMain(
     h("h1", {}, "Events"),
-    ev.events.length ? h("ul", { class: "events", id: "events" }, ev.events.map(eventItem))
+    h("div", { class: "filters" },
+      h("label", { class: "small" }, "device ", h("select", { id: "filter-device", onchange: (e) => go("device", e.target.value) },
+        h("option", { value: "" }, "all"), devices.map((d) => h("option", { value: d, selected: d === device }, d)))),
+      h("label", { class: "small" }, "kind ", h("select", { id: "filter-kind", onchange: (e) => go("kind", e.target.value) },
+        h("option", { value: "" }, "all"), kinds.map((k) => h("option", { value: k, selected: k === kind }, k))))),
+    shown.length ? h("ul", { class: "events", id: "events" }, shown.map(eventItem))
       : h("p", { class: "muted" }, "No events since the status page started."),
     h("h2", {}, "Log ", h("label", { class: "small" }, "level ", select)),
     logs.installed ? h("ol", { class: "log", id: "log" }, logs.lines.map((l) =>
@@ -369,6 +466,9 @@ async function boot() {
     });
   }
   const path = location.pathname;
+  if (path !== "/login") {  // the live views set it too; the others learn it once
+    api("/api/v1/status").then((s) => { document.getElementById("gw-name").textContent = s.gateway; }).catch(() => {});
+  }
   const section = path === "/" ? "overview" : path.split("/")[1];
   for (const a of document.querySelectorAll("[data-nav]")) {
     a.classList.toggle("active", a.dataset.nav === section);

@@ -1,0 +1,142 @@
+"""The status page of a real ``fieldgate run`` process with a real mosquitto uplink, in headless Chromium.
+
+The gateway runs as its own process with simulated devices; the broker is the test's mosquitto,
+stopped and started to make an outage. Every page is checked at desktop and phone width for
+horizontal overflow and for ``[object`` text (a JavaScript value rendered as a string).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..conftest import Proc
+from ..support.broker import Mosquitto
+from .conftest import GatewayProcess, process_yaml, start_gateway_process
+from .test_browser import CHROMIUM, Browser, _browser, playwright_api, shot
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+
+SIZES = [(1280, 900), (390, 844)]
+
+# Elements wider than the viewport, or reaching past its right edge (what makes a phone page scroll sideways).
+OVERFLOW_JS = """() => {
+  const w = document.documentElement.clientWidth, out = [];
+  if (document.documentElement.scrollWidth > w) out.push(`document ${document.documentElement.scrollWidth}px`);
+  for (const el of document.querySelectorAll('body *')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;
+    if (r.right > w + 0.5 || r.width > w + 0.5) out.push(`${el.tagName.toLowerCase()}#${el.id}.${el.className} ${Math.round(r.right)}px`);
+  }
+  return out.slice(0, 10);
+}"""
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Proc]
+                  ) -> AsyncIterator[GatewayProcess]:
+    """``fieldgate run`` with meter-1 and air-1, forwarding to the test's mosquitto."""
+    gp = await asyncio.to_thread(start_gateway_process, fieldgate_proc, tmp_path / "gw",
+                                 process_yaml(tmp_path / "gw", mqtt_port=mosquitto.port))
+    yield gp
+    assert "Traceback" not in gp.lines()
+
+
+@pytest.fixture
+async def browser(gateway: GatewayProcess, tmp_path: Path) -> AsyncIterator[Browser]:
+    async for b in _browser(tmp_path, gateway.url):
+        yield b
+
+
+def api(gp: GatewayProcess, path: str) -> Any:
+    with urllib.request.urlopen(gp.url + path, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+async def assert_fits(page: Any) -> None:
+    """No horizontal overflow and no JavaScript object rendered as text."""
+    assert await page.evaluate(OVERFLOW_JS) == []
+    assert "[object" not in await page.evaluate("() => document.body.innerText")
+    assert "[object" not in await page.content()
+
+
+async def test_overview_shows_buffer_numbers_with_mqtt_up_and_fits_desktop_and_phone(
+        browser: Browser, gateway: GatewayProcess) -> None:
+    expect = playwright_api.expect
+    for width, height in SIZES:
+        page = await browser.page("/", width=width, height=height)
+        await expect(page.locator("[data-field=uplink-state]")).to_have_text("connected")
+        await expect(page.locator("[data-field=buffer-depth]")).to_have_text(re.compile(r"^\d+$"))
+        await expect(page.locator("[data-field=buffer-dropped]")).to_have_text("0")
+        await expect(page.locator("[data-field=buffer-bytes]")).to_contain_text("B")
+        await expect(page.locator("[data-field=buffer-oldest]")).not_to_be_empty()
+        await expect(page.locator("tr[data-device=meter-1] .state")).to_have_text("online")
+        await assert_fits(page)
+        for path in ("/devices", "/devices/meter-1", "/events", "/check"):
+            other = await browser.page(path, width=width, height=height)
+            await expect(other.locator("#main h1")).to_be_visible()
+            await assert_fits(other)
+            await other.close()
+        await page.close()
+
+
+async def test_buffer_depth_rises_while_the_broker_is_down_and_drains_after(
+        browser: Browser, gateway: GatewayProcess, mosquitto: Mosquitto) -> None:
+    expect = playwright_api.expect
+    page = await browser.page("/")
+    depth = page.locator("[data-field=buffer-depth]")
+    await expect(page.locator("[data-field=uplink-state]")).to_have_text("connected")
+    await asyncio.to_thread(mosquitto.stop)
+    await expect(page.locator("[data-field=uplink-state]")).not_to_have_text("connected")
+    await expect(page.locator("[data-field=uplink-rate]")).to_have_text("\u2013")  # no rate while disconnected
+    await page.wait_for_function("() => +document.querySelector('[data-field=buffer-depth]').textContent >= 20",
+                                 timeout=30_000)
+    high = int(await depth.text_content() or 0)
+    await asyncio.to_thread(mosquitto.start)
+    await expect(page.locator("[data-field=uplink-state]")).to_have_text("connected", timeout=30_000)
+    await page.wait_for_function("() => +document.querySelector('[data-field=buffer-depth]').textContent < 10",
+                                 timeout=30_000)
+    assert high >= 20
+    await assert_fits(page)
+
+
+async def test_device_error_is_not_red_once_the_device_recovered(browser: Browser, gateway: GatewayProcess) -> None:
+    expect = playwright_api.expect
+    page = await browser.page("/")
+    cell = page.locator("tr[data-device=meter-1] [data-field=last-error]")
+    gateway.control.write_text("timeout")
+    await expect(page.locator("tr[data-device=meter-1] .state")).to_have_text("offline", timeout=20_000)
+    await expect(cell).to_contain_text("simulated timeout")
+    assert "current" in (await cell.get_attribute("class") or "")
+    gateway.control.write_text("none")
+    await expect(page.locator("tr[data-device=meter-1] .state")).to_have_text("online", timeout=20_000)
+    await expect(cell).to_contain_text("recovered")
+    color = await cell.evaluate("el => getComputedStyle(el).color")
+    red = await page.evaluate("() => { const e = document.createElement('span'); e.className = 'err';"
+                              " document.body.append(e); const c = getComputedStyle(e).color; e.remove(); return c; }")
+    assert color != red, "a recovered device's old error is still shown in red"
+    assert "current" not in (await cell.get_attribute("class") or "")
+
+
+async def test_reload_feedback_survives_the_live_redraw(browser: Browser, gateway: GatewayProcess) -> None:
+    expect = playwright_api.expect
+    page = await browser.page("/")
+    await expect(page.locator("tr[data-device=meter-1] .state")).to_have_text("online")
+    await page.click("#reload")
+    msg = page.locator("#reload-msg")
+    await expect(msg).to_contain_text("applied")
+    # five seconds and several live redraws later, the result is still there until dismissed
+    await page.evaluate("() => { window.__t0 = Date.now(); window.__r0 = window.__renders || 0; }")
+    await page.wait_for_function("() => Date.now() - window.__t0 >= 5000 && (window.__renders || 0) - window.__r0 >= 3",
+                                 timeout=30_000, polling=250)
+    await expect(msg).to_contain_text("applied")
+    await page.screenshot(path=shot("reload-feedback.png"))
+    await page.click("#reload-dismiss")
+    await expect(msg).to_have_count(0)
