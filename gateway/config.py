@@ -156,6 +156,12 @@ class WebConfig(Model):
         "'*.example.org' allows subdomains. Loopback and the listen address are always allowed",
     )
 
+    history_max_bytes: ByteSize = Field(
+        5_000_000,
+        description="memory for the page's trends (about 5 KiB per metric for the hour and the day; "
+        "with few metrics every reading of the hour is kept)",
+    )
+
     @field_validator("allowed_hosts")
     @classmethod
     def _host_names(cls, value: list[str]) -> list[str]:

@@ -33,7 +33,8 @@ OVERFLOW_JS = """() => {
   for (const el of document.querySelectorAll('body *')) {
     const r = el.getBoundingClientRect();
     if (r.width === 0 && r.height === 0) continue;
-    if (r.right > w + 0.5 || r.width > w + 0.5) out.push(`${el.tagName.toLowerCase()}#${el.id}.${el.className} ${Math.round(r.right)}px`);
+    if (r.right > w + 0.5 || r.width > w + 0.5)
+      out.push(`${el.tagName.toLowerCase()}#${el.id}.${el.className} ${Math.round(r.right)}px`);
   }
   return out.slice(0, 10);
 }"""

@@ -128,6 +128,72 @@ function follow(url, eventName, render) {
   src.onerror = () => setLive(false);
 }
 
+// --- charts (uPlot, served by the gateway from /static) ------------------------
+
+// Nodes that survive the live redraw (a chart's canvas is kept, not rebuilt every second).
+const keep = new Map();
+function kept(id, make) {
+  if (!keep.has(id)) keep.set(id, make());
+  return keep.get(id);
+}
+function forget(prefix) {
+  for (const k of [...keep.keys()]) if (k.startsWith(prefix)) { const n = keep.get(k); if (n.__plot) n.__plot.destroy(); keep.delete(k); }
+}
+window.__charts = {};  // id -> uPlot instance (the browser tests read their data)
+
+function chartWidth(el) {
+  return Math.max(200, Math.min((el.parentElement || document.body).clientWidth || 600, document.documentElement.clientWidth - 40));
+}
+
+// A line chart in `node`; `series` = [{label, stroke, scale}]; data = [t[], y1[], ...] (t in epoch s).
+function plot(node, id, series, data, height = 180) {
+  if (typeof uPlot === "undefined") { node.textContent = "chart library not loaded"; return null; }
+  if (node.__plot) { node.__plot.setData(data); return node.__plot; }
+  const opts = {
+    width: chartWidth(node), height, legend: { show: series.length > 1 }, cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true } },
+    axes: [{ stroke: "#888" }, { stroke: "#888", scale: series[0].scale || "y", size: 55 },
+      ...(series.length > 1 && series[1].scale ? [{ side: 1, stroke: "#888", scale: series[1].scale, grid: { show: false }, size: 45 }] : [])],
+    series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke || "#0b5cad", width: 2, scale: s.scale || "y",
+      fill: s.fill || undefined, spanGaps: false, points: { show: false } }))],
+  };
+  const u = new uPlot(opts, data, node);
+  node.__plot = u;
+  window.__charts[id] = u;
+  return u;
+}
+
+// A tiny inline SVG of the last values (no library: dozens of them on one page).
+function sparkline(vs, w = 80, hgt = 20) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", w); svg.setAttribute("height", hgt); svg.setAttribute("class", "spark");
+  svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`); svg.setAttribute("aria-hidden", "true");
+  const nums = vs.filter((v) => typeof v === "number");
+  if (nums.length < 2) return svg;
+  const lo = Math.min(...nums), hi = Math.max(...nums), span = hi - lo || 1;
+  const pts = vs.map((v, i) => (typeof v === "number" ? `${(i / (vs.length - 1) * w).toFixed(1)},${(hgt - 2 - (v - lo) / span * (hgt - 4)).toFixed(1)}` : null)).filter(Boolean);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", pts.join(" ")); line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "currentColor"); line.setAttribute("stroke-width", "1.5");
+  svg.append(line);
+  return svg;
+}
+
+// Device states over time as coloured segments (green online, amber degraded, red offline).
+function timeline(states, since, now) {
+  const bar = h("div", { class: "timeline", role: "img", "aria-label": "device state over time" });
+  const span = Math.max(1, now - since);
+  states.forEach((s, i) => {
+    const start = Math.max(s.t, since), end = i + 1 < states.length ? states[i + 1].t : now;
+    if (end <= start) return;
+    bar.append(h("span", { class: `seg ${STATE_CLASS[s.state] || "idle"}`, title: `${s.state} from ${new Date(start * 1000).toLocaleTimeString()}${s.error ? `: ${s.error}` : ""}`,
+      style: null, "data-state": s.state }));
+    bar.lastChild.style.width = `${((end - start) / span * 100).toFixed(2)}%`;
+  });
+  return bar;
+}
+
 // --- views ------------------------------------------------------------------
 
 function card(title, ...rows) {
@@ -181,9 +247,14 @@ function renderOverview(doc) {
       row("Memory", `${bytes(sys.rss_bytes)} used by fieldgate`),
       row("Free", sys.mem_available_bytes ? `${bytes(sys.mem_available_bytes)} of ${bytes(sys.mem_total_bytes)}` : "–"),
       row("Load", sys.load1 === null ? "–" : String(sys.load1))));
-  setMain(cards, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
+  const trend = kept("overview-trend", () => h("div", { id: "trend-chart", class: "chart" }));
+  setMain(cards, h("h2", {}, "Buffer and uplink, last hour"), trend, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
     h("div", { class: "actions" }, h("button", { id: "reload", onclick: doReload }, "Reload configuration")),
     noticeBox());
+  if (!trend.__plot && !trend.__loading) {  // the first draw; then every 5 s
+    trend.__loading = true;
+    refreshTrend().finally(() => { trend.__loading = false; });
+  }
 }
 
 // The result of the last action, drawn by every redraw until the user dismisses it.
@@ -195,6 +266,19 @@ function noticeBox() {
       onclick: () => { state.notice = null; document.getElementById("reload-msg")?.remove(); } }, "✕"),
     h("strong", {}, n.title), " ", h("span", { class: "muted" }, when(n.at)),
     n.lines.length ? h("ul", {}, n.lines.map((l) => h("li", {}, l))) : null);
+}
+
+// The buffer-depth hill and the publish/ack rates: fetched every 5 s (the history has 1 s points).
+async function refreshTrend() {
+  const node = keep.get("overview-trend");
+  if (!node || !node.isConnected) return;
+  try {
+    const r = await api("/api/v1/history?since=3600");
+    const g = r.gateway;
+    plot(node, "buffer", [{ label: "buffer depth", stroke: "#b42318", scale: "n", fill: "rgba(180,35,24,.08)" },
+      { label: "published msg/s", stroke: "#0b5cad", scale: "r" }, { label: "acked msg/s", stroke: "#1a7f37", scale: "r" }],
+    [g.buffer_depth.t, g.buffer_depth.v, g.publish_rate.v, g.ack_rate.v]);
+  } catch (e) { /* the next refresh tries again; the live badge shows a lost connection */ }
 }
 
 async function doReload() {
@@ -239,27 +323,48 @@ function deviceTable(devices, compact) {
       h("td", { "data-label": "Last reading" }, when(d.last_reading)),
       h("td", { "data-label": "Polls / errors" }, `${d.polls} / ${d.failures}`),
       h("td", { "data-label": "Latency" }, d.latency_ms === null ? "–" : `${d.latency_ms} ms`),
-      compact ? null : h("td", { "data-label": "Values" }, valueList(d.metrics)),
+      compact ? null : h("td", { "data-label": "Values" }, valueList(d.metrics, d.id)),
       h("td", { "data-label": "Last error", "data-field": "last-error",
         class: d.last_error && d.state !== "online" ? "err current" : "muted" }, lastError(d))))));
 }
 
-function valueList(metrics) {
+const sparks = {};  // device -> {metric: [values]} from the history, refreshed every 10 s
+
+function valueList(metrics, device) {
+  const sp = sparks[device] || {};
   return h("ul", { class: "values" }, Object.entries(metrics).map(([name, m]) =>
-    h("li", { class: m.stale ? "q-stale" : `q-${m.quality}`,
+    h("li", { class: m.stale ? "q-stale" : `q-${m.quality}`, "data-metric": name,
       title: (m.stale ? "stale (device offline), " : "") + (m.reason ? `${m.quality}: ${m.reason}` : m.quality) },
-      `${name} `, h("b", {}, fmtValue(m)), m.unit ? ` ${m.unit}` : "")));
+      `${name} `, h("b", {}, fmtValue(m)), m.unit ? ` ${m.unit}` : "", sp[name] ? sparkline(sp[name], 48, 14) : null)));
+}
+
+async function refreshSparks(devices) {
+  await Promise.all(devices.map(async (d) => {
+    try {
+      const r = await api(`/api/v1/devices/${encodeURIComponent(d.id)}/history?since=600`);
+      sparks[d.id] = Object.fromEntries(r.metrics.map((m) => [m.metric, m.points.v.slice(-40)]));
+    } catch (e) { /* shown without sparklines */ }
+  }));
 }
 
 function renderDevices(doc) {
   document.getElementById("gw-name").textContent = doc.status.gateway;
+  if (!renderDevices.asked) {  // sparklines: at once, then every 10 s
+    renderDevices.asked = true;
+    refreshSparks(doc.devices).then(() => { if (state.last) renderDevices(state.last); });
+  }
   setMain(h("h1", {}, "Devices"), deviceTable(doc.devices, false));
 }
 
 let detailStatic = null;
+// the device page's history (refreshed every 5 s) and which point's chart is open
+const devHist = { id: null, doc: null, open: null, quality: null };
 
 async function showDevice(id) {
   detailStatic = await api(`/api/v1/devices/${encodeURIComponent(id)}`);
+  devHist.id = id;
+  devHist.open = new URLSearchParams(location.search).get("metric");
+  await refreshDeviceHistory();
   renderDevice({ device: detailStatic });
   follow(`/api/v1/devices/${encodeURIComponent(id)}/stream`, "device", (msg) => {
     if (msg.status) document.getElementById("gw-name").textContent = msg.status.gateway;
@@ -271,6 +376,45 @@ async function showDevice(id) {
       }).catch(() => {});
     }
   });
+  every(5000, async () => { await refreshDeviceHistory(); drawDeviceCharts(); });
+}
+
+async function refreshDeviceHistory() {
+  const id = encodeURIComponent(devHist.id);
+  try {
+    const [hist, q] = await Promise.all([api(`/api/v1/devices/${id}/history?since=3600`), api("/api/v1/quality")]);
+    devHist.doc = hist;
+    devHist.quality = q.devices.find((d) => d.device === devHist.id) || null;
+  } catch (e) { /* kept from the last refresh */ }
+}
+
+function metricHist(name) {
+  return devHist.doc ? devHist.doc.metrics.find((m) => m.metric === name) : null;
+}
+
+// The open point's chart (and the state timeline) from the history just fetched.
+function drawDeviceCharts() {
+  const node = keep.get("device-chart");
+  const m = devHist.open && metricHist(devHist.open);
+  if (node && node.isConnected && m) {
+    plot(node, `metric:${m.metric}`, [{ label: `${m.metric}${m.unit ? ` (${m.unit})` : ""}` }], [m.points.t, m.points.v], 200);
+  }
+  const tl = document.getElementById("state-timeline");
+  if (tl && devHist.doc) tl.replaceChildren(timeline(devHist.doc.states, devHist.doc.since, devHist.doc.now));
+  for (const row of document.querySelectorAll("tr[data-metric]")) {
+    const mh = metricHist(row.dataset.metric);
+    const cell = row.querySelector(".spark-cell");
+    if (cell && mh) cell.replaceChildren(sparkline(mh.points.v.slice(-60)));
+  }
+}
+
+function toggleChart(name) {
+  devHist.open = devHist.open === name ? null : name;
+  forget("device-chart");
+  const url = new URL(location.href);
+  if (devHist.open) url.searchParams.set("metric", devHist.open); else url.searchParams.delete("metric");
+  history.replaceState(null, "", url);
+  renderDevice({ device: Object.assign({}, detailStatic, renderDevice.lastDoc || {}) });
 }
 
 function renderEvents(events) {
@@ -321,31 +465,51 @@ function eventItem(e) {
 function renderDevice(msg) {
   const d = Object.assign({}, detailStatic, msg.device);
   renderDevice.last = d.state;
+  renderDevice.lastDoc = msg.device;
   const points = (detailStatic.profile_info || {}).points || [];
   const names = points.map((p) => p.name);
   for (const n of Object.keys(d.metrics)) if (!names.includes(n)) names.push(n);
   const cfg = detailStatic.config || {};
+  const q = devHist.quality;
+  const rows = [];
+  for (const n of names) {
+    const m = d.metrics[n];
+    const p = points.find((x) => x.name === n) || {};
+    const mh = metricHist(n);
+    const open = devHist.open === n;
+    rows.push(h("tr", { "data-metric": n, class: open ? "open" : "", tabindex: "0", role: "button",
+      "aria-expanded": open ? "true" : "false", onclick: () => toggleChart(n),
+      onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggleChart(n); } } },
+      h("td", { class: "pname" }, n),
+      h("td", { class: "num value" }, fmtValue(m), h("span", { class: "unit" }, (m && m.unit) || p.unit || "")),
+      h("td", { class: "spark-cell" }, mh ? sparkline(mh.points.v.slice(-60)) : null),
+      h("td", { class: "qual" }, m ? badge(m.stale ? "stale" : m.quality) : h("span", { class: "muted" }, "no value yet"),
+        m && m.reason ? h("span", { class: "muted small" }, ` ${m.reason}`) : null)));
+    if (open) {
+      rows.push(h("tr", { class: "chart-row" }, h("td", { colspan: "4" },
+        kept("device-chart", () => h("div", { id: "device-chart", class: "chart", "data-metric": n })))));
+    }
+  }
   setMain(
     h("p", {}, h("a", { href: "/devices" }, "← all devices")),
     h("h1", {}, d.id, " ", h("span", { id: "device-state", class: "state" }, badge(d.state))),
     d.last_error && d.state !== "online"
       ? h("p", { class: "alert", id: "device-error" }, d.last_error, " ", d.last_error_ts ? ["(", when(d.last_error_ts), ")"] : "")
       : d.last_error ? h("p", { class: "muted", id: "device-last-error" }, lastError(d)) : null,
+    h("div", { id: "state-timeline", class: "timeline-wrap" },
+      devHist.doc ? timeline(devHist.doc.states, devHist.doc.since, devHist.doc.now) : null),
+    h("p", { class: "muted small" }, "Tap a point for its chart of the last hour."),
     h("table", { class: "points" },
-      h("thead", {}, h("tr", {}, h("th", {}, "Point"), h("th", { class: "num" }, "Value"), h("th", {}, "Unit"),
+      h("thead", {}, h("tr", {}, h("th", {}, "Point"), h("th", { class: "num" }, "Value"), h("th", {}, "Last 10 min"),
         h("th", {}, "Quality"))),
-      h("tbody", {}, names.map((n) => {
-        const m = d.metrics[n];
-        const p = points.find((x) => x.name === n) || {};
-        return h("tr", { "data-metric": n },
-          h("td", { "data-label": "Point" }, n),
-          h("td", { "data-label": "Value", class: "num value" }, fmtValue(m)),
-          h("td", { "data-label": "Unit" }, (m && m.unit) || p.unit || ""),
-          h("td", { "data-label": "Quality" }, m ? badge(m.stale ? "stale" : m.quality)
-            : h("span", { class: "muted" }, "no value yet"),
-            m && m.reason ? ` ${m.reason}` : ""));
-      }))),
+      h("tbody", {}, rows)),
     h("div", { class: "cards" },
+      q ? card("Data quality",
+        row("Complete (hour)", pct(q.hour.completeness)), row("Complete (day)", pct(q.day.completeness)),
+        row("Bad / uncertain (hour)", `${q.hour.bad} / ${q.hour.uncertain}`),
+        row("Clock not synced", String(q.hour.unsynced)),
+        row("Stale points", q.stale.length ? q.stale.join(", ") : "none"),
+        row("Reasons", Object.entries(q.reasons).map(([k, v]) => `${k} ×${v}`).join(", ") || "none")) : null,
       card("Polling",
         row("Last reading", when(d.last_reading)),
         row("Polls", String(d.polls)), row("Failed", String(d.failures)),
@@ -361,10 +525,41 @@ function renderDevice(msg) {
         row("Tags", Object.entries(d.tags || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–")),
       detailStatic.driver_status
         ? h("section", { class: "card", id: "driver-status" }, h("h2", {}, "Driver"),
-          h("dl", {}, flatten(detailStatic.driver_status).map(([k, v]) => row(k, v)).flat()))
+          h("dl", {}, flatten(detailStatic.driver_status).map(([k, v]) => row(k, v))))
         : null),
     h("h2", {}, "Recent events"), h("ul", { id: "device-events", class: "events" }));
   renderEvents(detailStatic.events || []);
+  drawDeviceCharts();
+}
+
+function pct(x) { return x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)} %`; }
+
+// One repeating refresh per page (a new view replaces it).
+function every(ms, fn) {
+  clearInterval(state.every);
+  fn();
+  state.every = setInterval(fn, ms);
+}
+
+async function showQuality() {
+  const r = await api("/api/v1/quality");
+  setMain(h("h1", {}, "Data quality"),
+    h("p", { class: "muted" }, "Completeness is readings received against expected from the poll interval; the worst device first."),
+    r.devices.length ? h("table", { class: "quality", id: "quality" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Device"), h("th", { class: "num" }, "Hour"), h("th", { class: "num" }, "Day"),
+        h("th", { class: "num" }, "Bad / uncertain"), h("th", { class: "num" }, "Unsynced"), h("th", {}, "Stale points"),
+        h("th", {}, "Reasons"))),
+      h("tbody", {}, r.devices.map((d) => h("tr", { "data-device": d.device },
+        h("td", { "data-label": "Device" }, h("a", { href: `/devices/${encodeURIComponent(d.device)}` }, d.device), " ", badge(d.state)),
+        h("td", { "data-label": "Hour", class: `num ${d.hour.completeness !== null && d.hour.completeness < 0.95 ? "err" : ""}` }, pct(d.hour.completeness)),
+        h("td", { "data-label": "Day", class: "num" }, pct(d.day.completeness)),
+        h("td", { "data-label": "Bad / uncertain", class: "num" }, `${d.hour.bad} / ${d.hour.uncertain}`),
+        h("td", { "data-label": "Unsynced", class: "num" }, String(d.hour.unsynced)),
+        h("td", { "data-label": "Stale points" }, d.stale.length ? d.stale.join(", ") : h("span", { class: "muted" }, "none")),
+        h("td", { "data-label": "Reasons" }, Object.entries(d.reasons).map(([k, v]) => `${k} ×${v}`).join(", ") || h("span", { class: "muted" }, "none"))))))
+      : h("p", { class: "muted" }, "No devices configured."));
+  clearTimeout(state.timer);
+  state.timer = setTimeout(showQuality, 10000);
 }
 
 async function showEvents() {
@@ -475,8 +670,12 @@ async function boot() {
   }
   try {
     if (path === "/login") showLogin();
-    else if (path === "/") follow("/api/v1/stream", "live", renderOverview);
-    else if (path === "/devices") follow("/api/v1/stream", "live", renderDevices);
+    else if (path === "/") { follow("/api/v1/stream", "live", renderOverview); every(5000, refreshTrend); }
+    else if (path === "/devices") {
+      follow("/api/v1/stream", "live", renderDevices);
+      every(10000, async () => { if (state.last) { await refreshSparks(state.last.devices); renderDevices(state.last); } });
+    }
+    else if (path === "/quality") await showQuality();
     else if (path.startsWith("/devices/")) await showDevice(decodeURIComponent(path.slice(9)));
     else if (path === "/events") await showEvents();
     else if (path === "/check") showCheck();
