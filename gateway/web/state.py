@@ -222,7 +222,7 @@ class StateHub:
         if not callable(snap):
             return {"kind": kind, "state": "none", "broker": None, "last_error": None, "connected_since": None,
                     "published": 0, "acked": 0, "resent": 0, "connects": 0, "inflight": 0, "pending": 0,
-                    "publish_rate": None}
+                    "publish_rate": None, "ack_rate": None}
         u = dict(snap())
         u.pop("buffer", None)
         u["kind"] = kind

@@ -105,7 +105,13 @@ async def test_buffer_depth_rises_while_the_broker_is_down_and_drains_after(
     await page.wait_for_function("() => +document.querySelector('[data-field=buffer-depth]').textContent < 10",
                                  timeout=30_000)
     assert high >= 20
+    # the overview's buffer chart shows the hill: up while the broker was away, down to the drained depth
+    await page.wait_for_function(
+        """() => { const u = window.__charts.buffer; if (!u) return false;
+                   const v = u.data[1].filter((x) => x !== null);
+                   return v.length && Math.max(...v) >= 20 && v[v.length - 1] < 10; }""", timeout=30_000)
     await assert_fits(page)
+    await page.screenshot(path=shot("overview-after-outage.png"), full_page=True)
 
 
 async def test_device_error_is_not_red_once_the_device_recovered(browser: Browser, gateway: GatewayProcess) -> None:
@@ -141,3 +147,43 @@ async def test_reload_feedback_survives_the_live_redraw(browser: Browser, gatewa
     await page.screenshot(path=shot("reload-feedback.png"))
     await page.click("#reload-dismiss")
     await expect(msg).to_have_count(0)
+
+
+async def test_device_chart_points_are_the_history_api_points(browser: Browser, gateway: GatewayProcess) -> None:
+    expect = playwright_api.expect
+    for width, height in SIZES:
+        page = await browser.page("/devices/meter-1", width=width, height=height)
+        await expect(page.locator("tr[data-metric=voltage] .value")).not_to_have_text("\u2013")
+        await page.click("tr[data-metric=voltage]")  # the chart opens on tap
+        await expect(page.locator("#device-chart canvas")).to_be_visible()
+        await page.wait_for_function("() => (window.__charts['metric:voltage'] || {data: [[]]}).data[0].length >= 5",
+                                     timeout=30_000)
+        chart = await page.evaluate("() => window.__charts['metric:voltage'].data.slice(0, 2)")
+        hist = await asyncio.to_thread(api, gateway, "/api/v1/devices/meter-1/history?metric=voltage&since=3600")
+        api_points = dict(zip(hist["metrics"][0]["points"]["t"], hist["metrics"][0]["points"]["v"], strict=True))
+        assert len(chart[0]) >= 5
+        for t, v in zip(*chart, strict=True):
+            assert api_points.get(t) == v, (t, v)
+        await expect(page.locator("#state-timeline .seg").last).to_have_attribute("data-state", "online")
+        await assert_fits(page)
+        await page.close()
+
+
+async def test_screenshots_of_overview_and_device_page(browser: Browser, gateway: GatewayProcess) -> None:
+    """The pictures in docs/img (copied from test-artifacts/web/docs-*.png when the page changes)."""
+    expect = playwright_api.expect
+    await asyncio.to_thread(api, gateway, "/api/v1/status")
+    for width, height, tag in [(1280, 900, "desktop"), (390, 844, "phone")]:
+        page = await browser.page("/", width=width, height=height)
+        await expect(page.locator("[data-field=uplink-state]")).to_have_text("connected")
+        await page.wait_for_function("() => window.__charts.buffer && window.__charts.buffer.data[0].length >= 3",
+                                     timeout=30_000)
+        await assert_fits(page)
+        await page.screenshot(path=shot(f"docs-overview-{tag}.png"), full_page=True)
+        page = await browser.page("/devices/meter-1?metric=voltage", width=width, height=height)
+        await page.wait_for_function("() => (window.__charts['metric:voltage'] || {data: [[]]}).data[0].length >= 5",
+                                     timeout=30_000)
+        await expect(page.locator("tr[data-metric=energy] .spark-cell polyline").or_(
+            page.locator("tr[data-metric=energy] .value"))).not_to_have_count(0)
+        await assert_fits(page)
+        await page.screenshot(path=shot(f"docs-device-{tag}.png"), full_page=True)

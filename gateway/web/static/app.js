@@ -141,8 +141,12 @@ function forget(prefix) {
 }
 window.__charts = {};  // id -> uPlot instance (the browser tests read their data)
 
+// The chart's inner width: its box less its padding and border (so it never widens the page).
 function chartWidth(el) {
-  return Math.max(200, Math.min((el.parentElement || document.body).clientWidth || 600, document.documentElement.clientWidth - 40));
+  const cs = getComputedStyle(el);
+  const inner = el.getBoundingClientRect().width - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight)
+    - parseFloat(cs.borderLeftWidth) - parseFloat(cs.borderRightWidth);
+  return Math.max(150, Math.floor(Math.min(inner || 600, document.documentElement.clientWidth - 40)));
 }
 
 // A line chart in `node`; `series` = [{label, stroke, scale}]; data = [t[], y1[], ...] (t in epoch s).
@@ -150,7 +154,7 @@ function plot(node, id, series, data, height = 180) {
   if (typeof uPlot === "undefined") { node.textContent = "chart library not loaded"; return null; }
   if (node.__plot) { node.__plot.setData(data); return node.__plot; }
   const opts = {
-    width: chartWidth(node), height, legend: { show: series.length > 1 }, cursor: { drag: { x: false, y: false } },
+    width: chartWidth(node), height, legend: { show: series.length > 1, live: false }, cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true } },
     axes: [{ stroke: "#888" }, { stroke: "#888", scale: series[0].scale || "y", size: 55 },
       ...(series.length > 1 && series[1].scale ? [{ side: 1, stroke: "#888", scale: series[1].scale, grid: { show: false }, size: 45 }] : [])],
@@ -182,6 +186,7 @@ function sparkline(vs, w = 80, hgt = 20) {
 
 // Device states over time as coloured segments (green online, amber degraded, red offline).
 function timeline(states, since, now) {
+  since = states.length ? Math.max(since, states[0].t) : since;  // from when the gateway knows the device
   const bar = h("div", { class: "timeline", role: "img", "aria-label": "device state over time" });
   const span = Math.max(1, now - since);
   states.forEach((s, i) => {
