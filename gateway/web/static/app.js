@@ -159,7 +159,7 @@ function plot(node, id, series, data, height = 180) {
     axes: [{ stroke: "#888" }, { stroke: "#888", scale: series[0].scale || "y", size: 55 },
       ...(series.length > 1 && series[1].scale ? [{ side: 1, stroke: "#888", scale: series[1].scale, grid: { show: false }, size: 45 }] : [])],
     series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke || "#0b5cad", width: 2, scale: s.scale || "y",
-      fill: s.fill || undefined, spanGaps: false, points: { show: false } }))],
+      fill: s.fill || undefined, dash: s.dash, spanGaps: false, points: { show: false } }))],
   };
   const u = new uPlot(opts, data, node);
   node.__plot = u;
@@ -167,21 +167,28 @@ function plot(node, id, series, data, height = 180) {
   return u;
 }
 
-// A tiny inline SVG of the last values (no library: dozens of them on one page).
+// A tiny canvas of the last values (no library: dozens of them on one page).
 function sparkline(vs, w = 80, hgt = 20) {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", w); svg.setAttribute("height", hgt); svg.setAttribute("class", "spark");
-  svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`); svg.setAttribute("aria-hidden", "true");
+  const c = h("canvas", { class: "spark", width: w * 2, height: hgt * 2, "aria-hidden": "true" });
+  c.style.width = `${w}px`; c.style.height = `${hgt}px`;
   const nums = vs.filter((v) => typeof v === "number");
-  if (nums.length < 2) return svg;
+  if (nums.length < 2) return c;
   const lo = Math.min(...nums), hi = Math.max(...nums), span = hi - lo || 1;
-  const pts = vs.map((v, i) => (typeof v === "number" ? `${(i / (vs.length - 1) * w).toFixed(1)},${(hgt - 2 - (v - lo) / span * (hgt - 4)).toFixed(1)}` : null)).filter(Boolean);
-  const line = document.createElementNS(ns, "polyline");
-  line.setAttribute("points", pts.join(" ")); line.setAttribute("fill", "none");
-  line.setAttribute("stroke", "currentColor"); line.setAttribute("stroke-width", "1.5");
-  svg.append(line);
-  return svg;
+  const g = c.getContext("2d");
+  g.scale(2, 2);  // sharp on high-density screens
+  g.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue("--accent").trim() || "#0b5cad";
+  g.lineWidth = 1.5;
+  g.beginPath();
+  let pen = false;
+  vs.forEach((v, i) => {
+    if (typeof v !== "number") { pen = false; return; }
+    const x = i / (vs.length - 1) * w, y = hgt - 2 - (v - lo) / span * (hgt - 4);
+    if (pen) g.lineTo(x, y); else g.moveTo(x, y);
+    pen = true;
+  });
+  g.stroke();
+  c.dataset.points = String(nums.length);
+  return c;
 }
 
 // Device states over time as coloured segments (green online, amber degraded, red offline).
@@ -281,7 +288,7 @@ async function refreshTrend() {
     const r = await api("/api/v1/history?since=3600");
     const g = r.gateway;
     plot(node, "buffer", [{ label: "buffer depth", stroke: "#b42318", scale: "n", fill: "rgba(180,35,24,.08)" },
-      { label: "published msg/s", stroke: "#0b5cad", scale: "r" }, { label: "acked msg/s", stroke: "#1a7f37", scale: "r" }],
+      { label: "published msg/s", stroke: "#0b5cad", scale: "r", dash: [5, 4] }, { label: "acked msg/s", stroke: "#1a7f37", scale: "r" }],
     [g.buffer_depth.t, g.buffer_depth.v, g.publish_rate.v, g.ack_rate.v]);
   } catch (e) { /* the next refresh tries again; the live badge shows a lost connection */ }
 }
@@ -402,7 +409,7 @@ function drawDeviceCharts() {
   const node = keep.get("device-chart");
   const m = devHist.open && metricHist(devHist.open);
   if (node && node.isConnected && m) {
-    plot(node, `metric:${m.metric}`, [{ label: `${m.metric}${m.unit ? ` (${m.unit})` : ""}` }], [m.points.t, m.points.v], 200);
+    plot(node, `metric:${m.metric}`, [{ label: `${m.metric}${m.unit ? ` (${m.unit})` : ""}` }], withGaps(m.points.t, m.points.v), 200);
   }
   const tl = document.getElementById("state-timeline");
   if (tl && devHist.doc) tl.replaceChildren(timeline(devHist.doc.states, devHist.doc.since, devHist.doc.now));
@@ -411,6 +418,20 @@ function drawDeviceCharts() {
     const cell = row.querySelector(".spark-cell");
     if (cell && mh) cell.replaceChildren(sparkline(mh.points.v.slice(-60)));
   }
+}
+
+// A time without readings (the device was offline) is a gap in the line, not a straight bridge:
+// a null point is put in the middle of every step more than 3 times the usual one.
+function withGaps(t, v) {
+  if (t.length < 3) return [t, v];
+  const steps = t.slice(1).map((x, i) => x - t[i]).sort((a, b) => a - b);
+  const usual = steps[Math.floor(steps.length / 2)];
+  const ts = [t[0]], vs = [v[0]];
+  for (let i = 1; i < t.length; i++) {
+    if (t[i] - t[i - 1] > 3 * usual) { ts.push((t[i] + t[i - 1]) / 2); vs.push(null); }
+    ts.push(t[i]); vs.push(v[i]);
+  }
+  return [ts, vs];
 }
 
 function toggleChart(name) {
