@@ -147,6 +147,35 @@ async def test_reload_feedback_survives_the_live_redraw(browser: Browser, gatewa
     await page.screenshot(path=shot("reload-feedback.png"))
     await page.click("#reload-dismiss")
     await expect(msg).to_have_count(0)
+    # a broken file is refused, with its errors, and the running configuration stays
+    good = gateway.config.read_text()
+    gateway.config.write_text(good.replace("poll_interval: 0.2s", "poll_interval: fast"))
+    try:
+        await page.click("#reload")
+        await expect(msg).to_contain_text("refused")
+        await expect(msg.locator("li").first).to_contain_text("fieldgate.yaml:")
+        await page.wait_for_function("() => (window.__renders || 0) - window.__r0 >= 6", timeout=30_000, polling=250)
+        await expect(msg).to_contain_text("refused")
+        await expect(page.locator("tr[data-device=meter-1] .state")).to_have_text("online")
+    finally:
+        gateway.config.write_text(good)
+
+
+async def test_overview_of_a_stdout_gateway_renders_and_fits(tmp_path: Path, fieldgate_proc: Callable[..., Proc]
+                                                             ) -> None:
+    expect = playwright_api.expect
+    gp = await asyncio.to_thread(start_gateway_process, fieldgate_proc, tmp_path / "gw",
+                                 process_yaml(tmp_path / "gw"), stdout=True)
+    async for b in _browser(tmp_path, gp.url):
+        for width, height in SIZES:
+            page = await b.page("/", width=width, height=height)
+            await expect(page.locator("[data-field=uplink-state]")).to_have_text("no uplink")
+            await expect(page.locator("#main")).to_contain_text("readings printed to stdout")
+            await expect(page.locator("#main")).to_contain_text("none (no MQTT uplink configured)")
+            await expect(page.locator("tr[data-device=air-1] .state")).to_have_text("online")
+            await assert_fits(page)
+            await page.close()
+    assert "Traceback" not in gp.lines()
 
 
 async def test_device_chart_points_are_the_history_api_points(browser: Browser, gateway: GatewayProcess) -> None:
