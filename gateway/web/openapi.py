@@ -134,9 +134,11 @@ def _ok(schema: dict[str, Any], description: str = "OK", status: str = "200") ->
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad request", 401: "Not logged in (or off loopback without a password)",
             403: "CSRF token missing or wrong, or a cross-origin request", 404: "No such device",
-            409: "Not possible in this set-up", 413: "Too large", 429: "Too many failed logins (see Retry-After)"}
+            409: "Not possible in this set-up", 413: "Too large", 429: "Too many failed logins (see Retry-After)",
+            421: "The Host header does not name this gateway (loopback, its address, web.allowed_hosts): "
+                 "refused against DNS rebinding"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ref("Error")}}}
-            for c in (401, *codes)}
+            for c in (401, 421, *codes)}
 
 
 _LIMIT = {"name": "limit", "in": "query", "required": False,

@@ -80,7 +80,7 @@ async def test_overview_shows_buffer_numbers_with_mqtt_up_and_fits_desktop_and_p
         await expect(page.locator("[data-field=buffer-oldest]")).not_to_be_empty()
         await expect(page.locator("tr[data-device=meter-1] .state")).to_have_text("online")
         await assert_fits(page)
-        for path in ("/devices", "/devices/meter-1", "/events", "/check"):
+        for path in ("/devices", "/devices/meter-1", "/quality", "/events", "/check"):
             other = await browser.page(path, width=width, height=height)
             await expect(other.locator("#main h1")).to_be_visible()
             await assert_fits(other)
@@ -130,6 +130,11 @@ async def test_device_error_is_not_red_once_the_device_recovered(browser: Browse
                               " document.body.append(e); const c = getComputedStyle(e).color; e.remove(); return c; }")
     assert color != red, "a recovered device's old error is still shown in red"
     assert "current" not in (await cell.get_attribute("class") or "")
+    # the data-quality page puts the device that lost readings first
+    quality = await browser.page("/quality")
+    await expect(quality.locator("#quality tbody tr").first).to_have_attribute("data-device", "meter-1")
+    await expect(quality.locator("tr[data-device=meter-1] td[data-label=Hour]")).to_have_class(re.compile(r"\berr\b"))
+    await assert_fits(quality)
 
 
 async def test_reload_feedback_survives_the_live_redraw(browser: Browser, gateway: GatewayProcess) -> None:
