@@ -11,7 +11,9 @@ names this gateway:
 * a loopback name or address (``localhost``, ``127.0.0.1``, ``::1``);
 * the address of the socket the request came in on (someone typed the
   gateway's IP address; an IP literal cannot be rebound);
-* the host of ``web.listen`` when it is a name;
+* the host of ``web.listen`` when it is a name; when it is every address
+  (``0.0.0.0``, ``::``), this machine's host name and its mDNS form
+  (``name.local``), which is how a technician on the LAN often types it;
 * every name in ``web.allowed_hosts`` (the gateway's DNS name, a reverse
   proxy's name). ``*.plant.example`` allows that domain's subdomains.
 
@@ -25,6 +27,7 @@ Pure logic, no aiohttp here, so every rule has a table test.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -87,6 +90,7 @@ class HostPolicy:
 
     listen_host: str = "127.0.0.1"
     allowed: tuple[str, ...] = ()
+    hostname: str = ""
     _names: frozenset[str] = field(init=False, repr=False)
     _suffixes: tuple[str, ...] = field(init=False, repr=False)
 
@@ -96,6 +100,10 @@ class HostPolicy:
         listen = self.listen_host.strip("[]").rstrip(".").lower()
         if listen and _ip(listen) is None:
             names.add(listen)
+        ip = _ip(listen) if listen else None
+        own = self.hostname.rstrip(".").lower()
+        if own and ip is not None and ip.is_unspecified:
+            names.update({own, own.split(".", 1)[0] + ".local"})
         for raw in self.allowed:
             name = raw.strip().strip("[]").rstrip(".").lower()
             if name.startswith("*."):
@@ -106,9 +114,9 @@ class HostPolicy:
         object.__setattr__(self, "_suffixes", tuple(suffixes))
 
     @classmethod
-    def build(cls, listen_host: str, allowed: Iterable[str] = ()) -> HostPolicy:
-        """A policy for ``web.listen``'s host and ``web.allowed_hosts``."""
-        return cls(listen_host, tuple(allowed))
+    def build(cls, listen_host: str, allowed: Iterable[str] = (), hostname: str | None = None) -> HostPolicy:
+        """A policy for ``web.listen``'s host and ``web.allowed_hosts`` (``hostname``: default this machine's)."""
+        return cls(listen_host, tuple(allowed), socket.gethostname() if hostname is None else hostname)
 
     def host_allowed(self, host: str, local_address: str | None = None) -> bool:
         """Whether ``host`` (already split, lower case) names this gateway.

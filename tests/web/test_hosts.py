@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -54,10 +55,19 @@ def test_split_host(value: str, expected: tuple[str, int | None] | None) -> None
     ("0.0.0.0", (), "", "192.0.2.7", False),
 ])
 def test_host_rule(listen: str, allowed: tuple[str, ...], host: str | None, local: str, ok: bool) -> None:
-    reason = HostPolicy.build(listen, allowed).check_host(host, local)
+    reason = HostPolicy.build(listen, allowed, hostname="").check_host(host, local)
     assert (reason is None) is ok, reason
     if not ok:
         assert "Host" in reason or "web.allowed_hosts" in reason  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("listen", "host", "ok"), [
+    ("0.0.0.0", "gw-7:8080", True), ("0.0.0.0", "GW-7.local", True), ("::", "gw-7.local:80", True),
+    ("127.0.0.1", "gw-7:8080", False),  # a loopback page answers loopback names only
+    ("0.0.0.0", "gw-7.evil.example", False),
+])
+def test_the_machines_own_name_when_listening_everywhere(listen: str, host: str, ok: bool) -> None:
+    assert (HostPolicy.build(listen, hostname="gw-7").check_host(host, "192.0.2.7") is None) is ok
 
 
 @pytest.mark.parametrize(("origin", "host", "ok"), [
@@ -190,7 +200,8 @@ def test_rebinding_is_refused_on_a_password_protected_page(
         _assert_refused(gp, host, bearer)  # even with the right password
         _assert_refused(gp, host, {})
     _assert_origin_checked(gp, bearer)
-    for host in (f"127.0.0.1:{port}", f"gw-12.plant.example:{port}", f"gw-3.site.example:{port}"):
+    for host in (f"127.0.0.1:{port}", f"gw-12.plant.example:{port}", f"gw-3.site.example:{port}",
+                 f"{socket.gethostname()}:{port}"):
         status, _, body = _request(gp.url, "GET", "/api/v1/status", {"Host": host, **bearer})
         assert status == 200 and json.loads(body)["gateway"] == "gw-web", (host, status)
         status, _, _ = _request(gp.url, "GET", "/api/v1/status", {"Host": host})
