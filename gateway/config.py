@@ -152,6 +152,26 @@ class WebConfig(Model):
     enabled: bool = True
     listen: str = Field("127.0.0.1:8080", description="host:port; off loopback a password is required")
     password: Secret | None = None
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="more names the page answers to in Host (its DNS name, a proxy's); "
+        "'*.example.org' allows subdomains. Loopback and the listen address are always allowed",
+    )
+
+    history_max_bytes: ByteSize = Field(
+        5_000_000,
+        description="memory for the page's trends (about 5 KiB per metric for the hour and the day; "
+        "with few metrics every reading of the hour is kept)",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            bare = name[2:] if name.startswith("*.") else name
+            if not bare or any(c in bare for c in "/:@?# *"):
+                raise ValueError(f"{name!r} is not a host name (no scheme, port or path: e.g. gw-12.plant.example)")
+        return value
 
     @model_validator(mode="after")
     def _password_off_loopback(self) -> WebConfig:

@@ -9,8 +9,12 @@ One aiohttp application in the gateway's own event loop. Who may see it
 * With ``web.password``: a login (session cookie) or ``Authorization: Bearer
   <password>`` (for scripts and Prometheus) is needed, on loopback too.
 
-State-changing requests (login, logout, profile check, reload) need the CSRF
-token in ``X-CSRF-Token`` and a same-origin ``Origin`` when one is sent.
+Every request must name this gateway in ``Host`` (loopback, the address it
+came in on, or ``web.allowed_hosts``; see ``hosts.py``): anything else is
+refused with 421 before any page, API, stream or metric is touched, which is
+what stops DNS rebinding. State-changing requests (login, logout, profile
+check, reload) need the CSRF token in ``X-CSRF-Token``, and any ``Origin`` a
+browser sends must be one of those names on the same port.
 
 Cookies are ``HttpOnly`` (the session) and ``SameSite=Strict``; ``Secure`` is
 set when the request came over TLS. A gateway on a LAN usually serves plain
@@ -26,7 +30,9 @@ import contextlib
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,8 @@ from ..config import WebConfig
 from ..errors import GatewayError
 from .auth import LoginLimiter, PasswordHash, Session, SessionStore, hash_password, is_loopback, new_token, tokens_match
 from .auth import verify_password as _verify
+from .history import History
+from .hosts import HostPolicy
 from .logring import EventLog, LogRing, Redactor, current_log_ring, install_log_ring
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
@@ -51,7 +59,7 @@ SESSION_COOKIE = "fg_session"
 CSRF_COOKIE = "fg_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_PAGES = ("/", "/devices", "/devices/{id}", "/events", "/check", "/login")
+_PAGES = ("/", "/devices", "/devices/{id}", "/quality", "/events", "/check", "/login")
 _PUBLIC = frozenset({"/login", "/api/v1/session", "/api/v1/login"})
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
@@ -70,6 +78,7 @@ class WebContext:
     ring: LogRing | None
     redact: Redactor
     password: PasswordHash | None
+    hosts: HostPolicy = field(default_factory=HostPolicy)
     sessions: SessionStore = field(default_factory=SessionStore)
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     untap: Any = None
@@ -95,6 +104,39 @@ def _is_api(request: web.Request) -> bool:
 
 
 # --- middlewares ----------------------------------------------------------------
+
+
+def _local_address(request: web.Request) -> str | None:
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return str(sock[0]) if sock else None
+
+
+_refused_hosts: set[str] = set()
+
+
+@web.middleware
+async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests whose ``Host`` or ``Origin`` does not name this gateway (DNS rebinding)."""
+    ctx = request.app[CTX]
+    local = _local_address(request)
+    host = request.headers.get("Host")
+    reason = ctx.hosts.check_host(host, local)
+    status = 421
+    # "null" is what a browser sends from an opaque origin and after some redirects; the CSRF
+    # token (which such a page cannot read) still guards those requests, as before
+    origin = request.headers.get("Origin")
+    if reason is None and origin and origin != "null":
+        reason, status = ctx.hosts.check_origin(origin, host, local, request.scheme), 403
+    if reason is None:
+        return await handler(request)
+    key = f"{host}|{origin}"
+    if key not in _refused_hosts and len(_refused_hosts) < 64:  # one line per name, bounded
+        _refused_hosts.add(key)
+        log.warning("status page: refused a request from %s: %s", request.remote, reason)
+    resp = _error(status, "misdirected_request" if status == 421 else "csrf", reason)
+    _security_headers(resp)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 @web.middleware
@@ -175,9 +217,6 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if getattr(request.match_info, "http_exception", None) is not None:
         return await handler(request)  # no such route or method: the router's 404/405 says so
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and origin.split("://", 1)[-1] != request.host:
-        return _error(403, "csrf", f"cross-origin request from {origin} refused")
     session = request.get(SESSION)
     expected = session.csrf if session is not None else request.cookies.get(CSRF_COOKIE)
     if not tokens_match(request.headers.get(CSRF_HEADER), expected):
@@ -236,6 +275,77 @@ async def api_device(request: web.Request) -> web.Response:
     return _json(doc)
 
 
+def _since(request: web.Request, now: float) -> float:
+    """``since``: seconds back (1 to 86400) or an RFC 3339 time within the last day; default an hour."""
+    raw = request.query.get("since")
+    if raw is None:
+        return now - 3600.0
+    try:
+        back = float(raw)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(raw).timestamp()
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be seconds back (e.g. 3600) or an RFC 3339 time") from None
+        return max(when, now - 86400.0)
+    if not math.isfinite(back) or not 0 < back <= 86400:
+        raise web.HTTPBadRequest(text="since must be from 1 to 86400 seconds back (a day is kept)")
+    return now - back
+
+
+async def api_device_history(request: web.Request) -> web.Response:
+    """GET /api/v1/devices/{id}/history: readings of the hour, 15-minute buckets of the day, state changes."""
+    ctx = request.app[CTX]
+    dev_id = request.match_info["id"]
+    if ctx.hub.device(dev_id) is None:
+        return _error(404, "not_found", f"no device {dev_id!r} in the configuration")
+    now = time.time()
+    since = _since(request, now)
+    hist = ctx.hub.history
+    metric = request.query.get("metric")
+    names = hist.metrics_of(dev_id)
+    if metric is not None and metric not in names:
+        return _error(404, "not_found", f"no history of {metric!r} for {dev_id!r}"
+                      + (f" (it has {', '.join(sorted(names))})" if names else " (no readings yet)"))
+    docs = [d for d in (hist.metric_doc(dev_id, n, since, now) for n in ([metric] if metric else names))
+            if d is not None]
+    return _json({"device": dev_id, "now": round(now, 3), "since": round(since, 3), "metrics": docs,
+                  "states": hist.states_doc(dev_id, since)})
+
+
+async def api_history(request: web.Request) -> web.Response:
+    """GET /api/v1/history: buffer depth and uplink rates over time, every device's state changes."""
+    ctx = request.app[CTX]
+    now = time.time()
+    since = _since(request, now)
+    hist = ctx.hub.history
+    ids = [d["id"] for d in ctx.hub.devices()]
+    return _json({"now": round(now, 3), "since": round(since, 3), "gateway": hist.gateway_doc(since),
+                  "states": {i: hist.states_doc(i, since) for i in ids}, "memory": hist.memory_doc()})
+
+
+async def api_quality(request: web.Request) -> web.Response:
+    """GET /api/v1/quality: completeness and bad/uncertain/stale counts per device, the worst first."""
+    ctx = request.app[CTX]
+    now = time.time()
+    out = []
+    for spec in ctx.hub._specs():
+        cfg = spec.config
+        runner = ctx.gateway.runners.get(cfg.id)
+        pushes = bool(getattr(runner, "pushing", False))
+        doc = ctx.hub.history.quality_doc(cfg.id, cfg.poll_interval, [p.name for p in spec.profile.points],
+                                          now, pushes)
+        doc["state"] = runner.stats.state if runner is not None else ("disabled" if not cfg.enabled else "starting")
+        out.append(doc)
+
+    def badness(d: dict[str, Any]) -> tuple[float, int, int]:
+        c = d["hour"]["completeness"]
+        return (c if c is not None else 1.0, -(d["hour"]["bad"] + d["hour"]["uncertain"]), -len(d["stale"]))
+
+    out.sort(key=badness)
+    return _json({"now": round(now, 3), "devices": out})
+
+
 async def api_events(request: web.Request) -> web.Response:
     """GET /api/v1/events: recent events, newest first."""
     ctx = request.app[CTX]
@@ -283,9 +393,21 @@ async def api_reload(request: web.Request) -> web.Response:
     gw = request.app[CTX].gateway
     if getattr(gw, "loader", None) is None:
         return _error(409, "no_config_file", "this gateway was not started from a configuration file")
+    ctx = request.app[CTX]
     log.info("status page: configuration reload requested")
+    before = ctx.events.last_id
     gw.request_reload()
-    return _json({"requested": True}, status=202)
+    # the gateway re-reads and applies (or refuses) the file before request_reload returns and says
+    # which in an event; the answer carries it so the page can show the result until dismissed
+    done = [e for e in ctx.events.items if e["id"] > before and e["kind"] in ("config_reloaded", "config_rejected")]
+    if not done:
+        return _json({"requested": True, "result": "requested"}, status=202)
+    e = done[-1]
+    if e["kind"] == "config_rejected":
+        return _json({"requested": True, "result": "refused", "errors": e.get("errors", [])}, status=202)
+    changes = {k: e.get(k, []) for k in ("added", "changed", "removed")}
+    return _json({"requested": True, "result": "applied", "changes": changes,
+                  "warnings": [str(w) for w in e.get("warnings", [])]}, status=202)
 
 
 async def api_session(request: web.Request) -> web.Response:
@@ -396,28 +518,51 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
 # --- the application -------------------------------------------------------------
 
 
-def _tap_events(output: object, events: EventLog) -> Any:
-    """Copy every ``output.event(...)`` into the page's event list; returns the undo function."""
-    original = getattr(output, "event", None)
-    if not callable(original):
-        return None
+def _tap_output(output: object, events: EventLog, hub: StateHub) -> Any:
+    """Copy what the gateway tells its output into the page: events, device states, readings.
 
-    def tapped(kind: str, **fields: Any) -> None:
+    Returns the undo function. The originals are always called, and a failure in the page's copy
+    is logged, never raised into the gateway.
+    """
+    originals: dict[str, Any] = {}
+
+    def tapped_event(kind: str, **fields: Any) -> None:
         try:
             events.add(kind, **fields)
-        except Exception:  # the page's copy must never break the real event
+        except Exception:
             log.exception("status page: recording event %s failed", kind)
-        original(kind, **fields)
+        originals["event"](kind, **fields)
 
-    try:
-        output.event = tapped  # type: ignore[attr-defined]
-    except AttributeError:  # an output with __slots__: events come from device states only
-        return None
+    def tapped_status(device: str, state: str, error: str | None) -> None:
+        try:
+            hub.device_status(device, state, error)
+        except Exception:
+            log.exception("status page: recording the state of %s failed", device)
+        originals["device_status"](device, state, error)
+
+    def tapped_submit(device: str, message: dict[str, Any]) -> None:
+        try:
+            hub.history.add_reading(device, message)
+        except Exception:
+            log.exception("status page: recording a reading of %s failed", device)
+        originals["submit"](device, message)
+
+    taps = {"event": tapped_event, "device_status": tapped_status, "submit": tapped_submit}
+    for name, tap in taps.items():
+        original = getattr(output, name, None)
+        if not callable(original):
+            continue
+        try:
+            setattr(output, name, tap)
+        except AttributeError:  # an output with __slots__: states then come from looking at the runners
+            continue
+        originals[name] = original
 
     def untap() -> None:
-        if getattr(output, "event", None) is tapped:
-            with contextlib.suppress(AttributeError):
-                del output.event  # type: ignore[attr-defined]
+        for name in originals:
+            if getattr(output, name, None) is taps[name]:
+                with contextlib.suppress(AttributeError):
+                    delattr(output, name)
 
     return untap
 
@@ -425,7 +570,8 @@ def _tap_events(output: object, events: EventLog) -> Any:
 def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | None = None,
                log_ring: LogRing | None = None, interval: float = 1.0,
                sessions: SessionStore | None = None, limiter: LoginLimiter | None = None,
-               redact: Redactor | None = None) -> web.Application:
+               redact: Redactor | None = None, hosts: HostPolicy | None = None,
+               history_max_bytes: int = 5_000_000) -> web.Application:
     """The aiohttp application (not yet serving); :func:`start_web` is the usual entry point.
 
     Args:
@@ -437,14 +583,17 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
         sessions: session store (tests inject one with their own clock).
         limiter: login limiter (tests inject one with their own clock).
         redact: secret remover shared with the log ring.
+        hosts: the names the page answers to (default: loopback only).
+        history_max_bytes: the memory cap of the trends (``web.history_max_bytes``).
     """
     ring = log_ring if log_ring is not None else current_log_ring()
     redactor = redact or (ring.redact if ring is not None else Redactor())
     events = EventLog(redact=redactor)
-    hub = StateHub(gateway, output, events, redactor, interval=interval)
-    ctx = WebContext(gateway, output, hub, events, ring, redactor, password_hash,
+    hub = StateHub(gateway, output, events, redactor, interval=interval, history=History(history_max_bytes))
+    ctx = WebContext(gateway, output, hub, events, ring, redactor, password_hash, hosts or HostPolicy(),
                      sessions or SessionStore(), limiter or LoginLimiter())
-    app = web.Application(middlewares=[headers_middleware, auth_middleware, csrf_middleware],
+    # the Host check comes first: a refused request sets no cookie and reaches no handler
+    app = web.Application(middlewares=[host_middleware, headers_middleware, auth_middleware, csrf_middleware],
                           client_max_size=MAX_PROFILE_BYTES * 2 + 65536)
     app[CTX] = ctx
     for path in _PAGES:
@@ -456,6 +605,9 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
     app.router.add_get("/api/v1/devices/{id}", api_device)
     app.router.add_get("/api/v1/devices/{id}/stream", api_stream)
     app.router.add_get("/api/v1/stream", api_stream)
+    app.router.add_get("/api/v1/devices/{id}/history", api_device_history)
+    app.router.add_get("/api/v1/history", api_history)
+    app.router.add_get("/api/v1/quality", api_quality)
     app.router.add_get("/api/v1/events", api_events)
     app.router.add_get("/api/v1/logs", api_logs)
     app.router.add_post("/api/v1/profile-check", api_profile_check)
@@ -466,7 +618,7 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
     app.router.add_get("/api/v1/openapi.json", api_openapi)
 
     async def on_startup(app: web.Application) -> None:
-        ctx.untap = _tap_events(output, events)
+        ctx.untap = _tap_output(output, events, hub)
         hub.start()
 
     async def on_shutdown(app: web.Application) -> None:
@@ -537,7 +689,8 @@ async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: f
         ring.redact.add(secret)
         password_hash = await asyncio.to_thread(hash_password, secret)
         del secret
-    app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval)
+    app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval,
+                     hosts=HostPolicy.build(host, cfg.allowed_hosts), history_max_bytes=cfg.history_max_bytes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -127,6 +127,11 @@ class EventLog:
             return value
         return self.redact(str(value))
 
+    @property
+    def last_id(self) -> int:
+        """The id of the newest event (0 before the first)."""
+        return self._seq
+
     def recent(self, limit: int = 100, device: str | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` events (optionally of one device), newest first."""
         out = [e for e in reversed(self.items) if device is None or e.get("device") == device]

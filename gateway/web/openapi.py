@@ -63,7 +63,9 @@ _UPLINK = _obj({
     "broker": _STR_OR_NULL, "last_error": _STR_OR_NULL, "connected_since": _TS_OR_NULL,
     "published": {"type": "integer"}, "acked": {"type": "integer"}, "resent": {"type": "integer"},
     "connects": {"type": "integer"}, "inflight": {"type": "integer"}, "pending": {"type": "integer"},
-    "publish_rate": {**_NUM_OR_NULL, "description": "messages/s over the last minute"},
+    "publish_rate": {**_NUM_OR_NULL, "description": "messages/s over the last minute; null while not connected"},
+    "ack_rate": {**_NUM_OR_NULL, "description": "acknowledged messages/s over the last second; null while not "
+                                                 "connected"},
 })
 _BUFFER = {"type": ["object", "null"], "properties": {
     "depth": {"type": "integer"}, "oldest_ts": _TS_OR_NULL, "oldest_age_s": _NUM_OR_NULL,
@@ -93,6 +95,34 @@ _CHECK_RESULT = _obj({
 })
 
 
+_SERIES = _obj({"t": {"type": "array", "items": {"type": "number"}, "description": "epoch seconds (UTC)"},
+                "v": {"type": "array", "items": _NUM_OR_NULL, "description": "null: no value (bad quality)"}})
+_STATE_CHANGE = _obj({"t": {"type": "number"}, "state": {"type": "string"}, "error": _STR_OR_NULL})
+_METRIC_HISTORY = _obj({
+    "metric": {"type": "string"}, "unit": _STR_OR_NULL,
+    "hour_points": {"type": "integer", "description": "readings this metric's hour ring holds"},
+    "min_step_s": {"type": "number", "description": "0: every reading is kept; else at most one per this many s"},
+    "points": {**_SERIES, "description": "the readings themselves (time, value), oldest first, within the hour"},
+    "buckets": {**_obj({k: {"type": "array", "items": {"type": "number"}} for k in ("t", "mean", "min", "max")}),
+                "description": "15-minute buckets of the day (only when since reaches past the hour)"},
+}, ["metric", "unit", "hour_points", "min_step_s", "points"])
+_HISTORY_PERIOD = _obj({"received": {"type": "integer"}, "expected": _INT_OR_NULL,
+                        "completeness": {**_NUM_OR_NULL, "description": "received / expected, 0 to 1; null for "
+                                                                        "devices that push"},
+                        "bad": {"type": "integer"}, "uncertain": {"type": "integer"},
+                        "unsynced": {"type": "integer", "description": "readings taken with the clock not synced"}})
+_QUALITY = _obj({"device": {"type": "string"}, "state": {"type": "string"}, "hour": _HISTORY_PERIOD,
+                 "day": _HISTORY_PERIOD,
+                 "reasons": {"type": "object", "additionalProperties": {"type": "integer"},
+                             "description": "quality:reason -> readings (since start)"},
+                 "stale": {"type": "array", "items": {"type": "string"},
+                           "description": "points without a value for 3 poll intervals"}})
+_SINCE = {"name": "since", "in": "query", "required": False,
+          "description": "seconds back (1 to 86400, default 3600) or an RFC 3339 time within the last day",
+          "schema": {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+                               {"type": "string", "format": "date-time"}]}}
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -104,9 +134,11 @@ def _ok(schema: dict[str, Any], description: str = "OK", status: str = "200") ->
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad request", 401: "Not logged in (or off loopback without a password)",
             403: "CSRF token missing or wrong, or a cross-origin request", 404: "No such device",
-            409: "Not possible in this set-up", 413: "Too large", 429: "Too many failed logins (see Retry-After)"}
+            409: "Not possible in this set-up", 413: "Too large", 429: "Too many failed logins (see Retry-After)",
+            421: "The Host header does not name this gateway (loopback, its address, web.allowed_hosts): "
+                 "refused against DNS rebinding"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": _ref("Error")}}}
-            for c in (401, *codes)}
+            for c in (401, 421, *codes)}
 
 
 _LIMIT = {"name": "limit", "in": "query", "required": False,
@@ -149,6 +181,35 @@ def openapi_spec() -> dict[str, Any]:
             "/api/v1/stream": {"get": {
                 "summary": "Live overview and devices (Server-Sent Events, event `live`)",
                 "operationId": "streamAll", "responses": {**_SSE, **_errors()}}},
+            "/api/v1/devices/{id}/history": {"get": {
+                "summary": "A device's history: its readings of the hour, 15-minute buckets of the day, state "
+                           "changes (kept in memory, bounded by web.history_max_bytes)",
+                "operationId": "getDeviceHistory",
+                "parameters": [_DEVICE_ID, _SINCE, {"name": "metric", "in": "query", "required": False,
+                                                    "description": "one metric (default: all of the device)",
+                                                    "schema": {"type": "string"}}],
+                "responses": {**_ok(_obj({"device": {"type": "string"}, "now": {"type": "number"},
+                                          "since": {"type": "number"},
+                                          "metrics": {"type": "array", "items": _ref("MetricHistory")},
+                                          "states": {"type": "array", "items": _STATE_CHANGE}})),
+                              **_errors(400, 404)}}},
+            "/api/v1/history": {"get": {
+                "summary": "Buffer depth, publish and ack rates (once a second, an hour) and every device's state "
+                           "changes; what the history holds",
+                "operationId": "getHistory", "parameters": [_SINCE],
+                "responses": {**_ok(_obj({
+                    "now": {"type": "number"}, "since": {"type": "number"},
+                    "gateway": _obj({k: _SERIES for k in ("buffer_depth", "publish_rate", "ack_rate")}),
+                    "states": {"type": "object", "additionalProperties": {"type": "array", "items": _STATE_CHANGE}},
+                    "memory": _obj({"max_bytes": {"type": "integer"}, "allocated_bytes": {"type": "integer"},
+                                    "series": {"type": "integer"}, "refused_series": {"type": "integer"}}),
+                })), **_errors(400)}}},
+            "/api/v1/quality": {"get": {
+                "summary": "Data quality per device, the worst first: completeness over the hour and the day, "
+                           "bad and uncertain readings by reason, stale points, clock-unsynced readings",
+                "operationId": "getQuality",
+                "responses": {**_ok(_obj({"now": {"type": "number"},
+                                          "devices": {"type": "array", "items": _ref("Quality")}})), **_errors()}}},
             "/api/v1/events": {"get": {
                 "summary": "Recent events (device state changes, reloads, clock, buffer drops), newest first",
                 "operationId": "listEvents",
@@ -174,7 +235,15 @@ def openapi_spec() -> dict[str, Any]:
             "/api/v1/reload": {"post": {
                 "summary": "Re-read the configuration file (as SIGHUP); a bad one is refused and logged",
                 "operationId": "reload", "parameters": [_CSRF],
-                "responses": {**_ok(_obj({"requested": {"type": "boolean"}}), "Reload requested", "202"),
+                "responses": {**_ok(_obj({
+                    "requested": {"type": "boolean"},
+                    "result": {"type": "string", "enum": ["applied", "refused", "requested"],
+                               "description": "requested: the gateway did not say (yet) whether it applied it"},
+                    "changes": _obj({k: {"type": "array", "items": {"type": "string"}}
+                                     for k in ("added", "changed", "removed")}),
+                    "warnings": {"type": "array", "items": {"type": "string"}},
+                    "errors": {"type": "array", "items": {"type": "string"}},
+                }, ["requested", "result"]), "Reload requested", "202"),
                               **_errors(403, 409)}}},
             "/api/v1/session": {"get": {
                 "summary": "Whether a login is needed; the CSRF token for this browser (no login needed)",
@@ -202,7 +271,7 @@ def openapi_spec() -> dict[str, Any]:
         "components": {
             "schemas": {"Error": _ERROR, "Metric": _METRIC, "Device": _DEVICE, "DeviceDetail": _DEVICE_DETAIL,
                         "Event": _EVENT, "Uplink": _UPLINK, "Buffer": _BUFFER, "Status": _STATUS,
-                        "CheckResult": _CHECK_RESULT},
+                        "CheckResult": _CHECK_RESULT, "MetricHistory": _METRIC_HISTORY, "Quality": _QUALITY},
             "securitySchemes": {
                 "session": {"type": "apiKey", "in": "cookie", "name": "fg_session"},
                 "bearer": {"type": "http", "scheme": "bearer", "description": "the status page password"},

@@ -3,9 +3,11 @@
 :class:`StateHub` looks at the gateway once a second (the gateway keeps its
 state in plain objects and has no change notifications; reading a few
 counters per second costs nothing next to polling devices), turns it into the
-documents the API serves, records device state changes as events, measures
-CPU use and the publish rate, and hands each new document to the live-update
-streams. Everything here is read-only towards the gateway.
+documents the API serves, measures CPU use and the publish rate, samples
+the buffer depth and uplink rates into the history, and hands each new
+document to the live-update streams. With no stream subscribed no document is
+built: a tick is then a few counter reads (see bench/web.py for the figures).
+Everything here is read-only towards the gateway.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from .. import __version__
 from ..schema import iso_ms
+from .history import History
 from .logring import EventLog, Redactor
 
 log = logging.getLogger(__name__)
@@ -116,7 +119,7 @@ class StateHub:
     """
 
     def __init__(self, gateway: Any, output: object, events: EventLog, redact: Redactor,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, history: History | None = None) -> None:
         self.gateway = gateway
         self.output = output
         self.events = events
@@ -125,11 +128,16 @@ class StateHub:
         self.system = SystemSampler()
         self.publish_rate = RateMeter()
         self.rate: float | None = None
+        self.history = history if history is not None else History()
+        self.states_tapped = False  # the output's device_status is tapped: state changes arrive from there
+        self._planned: object = None
+        self._counts: tuple[float, int, int] | None = None
         self._states: dict[str, str] = {}
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.ticks = 0
+        self._ack_rate: float | None = None
 
     # --- documents -----------------------------------------------------------
 
@@ -214,12 +222,14 @@ class StateHub:
         if not callable(snap):
             return {"kind": kind, "state": "none", "broker": None, "last_error": None, "connected_since": None,
                     "published": 0, "acked": 0, "resent": 0, "connects": 0, "inflight": 0, "pending": 0,
-                    "publish_rate": None}
+                    "publish_rate": None, "ack_rate": None}
         u = dict(snap())
         u.pop("buffer", None)
         u["kind"] = kind
+        u["ack_rate"] = self._ack_rate if u.get("state") == "connected" else None
         u["last_error"] = self.redact(u["last_error"]) if u.get("last_error") else None
-        u["publish_rate"] = self.rate
+        # a rate from before the outage would say data is getting out while it is not
+        u["publish_rate"] = self.rate if u.get("state") == "connected" else None
         return u
 
     def buffer(self) -> dict[str, Any] | None:
@@ -258,21 +268,67 @@ class StateHub:
 
     # --- the loop ------------------------------------------------------------
 
-    def tick(self) -> dict[str, Any]:
-        """Look at the gateway once: record state changes, update rates, return the live document."""
+    def tick(self) -> dict[str, Any] | None:
+        """Look at the gateway once: sample the trends; the live document only if someone watches."""
         self.ticks += 1
         self.system.sample()
+        if self._planned is not self.gateway.loaded:
+            self._planned = self.gateway.loaded
+            self.history.plan(self._plan())
+        self._sample()
+        if not self.states_tapped:
+            self._watch_states()
+        if not self._subscribers:
+            return None  # nobody is watching: no document is built
+        return self.live()
+
+    def _plan(self) -> list[tuple[str, float, int]]:
+        out = []
+        for spec in self._specs():
+            interval = spec.config.poll_interval or 1.0
+            out.append((spec.config.id, float(interval), len(spec.profile.points)))
+        return out
+
+    def _sample(self) -> None:
+        """Buffer depth and uplink rates into the history (once per tick)."""
         snap = getattr(self.output, "snapshot", None)
-        if callable(snap):
-            self.rate = self.publish_rate.add(time.monotonic(), int(snap().get("published", 0)))
-        doc = self.live()
-        for d in doc["devices"]:
-            before = self._states.get(d["id"])
-            if before is not None and before != d["state"]:
-                self.events.add("device_state", device=d["id"], state=d["state"], previous=before,
-                                error=d["last_error"] if d["state"] != "online" else None)
-            self._states[d["id"]] = d["state"]
-        return doc
+        if not callable(snap):
+            return
+        s = snap()
+        mono, now = time.monotonic(), time.time()
+        published, acked = int(s.get("published", 0)), int(s.get("acked", 0))
+        self.rate = self.publish_rate.add(mono, published)
+        rate = ack = None
+        if self._counts is not None and mono > self._counts[0]:
+            dt = mono - self._counts[0]
+            rate = max(0.0, round((published - self._counts[1]) / dt, 2))
+            ack = max(0.0, round((acked - self._counts[2]) / dt, 2))
+        self._counts = (mono, published, acked)
+        self._ack_rate = ack
+        b = s.get("buffer") or {}
+        self.history.sample_gateway(now, b.get("depth"), rate, ack)
+
+    def device_status(self, device: str, state: str, error: str | None) -> None:
+        """A device changed state (from the tapped output): record the event and the timeline."""
+        self.states_tapped = True
+        before = self._states.get(device)
+        self._states[device] = state
+        self.history.add_state(device, state, error)
+        if before is not None and before != state:
+            self.events.add("device_state", device=device, state=state, previous=before,
+                            error=self.redact(error) if error and state != "online" else None)
+
+    def _watch_states(self) -> None:
+        """Without a tapped output: notice state changes by looking at each runner."""
+        for dev_id, runner in list(self.gateway.runners.items()):
+            s = runner.stats
+            before = self._states.get(dev_id)
+            if before != s.state:
+                self.history.add_state(dev_id, s.state, s.last_error)
+                if before is not None:
+                    self.events.add("device_state", device=dev_id, state=s.state, previous=before,
+                                    error=self.redact(s.last_error) if s.last_error and s.state != "online" else None)
+                self._states[dev_id] = s.state
 
     async def _run(self) -> None:
         while True:
@@ -281,8 +337,9 @@ class StateHub:
             except Exception:  # a bug here must not take the gateway down; it shows in the log
                 log.exception("status page: building the status failed")
             else:
-                for q in list(self._subscribers):
-                    _offer(q, doc)
+                if doc is not None:
+                    for q in list(self._subscribers):
+                        _offer(q, doc)
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:

@@ -21,7 +21,7 @@ from fieldgate.web.auth import LoginLimiter, PasswordHash, hash_password
 from fieldgate.web.logring import LogRing
 from fieldgate.web.state import StateHub
 
-from ..conftest import REPO, sim_device
+from ..conftest import REPO, Proc, sim_device
 
 ARTIFACTS = REPO / "test-artifacts" / "web"
 PASSWORD = "correct horse battery staple"
@@ -172,3 +172,45 @@ class ThreadedGateway:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(20)
+
+
+@dataclass
+class GatewayProcess:
+    """A real ``fieldgate run`` process and the URL of its status page."""
+
+    proc: Proc
+    url: str
+    config: Path
+    control: Path
+
+    def lines(self) -> str:
+        """Everything it logged so far."""
+        return "".join(self.proc.stderr_lines)
+
+
+def process_yaml(folder: Path, *, mqtt_port: int | None = None, web: str = "{listen: '127.0.0.1:0'}",
+                 meter_interval: str = "0.2s") -> str:
+    """A config for a gateway process: ``meter-1`` (breakable) and ``air-1``; MQTT when a port is given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    control = folder / "meter-1.fault"
+    if not control.exists():
+        control.write_text("none")
+    mqtt = (f"mqtt: {{host: 127.0.0.1, port: {mqtt_port}, reconnect_min: 0.05s, reconnect_max: 0.3s}}\n"
+            f"buffer: {{flush_interval: 50ms}}\n" if mqtt_port is not None else "")
+    return (f"gateway: {{id: gw-web, data_dir: {folder / 'data'}, clock_check: off, shutdown_timeout: 5s}}\n"
+            + mqtt + f"web: {web}\ndevices:\n"
+            + sim_device("meter-1", poll_interval=meter_interval, offline_after=2, backoff_max="0.3s",
+                         connection=f"{{control_file: {control}}}", tags="{site: depot}")
+            + sim_device("air-1", profile="air-quality", poll_interval="0.5s"))
+
+
+def start_gateway_process(start: Callable[..., Proc], folder: Path, text: str, *,
+                          stdout: bool = False) -> GatewayProcess:
+    """Write ``text`` as the config and start ``fieldgate run`` on it; waits for its status page."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "fieldgate.yaml"
+    config.write_text(text)
+    proc = start("run", "-c", str(config), *(["--stdout"] if stdout else []))
+    line = proc.wait_stderr("status page on http", timeout=30)
+    url = line.split("status page on ", 1)[1].split()[0].rstrip("/")
+    return GatewayProcess(proc, url, config, folder / "meter-1.fault")

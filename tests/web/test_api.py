@@ -281,13 +281,18 @@ async def test_openapi_document_lists_the_api(make_client: MakeClient) -> None:
 
 async def test_pages_are_served_without_external_resources(make_client: MakeClient) -> None:
     client = await make_client()
-    for path in ("/", "/devices", "/devices/meter-1", "/events", "/check"):
+    for path in ("/", "/devices", "/devices/meter-1", "/quality", "/events", "/check"):
         resp = await client.get(path)
         assert resp.status == 200 and resp.content_type == "text/html", path
     html = await (await client.get("/")).text()
     js = await (await client.get("/static/app.js")).text()
     css = await (await client.get("/static/style.css")).text()
-    for text in (html, js, css):
+    assert set(re.findall(r'(?:src|href)="([^"]+)"', html)) >= {"/static/uplot.min.js", "/static/uplot.min.css"}
+    chart_js = await (await client.get("/static/uplot.min.js")).text()
+    chart_css = await (await client.get("/static/uplot.min.css")).text()
+    assert "uPlot" in chart_js and ".u-legend" in chart_css  # the chart library is served by the gateway itself
+    chart_js = re.sub(r"^/\*!.*?\*/", "", chart_js, flags=re.S)  # its license banner names its home page
+    for text in (html, js, css, chart_js, chart_css):
         assert not re.search(r"https?://", text)
     assert "innerHTML" not in js
 

@@ -120,12 +120,16 @@ async def test_device_page_updates_live_and_shows_a_broken_device(browser: Brows
     running.control.write_text("timeout")  # break the simulated meter
     await expect(page.locator("#device-state")).to_have_text("offline")
     await expect(page.locator("#device-error")).to_contain_text("simulated timeout")
-    await expect(page.locator("#device-events li").first).to_contain_text("device_state")
+    await expect(page.locator("#device-events li").first).to_contain_text("went offline: simulated timeout")
+    assert "null" not in await page.locator("#device-events").inner_text()
     await page.screenshot(path=shot("device-offline.png"), full_page=True)
     assert await page.evaluate("window.__notReloaded") is True
 
     events = await browser.page("/events")
-    await expect(events.locator("#events")).to_contain_text("state=offline")
+    await expect(events.locator("#events")).to_contain_text("meter-1 went offline")
+    assert "=" not in await events.locator("#events").inner_text()  # sentences, not key=value lines
+    await events.select_option("#filter-kind", "device_state")
+    await expect(events.locator("#events li").first).to_have_attribute("data-kind", "device_state")
     await expect(events.locator("#log")).to_contain_text("simulated timeout")
     await events.screenshot(path=shot("events.png"), full_page=True)
 

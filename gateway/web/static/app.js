@@ -3,7 +3,8 @@
 // Text from the gateway is always inserted with textContent, never as HTML.
 "use strict";
 
-const state = { csrf: "", authRequired: false, source: null, timer: null };
+// notice: the result of the last action (reload), kept across live redraws until dismissed
+const state = { csrf: "", authRequired: false, source: null, timer: null, notice: null, last: null };
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -13,7 +14,9 @@ function h(tag, attrs, ...children) {
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  // Views nest arrays freely (a card holds rows, a row is [dt, dd]): flatten all the way down,
+  // or an inner array would be rendered as "[object HTMLElement],…" text.
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -30,6 +33,16 @@ function when(iso) {
   const local = (today ? "" : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} `) +
     `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
   return h("time", { datetime: iso, title: `UTC ${iso.replace("T", " ").replace("Z", "")}` }, local);
+}
+
+// "12 min ago": how long ago an instant was, coarse enough to read at a glance.
+function ago(iso) {
+  if (!iso) return "";
+  const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+  if (s < 60) return "just now";
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
 }
 
 function duration(s) {
@@ -106,8 +119,91 @@ function follow(url, eventName, render) {
   if (state.source) state.source.close();
   const src = new EventSource(url);
   state.source = src;
-  src.addEventListener(eventName, (ev) => { setLive(true); render(JSON.parse(ev.data)); });
+  src.addEventListener(eventName, (ev) => {
+    setLive(true);
+    state.last = JSON.parse(ev.data);
+    render(state.last);
+    window.__renders = (window.__renders || 0) + 1;  // the browser tests count redraws
+  });
   src.onerror = () => setLive(false);
+}
+
+// --- charts (uPlot, served by the gateway from /static) ------------------------
+
+// Nodes that survive the live redraw (a chart's canvas is kept, not rebuilt every second).
+const keep = new Map();
+function kept(id, make) {
+  if (!keep.has(id)) keep.set(id, make());
+  return keep.get(id);
+}
+function forget(prefix) {
+  for (const k of [...keep.keys()]) if (k.startsWith(prefix)) { const n = keep.get(k); if (n.__plot) n.__plot.destroy(); keep.delete(k); }
+}
+window.__charts = {};  // id -> uPlot instance (the browser tests read their data)
+
+// The chart's inner width: its box less its padding and border (so it never widens the page).
+function chartWidth(el) {
+  const cs = getComputedStyle(el);
+  const inner = el.getBoundingClientRect().width - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight)
+    - parseFloat(cs.borderLeftWidth) - parseFloat(cs.borderRightWidth);
+  return Math.max(150, Math.floor(Math.min(inner || 600, document.documentElement.clientWidth - 40)));
+}
+
+// A line chart in `node`; `series` = [{label, stroke, scale}]; data = [t[], y1[], ...] (t in epoch s).
+function plot(node, id, series, data, height = 180) {
+  if (typeof uPlot === "undefined") { node.textContent = "chart library not loaded"; return null; }
+  if (node.__plot) { node.__plot.setData(data); return node.__plot; }
+  const opts = {
+    width: chartWidth(node), height, legend: { show: series.length > 1, live: false }, cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true } },
+    axes: [{ stroke: "#888" }, { stroke: "#888", scale: series[0].scale || "y", size: 55 },
+      ...(series.length > 1 && series[1].scale ? [{ side: 1, stroke: "#888", scale: series[1].scale, grid: { show: false }, size: 45 }] : [])],
+    series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke || "#0b5cad", width: 2, scale: s.scale || "y",
+      fill: s.fill || undefined, dash: s.dash, spanGaps: false, points: { show: false } }))],
+  };
+  const u = new uPlot(opts, data, node);
+  node.__plot = u;
+  window.__charts[id] = u;
+  return u;
+}
+
+// A tiny canvas of the last values (no library: dozens of them on one page).
+function sparkline(vs, w = 80, hgt = 20) {
+  const c = h("canvas", { class: "spark", width: w * 2, height: hgt * 2, "aria-hidden": "true" });
+  c.style.width = `${w}px`; c.style.height = `${hgt}px`;
+  const nums = vs.filter((v) => typeof v === "number");
+  if (nums.length < 2) return c;
+  const lo = Math.min(...nums), hi = Math.max(...nums), span = hi - lo || 1;
+  const g = c.getContext("2d");
+  g.scale(2, 2);  // sharp on high-density screens
+  g.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue("--accent").trim() || "#0b5cad";
+  g.lineWidth = 1.5;
+  g.beginPath();
+  let pen = false;
+  vs.forEach((v, i) => {
+    if (typeof v !== "number") { pen = false; return; }
+    const x = i / (vs.length - 1) * w, y = hgt - 2 - (v - lo) / span * (hgt - 4);
+    if (pen) g.lineTo(x, y); else g.moveTo(x, y);
+    pen = true;
+  });
+  g.stroke();
+  c.dataset.points = String(nums.length);
+  return c;
+}
+
+// Device states over time as coloured segments (green online, amber degraded, red offline).
+function timeline(states, since, now) {
+  since = states.length ? Math.max(since, states[0].t) : since;  // from when the gateway knows the device
+  const bar = h("div", { class: "timeline", role: "img", "aria-label": "device state over time" });
+  const span = Math.max(1, now - since);
+  states.forEach((s, i) => {
+    const start = Math.max(s.t, since), end = i + 1 < states.length ? states[i + 1].t : now;
+    if (end <= start) return;
+    bar.append(h("span", { class: `seg ${STATE_CLASS[s.state] || "idle"}`, title: `${s.state} from ${new Date(start * 1000).toLocaleTimeString()}${s.error ? `: ${s.error}` : ""}`,
+      style: null, "data-state": s.state }));
+    bar.lastChild.style.width = `${((end - start) / span * 100).toFixed(2)}%`;
+  });
+  return bar;
 }
 
 // --- views ------------------------------------------------------------------
@@ -144,16 +240,18 @@ function renderOverview(doc) {
       row("Clock", s.clock.synced ? badge("good") : h("span", { class: "badge warn" }, "not synchronized")),
       row("Devices", `${s.devices.online} online, ${s.devices.degraded} degraded, ${s.devices.offline} offline`)),
     card("Uplink",
-      row("State", badge(u.state)),
+      row("State", h("span", { "data-field": "uplink-state" }, badge(u.state))),
       row("Broker", u.broker || (u.kind === "stdout" ? "none: readings printed to stdout" : "none")),
       row("Published", `${u.published} (acked ${u.acked}, resent ${u.resent})`),
-      row("Rate", u.publish_rate === null ? "–" : `${u.publish_rate} msg/s`),
-      u.last_error ? row("Last error", h("span", { class: "err" }, u.last_error)) : []),
+      row("Rate", h("span", { "data-field": "uplink-rate" }, u.publish_rate === null ? "–" : `${u.publish_rate} msg/s`)),
+      u.last_error ? row("Last error", h("span", { class: u.state === "connected" ? "muted" : "err" },
+        u.last_error, u.state === "connected" ? " (recovered)" : "")) : []),
     card("Buffer",
-      b ? [row("Depth", `${b.depth} reading(s)`),
-        row("Oldest", b.oldest_ts ? [when(b.oldest_ts), ` (${duration(b.oldest_age_s)} ago)`] : "empty"),
-        row("Dropped", h("span", { class: b.dropped ? "err" : "" }, String(b.dropped))),
-        row("On disk", bytes(b.bytes)),
+      b ? [row("Depth", [h("span", { "data-field": "buffer-depth" }, String(b.depth)), " reading(s)"]),
+        row("Oldest", h("span", { "data-field": "buffer-oldest" },
+          b.oldest_ts ? [when(b.oldest_ts), ` (${duration(b.oldest_age_s)} ago)`] : "empty")),
+        row("Dropped", h("span", { class: b.dropped ? "err" : "", "data-field": "buffer-dropped" }, String(b.dropped))),
+        row("On disk", h("span", { "data-field": "buffer-bytes" }, bytes(b.bytes))),
         b.disk_full ? row("Disk", h("span", { class: "badge bad" }, "full")) : []]
         : row("Buffer", "none (no MQTT uplink configured)")),
     card("System",
@@ -161,17 +259,67 @@ function renderOverview(doc) {
       row("Memory", `${bytes(sys.rss_bytes)} used by fieldgate`),
       row("Free", sys.mem_available_bytes ? `${bytes(sys.mem_available_bytes)} of ${bytes(sys.mem_total_bytes)}` : "–"),
       row("Load", sys.load1 === null ? "–" : String(sys.load1))));
-  setMain(cards, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
-    h("p", {}, h("button", { id: "reload", onclick: doReload }, "Reload configuration"),
-      h("span", { id: "reload-msg", class: "muted" })));
+  const trend = kept("overview-trend", () => h("div", { id: "trend-chart", class: "chart" }));
+  setMain(cards, h("h2", {}, "Buffer and uplink, last hour"), trend, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
+    h("div", { class: "actions" }, h("button", { id: "reload", onclick: doReload }, "Reload configuration")),
+    noticeBox());
+  if (!trend.__plot && !trend.__loading) {  // the first draw; then every 5 s
+    trend.__loading = true;
+    refreshTrend().finally(() => { trend.__loading = false; });
+  }
+}
+
+// The result of the last action, drawn by every redraw until the user dismisses it.
+function noticeBox() {
+  const n = state.notice;
+  if (!n) return null;
+  return h("div", { id: "reload-msg", class: n.ok ? "alert ok" : "alert", role: "status" },
+    h("button", { id: "reload-dismiss", class: "link dismiss", "aria-label": "dismiss",
+      onclick: () => { state.notice = null; document.getElementById("reload-msg")?.remove(); } }, "✕"),
+    h("strong", {}, n.title), " ", h("span", { class: "muted" }, when(n.at)),
+    n.lines.length ? h("ul", {}, n.lines.map((l) => h("li", {}, l))) : null);
+}
+
+// The buffer-depth hill and the publish/ack rates: fetched every 5 s (the history has 1 s points).
+async function refreshTrend() {
+  const node = keep.get("overview-trend");
+  if (!node || !node.isConnected) return;
+  try {
+    const r = await api("/api/v1/history?since=3600");
+    const g = r.gateway;
+    plot(node, "buffer", [{ label: "buffer depth", stroke: "#b42318", scale: "n", fill: "rgba(180,35,24,.08)" },
+      { label: "published msg/s", stroke: "#0b5cad", scale: "r", dash: [5, 4] }, { label: "acked msg/s", stroke: "#1a7f37", scale: "r" }],
+    [g.buffer_depth.t, g.buffer_depth.v, g.publish_rate.v, g.ack_rate.v]);
+  } catch (e) { /* the next refresh tries again; the live badge shows a lost connection */ }
 }
 
 async function doReload() {
-  const msg = document.getElementById("reload-msg");
+  const at = new Date().toISOString();
   try {
-    await api("/api/v1/reload", { method: "POST", body: "{}" });
-    msg.textContent = " reload requested: see Events & log";
-  } catch (e) { msg.textContent = ` ${e.message}`; }
+    const r = await api("/api/v1/reload", { method: "POST", body: "{}" });
+    if (r.result === "applied") {
+      const c = r.changes || {};
+      state.notice = { ok: true, at, title: "Configuration applied.", lines: [
+        `${(c.added || []).length} device(s) added, ${(c.changed || []).length} changed, ${(c.removed || []).length} removed`,
+        ...(r.warnings || [])] };
+    } else if (r.result === "refused") {
+      state.notice = { ok: false, at, title: "Configuration refused; the running one is kept.", lines: r.errors || [] };
+    } else {
+      state.notice = { ok: true, at, title: "Reload requested: see Events & log.", lines: [] };
+    }
+  } catch (e) {
+    state.notice = { ok: false, at, title: "Reload failed.", lines: [e.message] };
+  }
+  if (state.last) renderOverview(state.last);
+}
+
+// A device's last error: red while it is current, muted with "recovered" once the device is online again.
+function lastError(d) {
+  if (!d.last_error) return h("span", { class: "muted" }, "–");
+  const current = d.state !== "online";
+  return h("span", { class: current ? "err current" : "muted recovered", title: d.last_error_ts || "" },
+    current ? "" : "Last error, ", d.last_error_ts ? ago(d.last_error_ts) : "",
+    current ? "" : ", recovered", ": ", d.last_error);
 }
 
 function deviceTable(devices, compact) {
@@ -187,26 +335,48 @@ function deviceTable(devices, compact) {
       h("td", { "data-label": "Last reading" }, when(d.last_reading)),
       h("td", { "data-label": "Polls / errors" }, `${d.polls} / ${d.failures}`),
       h("td", { "data-label": "Latency" }, d.latency_ms === null ? "–" : `${d.latency_ms} ms`),
-      compact ? null : h("td", { "data-label": "Values" }, valueList(d.metrics)),
-      h("td", { "data-label": "Last error", class: "err" }, d.last_error || "")))));
+      compact ? null : h("td", { "data-label": "Values" }, valueList(d.metrics, d.id)),
+      h("td", { "data-label": "Last error", "data-field": "last-error",
+        class: d.last_error && d.state !== "online" ? "err current" : "muted" }, lastError(d))))));
 }
 
-function valueList(metrics) {
+const sparks = {};  // device -> {metric: [values]} from the history, refreshed every 10 s
+
+function valueList(metrics, device) {
+  const sp = sparks[device] || {};
   return h("ul", { class: "values" }, Object.entries(metrics).map(([name, m]) =>
-    h("li", { class: m.stale ? "q-stale" : `q-${m.quality}`,
+    h("li", { class: m.stale ? "q-stale" : `q-${m.quality}`, "data-metric": name,
       title: (m.stale ? "stale (device offline), " : "") + (m.reason ? `${m.quality}: ${m.reason}` : m.quality) },
-      `${name} `, h("b", {}, fmtValue(m)), m.unit ? ` ${m.unit}` : "")));
+      `${name} `, h("b", {}, fmtValue(m)), m.unit ? ` ${m.unit}` : "", sp[name] ? sparkline(sp[name], 48, 14) : null)));
+}
+
+async function refreshSparks(devices) {
+  await Promise.all(devices.map(async (d) => {
+    try {
+      const r = await api(`/api/v1/devices/${encodeURIComponent(d.id)}/history?since=600`);
+      sparks[d.id] = Object.fromEntries(r.metrics.map((m) => [m.metric, m.points.v.slice(-40)]));
+    } catch (e) { /* shown without sparklines */ }
+  }));
 }
 
 function renderDevices(doc) {
   document.getElementById("gw-name").textContent = doc.status.gateway;
+  if (!renderDevices.asked) {  // sparklines: at once, then every 10 s
+    renderDevices.asked = true;
+    refreshSparks(doc.devices).then(() => { if (state.last) renderDevices(state.last); });
+  }
   setMain(h("h1", {}, "Devices"), deviceTable(doc.devices, false));
 }
 
 let detailStatic = null;
+// the device page's history (refreshed every 5 s) and which point's chart is open
+const devHist = { id: null, doc: null, open: null, quality: null };
 
 async function showDevice(id) {
   detailStatic = await api(`/api/v1/devices/${encodeURIComponent(id)}`);
+  devHist.id = id;
+  devHist.open = new URLSearchParams(location.search).get("metric");
+  await refreshDeviceHistory();
   renderDevice({ device: detailStatic });
   follow(`/api/v1/devices/${encodeURIComponent(id)}/stream`, "device", (msg) => {
     if (msg.status) document.getElementById("gw-name").textContent = msg.status.gateway;
@@ -218,6 +388,59 @@ async function showDevice(id) {
       }).catch(() => {});
     }
   });
+  every(5000, async () => { await refreshDeviceHistory(); drawDeviceCharts(); });
+}
+
+async function refreshDeviceHistory() {
+  const id = encodeURIComponent(devHist.id);
+  try {
+    const [hist, q] = await Promise.all([api(`/api/v1/devices/${id}/history?since=3600`), api("/api/v1/quality")]);
+    devHist.doc = hist;
+    devHist.quality = q.devices.find((d) => d.device === devHist.id) || null;
+  } catch (e) { /* kept from the last refresh */ }
+}
+
+function metricHist(name) {
+  return devHist.doc ? devHist.doc.metrics.find((m) => m.metric === name) : null;
+}
+
+// The open point's chart (and the state timeline) from the history just fetched.
+function drawDeviceCharts() {
+  const node = keep.get("device-chart");
+  const m = devHist.open && metricHist(devHist.open);
+  if (node && node.isConnected && m) {
+    plot(node, `metric:${m.metric}`, [{ label: `${m.metric}${m.unit ? ` (${m.unit})` : ""}` }], withGaps(m.points.t, m.points.v), 200);
+  }
+  const tl = document.getElementById("state-timeline");
+  if (tl && devHist.doc) tl.replaceChildren(timeline(devHist.doc.states, devHist.doc.since, devHist.doc.now));
+  for (const row of document.querySelectorAll("tr[data-metric]")) {
+    const mh = metricHist(row.dataset.metric);
+    const cell = row.querySelector(".spark-cell");
+    if (cell && mh) cell.replaceChildren(sparkline(mh.points.v.slice(-60)));
+  }
+}
+
+// A time without readings (the device was offline) is a gap in the line, not a straight bridge:
+// a null point is put in the middle of every step more than 3 times the usual one.
+function withGaps(t, v) {
+  if (t.length < 3) return [t, v];
+  const steps = t.slice(1).map((x, i) => x - t[i]).sort((a, b) => a - b);
+  const usual = steps[Math.floor(steps.length / 2)];
+  const ts = [t[0]], vs = [v[0]];
+  for (let i = 1; i < t.length; i++) {
+    if (t[i] - t[i - 1] > 3 * usual) { ts.push((t[i] + t[i - 1]) / 2); vs.push(null); }
+    ts.push(t[i]); vs.push(v[i]);
+  }
+  return [ts, vs];
+}
+
+function toggleChart(name) {
+  devHist.open = devHist.open === name ? null : name;
+  forget("device-chart");
+  const url = new URL(location.href);
+  if (devHist.open) url.searchParams.set("metric", devHist.open); else url.searchParams.delete("metric");
+  history.replaceState(null, "", url);
+  renderDevice({ device: Object.assign({}, detailStatic, renderDevice.lastDoc || {}) });
 }
 
 function renderEvents(events) {
@@ -226,40 +449,93 @@ function renderEvents(events) {
   el.replaceChildren(...(events.length ? events.map(eventItem) : [h("li", { class: "muted" }, "none yet")]));
 }
 
+const KIND_WORD = {
+  device_state: "device", config_reloaded: "reload", config_rejected: "reload", started: "start",
+  buffer_drop: "loss", buffer_corrupt: "loss", clock_jump: "clock", clock_sync: "clock",
+};
+
+function list(xs) { return (xs || []).length ? xs.join(", ") : "none"; }
+
+// One sentence per event; unknown kinds fall back to their fields, never to "null".
+function sentence(e) {
+  switch (e.kind) {
+    case "device_state":
+      // the device is named by the link before the sentence
+      return e.state === "online" ? `is online again (was ${e.previous}).`
+        : `went ${e.state}${e.error ? `: ${e.error}` : "."}`;
+    case "config_reloaded":
+      return `Configuration reloaded: added ${list(e.added)}, changed ${list(e.changed)}, removed ${list(e.removed)}.`;
+    case "config_rejected":
+      return `Configuration refused (${(e.errors || []).length} error(s)); the running one is kept.`;
+    case "started": return `Gateway started (version ${e.version}, ${e.devices} device(s)).`;
+    case "buffer_drop": return `${e.dropped} reading(s) dropped (${e.reason || "buffer"}).`;
+    case "clock_jump": return `The clock jumped by ${e.seconds} s.`;
+    case "clock_sync": return e.synced ? "The clock is synchronized." : "The clock is not synchronized.";
+    default: {
+      const extra = Object.entries(e).filter(([k, v]) => !["id", "ts", "kind", "device"].includes(k) && v !== null)
+        .map(([k, v]) => `${k.replace(/_/g, " ")}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join("; ");
+      return `${e.kind.replace(/_/g, " ")}${extra ? `: ${extra}` : ""}`;
+    }
+  }
+}
+
 function eventItem(e) {
-  const extra = Object.entries(e).filter(([k]) => !["id", "ts", "kind"].includes(k))
-    .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join("  ");
-  return h("li", {}, when(e.ts), " ", h("b", {}, e.kind), " ", extra);
+  const bad = (e.kind === "device_state" && e.state !== "online") || ["config_rejected", "buffer_drop"].includes(e.kind);
+  return h("li", { "data-kind": e.kind, "data-device": e.device || "", class: bad ? "ev-bad" : "" },
+    h("span", { class: "ev-kind" }, KIND_WORD[e.kind] || e.kind.split("_")[0]), " ",
+    e.device ? h("a", { href: `/devices/${encodeURIComponent(e.device)}`, class: "ev-device" }, e.device) : null,
+    e.device ? " " : null, h("span", { class: "ev-text" }, sentence(e)), " ",
+    h("span", { class: "muted small", title: e.ts }, ago(e.ts) || "just now", " · ", when(e.ts)));
 }
 
 function renderDevice(msg) {
   const d = Object.assign({}, detailStatic, msg.device);
   renderDevice.last = d.state;
+  renderDevice.lastDoc = msg.device;
   const points = (detailStatic.profile_info || {}).points || [];
   const names = points.map((p) => p.name);
   for (const n of Object.keys(d.metrics)) if (!names.includes(n)) names.push(n);
   const cfg = detailStatic.config || {};
+  const q = devHist.quality;
+  const rows = [];
+  for (const n of names) {
+    const m = d.metrics[n];
+    const p = points.find((x) => x.name === n) || {};
+    const mh = metricHist(n);
+    const open = devHist.open === n;
+    rows.push(h("tr", { "data-metric": n, class: open ? "open" : "", tabindex: "0", role: "button",
+      "aria-expanded": open ? "true" : "false", onclick: () => toggleChart(n),
+      onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggleChart(n); } } },
+      h("td", { class: "pname" }, n),
+      h("td", { class: "num value" }, fmtValue(m), h("span", { class: "unit" }, (m && m.unit) || p.unit || "")),
+      h("td", { class: "spark-cell" }, mh ? sparkline(mh.points.v.slice(-60)) : null),
+      h("td", { class: "qual" }, m ? badge(m.stale ? "stale" : m.quality) : h("span", { class: "muted" }, "no value yet"),
+        m && m.reason ? h("span", { class: "muted small" }, ` ${m.reason}`) : null)));
+    if (open) {
+      rows.push(h("tr", { class: "chart-row" }, h("td", { colspan: "4" },
+        kept("device-chart", () => h("div", { id: "device-chart", class: "chart", "data-metric": n })))));
+    }
+  }
   setMain(
     h("p", {}, h("a", { href: "/devices" }, "← all devices")),
     h("h1", {}, d.id, " ", h("span", { id: "device-state", class: "state" }, badge(d.state))),
     d.last_error && d.state !== "online"
       ? h("p", { class: "alert", id: "device-error" }, d.last_error, " ", d.last_error_ts ? ["(", when(d.last_error_ts), ")"] : "")
-      : null,
+      : d.last_error ? h("p", { class: "muted", id: "device-last-error" }, lastError(d)) : null,
+    h("div", { id: "state-timeline", class: "timeline-wrap" },
+      devHist.doc ? timeline(devHist.doc.states, devHist.doc.since, devHist.doc.now) : null),
+    h("p", { class: "muted small" }, "Tap a point for its chart of the last hour."),
     h("table", { class: "points" },
-      h("thead", {}, h("tr", {}, h("th", {}, "Point"), h("th", { class: "num" }, "Value"), h("th", {}, "Unit"),
+      h("thead", {}, h("tr", {}, h("th", {}, "Point"), h("th", { class: "num" }, "Value"), h("th", {}, "Last 10 min"),
         h("th", {}, "Quality"))),
-      h("tbody", {}, names.map((n) => {
-        const m = d.metrics[n];
-        const p = points.find((x) => x.name === n) || {};
-        return h("tr", { "data-metric": n },
-          h("td", { "data-label": "Point" }, n),
-          h("td", { "data-label": "Value", class: "num value" }, fmtValue(m)),
-          h("td", { "data-label": "Unit" }, (m && m.unit) || p.unit || ""),
-          h("td", { "data-label": "Quality" }, m ? badge(m.stale ? "stale" : m.quality)
-            : h("span", { class: "muted" }, "no value yet"),
-            m && m.reason ? ` ${m.reason}` : ""));
-      }))),
+      h("tbody", {}, rows)),
     h("div", { class: "cards" },
+      q ? card("Data quality",
+        row("Complete (hour)", pct(q.hour.completeness)), row("Complete (day)", pct(q.day.completeness)),
+        row("Bad / uncertain (hour)", `${q.hour.bad} / ${q.hour.uncertain}`),
+        row("Clock not synced", String(q.hour.unsynced)),
+        row("Stale points", q.stale.length ? q.stale.join(", ") : "none"),
+        row("Reasons", Object.entries(q.reasons).map(([k, v]) => `${k} ×${v}`).join(", ") || "none")) : null,
       card("Polling",
         row("Last reading", when(d.last_reading)),
         row("Polls", String(d.polls)), row("Failed", String(d.failures)),
@@ -275,20 +551,62 @@ function renderDevice(msg) {
         row("Tags", Object.entries(d.tags || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–")),
       detailStatic.driver_status
         ? h("section", { class: "card", id: "driver-status" }, h("h2", {}, "Driver"),
-          h("dl", {}, flatten(detailStatic.driver_status).map(([k, v]) => row(k, v)).flat()))
+          h("dl", {}, flatten(detailStatic.driver_status).map(([k, v]) => row(k, v))))
         : null),
     h("h2", {}, "Recent events"), h("ul", { id: "device-events", class: "events" }));
   renderEvents(detailStatic.events || []);
+  drawDeviceCharts();
+}
+
+function pct(x) { return x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)} %`; }
+
+// One repeating refresh per page (a new view replaces it).
+function every(ms, fn) {
+  clearInterval(state.every);
+  fn();
+  state.every = setInterval(fn, ms);
+}
+
+async function showQuality() {
+  const r = await api("/api/v1/quality");
+  setMain(h("h1", {}, "Data quality"),
+    h("p", { class: "muted" }, "Completeness is readings received against expected from the poll interval; the worst device first."),
+    r.devices.length ? h("table", { class: "quality", id: "quality" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Device"), h("th", { class: "num" }, "Hour"), h("th", { class: "num" }, "Day"),
+        h("th", { class: "num" }, "Bad / uncertain"), h("th", { class: "num" }, "Unsynced"), h("th", {}, "Stale points"),
+        h("th", {}, "Reasons"))),
+      h("tbody", {}, r.devices.map((d) => h("tr", { "data-device": d.device },
+        h("td", { "data-label": "Device" }, h("a", { href: `/devices/${encodeURIComponent(d.device)}` }, d.device), " ", badge(d.state)),
+        h("td", { "data-label": "Hour", class: `num ${d.hour.completeness !== null && d.hour.completeness < 0.95 ? "err" : ""}` }, pct(d.hour.completeness)),
+        h("td", { "data-label": "Day", class: "num" }, pct(d.day.completeness)),
+        h("td", { "data-label": "Bad / uncertain", class: "num" }, `${d.hour.bad} / ${d.hour.uncertain}`),
+        h("td", { "data-label": "Unsynced", class: "num" }, String(d.hour.unsynced)),
+        h("td", { "data-label": "Stale points" }, d.stale.length ? d.stale.join(", ") : h("span", { class: "muted" }, "none")),
+        h("td", { "data-label": "Reasons" }, Object.entries(d.reasons).map(([k, v]) => `${k} ×${v}`).join(", ") || h("span", { class: "muted" }, "none"))))))
+      : h("p", { class: "muted" }, "No devices configured."));
+  clearTimeout(state.timer);
+  state.timer = setTimeout(showQuality, 10000);
 }
 
 async function showEvents() {
-  const level = new URLSearchParams(location.search).get("level") || "INFO";
-  const [ev, logs] = await Promise.all([api("/api/v1/events?limit=100"), api(`/api/v1/logs?limit=200&level=${level}`)]);
-  const select = h("select", { id: "level", onchange: (e) => { location.search = `?level=${e.target.value}`; } },
+  const q = new URLSearchParams(location.search);
+  const level = q.get("level") || "INFO", device = q.get("device") || "", kind = q.get("kind") || "";
+  const [ev, logs] = await Promise.all([api(`/api/v1/events?limit=200${device ? `&device=${encodeURIComponent(device)}` : ""}`),
+    api(`/api/v1/logs?limit=200&level=${level}`)]);
+  const go = (key, value) => { const n = new URLSearchParams(location.search); if (value) n.set(key, value); else n.delete(key); location.search = n.toString(); };
+  const select = h("select", { id: "level", onchange: (e) => go("level", e.target.value) },
     ["DEBUG", "INFO", "WARNING", "ERROR"].map((l) => h("option", { value: l, selected: l === level }, l)));
+  const devices = [...new Set(ev.events.map((e) => e.device).filter(Boolean).concat(device ? [device] : []))].sort();
+  const kinds = [...new Set(ev.events.map((e) => e.kind).concat(kind ? [kind] : []))].sort();
+  const shown = ev.events.filter((e) => !kind || e.kind === kind);
   setMain(
     h("h1", {}, "Events"),
-    ev.events.length ? h("ul", { class: "events", id: "events" }, ev.events.map(eventItem))
+    h("div", { class: "filters" },
+      h("label", { class: "small" }, "device ", h("select", { id: "filter-device", onchange: (e) => go("device", e.target.value) },
+        h("option", { value: "" }, "all"), devices.map((d) => h("option", { value: d, selected: d === device }, d)))),
+      h("label", { class: "small" }, "kind ", h("select", { id: "filter-kind", onchange: (e) => go("kind", e.target.value) },
+        h("option", { value: "" }, "all"), kinds.map((k) => h("option", { value: k, selected: k === kind }, k))))),
+    shown.length ? h("ul", { class: "events", id: "events" }, shown.map(eventItem))
       : h("p", { class: "muted" }, "No events since the status page started."),
     h("h2", {}, "Log ", h("label", { class: "small" }, "level ", select)),
     logs.installed ? h("ol", { class: "log", id: "log" }, logs.lines.map((l) =>
@@ -369,14 +687,21 @@ async function boot() {
     });
   }
   const path = location.pathname;
+  if (path !== "/login") {  // the live views set it too; the others learn it once
+    api("/api/v1/status").then((s) => { document.getElementById("gw-name").textContent = s.gateway; }).catch(() => {});
+  }
   const section = path === "/" ? "overview" : path.split("/")[1];
   for (const a of document.querySelectorAll("[data-nav]")) {
     a.classList.toggle("active", a.dataset.nav === section);
   }
   try {
     if (path === "/login") showLogin();
-    else if (path === "/") follow("/api/v1/stream", "live", renderOverview);
-    else if (path === "/devices") follow("/api/v1/stream", "live", renderDevices);
+    else if (path === "/") { follow("/api/v1/stream", "live", renderOverview); every(5000, refreshTrend); }
+    else if (path === "/devices") {
+      follow("/api/v1/stream", "live", renderDevices);
+      every(10000, async () => { if (state.last) { await refreshSparks(state.last.devices); renderDevices(state.last); } });
+    }
+    else if (path === "/quality") await showQuality();
     else if (path.startsWith("/devices/")) await showDevice(decodeURIComponent(path.slice(9)));
     else if (path === "/events") await showEvents();
     else if (path === "/check") showCheck();
