@@ -380,6 +380,16 @@ class Gateway:
             self._reloading = asyncio.get_running_loop().create_task(self._apply_next(), name="reload")
             self._reloading.add_done_callback(self._reload_done)
 
+    async def reload(self) -> None:
+        """Re-read the configuration and wait until it is applied or refused (the status page's button).
+
+        Bounded by the apply's own time limit, so an HTTP request never waits longer than a reload may take.
+        """
+        self.request_reload()
+        task = self._reloading
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=RELOAD_TIME_LIMIT_S + 1.0)
+
     @staticmethod
     def _reload_done(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -43,7 +43,7 @@ LIVE_SECTIONS = frozenset({"mqtt", "devices"})
 RESTART_KEYS = frozenset({
     "gateway.id", "gateway.data_dir", "gateway.clock_check",
     "buffer.max_bytes", "buffer.max_age", "buffer.durability", "buffer.spill_max",
-    "web.enabled", "web.listen", "web.password",
+    "web.enabled", "web.listen", "web.password", "web.allowed_hosts", "web.history_max_bytes",
 })
 
 RELOAD_TIME_LIMIT_S = 15.0

@@ -396,9 +396,9 @@ async def api_reload(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     log.info("status page: configuration reload requested")
     before = ctx.events.last_id
-    gw.request_reload()
-    # the gateway re-reads and applies (or refuses) the file before request_reload returns and says
-    # which in an event; the answer carries it so the page can show the result until dismissed
+    await gw.reload()
+    # the gateway re-reads and applies (or refuses) the file before reload() returns and says which
+    # in an event; the answer carries it so the page can show the result until dismissed
     done = [e for e in ctx.events.items if e["id"] > before and e["kind"] in ("config_reloaded", "config_rejected")]
     if not done:
         return _json({"requested": True, "result": "requested"}, status=202)
@@ -407,7 +407,9 @@ async def api_reload(request: web.Request) -> web.Response:
         return _json({"requested": True, "result": "refused", "errors": e.get("errors", [])}, status=202)
     changes = {k: e.get(k, []) for k in ("added", "changed", "removed")}
     return _json({"requested": True, "result": "applied", "changes": changes,
-                  "warnings": [str(w) for w in e.get("warnings", [])]}, status=202)
+                  "warnings": [str(w) for w in e.get("warnings", [])]
+                  + [f"{key} takes effect after a restart" for key in e.get("restart_required", [])]},
+                 status=202)
 
 
 async def api_session(request: web.Request) -> web.Response:

@@ -67,7 +67,7 @@ async def test_device_detail_and_unknown_device(running: Running, make_client: M
     resp = await client.get("/api/v1/devices/meter-1")
     doc = await resp.json()
     assert resp.status == 200
-    assert doc["config"] == {"timeout_s": 0.1, "offline_after": 2, "backoff_max_s": 0.2, "bus": None}
+    assert doc["config"] == {"timeout_s": 5.0, "offline_after": 2, "backoff_max_s": 0.2, "bus": None}
     assert [p["name"] for p in doc["profile_info"]["points"]][:2] == ["voltage", "current"]
     assert "connection" not in doc  # driver connection settings may hold secrets: never shown
     # what the open driver reports about itself (the sim driver: its polls and fault setting)
