@@ -175,3 +175,25 @@ async def test_every_hostile_kind_is_named_and_valid_pushes_between_them_are_all
         validate_reading(m)
         assert TS.match(m["ts"])
     _no_tracebacks(caplog)
+
+
+async def test_hostile_cli_prints_what_came_back_per_kind() -> None:
+    import sys
+
+    port = free_udp_port()
+    async with gateway(port) as (gw, _out):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fieldgate_hwsim.coap_hostile", "--to", f"127.0.0.1:{port}", "--path",
+            "/t/climate-1", "--count", str(len(KINDS)), "--wait", "0.5", "--seed", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        status = gw.runners["climate-1"].driver_status()
+    lines = out.decode().splitlines()
+    assert lines[0].split() == ["kind", "sent", "answers"] and len(lines) == 1 + len(KINDS)
+    assert any(line.startswith("uri_path_not_utf8") and "4.02 x1" in line for line in lines), lines
+    assert status is not None and sum(status["endpoint_refused"].values()) >= len(KINDS) - 2
+    bad = await asyncio.create_subprocess_exec(sys.executable, "-m", "fieldgate_hwsim.coap_hostile", "--kinds", "nope",
+                                               stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(bad.communicate(), 30)
+    assert bad.returncode == 2 and b"unknown kind" in err
