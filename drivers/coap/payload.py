@@ -11,6 +11,13 @@ Four formats, chosen by the profile (``payload.format``):
   ``BinaryDecoder`` (shared code, not a copy), optionally checked with one of
   its checksums.
 
+A measurement time from the device (SenML ``t``/``bt``, ``payload.time``)
+outside ``schema.plausible_time``'s window (before 2000, or more than a day
+past the gateway clock) is not believed: the reading takes the receive time
+and its values are marked ``uncertain`` with reason ``implausible_time``.
+The values are kept (a device with a flat RTC battery still measures), and
+``flagged`` counts them.
+
 Everything a device can send either decodes or raises ``PayloadError`` (a
 ``ValueError``) with a reason; the fuzz tests hold this line.
 """
@@ -23,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fieldgate.schema import PointError, RawReading
+from fieldgate.schema import IMPLAUSIBLE_TIME, PointError, Quality, RawReading, plausible_time
 
 from ..serial.checksums import CHECKSUMS
 from ..serial.fields import BinaryDecoder
@@ -67,6 +74,7 @@ class PayloadDecoder:
         self._senml = {(p.senml or p.name): p for p in self.points}
         self._paths = [(p.name, p.path.split(".")) for p in self.points if p.path]
         self._time_path = self.spec.time.split(".") if self.spec.time else None
+        self.flagged = 0  # readings whose device time was implausible (replaced by the receive time)
         self._binary: BinaryDecoder | None = None
         if self.format == "binary":
             self._binary = BinaryDecoder([(p.name, p.field_spec()) for p in self.points], self.spec.byte_order)
@@ -104,7 +112,7 @@ class PayloadDecoder:
         except SenmlError as exc:
             raise PayloadError(f"SenML {'JSON' if is_json else 'CBOR'}: {exc}") from None
         by_time: dict[float, dict[str, Any]] = {}
-        for rec in records:
+        for i, rec in enumerate(records):
             point = self._senml.get(rec.name) or self._senml.get(rec.local)
             if point is None:
                 continue
@@ -113,11 +121,22 @@ class PayloadDecoder:
                 value = PointError("unit_mismatch")
             elif isinstance(value, str) and point.unit is not None:
                 value = PointError("decode_error")  # text where the profile expects a measured number
-            by_time.setdefault(rec.time, {})[point.name] = value
+            values = by_time.setdefault(rec.time, {})
+            if point.name in values:
+                # Two values of one point at one instant: which one the device meant cannot be known.
+                raise PayloadError(f"SenML record {i}: a second value of {_shown(rec.name)} at the same time")
+            values[point.name] = value
         if not by_time:
-            names = ", ".join(sorted({r.name for r in records})[:5]) or "none"
+            names = ", ".join(_shown(n) for n in sorted({r.name for r in records})[:5]) or "none"
             raise PayloadError(f"no record names a point of the profile (records: {names})")
-        return [RawReading(values, ts) for ts, values in sorted(by_time.items())]
+        return [self._reading(values, ts, now) for ts, values in sorted(by_time.items())]
+
+    def _reading(self, values: dict[str, Any], ts: float, now: float) -> RawReading:
+        """A reading at the device's time, or at ``now`` with its values flagged when that time is implausible."""
+        if plausible_time(ts, now):
+            return RawReading(values, ts)
+        self.flagged += 1
+        return RawReading(values, now, {name: (Quality.UNCERTAIN, IMPLAUSIBLE_TIME) for name in values})
 
     # --- JSON / CBOR with paths ---------------------------------------------
 
@@ -142,14 +161,14 @@ class PayloadDecoder:
             values[name] = raw if _plain(raw) else PointError("decode_error")
         if not values:
             raise PayloadError("none of the profile's paths is in the payload")
-        ts = now
         if self._time_path is not None:
             found, t = _walk(doc, self._time_path)
             if found:
-                if isinstance(t, bool) or not isinstance(t, int | float) or not (0 < t < 2**34):
-                    raise PayloadError(f"time at {self.spec.time!r} is not seconds since the epoch")
-                ts = float(t)
-        return RawReading(values, ts)
+                if isinstance(t, bool) or not isinstance(t, int | float):
+                    raise PayloadError(f"time at {self.spec.time!r} is not a number (seconds since the epoch)")
+                # float() of an integer beyond the float range raises; such a time is implausible anyway
+                return self._reading(values, float(t) if abs(t) < 1e300 else math.inf, now)
+        return RawReading(values, now)
 
     # --- binary -------------------------------------------------------------
 
@@ -177,6 +196,11 @@ class PayloadDecoder:
             if isinstance(v, float) and not math.isfinite(v):
                 values[name] = PointError("decode_error")
         return RawReading(values, now)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A device-supplied name for a message: quoted, escaped (no newlines or escapes reach a log), cut."""
+    return ascii(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def _walk(doc: Any, path: list[str]) -> tuple[bool, Any]:

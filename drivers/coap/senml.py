@@ -80,12 +80,12 @@ def loads_cbor(data: bytes) -> list[dict[str, Any]]:
         for key, value in rec.items():
             if isinstance(key, int) and not isinstance(key, bool):
                 if key not in CBOR_LABELS:
-                    raise SenmlError(f"record {i}: unknown CBOR label {key}")
+                    raise SenmlError(f"record {i}: unknown CBOR label {_label(key)}")
                 named[CBOR_LABELS[key]] = value
             elif isinstance(key, str):
                 named[key] = value  # extension fields are text labels in CBOR too
             else:
-                raise SenmlError(f"record {i}: label {key!r} is neither an integer nor text")
+                raise SenmlError(f"record {i}: label {_label(key)} is neither an integer nor text")
         out.append(named)
     return out
 
@@ -99,6 +99,15 @@ def _check_pack(pack: Any) -> list[dict[str, Any]]:
         if not isinstance(rec, dict):
             raise SenmlError(f"record {i} is not a map")
     return pack
+
+
+def _label(key: Any) -> str:
+    """A hostile label for a message: a bignum's str() raises past 4300 digits, a nested key's repr may recurse."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key) if abs(key) < 10**15 else f"(an integer of {key.bit_length()} bits)"
+    if isinstance(key, str):
+        return ascii(key[:40])
+    return f"(a {type(key).__name__})"
 
 
 def _number(rec: dict[str, Any], key: str, i: int) -> float | int:
@@ -138,9 +147,9 @@ def resolve(records: list[dict[str, Any]], now: float | None = None) -> list[Rec
     for i, rec in enumerate(records):
         for key in rec:
             if not isinstance(key, str):
-                raise SenmlError(f"record {i}: label {key!r} is not text")
+                raise SenmlError(f"record {i}: label {_label(key)} is not text")
             if key.endswith("_"):
-                raise SenmlError(f"record {i}: must-understand field {key!r} is not supported")
+                raise SenmlError(f"record {i}: must-understand field {_label(key)} is not supported")
         if "bver" in rec:
             ver = _number(rec, "bver", i)
             if not isinstance(ver, int) or ver < 1 or ver > SENML_VERSION:

@@ -9,20 +9,29 @@ address share one ``PushServer`` (through ``DeviceContext.shared``, like
 the serial drivers share a port); each registers a ``Route`` under its
 path and consumes its own queue.
 
-What the server refuses is answered and counted, never logged per packet
-(a hostile sender must not fill the journal):
+What the server refuses is answered and counted by reason, never logged per
+packet (a hostile sender must not fill the journal), and costs only itself:
 
+- a datagram that is not a well-formed CoAP message, is larger than
+  ``wire.MAX_DATAGRAM``, or carries a malformed option: checked by
+  ``wire.check`` before aiocoap parses it, answered as RFC 7252 says
+  (nothing, a Reset, 4.13, 4.02 or 4.00 with a diagnostic);
 - an unknown path: 4.04 Not Found;
 - a device that requires DTLS reached over plain UDP: 4.01 Unauthorized;
 - the wrong DTLS identity for the path, or a source outside ``sources``: 4.03 Forbidden;
-- a payload that does not decode: 4.00 Bad Request (4.15 for a wrong Content-Format).
+- a payload that does not decode: 4.00 Bad Request (4.15 for a wrong Content-Format),
+  counted by the decoder's reason (``decode_error``, ``unsupported_format``, ``checksum``).
+
+A report whose device time is implausible is accepted (its values flagged,
+see ``payload``) and counted under ``flagged``.
 
 Retransmissions (same message ID from the same source) are answered from
 aiocoap's duplicate cache without reaching the route: one reading per
 report. Each source address has a token bucket checked on the datagram,
 before aiocoap parses it, so a flood from one source is dropped at the
 socket and costs the others little. A summary of refusals and drops is
-logged at most once per ``summary_interval``.
+logged, and announced as a ``coap_refused`` event, when the first refusal
+comes and then at most once per ``summary_interval``.
 """
 
 from __future__ import annotations
@@ -31,8 +40,11 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import math
 import os
+import socket
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +54,9 @@ import aiocoap
 import aiocoap.resource
 from aiocoap.credentials import DTLS, CredentialsMap
 from fieldgate.errors import DeviceBusy, DeviceProtocolError, DeviceUnreachable, DriverError
-from fieldgate.schema import RawReading
+from fieldgate.schema import IMPLAUSIBLE_TIME, RawReading
 
+from . import wire
 from .payload import PayloadDecoder, PayloadError
 
 log = logging.getLogger(__name__)
@@ -54,7 +67,8 @@ MAX_SOURCES = 4096  # token buckets kept; the least recently seen are forgotten 
 class _Quiet(logging.Filter):
     """Demotes aiocoap's per-packet and shutdown chatter to DEBUG (our summaries say what matters)."""
 
-    NOISE = ("Unhandled alert level", "Internal shutdown sequence mismatch", "Duplicate ")
+    # "Ignoring unparsable": wire.check counts what aiocoap could not parse before it sees it.
+    NOISE = ("Unhandled alert level", "Internal shutdown sequence mismatch", "Duplicate ", "Ignoring unparsable")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno <= logging.WARNING and any(n in str(record.msg) for n in self.NOISE):
@@ -100,6 +114,20 @@ class Route:
     accepted: int = 0
     dropped: int = 0
     last_report: float | None = None
+    refused: Counter[str] = field(default_factory=Counter)  # reason -> reports to this path refused
+    _errors_at: dict[str, float] = field(default_factory=dict)
+
+    def report_error(self, error: DriverError, now: float, interval: float) -> None:
+        """Queue a refused report's error for the device, at most once per reason per ``interval``.
+
+        The supervisor logs each error it is handed and marks the device degraded; a sender repeating
+        a bad report must not turn that into a line per datagram. The counters hold every one.
+        """
+        last = self._errors_at.get(error.reason)
+        if last is not None and now - last < interval:
+            return
+        self._errors_at[error.reason] = now
+        self.put(error)
 
     def put(self, item: RawReading | DriverError) -> None:
         if len(self.queue) >= self.queue_size:
@@ -157,7 +185,8 @@ class PushServer:
         self.summary_interval = summary_interval
         self.routes: dict[tuple[str, ...], Route] = {}
         self.credentials = CredentialsMap()
-        self.refused: Counter[str] = Counter()  # kind -> count since start
+        self.refused: Counter[str] = Counter()  # reason -> count since start
+        self.flagged: Counter[str] = Counter()  # reason -> reports accepted with their values flagged
         self.refused_by_source: Counter[str] = Counter()
         self.rate_limited: Counter[str] = Counter()  # source -> datagrams dropped
         self.accepted = 0
@@ -165,7 +194,10 @@ class PushServer:
         self._ctx: aiocoap.Context | None = None
         self._started: asyncio.Future[None] | None = None
         self._summary: asyncio.Task[None] | None = None
-        self._logged = (0, 0)
+        self._logged: Counter[str] = Counter()  # refused counts at the last summary
+        self._logged_limited = 0
+        self._last_summary = -math.inf
+        self.event: Callable[..., None] | None = None  # the gateway's events topic, set by the first device
         self._dtls_reported: set[tuple[str, str]] = set()
         self.changed = asyncio.Event()  # set when a counter moves (tests and the status page wait on it)
         self._dtls_sessions: dict[int, tuple[Any, bool, float]] = {}
@@ -173,6 +205,7 @@ class PushServer:
         self._watch: asyncio.Task[None] | None = None
         self.handshake_timeout = 10.0  # seconds a DTLS session may take to carry its first request
         self._clock: Callable[[], float] = time.monotonic
+        self._last_bug = -math.inf
 
     @property
     def address(self) -> tuple[str, int]:
@@ -241,7 +274,14 @@ class PushServer:
 
                 def plaintext(address: Any, data: bytes) -> None:
                     self._dtls_sessions[id(address)] = (address, True, 0.0)
-                    inner_plain(address, data)
+                    # The sender holds a device's key; what it sends is still checked, counted and
+                    # dropped (answering would need the DTLS session's own send path).
+                    fault = wire.check(data)
+                    if fault is not None:
+                        self._count(fault.reason, source_of(getattr(getattr(address, "_underlying_address", None),
+                                                                    "address", None) or ("?",)))
+                        return
+                    self._guarded(inner_plain, address, data)
 
                 decrypting._received_plaintext = plaintext
                 self._pool = pool
@@ -253,7 +293,7 @@ class PushServer:
 
                 def filtered6(data: bytes, ancdata: Any, flags: Any, address: Any) -> None:
                     if self._allow(address):
-                        inner6(data, ancdata, flags, address)
+                        self._datagram(data, ancdata, flags, address, inner6, mi.transport)
 
                 mi.datagram_msg_received = filtered6
                 self.port = int(mi.transport.get_extra_info("socket").getsockname()[1])
@@ -378,11 +418,55 @@ class PushServer:
         self.rate_limited[src] += 1
         return False
 
-    def _refuse(self, kind: str, source: str, code: aiocoap.numbers.Code, text: str = "") -> aiocoap.Message:
-        self.refused[kind] += 1
+    def _datagram(self, data: bytes, ancdata: Any, flags: int, address: Any, inner: Callable[..., None],
+                  transport: Any) -> None:
+        """One plain-UDP datagram: refused here by ``wire.check``, or handed to aiocoap."""
+        fault = wire.check(data, truncated=bool(flags & socket.MSG_TRUNC))
+        if fault is None:
+            self._guarded(inner, data, ancdata, flags, address)
+            return
+        self._count(fault.reason, source_of(address))
+        reply = wire.answer(fault)
+        if reply is not None:
+            # The reply leaves from the address the datagram came to (IPV6_PKTINFO), as aiocoap's own do.
+            info = [(lvl, kind, val) for lvl, kind, val in ancdata
+                    if lvl == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO]
+            try:
+                transport.sendmsg(reply, info, 0, address)
+            except Exception as exc:  # a reply that cannot be sent costs nothing more than the datagram
+                log.debug("cannot answer %s: %r", source_of(address), exc)
+
+    def _guarded(self, inner: Callable[..., None], *args: Any) -> None:
+        """aiocoap's handling of one checked datagram; whatever it raises costs that datagram only.
+
+        An exception escaping the socket callback is a traceback per datagram in the journal, and
+        nothing answers the sender. It is a bug (ours or aiocoap's): counted, logged with its
+        traceback at most once per summary interval.
+        """
+        try:
+            inner(*args)
+        except Exception as exc:
+            self._count("internal_error", "?")
+            now = self._clock()
+            if now - self._last_bug >= self.summary_interval:
+                self._last_bug = now
+                log.error("push endpoint %s:%d: a datagram raised %s (counted as internal_error; further ones are "
+                          "counted, not logged, for %gs)\n%s", self.host, self.port, type(exc).__name__,
+                          self.summary_interval, "".join(traceback.format_exception(exc)).rstrip())
+
+    def _count(self, reason: str, source: str) -> None:
+        self.refused[reason] += 1
         self.refused_by_source[source] += 1
         self.changed.set()
-        return aiocoap.Message(code=code, payload=text.encode()[:120])
+        if self._clock() - self._last_summary >= self.summary_interval:
+            self._log_summary()  # the first refusal is told at once; later ones in the next summary
+
+    def _refuse(self, kind: str, source: str, code: aiocoap.numbers.Code, text: str = "",
+                route: Route | None = None) -> aiocoap.Message:
+        self._count(kind, source)
+        if route is not None:
+            route.refused[kind] += 1
+        return aiocoap.Message(code=code, payload=text.encode()[:120].decode("utf-8", "ignore").encode())
 
     def handle(self, request: aiocoap.Message) -> aiocoap.Message:
         """Answer one request (synchronously: the ACK piggybacks the answer)."""
@@ -401,20 +485,24 @@ class PushServer:
             except ValueError:
                 ip = None
             if ip is None or not any(ip in net for net in route.sources):
-                return self._refuse("source", src, aiocoap.FORBIDDEN)
+                return self._refuse("source", src, aiocoap.FORBIDDEN, route=route)
         if route.claim is not None or self.dtls:
             claims = list(getattr(remote, "authenticated_claims", None) or [])
             if not self.dtls:
-                return self._refuse("unauthenticated", src, aiocoap.UNAUTHORIZED, "use coaps")
+                return self._refuse("unauthenticated", src, aiocoap.UNAUTHORIZED, "use coaps", route)
             if route.claim not in claims:
-                return self._refuse("identity", src, aiocoap.FORBIDDEN)
+                return self._refuse("identity", src, aiocoap.FORBIDDEN, route=route)
+        flagged = route.decoder.flagged
         try:
             readings = route.decoder.decode(request.payload, request.opt.content_format)
         except PayloadError as exc:
-            self.refused["bad_payload"] += 1
-            route.put(DeviceProtocolError(f"report from {src} does not decode: {exc}", reason=exc.reason))
+            route.report_error(DeviceProtocolError(f"report from {src} does not decode: {exc}", reason=exc.reason),
+                               self._clock(), self.summary_interval)
             code = aiocoap.UNSUPPORTED_CONTENT_FORMAT if exc.reason == "unsupported_format" else aiocoap.BAD_REQUEST
-            return aiocoap.Message(code=code, payload=str(exc).encode()[:120])
+            return self._refuse(exc.reason, src, code, str(exc), route)
+        if route.decoder.flagged != flagged:
+            self.flagged[IMPLAUSIBLE_TIME] += route.decoder.flagged - flagged
+            self.changed.set()
         for reading in readings:
             route.put(reading)
         route.accepted += 1
@@ -427,8 +515,9 @@ class PushServer:
     def snapshot(self) -> dict[str, Any]:
         """Counters for the status page and tests."""
         return {"listen": f"{self.host}:{self.port}", "dtls": self.dtls, "accepted": self.accepted,
-                "refused": dict(self.refused), "rate_limited": sum(self.rate_limited.values()),
-                "devices": {r.device_id: {"accepted": r.accepted, "dropped": r.dropped}
+                "refused": dict(self.refused), "flagged": dict(self.flagged),
+                "rate_limited": sum(self.rate_limited.values()),
+                "devices": {r.device_id: {"accepted": r.accepted, "dropped": r.dropped, "refused": dict(r.refused)}
                             for r in self.routes.values()}}
 
     async def _summaries(self) -> None:
@@ -437,13 +526,23 @@ class PushServer:
             self._log_summary()
 
     def _log_summary(self) -> None:
-        refused, limited = sum(self.refused.values()), sum(self.rate_limited.values())
-        if (refused, limited) == self._logged:
+        """Log and announce what was refused since the last summary (nothing when nothing was)."""
+        limited = sum(self.rate_limited.values())
+        new = self.refused - self._logged
+        new_limited = limited - self._logged_limited
+        if not new and not new_limited:
             return
-        new_refused, new_limited = refused - self._logged[0], limited - self._logged[1]
-        self._logged = (refused, limited)
-        top = ", ".join(f"{s} ({n})" for s, n in (self.refused_by_source + self.rate_limited).most_common(3))
+        self._logged, self._logged_limited = Counter(self.refused), limited
+        self._last_summary = self._clock()
+        top = [(s, n) for s, n in (self.refused_by_source + self.rate_limited).most_common(3)]
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.refused.items()))
         log.warning("push endpoint %s:%d: %d request(s) refused (totals: %s), %d datagram(s) over the rate limit "
-                    "dropped; top sources: %s", self.host, self.port, new_refused, kinds or "none", new_limited,
-                    top or "none")
+                    "dropped; top sources: %s", self.host, self.port, sum(new.values()), kinds or "none",
+                    new_limited, ", ".join(f"{s} ({n})" for s, n in top) or "none")
+        if self.event is not None:
+            try:
+                self.event("coap_refused", endpoint=f"{self.host}:{self.port}", refused=dict(new),
+                           totals=dict(self.refused), rate_limited=new_limited,
+                           top_sources=[{"source": s, "count": n} for s, n in top])
+            except Exception as exc:  # the events topic must not break the endpoint
+                log.debug("coap_refused event failed: %r", exc)

@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+import aiocoap
 import aiocoap.error
 import pytest
 from fieldgate.driver import SharedResources
@@ -123,3 +124,43 @@ async def test_plain_udp_report_to_a_dtls_device_path_is_unauthorized(tmp_path: 
         async with SleepyDevice(server.address, "/t/bin-2", profile("dragino/ndds75")) as dev:
             assert await dev.push() == "4.01 Unauthorized"
     assert not route.queue
+
+
+async def test_a_malformed_option_over_coaps_is_counted_and_costs_only_itself(tmp_path: Path) -> None:
+    """The datagram check also guards decrypted DTLS datagrams (a non-UTF-8 string option would raise in aiocoap;
+    Location-Path, since aiocoap's client reads a Uri-Path as text itself)."""
+    from aiocoap.credentials import DTLS
+    from aiocoap.numbers import OptionNumber
+    from aiocoap.optiontypes import OpaqueOption
+
+    listen = f"127.0.0.1:{free_udp_port()}"
+    drv = CoapDriver(make_ctx("dragino/ndds75", SharedResources(), dev="bin-9", mode="push", listen=listen,
+                              dtls=key_file(tmp_path, KEY)))
+    async with drv:
+        sink = Sink()
+        task = asyncio.create_task(drv.run(sink))
+        try:
+            server = drv.server  # type: ignore[attr-defined]
+            host, port = server.address
+            client = await aiocoap.Context.create_client_context(transports=["tinydtls"])
+            try:
+                client.client_credentials[f"coaps://{host}:{port}/*"] = DTLS(psk=KEY, client_identity=b"sensor-17")
+                msg = aiocoap.Message(code=aiocoap.POST, uri=f"coaps://{host}:{port}/", payload=b"x")
+                msg.opt.add_option(OpaqueOption(OptionNumber.LOCATION_PATH, b"\xff\xfe"))
+                with pytest.raises((TimeoutError, aiocoap.error.Error)):
+                    async with asyncio.timeout(1.5):
+                        await client.request(msg).response
+                async with asyncio.timeout(3):
+                    while not server.refused["option_not_utf8"]:
+                        server.changed.clear()
+                        await server.changed.wait()
+            finally:
+                await client.shutdown()
+            async with SleepyDevice(server.address, "/t/bin-9", profile("dragino/ndds75"),
+                                    dtls=("sensor-17", KEY)) as good:
+                assert await good.push() == "2.04 Changed"
+            await sink.wait(lambda s: len(s.readings) == 1)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task

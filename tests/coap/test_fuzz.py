@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import cbor2
+import pytest
 from fieldgate.drivers.coap.payload import (
     CF_CBOR,
     CF_JSON,
@@ -106,3 +107,38 @@ def test_hostile_cbor_is_a_payload_error() -> None:
             decoder.decode(payload, CF_SENML_CBOR)
         except PayloadError:
             pass
+
+
+cbor_leaves = (st.none() | st.booleans() | st.integers(min_value=-(2**200), max_value=2**200) | st.floats()
+               | st.text(max_size=8) | st.binary(max_size=8))
+cbor_values = st.recursive(
+    cbor_leaves,
+    lambda inner: (st.lists(inner, max_size=4) | st.dictionaries(st.integers(-8, 9) | st.text(max_size=4), inner,
+                                                                  max_size=4)
+                   | st.builds(cbor2.CBORTag, st.sampled_from([0, 1, 2, 3, 4, 5, 24, 28, 29, 30, 32, 258, 55799,
+                                                               2**32]), inner)),
+    max_leaves=16)
+
+
+@SETTINGS
+@given(st.lists(st.dictionaries(st.integers(-8, 9) | st.sampled_from(["temp", "x_", "bn"]), cbor_values, max_size=6),
+                max_size=5))
+def test_senml_cbor_with_tags_bignums_and_non_finite_floats(records: list[dict[Any, Any]]) -> None:
+    try:
+        payload = cbor2.dumps(records)
+    except (TypeError, ValueError, cbor2.CBOREncodeError):
+        return  # a value cbor2 will not write (e.g. a malformed tag) is not a datagram anyone can send
+    check(payload, CF_SENML_CBOR)
+    check(payload, CF_CBOR)
+
+
+def test_huge_labels_and_nesting_bombs_are_payload_errors() -> None:
+    """A 3000-byte bignum label made str() raise ValueError (Python's 4300-digit limit) out of the decoder."""
+    decoder = PayloadDecoder(profile("generic/senml"))
+    big = b"\xff" * 3000
+    bombs = [b"\x81\xa1\xc2\x59" + len(big).to_bytes(2, "big") + big + b"\x01",  # {bignum: 1}
+             b"\x81" * 4000 + b"\x00", b"[" * 4000 + b"]" * 4000, b"\x9a\xff\xff\xff\xff", b"\xd8\x1c\x81\xd8\x1d\x00"]
+    for payload in bombs:
+        for cf in (CF_SENML_CBOR, CF_SENML_JSON, None):
+            with pytest.raises(PayloadError):
+                decoder.decode(payload[:4096], cf)
