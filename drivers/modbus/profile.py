@@ -61,6 +61,18 @@ class ModbusPoint(BasePoint):
         None, description="name of an int16 point holding a power-of-ten exponent (SunSpec *_SF registers)"
     )
     report: bool = Field(True, description="false: read (e.g. as a scale factor) but not published")
+    overlaps: list[str] = Field(
+        default_factory=list,
+        description="points this one deliberately shares registers with (one register read as two types); "
+                    "any other overlap is an error")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_overlap(cls, data: Any) -> Any:
+        # `overlaps: other` reads better than a one-item list in a profile
+        if isinstance(data, dict) and isinstance(data.get("overlaps"), str):
+            data = {**data, "overlaps": [data["overlaps"]]}
+        return data
 
     @property
     def kind(self) -> str:
@@ -140,7 +152,53 @@ class ModbusProfile(BaseProfile):
                 if sf is None or sf.kind != "int16":
                     out.append((("points", i, "scale_factor_point"),
                                 f"{p.scale_factor_point!r} must name an int16 point of this profile", "error"))
+        out.extend(self._overlap_checks())
         out.extend(self._addressing_checks())
+        return out
+
+    def _overlap_checks(self) -> list[tuple[tuple[str | int, ...], str, str]]:
+        """Points whose registers (or bits) intersect within one table, unless either declares it.
+
+        A register read twice as two types is legitimate but rare; far more
+        often an overlap is a float32 typed at the next address, which decodes
+        garbage from two halves of two values. Bit points of one register
+        overlap only when they name the same bit.
+        """
+        out: list[tuple[tuple[str | int, ...], str, str]] = []
+        index = {p.name: i for i, p in enumerate(self.points)}
+        by_table: dict[str, list[int]] = {}
+        for i, p in enumerate(self.points):
+            by_table.setdefault(p.table, []).append(i)
+        overlapping: set[frozenset[str]] = set()
+        for table, members in by_table.items():
+            members.sort(key=lambda i: (self.points[i].address, i))
+            for n, i in enumerate(members):
+                a = self.points[i]
+                a_end = a.address + a.width  # exclusive
+                for j in members[n + 1:]:
+                    b = self.points[j]
+                    if b.address >= a_end:
+                        break  # sorted by address: no later point reaches back into a
+                    if a.kind == "bit" and b.kind == "bit" and a.bit != b.bit:
+                        continue
+                    overlapping.add(frozenset((a.name, b.name)))
+                    if b.name in a.overlaps or a.name in b.overlaps:
+                        continue
+                    first, second = (i, j) if i < j else (j, i)
+                    p, q = self.points[first], self.points[second]
+                    out.append((("points", second, "address"),
+                                f"{q.name!r} ({table} {_span(q)}) overlaps {p.name!r} (points[{first}], "
+                                f"{table} {_span(p)}): check the address and type against the datasheet; "
+                                f"if one register is deliberately read twice, add overlaps: {p.name}",
+                                "error"))
+        for i, p in enumerate(self.points):
+            for k, other in enumerate(p.overlaps):
+                if other not in index:
+                    out.append((("points", i, "overlaps", k),
+                                f"{other!r} is not a point of this profile", "error"))
+                elif frozenset((p.name, other)) not in overlapping:
+                    out.append((("points", i, "overlaps", k),
+                                f"{p.name!r} does not overlap {other!r}: remove it from overlaps", "warning"))
         return out
 
     def _addressing_checks(self) -> list[tuple[tuple[str | int, ...], str, str]]:
@@ -163,6 +221,13 @@ class ModbusProfile(BaseProfile):
                             "subtract 1 (profiles use 0-based PDU addresses); if 1 is right, set "
                             "addressing_verified: true", "warning"))
         return out
+
+
+def _span(p: ModbusPoint) -> str:
+    """A point's registers as a datasheet prints them: ``0x0000..0x0001`` (``bit 3`` for register bits)."""
+    last = p.address + p.width - 1
+    text = f"0x{p.address:04X}" if last == p.address else f"0x{p.address:04X}..0x{last:04X}"
+    return f"{text} bit {p.bit}" if p.kind == "bit" else text
 
 
 def _parity(value: Any) -> Any:

@@ -3,7 +3,7 @@
 A ``FieldSpec`` says where one point's raw value is: at a byte offset of a
 binary frame (``at``, ``type``, ``byte_order``, ``bits``) or in a named group
 of a text line's regular expression (``group``, ``type``, ``map``,
-``hemisphere``). Decoders compile a list of them once and turn each frame
+``hemisphere``, ``invalid_when``). Decoders compile a list of them once and turn each frame
 into ``{point name: raw value}`` (before scale/offset, which the core
 applies), or a ``PointError`` for a value that cannot be read. Pure: no I/O,
 no pyserial; the CoAP driver decodes its payloads with the same models.
@@ -56,6 +56,15 @@ class FieldSpec(Model):
         None, description="text: raw text → value, e.g. {A: true, V: false}; other text is a decode_error")
     hemisphere: str | None = Field(
         None, description="nmea_coord: group holding N/S/E/W; S and W make the value negative")
+    # A receiver without a fix may repeat its last position (GGA quality 0,
+    # RMC status V): the value is there but must not be trusted, so the line's
+    # own status field decides, not whether the value field is empty.
+    invalid_when: dict[str, list[str]] | None = Field(
+        None, description="text: group → raw texts that make this value bad, e.g. {fix: ['0'], status: [V]}; "
+                          "a group the matched pattern lacks is not consulted")
+    invalid_reason: str = Field(
+        "invalid", min_length=1, pattern=r"^[a-z0-9_:]+$",
+        description="text: the reason reported when invalid_when applies (e.g. no_fix)")
 
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
@@ -67,8 +76,8 @@ class FieldSpec(Model):
             if kind not in BINARY_TYPES:
                 raise ValueError(f"type {kind!r} is for text lines; binary fields take one of: "
                                  f"{', '.join(BINARY_TYPES)}")
-            if self.map is not None or self.hemisphere is not None:
-                raise ValueError("'map' and 'hemisphere' apply to text fields (with 'group')")
+            if self.map is not None or self.hemisphere is not None or self.invalid_when is not None:
+                raise ValueError("'map', 'hemisphere' and 'invalid_when' apply to text fields (with 'group')")
             if self.bits is not None:
                 if kind not in _INT_TYPES:
                     raise ValueError(f"'bits' needs an integer type, not {kind!r}")
@@ -171,6 +180,11 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
 }
 
 
+# (point, group, converter, map, hemisphere group, (status group, invalid texts)..., error when invalid)
+_TextItem = tuple[str, str, Callable[[str], Any], dict[str, Any] | None, str | None,
+                  tuple[tuple[str, frozenset[str]], ...], PointError]
+
+
 class TextDecoder:
     """Decodes text lines with regular expressions of named groups.
 
@@ -179,7 +193,9 @@ class TextDecoder:
     pattern get a value, so one profile can read several sentence types
     (NMEA GGA and RMC) that share point names. An empty group is ``None``
     (the core reports it as ``no_value``); text that does not convert is a
-    ``decode_error``.
+    ``decode_error``; a value whose ``invalid_when`` status group holds one
+    of the listed texts is a ``PointError`` with the point's ``invalid_reason``
+    (``no_fix``), whatever the value field holds.
 
     Args:
         patterns: regular expressions, tried in order.
@@ -187,8 +203,7 @@ class TextDecoder:
     """
 
     def __init__(self, patterns: Sequence[str], points: Sequence[tuple[str, FieldSpec]]) -> None:
-        self._patterns: list[tuple[re.Pattern[str], list[tuple[str, str, Callable[[str], Any],
-                                                                 dict[str, Any] | None, str | None]]]] = []
+        self._patterns: list[tuple[re.Pattern[str], list[_TextItem]]] = []
         for pattern in patterns:
             rx = re.compile(pattern)
             items = []
@@ -196,7 +211,11 @@ class TextDecoder:
                 if spec.group is None:
                     raise ValueError(f"point {name!r} has no pattern group")
                 if spec.group in rx.groupindex:
-                    items.append((name, spec.group, _CONVERT[spec.value_type], spec.map, spec.hemisphere))
+                    # only the status groups this pattern has: GGA has no RMC status and vice versa
+                    invalid = tuple((g, frozenset(v.strip() for v in texts))
+                                    for g, texts in (spec.invalid_when or {}).items() if g in rx.groupindex)
+                    items.append((name, spec.group, _CONVERT[spec.value_type], spec.map, spec.hemisphere,
+                                  invalid, PointError(spec.invalid_reason)))
             self._patterns.append((rx, items))
 
     def decode(self, line: str) -> dict[str, Any] | None:
@@ -206,11 +225,14 @@ class TextDecoder:
             if m is None:
                 continue
             out: dict[str, Any] = {}
-            for name, group, convert, mapping, hemisphere in items:
+            for name, group, convert, mapping, hemisphere, invalid, invalid_error in items:
                 raw = m.group(group)
                 if raw is None:  # the group sits in an alternative that did not match
                     continue
                 raw = raw.strip()
+                if any((m.group(g) or "").strip() in texts for g, texts in invalid):
+                    out[name] = invalid_error
+                    continue
                 if not raw:
                     out[name] = None
                     continue

@@ -85,6 +85,9 @@ class SerialProfile(BaseProfile):
                 problems.append(f"points[{i}] ({pt.name}): no pattern has a group named {pt.group!r}")
             elif text and pt.hemisphere is not None and pt.hemisphere not in groups:
                 problems.append(f"points[{i}] ({pt.name}): no pattern has a hemisphere group {pt.hemisphere!r}")
+            elif text and pt.invalid_when and not set(pt.invalid_when) <= groups:
+                missing = ", ".join(repr(g) for g in sorted(set(pt.invalid_when) - groups))
+                problems.append(f"points[{i}] ({pt.name}): invalid_when names {missing}, which no pattern has")
             elif pt.at is not None and self.frame.kind == "fixed":
                 assert self.frame.length is not None
                 end = pt.at + struct.calcsize(BINARY_TYPES[pt.value_type])

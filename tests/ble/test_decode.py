@@ -301,3 +301,30 @@ def test_example_config_validates() -> None:
     assert {d.config.driver for d in loaded.devices} == {"ble"}
     assert not [w for w in loaded.warnings if w.severity == "error"]
     assert any(isinstance(d.profile, BleProfile) and d.profile.gatt for d in loaded.devices)
+
+
+@pytest.mark.parametrize(("tx_bits", "dbm"), [(0, -40), (1, -38), (22, 4), (30, 20), (31, None)])
+def test_ruuvi_tx_power_is_the_low_5_bits_of_power_info(tx_bits: int, dbm: int | None) -> None:
+    """RAWv2 bytes 13-14: 11 bits battery (mV over 1600), then 5 bits tx power (2 dBm over -40; 31 = invalid)."""
+    frame = bytearray.fromhex(RUUVI_VALID)
+    frame[13:15] = ((1377 << 5) | tx_bits).to_bytes(2, "big")
+    decoded = decode_ruuvi(bytes(frame))
+    assert decoded["tx_power"] == dbm
+    assert decoded["battery_voltage"] == 2.977  # the other 11 bits are untouched
+
+
+def test_ruuvi_profile_publishes_tx_power_and_reports_31_as_no_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = load_ble_profile("ruuvi/ruuvitag")
+    [point] = [p for p in profile.points if p.name == "tx_power"]
+    assert point.unit == "dBm"
+    frame = bytearray.fromhex(RUUVI_VALID)
+    frame[14] |= 0x1F  # tx power field 31: not available
+    vector = {"address": "CB:B8:33:4C:88:4F", "manufacturer_data": {"0x0499": frame.hex()}}
+    driver = BleDriver(context(profile, address=vector["address"]))
+    sink = Sink()
+    driver.handle(_advert(vector, vector["address"]), sink)
+    [reading] = sink.readings
+    msg = Normalizer("gw-test", "dev-1", profile, {"driver": "ble"}).normalize(reading)
+    assert msg is not None
+    validate_reading({"seq": 1, **msg})
+    assert msg["metrics"]["tx_power"] == {"value": None, "quality": "bad", "unit": "dBm", "reason": "no_value"}

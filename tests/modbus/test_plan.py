@@ -69,8 +69,10 @@ def test_planning_is_deterministic_and_order_free() -> None:
 
 
 @pytest.mark.parametrize(("name", "requests"), [
-    ("eastron/sdm120", 3),      # 0..0x25, 0x46..0x4F, 0x156..0x159 (datasheet limit: 60 registers)
-    ("eastron/sdm630", 5),
+    # input 0..0x25, 0x46..0x5F, 0x102..0x109, 0x156..0x159; holding 0x02..0x03, 0x12..0x1D (limit: 60 registers)
+    ("eastron/sdm120", 6),
+    # input 0..0x39, 0x3C..0x57, 0x64..0x6B, 0xC8..0xCF, 0xE0..0x10D, 0x14E..0x16B; holding 0x02..0x1D
+    ("eastron/sdm630", 7),
     ("generic-rs485/xy-md02", 3),
     ("senseair/s8", 2),
     ("carlo-gavazzi/em111", 1),

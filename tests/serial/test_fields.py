@@ -96,3 +96,28 @@ def test_text_first_matching_pattern_wins_and_gives_only_its_points() -> None:
     assert dec.decode("H=40") == {"h": 40.0}
     assert dec.decode("T=21.5") == {"t": 21.5}
     assert dec.decode("nothing") is None
+
+
+def test_invalid_when_consults_only_the_matched_patterns_groups() -> None:
+    point = FieldSpec(group="v", invalid_when={"q": ["0"], "s": ["V"]}, invalid_reason="no_fix")
+    dec = TextDecoder([r"^A,(?P<v>[^,]*),(?P<q>[^,]*)$", r"^B,(?P<v>[^,]*),(?P<s>[^,]*)$"], [("x", point)])
+    assert dec.decode("A,1.5,1") == {"x": 1.5}
+    assert dec.decode("A,1.5,0") == {"x": PointError("no_fix")}
+    assert dec.decode("A,,0") == {"x": PointError("no_fix")}
+    assert dec.decode("B,2.5,A") == {"x": 2.5}
+    assert dec.decode("B,2.5,V") == {"x": PointError("no_fix")}
+
+
+def test_invalid_when_is_for_text_fields() -> None:
+    with pytest.raises(ValidationError, match="invalid_when"):
+        FieldSpec(at=0, invalid_when={"q": ["0"]})
+
+
+def test_profile_rejects_invalid_when_naming_a_group_no_pattern_has() -> None:
+    from fieldgate.drivers.serial.profile import SerialProfile
+
+    with pytest.raises(ValidationError, match=r"invalid_when names 'fixx', which no pattern has"):
+        SerialProfile.model_validate({
+            "schema_version": 1, "driver": "serial", "vendor": "v", "model": "m",
+            "frame": {"kind": "line", "pattern": r"^(?P<v>[^,]*),(?P<fix>\d)"},
+            "points": [{"name": "x", "group": "v", "invalid_when": {"fixx": ["0"]}}]})

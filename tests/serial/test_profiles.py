@@ -83,14 +83,15 @@ def test_sds011_golden_message(validate_reading: Callable[[dict[str, Any]], None
     validate_reading(msg)
 
 
-def test_gnss_without_fix_reports_no_value(validate_reading: Callable[[dict[str, Any]], None]) -> None:
+def test_gnss_without_fix_reports_no_fix(validate_reading: Callable[[dict[str, Any]], None]) -> None:
     profile = load_serial_profile(REPO / "profiles/nmea0183/gnss.yaml")
     sentence = nmea_sentence("GPGGA,002153.000,,,,,0,00,,,M,,M,,").decode()
     [msg] = decode_vector(profile, {"text": sentence})
     validate_reading(msg)
     m = msg["metrics"]
     assert m["fix_quality"] == {"value": 0, "quality": "good"}
-    assert m["latitude"] == {"value": None, "quality": "bad", "unit": "lat", "reason": "no_value"}
+    # quality 0 says why the fields are empty: no_fix, not merely no_value
+    assert m["latitude"] == {"value": None, "quality": "bad", "unit": "lat", "reason": "no_fix"}
 
 
 def test_out_of_range_value_is_flagged(validate_reading: Callable[[dict[str, Any]], None]) -> None:
@@ -106,3 +107,31 @@ def test_example_config_validates() -> None:
     loaded = load_config(REPO / "drivers" / "serial" / "example.yaml")
     assert {d.driver.name for d in loaded.devices} == {"serial"}
     assert not [w for w in loaded.warnings if w.severity == "error"]
+
+
+# A receiver that lost its fix keeps sending its last position: GGA quality 0
+# (u-blox and SiRF do this) or RMC status V. Those coordinates must not reach
+# the broker as good values.
+NO_FIX = [
+    pytest.param("GPGGA,123520,4807.038,N,01131.000,E,0,00,99.9,545.4,M,46.9,M,,", id="gga-quality-0"),
+    pytest.param("GPRMC,123520,V,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W", id="rmc-status-v"),
+]
+
+
+@pytest.mark.parametrize("body", NO_FIX)
+def test_gnss_stale_position_without_fix_is_bad_no_fix(body: str,
+                                                       validate_reading: Callable[[dict[str, Any]], None]) -> None:
+    profile = load_serial_profile(REPO / "profiles/nmea0183/gnss.yaml")
+    [msg] = decode_vector(profile, {"text": nmea_sentence(body).decode()})
+    validate_reading(msg)
+    m = msg["metrics"]
+    for name in ("latitude", "longitude", "altitude", "speed", "course"):
+        if name in m:
+            assert m[name]["quality"] == "bad" and m[name]["reason"] == "no_fix", (name, m[name])
+            assert m[name]["value"] is None, (name, m[name])
+    assert "latitude" in m and "longitude" in m
+    # the fix indicators themselves are good readings: they say why
+    if "fix_quality" in m:
+        assert m["fix_quality"] == {"value": 0, "quality": "good"}
+    if "fix_valid" in m:
+        assert m["fix_valid"] == {"value": False, "quality": "good"}

@@ -190,3 +190,38 @@ def test_hints() -> None:
 async def context_driver(profile: str, **conn: Any) -> AsyncIterator[SerialDriver]:
     async with SerialDriver(context(profile, **conn)) as drv:
         yield drv
+
+
+async def test_gnss_losing_its_fix_over_a_pty_publishes_no_good_position(
+        validate_reading: Callable[[dict[str, Any]], None]) -> None:
+    """Real driver, real pty: fix, then the receiver loses it but repeats its last position."""
+    import os
+
+    from fieldgate.normalize import Normalizer
+    from fieldgate_hwsim.serial_sim import nmea_sentence
+
+    master, slave = os.openpty()
+    try:
+        async with context_driver("nmea0183/gnss", port=os.ttyname(slave)) as drv:
+            sink = Sink()
+            task = asyncio.create_task(drv.run(sink))
+            os.write(master, nmea_sentence("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
+                     + nmea_sentence("GPGGA,123520,4807.038,N,01131.000,E,0,00,99.9,545.4,M,46.9,M,,")
+                     + nmea_sentence("GPRMC,123520,V,4807.038,N,01131.000,E,000.0,084.4,230394,003.1,W"))
+            await sink.wait(lambda s: len(s.readings) >= 3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        os.close(master)
+        os.close(slave)
+    norm = Normalizer("gw-test", "gnss", drv.profile, {"driver": "serial"})
+    fix, gga0, rmc_v = (norm.normalize(r) for r in sink.readings[:3])
+    for msg in (fix, gga0, rmc_v):
+        assert msg is not None
+        validate_reading({"seq": 1, **msg})
+    assert fix is not None and fix["metrics"]["latitude"]["quality"] == "good"
+    for msg in (gga0, rmc_v):
+        assert msg is not None
+        for name in ("latitude", "longitude"):
+            assert msg["metrics"][name] == {"value": None, "quality": "bad", "unit": name[:3], "reason": "no_fix"}
