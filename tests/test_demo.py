@@ -146,3 +146,18 @@ def test_buffer_trend_says_each_change_once(depths: list[int], changes: list[tup
     trend = BufferTrend(backlog=20)
     got = [(i, c) for i, d in enumerate(depths) if (c := trend.update(d)) is not None]
     assert got == changes
+
+
+def test_demo_help_says_where_the_demo_folder_is(tmp_path: Path) -> None:
+    """`--help` names the folder the demo really uses when --dir is not given."""
+    def demo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fieldgate.cli", "demo", *args], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path, check=False,
+                              env={**os.environ, "FIELDGATE_DEMO_WEB_PORT": "0"})
+
+    help_text = " ".join(demo("--help").stdout.split())
+    assert "default: ./demo-run" in help_text, help_text
+    assert "temporary" not in help_text
+    res = demo("--no-broker", "--duration", "0.5")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "demo-run" / "fieldgate.yaml").is_file()
