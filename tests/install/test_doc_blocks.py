@@ -1,4 +1,4 @@
-"""What README.md and docs/*.md show is what the software takes: every YAML block validated, every command run.
+"""README.md, docs/*.md and drivers/sim/README.md show what the software takes: YAML validated, commands run.
 
 Each ```yaml block is a configuration (validated by ``fieldgate validate``, the code path a user runs), a
 profile (validated by ``fieldgate validate`` as a profile), a cloud-init ``#cloud-config`` (its
@@ -24,7 +24,7 @@ import yaml
 from tests.conftest import REPO
 from tests.support.contract import validate_reading
 
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "drivers" / "sim" / "README.md"]
 FENCE = re.compile(r"(?:<!-- docs: (?P<mark>[\w-]+) -->\n)?^```(?P<lang>\w*)\n(?P<body>.*?)^```", re.S | re.M)
 BIN = Path(sys.executable).parent
 
