@@ -52,10 +52,8 @@ class Proc:
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
         self._err_cond = threading.Condition()
-        self._pumps = [threading.Thread(target=self._pump, args=(self.popen.stdout, True), daemon=True),
-                       threading.Thread(target=self._pump, args=(self.popen.stderr, False), daemon=True)]
-        for t in self._pumps:
-            t.start()
+        threading.Thread(target=self._pump, args=(self.popen.stdout, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.popen.stderr, False), daemon=True).start()
 
     def _pump(self, stream: Any, is_out: bool) -> None:
         for line in stream:
@@ -87,15 +85,7 @@ class Proc:
     def stop(self) -> int:
         if self.popen.poll() is None:
             self.popen.kill()
-        rc = self.popen.wait(10)
-        # The pumps end at EOF once the process is gone; then the pipes are closed here, or
-        # they are left to the garbage collector with a ResourceWarning each.
-        for t in self._pumps:
-            t.join(10)
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
-        return rc
+        return self.popen.wait(10)
 
 
 @pytest.fixture
