@@ -161,3 +161,15 @@ def test_demo_help_says_where_the_demo_folder_is(tmp_path: Path) -> None:
     res = demo("--no-broker", "--duration", "0.5")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "demo-run" / "fieldgate.yaml").is_file()
+
+
+def test_enter_prints_a_summary_and_end_of_input_is_harmless(tmp_path: Path) -> None:
+    """A line on stdin asks for the summary; stdin then at its end (a pipe closed) is let go, not spun on."""
+    res = subprocess.run([sys.executable, "-m", "fieldgate.cli", "demo", "--dir", str(tmp_path / "d"), "--no-broker",
+                          "--duration", "5"], input="\n", capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "FIELDGATE_DEMO_WEB_PORT": "0"})
+    assert res.returncode == 0, res.stderr
+    summaries = [line for line in res.stderr.splitlines() if LINE.match(line) and " summary: " in line]
+    assert len(summaries) == 1, res.stderr  # --no-broker: the console writes to stderr, stdout is JSON readings
+    assert re.search(r"summary: 15 device\(s\)", summaries[0]), summaries
+    assert "Traceback" not in res.stderr
