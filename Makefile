@@ -1,7 +1,7 @@
 # fieldgate: the two set-up commands.
-#   make demo  - install what is needed, start simulated devices, a local broker,
-#                the gateway and its status page, and print where to look
-#   make test  - install what is needed and run the whole test suite
+#   make demo  - install the runtime extras only, start simulated devices, a local
+#                broker, the gateway and its status page, and print where to look
+#   make test  - install the runtime and test extras and run the whole test suite
 # Both work on a fresh Debian / Raspberry Pi OS machine (they use sudo for apt
 # when not run as root).
 
@@ -9,20 +9,27 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
-EXTRAS  ?= all,test
+# The demo needs only what its simulated devices and the status page use; not
+# coap-dtls (it compiles tinydtls, minutes on a Raspberry Pi) and not the test
+# extras (Playwright, schemathesis, hypothesis, dbusmock, ...).
+DEMO_EXTRAS ?= modbus,serial,ble,coap,web
+TEST_EXTRAS ?= all,test
 APT_PKGS := mosquitto mosquitto-clients chromium dbus libdbus-1-dev libglib2.0-dev pkg-config autoconf automake libtool
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps apt lint bench clean
+.PHONY: demo test deps demo-deps apt lint bench clean
 
-demo: deps
+demo: demo-deps
 	$(VENV)/bin/fieldgate demo $(DEMO_ARGS)
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-deps: apt $(VENV)/.installed
+# One stamp per set of extras: `make test` after `make demo` adds the test extras
+# to the same venv; `make demo` after `make test` installs nothing.
+demo-deps: apt $(VENV)/.installed-demo
+deps: apt $(VENV)/.installed-test
 
 # System packages: a broker for tests and the demo, Chromium for the status page's browser
 # tests (driven by Playwright; no browser download), D-Bus and its headers for the BLE tests
@@ -38,11 +45,15 @@ apt:
 	fi
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fieldgate needs Python >= 3.11")'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-demo: pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e '.[$(EXTRAS)]'
+	$(PIP) install -q -e '.[$(DEMO_EXTRAS)]'
 	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e '.[$(TEST_EXTRAS)]'
+	@touch $@ $(VENV)/.installed-demo
 
 lint: deps
 	$(PIP) install -q ruff mypy types-PyYAML

@@ -241,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scan, parser=scan_parser)
 
     p = sub.add_parser("demo", help="run a demo gateway with simulated devices",
-                       description="Start simulated devices, a local broker if available, and the gateway.")
-    p.add_argument("--dir", default=None, help="working directory for the demo (default: a temporary one)")
+                       description="Start simulated devices, a local broker if available, and the gateway. "
+                       "The console prints one line per state change; Enter or SIGUSR1 prints a summary.")
+    p.add_argument("--dir", default=None,
+                   help="folder for the demo's configuration, buffer and fault files; kept after the demo "
+                        "(default: ./demo-run in the current folder)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-broker", action="store_true", help="print readings on stdout instead of MQTT")
     p.set_defaults(func=cmd_demo)

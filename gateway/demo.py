@@ -1,9 +1,10 @@
 """``fieldgate demo``: a gateway with simulated devices, a local broker, and where to look.
 
-Writes a demo configuration into a folder, starts a private mosquitto on a
-free loopback port (when installed), and runs the gateway in this process,
-printing a line per device every few seconds and the command to watch the
-MQTT traffic.
+Writes a demo configuration into a folder (``./demo-run`` unless ``--dir``),
+starts a private mosquitto on a free loopback port (when installed) and the
+protocol simulators, and runs the gateway in this process. The console says
+where to look, then prints one line per state change (:class:`DemoConsole`)
+and a summary on Enter or SIGUSR1; the status page has the full picture.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .cli import start_status_page
 from .config import load_config
@@ -214,6 +216,174 @@ class DemoDevices:
                 await self._coap.stop()
 
 
+#: Readings waiting in the buffer beyond which the console calls it a backlog.
+#: Below it, the depth is the few readings in flight of a working uplink.
+BACKLOG = 20
+
+
+@dataclass
+class BufferTrend:
+    """The buffer's depth told as states: ``steady``, ``growing``, ``draining``.
+
+    With hysteresis (half a :data:`BACKLOG`), so a depth that wobbles by a few
+    readings between two looks does not print a line each time.
+    """
+
+    backlog: int = BACKLOG
+    state: str = "steady"
+    _peak: int = 0
+    _trough: int = 0
+
+    def update(self, depth: int) -> str | None:
+        """Take a new depth; return the new state when it changed."""
+        before = self.state
+        if self.state == "steady":
+            if depth > self.backlog:
+                self.state, self._peak = "growing", depth
+        elif depth <= self.backlog // 4:
+            self.state = "steady"
+        elif self.state == "growing":
+            self._peak = max(self._peak, depth)
+            if depth <= self._peak - self.backlog // 2:
+                self.state, self._trough = "draining", depth
+        else:
+            self._trough = min(self._trough, depth)
+            if depth >= self._trough + self.backlog // 2:
+                self.state, self._peak = "growing", depth
+        return self.state if self.state != before else None
+
+
+class DemoConsole:
+    """The demo's console: one line per state change, and a summary when asked.
+
+    A device going offline or degraded and coming back, the uplink connecting
+    and losing its broker, the buffer growing and draining, readings dropped:
+    each is one line with the time. The summary (Enter, or SIGUSR1) lists every
+    device with its latest values; the status page has the full picture.
+    The gateway has no change notifications (the status page's StateHub also
+    looks once a second), so the console compares snapshots once a second.
+    """
+
+    def __init__(self, gw: Any, uplink: Any, out: TextIO, page_url: str | None, interval: float = 1.0) -> None:
+        self.gw, self.uplink, self.out, self.page_url, self.interval = gw, uplink, out, page_url, interval
+        self._devices: dict[str, str] = {}
+        self._since: dict[str, float] = {}
+        self._connected: bool | None = None
+        self._dropped = 0
+        self._disk_full = False
+        self._trend = BufferTrend()
+        self._stdin: int | None = None
+
+    def _say(self, text: str) -> None:
+        print(time.strftime("%H:%M:%S"), text, file=self.out, flush=True)
+
+    async def run(self) -> None:
+        """Watch until cancelled."""
+        await self.gw.ready.wait()
+        while True:
+            self.check()
+            await asyncio.sleep(self.interval)
+
+    def check(self) -> None:
+        """Print a line for every state that changed since the last look."""
+        now = time.monotonic()
+        for dev_id, d in self.gw.snapshot()["devices"].items():
+            state, before = d["state"], self._devices.get(dev_id)
+            if state == before or (before is None and state == "offline" and not d["polls"]):
+                continue  # not polled yet: offline is its starting state, not news
+            self._devices[dev_id] = state
+            if state == "online":
+                if before is None:
+                    self._say(f"{dev_id} online: {_values(d)}")
+                else:
+                    self._say(f"{dev_id} online again (recovered after {now - self._since[dev_id]:.0f} s {before})")
+                self._since.pop(dev_id, None)
+            else:
+                self._since.setdefault(dev_id, now)
+                self._say(f"{dev_id} {state}: {d['last_error'] or 'no reading yet'}")
+        if self.uplink is not None:
+            self._check_uplink(self.uplink.snapshot())
+
+    def _check_uplink(self, u: dict[str, Any]) -> None:
+        connected = u["state"] == "connected"
+        if connected != self._connected and (connected or self._connected is not None):
+            if connected:
+                self._say(f"uplink connected to {u['broker']}")
+            else:
+                self._say(f"uplink lost: {u['last_error'] or u['state']}; readings are kept in the buffer")
+        self._connected = connected
+        b = u.get("buffer")
+        if b is None:
+            return
+        depth = b["depth"]
+        change = self._trend.update(depth)
+        if change == "growing":
+            self._say(f"buffer growing: {depth} readings waiting for the broker")
+        elif change == "draining":
+            self._say(f"buffer draining: {depth} readings waiting")
+        elif change == "steady":
+            self._say(f"buffer caught up: {depth} waiting, last seq {b['last_seq']}")
+        if b["dropped"] > self._dropped:
+            self._say(f"buffer dropped {b['dropped'] - self._dropped} reading(s) ({b['dropped']} in all); "
+                      "see the events topic")
+            self._dropped = b["dropped"]
+        if bool(b["disk_full"]) != self._disk_full:
+            self._disk_full = bool(b["disk_full"])
+            self._say("disk full: readings held in memory" if self._disk_full else "disk has space again")
+
+    def summary(self) -> None:
+        """Every device with its state and latest values, and the uplink (on Enter or SIGUSR1)."""
+        devices = self.gw.snapshot()["devices"]
+        counts = {s: sum(1 for d in devices.values() if d["state"] == s) for s in ("online", "degraded", "offline")}
+        lines = [f"summary: {len(devices)} device(s): "
+                 + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+        if self.uplink is not None:
+            u = self.uplink.snapshot()
+            b = u.get("buffer") or {}
+            lines.append(f"  uplink {u['state']} ({u['broker']}): published {u['published']}, acked {u['acked']}; "
+                         f"buffer depth {b.get('depth', '?')}, last seq {b.get('last_seq', '?')}, "
+                         f"dropped {b.get('dropped', 0)}")
+        width = max((len(dev_id) for dev_id in devices), default=0)
+        for dev_id, d in devices.items():
+            err = f" ({d['last_error']})" if d["state"] != "online" and d["last_error"] else ""
+            lines.append(f"  {dev_id:{width}s} {d['state']:8s} {_values(d)}{err}")
+        if self.page_url:
+            lines.append(f"  full picture: {self.page_url}")
+        self._say("\n".join(lines))
+
+    def listen_for_enter(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Print the summary when a line arrives on stdin (a terminal or a pipe)."""
+        try:
+            loop.add_reader(0, self._on_stdin, loop)
+        except (OSError, ValueError):
+            return  # no stdin, or a regular file the loop cannot watch: SIGUSR1 still works
+        self._stdin = 0
+
+    def _on_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            data = os.read(0, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(loop)  # end of input (e.g. </dev/null): stop watching, or the loop would spin on it
+            return
+        for _ in range(data.count(b"\n") or 1):
+            self.summary()
+
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop watching stdin."""
+        if self._stdin is not None:
+            loop.remove_reader(self._stdin)
+            self._stdin = None
+
+
+def _values(d: dict[str, Any], n: int = 3) -> str:
+    return ", ".join(f"{k}={v['value']}{(' ' + v['unit']) if v.get('unit') else ''}"
+                     for k, v in list(d["metrics"].items())[:n])
+
+
 async def _demo(folder: Path, broker_port: int | None, duration: float | None) -> int:
     from .app import Gateway
     from .logs import setup_logging
@@ -254,6 +424,7 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     print(f"  break one:  echo timeout > {folder / 'gully-level-1.fault'}   (then: echo none > ...)")
     if sims.config:
         print(f"              echo silent > {folder / 'meter-rtu-1.fault'}   (Modbus: silent | crc | exception:02)")
+    print(f"  summary:    press Enter (or: kill -USR1 {os.getpid()}); otherwise one line per state change")
     print("  stop:       Ctrl-C", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -262,32 +433,17 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     if duration:
         loop.call_later(duration, gw.request_stop)
 
-    async def report() -> None:
-        await gw.ready.wait()
-        while True:
-            await asyncio.sleep(5)
-            snap = gw.snapshot()
-            parts = []
-            for dev_id, d in snap["devices"].items():
-                vals = ", ".join(f"{k}={v['value']}{(' ' + v['unit']) if v.get('unit') else ''}"
-                                 for k, v in list(d["metrics"].items())[:3])
-                err = f" ({d['last_error']})" if d["state"] != "online" and d["last_error"] else ""
-                parts.append(f"  {dev_id:16s} {d['state']:8s} {vals}{err}")
-            up = getattr(output, "snapshot", None)
-            line = ""
-            if callable(up):
-                u = up()
-                b = u.get("buffer") or {}
-                line = (f"uplink {u['state']} ({u['broker']}): published {u['published']}, acked {u['acked']}, "
-                        f"buffer depth {b.get('depth', '?')}, last seq {b.get('last_seq', '?')}")
-            print(time.strftime("%H:%M:%S"), line, *parts, sep="\n", flush=True)
-
-    reporter = asyncio.create_task(report()) if use_broker else None
+    console = DemoConsole(gw, output if use_broker else None,
+                          sys.stdout if use_broker else sys.stderr,  # --no-broker: stdout carries JSON readings
+                          web_server.url if web_server is not None else None)
+    loop.add_signal_handler(signal.SIGUSR1, console.summary)
+    console.listen_for_enter(loop)
+    watcher = asyncio.create_task(console.run(), name="demo-console")
     try:
         await gw.run()
     finally:
-        if reporter is not None:
-            reporter.cancel()
+        watcher.cancel()
+        console.close(loop)
         if web_server is not None:
             await web_server.close()
         await sims.stop()

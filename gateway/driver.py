@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, PackageNotFoundError, distribution, entry_points, requires
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
@@ -131,6 +132,41 @@ def available_drivers() -> dict[str, EntryPoint]:
 
 _cache: dict[str, type[Driver]] = {}
 
+_EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+
+
+def missing_requirements(extra: str, dist: str = "fieldgate") -> list[str]:
+    """The distributions that ``dist[extra]`` requires and that are not installed.
+
+    Read from the installed package's metadata (its ``Requires-Dist``), so it is the
+    same list pip would install; nested extras (``fieldgate[coap]``) are followed.
+    Without metadata (a bare source tree on ``sys.path``) nothing can be told: ``[]``.
+    """
+    try:
+        reqs = requires(dist) or []
+    except PackageNotFoundError:
+        return []
+    absent: list[str] = []
+    for req in reqs:
+        spec, _, marker = req.partition(";")
+        m = _EXTRA_MARKER.search(marker)
+        if m is None or m[1] != extra:
+            continue
+        name = re.match(r"[A-Za-z0-9._-]+", spec.strip())
+        if name is None:
+            continue
+        nested = re.search(r"\[([^]]+)\]", spec)
+        if name[0] == dist and nested:
+            for sub in nested[1].split(","):
+                absent += [a for a in missing_requirements(sub.strip(), dist) if a not in absent]
+            continue
+        try:
+            distribution(name[0])
+        except PackageNotFoundError:
+            if name[0] not in absent:
+                absent.append(name[0])
+    return absent
+
 
 def load_driver(name: str) -> type[Driver]:
     """Import a driver by name.
@@ -150,15 +186,24 @@ def load_driver(name: str) -> type[Driver]:
             f"unknown driver {name!r}{did_you_mean(name, eps)}",
             hint=f"installed drivers: {', '.join(sorted(eps)) or 'none'}",
         )
+    extra = BUILTIN_EXTRAS.get(name)
+    # Drivers import their protocol library lazily (BLE's bleak, Modbus's pymodbus are
+    # imported when a device opens), so a successful import does not prove the extra is
+    # there: the package's own metadata says what the extra needs.
+    absent = missing_requirements(extra) if extra else []
+    if extra and absent:
+        raise DriverUnavailable(f"driver {name!r} needs the {extra} extra ({', '.join(absent)} not installed)",
+                                hint=f"pip install 'fieldgate[{extra}]'")
     try:
         cls = ep.load()
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
-        extra = BUILTIN_EXTRAS.get(name)
-        how = f"pip install 'fieldgate[{extra}]'" if extra else f"install the package that provides {missing!r}"
-        raise DriverUnavailable(
-            f"driver {name!r} needs {missing!r}, which is not installed: {how}", hint=how
-        ) from exc
+        # The command goes in the hint only: str() of the error appends the hint.
+        if extra:
+            raise DriverUnavailable(f"driver {name!r} needs the {extra} extra ({missing!r} not installed)",
+                                    hint=f"pip install 'fieldgate[{extra}]'") from exc
+        raise DriverUnavailable(f"driver {name!r} needs {missing!r}, which is not installed",
+                                hint=f"install the package that provides {missing!r}") from exc
     if not isinstance(cls, type) or not all(hasattr(cls, a) for a in ("Profile", "poll", "name")):
         raise DriverUnavailable(f"entry point {ep.value!r} for driver {name!r} is not a driver class")
     _cache[name] = cls
