@@ -32,17 +32,14 @@ def test_scan_usage_errors_exit_2() -> None:
 
 
 # The fix is in drivers/modbus/scan.py (owned by the Modbus work): its main() returns 2 for a DriverError too.
-SCAN_FIX = "drivers/modbus/scan.py main(): `except DriverError` must return 3, not 2 (issue 22)"
 
 
-@pytest.mark.xfail(reason=SCAN_FIX, strict=True)
 def test_scan_of_an_unreachable_device_exits_3() -> None:
     res = fieldgate("scan", "modbus", "--host", "127.0.0.1", "--tcp-port", str(_closed_port()), "--ids", "1")
     assert "Traceback" not in res.stderr
     assert res.returncode == 3, res.stderr
 
 
-@pytest.mark.xfail(reason=SCAN_FIX, strict=True)
 def test_scan_of_a_busy_port_exits_3(tmp_path: Path) -> None:
     import serial  # the modbus extra: a port held open exclusively, as a running gateway holds it
 

@@ -66,7 +66,7 @@ async def scan(conn: ModbusConnection, ids: list[int], out: object = None) -> li
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of ``fieldgate scan modbus``; returns the exit code (0 found, 1 none, 2 error)."""
+    """Entry point of ``fieldgate scan modbus``; returns the exit code (0 found, 1 none, 2 usage error, 3 the line or host cannot be opened)."""
     ap = argparse.ArgumentParser(prog="fieldgate scan modbus", description="Find Modbus unit ids that answer.")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port of the RS-485 adapter, e.g. /dev/ttyUSB0")
@@ -95,8 +95,9 @@ def main(argv: list[str]) -> int:
     try:
         found = asyncio.run(scan(conn, ids))
     except DriverError as exc:
+        # unreachable, refused or busy: a device problem (3), not a usage error (2)
         print(f"fieldgate scan modbus: {exc}", file=sys.stderr)
-        return 2
+        return 3
     except KeyboardInterrupt:
         return 130
     print(f"found {len(found)} unit(s){': ' + ', '.join(map(str, found)) if found else ''}")

@@ -91,7 +91,7 @@ async def test_scan_finds_the_units_on_a_line(sims: list[ModbusSim]) -> None:
 
 
 def test_scan_cli_errors_without_traceback(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
-    assert scan_main(["--port", "/dev/does-not-exist-ttyUSB0", "--ids", "1"]) == 2
+    assert scan_main(["--port", "/dev/does-not-exist-ttyUSB0", "--ids", "1"]) == 3
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err
     assert scan_main(["--host", "127.0.0.1", "--ids", "1-999"]) == 2
