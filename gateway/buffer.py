@@ -92,12 +92,12 @@ _SALVAGE_CHUNK = 1000
 _DROP_TO = 0.95  # a full buffer drops down to 95 % of max_bytes: one drop (and event) per 5 %, not per tick
 _AGE_SLACK_MAX_S = 600.0  # age drops wait for this much (or 5 % of max_age) extra: at most one event per 10 min
 _VACUUM_PAGES = 2048  # free pages returned to the filesystem per maintenance() (8 MB at 4 KiB pages)
-_JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024  # the WAL is truncated to this after a checkpoint resets it
 # The reserve file: 5 % of the filesystem, 256 KiB to 4 MiB. The WAL is checkpointed every half reserve,
 # so that the reserve, released when the disk is full, always holds what a checkpoint must add to the file.
 _RESERVE_SHARE = 0.05
 _RESERVE_MIN = 256 * 1024
 _RESERVE_MAX = 4 * 1024 * 1024
+_LOSS_EVERY_S = 10.0  # readings lost from the spill are announced at most this often (the first loss at once)
 _BUSY_TIMEOUT_S = 5.0  # another process (a backup, `sqlite3` in a shell) may hold the lock briefly
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -246,6 +246,8 @@ class Buffer:
         self._opened = False
         self._page_size = 4096
         self._reserve_size = _RESERVE_MIN
+        self._wal_alarm = _RESERVE_MIN  # WAL bytes beyond which the automatic checkpoint has not worked
+        self._wal_full: BaseException | None = None  # a checkpoint after a commit found the disk full
         self._reserved = 0  # the sidecar's value: no seq above it has been handed out
         self._last_seq = 0
         self._depth = 0
@@ -254,6 +256,8 @@ class Buffer:
         self._seed: tuple[int, str] | None = None  # (seq to continue above, why)
         self._spill: deque[tuple[str, int, str]] = deque()
         self._spill_dropped_total = 0
+        self._spill_unannounced = 0  # readings lost from the spill, not yet announced
+        self._loss_announced_at: float | None = None  # monotonic time of the last buffer_spill_lost
         self._episode: str | None = None  # why writes fail, while they do
         self._episode_full = False
         self._episode_recovered = 0
@@ -314,6 +318,10 @@ class Buffer:
             if self._spill:
                 log.error("buffer closing with %d reading(s) that could not be written (%s): they are lost",
                           len(self._spill), self._episode)
+                self._spill_dropped_total += len(self._spill)
+                self._spill_unannounced += len(self._spill)
+                self._spill.clear()
+            self._announce_spill_loss(final=True)  # stored if the disk lets it; the ERROR above says it anyway
             conn = self._conn
             if conn is not None:
                 try:
@@ -454,6 +462,9 @@ class Buffer:
             Its id; negative when it could only be kept in memory (disk full).
         """
         text = _dumps(event)
+        if self._episode_full:
+            # The space the reserve gave back is for deletes and checkpoints only (see the module docstring).
+            return self._add_event_memory(text)
         try:
             return self._guarded(lambda: self._add_event_db(text))
         except sqlite3.OperationalError as exc:
@@ -500,6 +511,7 @@ class Buffer:
         """
         if self._pending_acks:
             self.ack(())
+        self._announce_spill_loss()
         try:
             self._guarded(self._maintain)
         except (sqlite3.OperationalError, OSError) as exc:
@@ -530,13 +542,17 @@ class Buffer:
                 log.warning("buffer: %s does not support WAL (journal mode %s): commits will be slower", self.path,
                             mode)
             conn.execute(f"PRAGMA synchronous = {self._sync}")
-            conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
             conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
             problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
                 raise _Corrupt("quick_check: " + "; ".join(problems[:3]))
             self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, self._reserve_size // 2 // self._page_size)}")
+            auto = max(16, self._reserve_size // 2 // self._page_size)
+            conn.execute(f"PRAGMA wal_autocheckpoint = {auto}")
+            # The WAL is cut back to the automatic checkpoint's size when it restarts, so a larger one means
+            # that checkpoints fail (a full disk): _commit then checkpoints itself and hears the error.
+            conn.execute(f"PRAGMA journal_size_limit = {auto * self._page_size}")
+            self._wal_alarm = auto * self._page_size + self._reserve_size // 4 + 64 * 1024
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             new = "readings" not in tables
             if not {"readings", "events", "meta"} <= tables:
@@ -729,7 +745,32 @@ class Buffer:
         self._ensure_session()
         if self._spill:
             self._flush_spill()
-        seqs = self._commit(items)
+            if self._wal_stopped():
+                self._spill_items(items)
+                return []
+        seqs: list[int] = []
+        # Transactions of at most a quarter of the reserve: the WAL a full disk leaves behind is then
+        # always small enough for the reserve to checkpoint it (see the module docstring).
+        limit = self._reserve_size // 4
+        start = 0
+        while start < len(items):
+            end, size = start, 0
+            while end < len(items) and (end == start or size < limit):
+                size += 64 + len(items[end][2])
+                end += 1
+            try:
+                seqs += self._commit(items[start:end])
+            except (sqlite3.OperationalError, OSError) as exc:
+                if not seqs:
+                    raise
+                # Part of the batch has its seqs: the rest waits in the spill, in order, and nothing twice.
+                self._write_failed(exc)
+                self._spill_items(items[start:])
+                return seqs
+            start = end
+            if self._wal_stopped():  # the WAL check in _commit found the disk full: the rest waits
+                self._spill_items(items[start:])
+                return seqs
         self._write_ok()
         return seqs
 
@@ -751,8 +792,33 @@ class Buffer:
         self._last_seq = last
         self._depth += n
         self._appended_since_maintenance += n
+        if self._wal_bytes() > self._wal_alarm:
+            self._checkpoint_after_commit()
         # AUTOINCREMENT with one writer hands out consecutive seqs within a transaction.
         return list(range(last - n + 1, last + 1))
+
+    def _wal_stopped(self) -> bool:
+        """True (and the disk-full episode begun) if a checkpoint after a commit found the disk full."""
+        exc, self._wal_full = self._wal_full, None
+        if exc is None:
+            return False
+        self._write_failed(exc)
+        return True
+
+    def _checkpoint_after_commit(self) -> None:
+        """The WAL outgrew what the automatic checkpoint lets it reach: checkpoint now and hear why not.
+
+        SQLite's automatic checkpoint fails silently (the commit still succeeds), and on a filling disk
+        the WAL then grows into all the space left, past what the reserve could ever checkpoint. Heard
+        here instead, the disk-full episode starts while the WAL is still small.
+        """
+        try:
+            self._checkpoint("PASSIVE")
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                log.debug("buffer: checkpoint failed: %s", exc)
+                return
+            self._wal_full = exc  # the commit stands; the caller stops appending (see _append)
 
     def _flush_spill(self) -> None:
         step = self._rows_per_tight_commit(self._spill_row_bytes) or _SPILL_CHUNK
@@ -762,6 +828,8 @@ class Buffer:
             for _ in chunk:
                 self._spill.popleft()
             self._episode_recovered += len(chunk)
+            if self._wal_full is not None:
+                return
             if step < _SPILL_CHUNK:
                 self._checkpoint_quietly()
 
@@ -777,7 +845,32 @@ class Buffer:
                           self.spill_max)
             self._spill_dropped_total += overflow
             self._episode_lost += overflow
+            self._spill_unannounced += overflow
+            self._announce_spill_loss()
         self._spill.extend(items)
+
+    def _announce_spill_loss(self, *, final: bool = False) -> None:
+        """Announce readings lost from the spill while it happens: at once, then at most every ``_LOSS_EVERY_S``.
+
+        A loss nobody hears of until the disk has room again (hours later, or never) is a silent loss:
+        the events topic and the log say it as it goes on, with counts, rate-limited.
+        """
+        if not self._spill_unannounced:
+            return
+        now = time.monotonic()
+        if not final and self._loss_announced_at is not None and now - self._loss_announced_at < _LOSS_EVERY_S:
+            return
+        since = None if self._loss_announced_at is None else now - self._loss_announced_at
+        n, self._spill_unannounced = self._spill_unannounced, 0
+        self._loss_announced_at = now
+        log.warning("buffer: %d reading(s) lost in memory %s (the disk cannot be written and the in-memory spill holds %d; "
+                    "%d lost in total): free disk space in %s", n,
+                    "so far" if since is None else f"in the last {since:.0f} s", self.spill_max,
+                    self._spill_dropped_total, self.data_dir)
+        event = self._event("buffer_spill_lost", lost=n, lost_total=self._spill_dropped_total,
+                            spill_max=self.spill_max, error=self._episode)
+        self.add_event(event)
+        self._notify(event)
 
     def _write_failed(self, exc: BaseException) -> None:
         full = _is_full(exc)
@@ -803,8 +896,10 @@ class Buffer:
     def _write_ok(self) -> None:
         if self._episode is None:
             return
+        self._announce_spill_loss(final=True)
         recovered, lost = self._episode_recovered, self._episode_lost
         self._episode = None
+        self._loss_announced_at = None
         self._episode_full = False
         log.warning("buffer: writable again: %d spilled reading(s) committed, %d lost", recovered, lost)
         try:
@@ -990,7 +1085,11 @@ class Buffer:
     def _maintain(self) -> None:
         conn = self._db()
         todo = min(int(conn.execute("PRAGMA freelist_count").fetchone()[0]), _VACUUM_PAGES)
-        step = self._tight_pages() or _VACUUM_PAGES
+        # Always in steps the reserve can hold, with a checkpoint between them: every page the vacuum
+        # moves goes through the WAL first, and on a nearly full disk one big step (it used to be 8 MB)
+        # cannot be written at all, so the file would never shrink (the disk stays at 100 %).
+        step = self._tight_pages() or self._vacuum_step()
+        retried = False
         while todo > 0:
             # Python's sqlite3 steps this pragma once, and each step frees one page: so one
             # execute per page, in one transaction (one commit, one sync).
@@ -1001,14 +1100,18 @@ class Buffer:
                 conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 _rollback(conn)
+                if _is_full(exc) and not retried:
+                    retried = True  # the reserve is for this: release it and go on in small steps
+                    self._write_failed(exc)
+                    step = self._tight_pages() or step
+                    continue
                 log.debug("buffer: incremental vacuum failed: %s", exc)
                 break
             except BaseException:
                 _rollback(conn)
                 raise
             todo -= step
-            if todo > 0:
-                self._checkpoint_quietly()
+            self._checkpoint_quietly()  # the file shrinks now, and the next step reuses the WAL
         # The checkpoint writes the vacuum through (the file shrinks); on a full disk it frees the WAL.
         idle = not self._appended_since_maintenance or self._episode_full
         self._checkpoint("TRUNCATE" if idle else "PASSIVE")
@@ -1020,6 +1123,8 @@ class Buffer:
             if not self._spill and not self._event_spill:
                 conn.execute(_SET_META, ("probe_ts", int(self._now())))  # proves that writing works again
             self._flush_spill()
+            if self._wal_stopped():
+                return
             self._flush_event_spill()
             self._write_ok()
         elif self._event_spill:
@@ -1035,6 +1140,9 @@ class Buffer:
     # it is deleted and the WAL checkpointed and emptied, so that deletes (acks, drops) and the
     # incremental vacuum can run and give space back. Appends wait (in the spill) until the
     # filesystem has room for the reserve twice over; then the reserve is made again.
+
+    def _vacuum_step(self) -> int:
+        return max(8, min(_VACUUM_PAGES, self._reserve_size // 4 // self._page_size))
 
     def _tight_pages(self) -> int | None:
         """Pages one transaction should write while the disk is full (``None``: no limit).
@@ -1076,8 +1184,8 @@ class Buffer:
         return st.f_bavail * st.f_frsize
 
     def _room_to_resume(self) -> bool:
-        free = self._fs_free()
-        return free is None or free >= 2 * self._reserve_size
+        """Appends resume only once the reserve is in place again: its space is never theirs."""
+        return self._ensure_reserve()
 
     def _ensure_reserve(self) -> bool:
         path = self.data_dir / RESERVE_NAME

@@ -335,12 +335,12 @@ def test_disk_full_spills_in_memory_and_commits_the_spill_in_order_when_space_re
     buf.maintenance()  # still full: retries quietly
     stats = buf.stats()
     assert stats.spilled == 50 and stats.spill_dropped_total == 10
-    assert [e["kind"] for e in events] == ["buffer_disk_full"]
+    assert [(e["kind"], e.get("lost")) for e in events] == [("buffer_disk_full", None), ("buffer_spill_lost", 10)]
     assert "database or disk is full" in events[0]["error"]
     assert caplog.text.count("cannot write to") == 1  # one loud ERROR per episode
     # Reading and publishing go on, and the event already waits for the events topic.
     assert [r.seq for r in all_rows(buf)] == before
-    assert [json.loads(t)["kind"] for _, t in buf.read_events(10)] == ["buffer_disk_full"]
+    assert [json.loads(t)["kind"] for _, t in buf.read_events(10)] == ["buffer_disk_full", "buffer_spill_lost"]
 
     small_disk.free(buf)
     buf.maintenance()
@@ -350,8 +350,8 @@ def test_disk_full_spills_in_memory_and_commits_the_spill_in_order_when_space_re
     assert [r.seq for r in rows] == list(range(1, 61))  # fresh seqs, right after the committed ones
     assert [r.body for r in rows[10:]] == [b for _, _, b in (first + second)[10:]]  # oldest spilled lost first
     assert [(e["kind"], e.get("recovered"), e.get("lost")) for e in events] == [
-        ("buffer_disk_full", None, None), ("buffer_disk_ok", 50, 10)]
-    assert [e["kind"] for e in events_of(buf)] == ["buffer_disk_full", "buffer_disk_ok"]  # now on disk
+        ("buffer_disk_full", None, None), ("buffer_spill_lost", None, 10), ("buffer_disk_ok", 50, 10)]
+    assert [e["kind"] for e in events_of(buf)] == ["buffer_disk_full", "buffer_spill_lost", "buffer_disk_ok"]
     assert buf.append_many(items(1)) == [61]
 
 
@@ -365,8 +365,10 @@ def test_disk_full_episode_ends_with_the_next_append(small_disk: SmallDisk, make
     small_disk.free(buf)
     assert buf.append_many(items(2, start=100)) == [7, 8]  # the 5 spilled first: 2..6
     assert [json.loads(r.body)["metrics"]["n"]["value"] for r in all_rows(buf)] == [0, 11, 12, 20, 21, 22, 100, 101]
+    # The first loss is announced at once (1), the rest, within the rate limit, with the recovery (3).
     assert [(e["kind"], e.get("recovered"), e.get("lost")) for e in events] == [
-        ("buffer_disk_full", None, None), ("buffer_disk_ok", 5, 4)]
+        ("buffer_disk_full", None, None), ("buffer_spill_lost", None, 1), ("buffer_spill_lost", None, 3),
+        ("buffer_disk_ok", 5, 4)]
     assert buf.stats().spill_dropped_total == 4
 
 

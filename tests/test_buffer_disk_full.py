@@ -1,0 +1,161 @@
+"""A full disk must never lock the buffer: on a real small filesystem, at the Buffer level and end to end.
+
+The disk fills with the buffer's own readings while the broker is away (the
+way a site meets it); when the broker returns, the acknowledged rows must be
+deleted, the space must come back, the reserve must be made again and live
+readings must flow, with no person involved. The readings lost in memory are
+counted and announced while they are lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fieldgate.buffer import RESERVE_NAME, Buffer
+
+from .conftest import Proc
+from .support.broker import Mosquitto
+from .support.collector import Collector
+from .test_durability import tiny_filesystem
+from .test_uplink import gw_config
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _size(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
+
+
+def _body(i: int) -> str:
+    return json.dumps({"schema": "fieldgate.reading/1", "gateway": "gw-t", "device": "d",
+                       "ts": "2027-01-15T08:00:00.000Z",
+                       "metrics": {"v": {"value": i, "quality": "good"}, "pad": {"value": "x" * 200}}},
+                      separators=(",", ":"))
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with tiny_filesystem(tmp_path / "small", size="20m") as root:
+        yield root
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_a_buffer_that_filled_its_disk_drains_when_acks_come_and_makes_its_reserve_again(
+        small_fs: Path, durability: str) -> None:
+    """The uplink's rhythm: appends every turn, acks of 500-row pages, upkeep every few turns."""
+    events: list[dict[str, Any]] = []
+    buf = Buffer(small_fs / "data", durability=durability, spill_max=2000,  # type: ignore[arg-type]
+                 max_bytes=10**9, on_event=events.append)
+    buf.open()
+    try:
+        n = 0
+        turn = 0
+
+        def produce(k: int = 200) -> list[int]:
+            nonlocal n
+            seqs = buf.append_many([("d", n + i, _body(n + i)) for i in range(k)])
+            n += k
+            return seqs
+
+        while buf.stats().spill_dropped_total < 5000:  # the broker is away until the spill overflows
+            produce()
+            turn += 1
+            if turn % 5 == 0:
+                buf.enforce_limits()
+                buf.maintenance()
+            assert turn < 5000, "the disk never filled"
+        assert buf.stats().disk_full
+        # The broker returns: every page read is acknowledged a little later, live readings go on.
+        cursor = 0
+        acked: list[int] = []
+        for turn in range(3000):  # noqa: B007 - the bound of the drain, in turns of the uplink
+            rows = buf.read(cursor, 500)
+            if rows:
+                cursor = rows[-1].seq
+            produce(100)
+            buf.ack(acked)
+            acked = [r.seq for r in rows]
+            if turn % 5 == 0:
+                buf.enforce_limits()
+                buf.maintenance()
+            s = buf.stats()
+            if (not s.disk_full and s.spilled == 0 and s.depth < 2000
+                    and (small_fs / "data" / RESERVE_NAME).exists() and _free(small_fs) > _size(small_fs) // 2):
+                break
+        else:
+            s = buf.stats()
+            pytest.fail(f"the buffer never drained: {s}, {_free(small_fs)} bytes free, "
+                        f"files {sorted(os.listdir(small_fs / 'data'))}")
+        kinds = [e["kind"] for e in events]
+        assert "buffer_disk_full" in kinds and "buffer_disk_ok" in kinds
+        lost = sum(e["lost"] for e in events if e["kind"] == "buffer_spill_lost")
+        assert lost >= 5000 and lost == s.spill_dropped_total  # every lost reading announced as it was lost
+        assert buf.append_many([("d", 0, _body(0))]) != []
+    finally:
+        buf.close()
+
+
+def _stats(proc_data: Path) -> tuple[int, int]:
+    """(highest seq assigned, readings waiting) read from the file of a running gateway."""
+    with sqlite3.connect(f"file:{proc_data / 'buffer.db'}?mode=ro", uri=True, timeout=10) as db:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+        depth = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    return (int(row[0]) if row else 0), int(depth)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_gateway_process_recovers_from_a_full_disk_with_no_one_freeing_space(
+        small_fs: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Proc], tmp_path: Path) -> None:
+    data = small_fs / "data"
+    cfg = tmp_path / "fieldgate.yaml"
+    cfg.write_text(gw_config(data, mosquitto.port, devices=6, interval="0.002s",
+                             buffer_extra=", spill_max: 2000, max_bytes: 1GB, durability: normal"))
+    mosquitto.stop()
+    col = Collector(mosquitto.host, mosquitto.port)
+    p = fieldgate_proc("run", "-c", str(cfg))
+    try:
+        p.wait_stderr("cannot write to", timeout=240)  # the disk is full
+        p.wait_stderr("spill is full", timeout=60)  # and readings are being lost in memory
+        p.wait_stderr("lost in memory", timeout=60)  # announced while it happens, at WARNING
+        mosquitto.start()
+        col.connect()
+        col.wait_for(lambda: any(e["kind"] == "buffer_disk_ok" for e in col.events()), timeout=180,
+                     what="the buffer writable again")
+        try:
+            col.wait_for(lambda: (data / RESERVE_NAME).exists() and _free(small_fs) > _size(small_fs) // 2,
+                         timeout=120, what="space back and the reserve made again")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {_free(small_fs)} bytes free, files {sorted(os.listdir(data))}, "
+                                 f"buffer {_stats(data)}, log:\n{''.join(p.stderr_lines[-30:])}") from None
+        high = max(col.seqs())
+        col.wait_for(lambda: max(col.seqs()) > high + 1000, timeout=60, what="live readings flowing again")
+        p.popen.send_signal(signal.SIGTERM)
+        assert p.popen.wait(30) == 0
+        events = col.events()
+        lost = [e for e in events if e["kind"] == "buffer_spill_lost"]
+        assert lost and all(e["lost"] > 0 for e in lost)
+        got = set(col.seqs())
+        committed, depth = _stats(data)
+        assert depth == 0 or depth < committed
+        missing = [s for s in range(1, committed + 1) if s not in got]
+        dropped = sum(e.get("dropped", 0) for e in events if e["kind"] == "buffer_drop")
+        assert len(missing) <= dropped, f"{len(missing)} committed seq(s) never arrived, e.g. {missing[:10]}"
+        print(f"\ndisk full end to end: {committed} committed, {len(col.seqs())} received "
+              f"({len(col.seqs()) - len(got)} duplicates), {sum(e['lost'] for e in lost)} lost in memory "
+              f"announced in {len(lost)} event(s)")
+        assert not any("Traceback" in line for line in p.stderr_lines)
+    finally:
+        col.disconnect()
+        p.stop()
