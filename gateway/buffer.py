@@ -83,6 +83,10 @@ T = TypeVar("T")
 DB_NAME = "buffer.db"
 HWM_NAME = "seq.hwm"
 RESERVE_NAME = "buffer.reserve"
+# The largest seq or reservation believed: JSON consumers read numbers as doubles (exact to 2^53), and at
+# 1000 readings/s that is 285 000 years. Beyond it a stored value is damage, not a count (2^63 overflowed
+# SQLite's counter; a value near it left no seqs to hand out, which then looked like a full disk).
+_SEQ_MAX = 2**53 - 1
 SEQ_RESERVE = 100_000  # seqs reserved per sidecar write: one fsync'd rename per 100k readings
 EVENTS_KEEP = 1000  # events kept unsent, in the database and in memory each
 
@@ -249,6 +253,9 @@ class Buffer:
         self._wal_alarm = _RESERVE_MIN  # WAL bytes beyond which the automatic checkpoint has not worked
         self._wal_full: BaseException | None = None  # a checkpoint after a commit found the disk full
         self._reserved = 0  # the sidecar's value: no seq above it has been handed out
+        self._hwm_damage: tuple[str, str] | None = None  # (why, moved to) of a sidecar that could not be trusted
+        self._lost_range: tuple[int, int, str] | None = None  # seqs a lost file may have taken, to announce
+        self._wal_at_open = True
         self._last_seq = 0
         self._depth = 0
         self._dropped_total = 0
@@ -284,7 +291,9 @@ class Buffer:
         except OSError as exc:
             raise BufferUnavailable(f"cannot create the buffer folder {self.data_dir}: {exc}",
                                     hint="check gateway.data_dir and its permissions") from exc
-        self._reserved = self._read_hwm()
+        self._reserved, self._hwm_damage = self._read_hwm()
+        # After a kill or a power cut SQLite keeps the -wal file; one missing then was lost (an SD card).
+        self._wal_at_open = os.path.exists(f"{self.path}-wal")
         try:
             st = os.statvfs(self.data_dir)
             self._reserve_size = int(min(_RESERVE_MAX, max(_RESERVE_MIN, st.f_blocks * st.f_frsize * _RESERVE_SHARE)))
@@ -577,13 +586,28 @@ class Buffer:
         self._last_seq = self._db_last_seq(conn)
         self._depth = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
         self._seed = None
-        if self._reserved > self._last_seq:
-            if new:
-                self._seed = (self._reserved, "new_database")
-            elif (meta.get("clean", 1) == 0 and meta.get("durability") == "normal"
-                  and (not _boot_id() or meta.get("boot_id") != _boot_id())):
-                # In normal mode a power cut can take back commits whose seqs were already published.
-                self._seed = (self._reserved, "power_loss")
+        self._lost_range = None
+        # Every seq ever handed out is at most the reservation: the sidecar's, or the database's own copy
+        # of it (a sidecar found damaged is not used; a database rolled back may hold an older copy).
+        reserved = max(self._reserved, _seq_value(meta.get("hwm")) or 0)
+        if new:
+            self._seed = (reserved, "new_database")
+        elif meta.get("clean", 1) == 0:
+            # Which of its files an unclean stop left whole is not known: a lost WAL (an SD card that
+            # dropped its last writes) or, in normal mode, a power cut takes back commits whose seqs
+            # were handed out and perhaps published. So seqs always continue above the reservation.
+            rebooted = not _boot_id() or meta.get("boot_id") != _boot_id()
+            if not self._wal_at_open:
+                reason = "wal_lost"
+            elif rebooted and meta.get("durability") == "normal":
+                reason = "power_loss"
+            else:
+                reason = "unclean_shutdown"
+            self._seed = (reserved, reason)
+            if reason != "unclean_shutdown" and reserved > self._last_seq:
+                self._lost_range = (self._last_seq + 1, reserved, reason)
+        elif self._hwm_damage is not None:
+            self._seed = (max(reserved, self._last_seq), "sidecar_damaged")
         self._session_pending = True
         try:
             self._ensure_session()
@@ -610,6 +634,11 @@ class Buffer:
                         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', ?)", (seed,))
                     jump = self._event("buffer_seq_jump", reason=reason, last_seq=last, next_seq=seed + 1)
                     self._insert_event(conn, jump)
+                if self._hwm_damage is not None or (self._seed is not None and self._seed[0] > self._reserved):
+                    # A sound sidecar again (and its copy in the database) before any seq is handed out.
+                    base = max(last, self._seed[0] if self._seed is not None else 0)
+                    self._write_hwm(base + SEQ_RESERVE)
+                    conn.execute(_SET_META, ("hwm", base + SEQ_RESERVE))
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
@@ -621,11 +650,18 @@ class Buffer:
                 pass
         self._session_pending = False
         self._seed = None
+        # The unclean flag goes into the database file itself now: were the WAL lost later, the file
+        # would otherwise still say "closed cleanly" and the next start would trust it.
+        try:
+            self._checkpoint("PASSIVE")
+        except sqlite3.OperationalError as exc:
+            log.debug("buffer: checkpoint after the session start failed: %s", exc)
         if jump is not None:
             self._last_seq = jump["next_seq"] - 1
             log.warning("buffer: seq continues at %d, not %d (%s): the gap is announced as an event",
                         jump["next_seq"], jump["last_seq"] + 1, jump["reason"])
             self._notify(jump)
+        self._announce_start_damage()
 
     def _reopen(self) -> None:
         new = self._connect()
@@ -784,6 +820,8 @@ class Buffer:
             last = int(conn.execute(_LAST_SEQ).fetchone()[0])
             if last > self._reserved:
                 self._write_hwm(last + SEQ_RESERVE)
+                # A copy in the database: the reservation survives a damaged sidecar (see _start_session).
+                conn.execute(_SET_META, ("hwm", last + SEQ_RESERVE))
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -1263,21 +1301,53 @@ class Buffer:
 
     # --- internals: the sidecar -----------------------------------------------------------
 
-    def _read_hwm(self) -> int:
+    def _read_hwm(self) -> tuple[int, tuple[str, str] | None]:
+        """The sidecar's reservation, and (why, where it was moved) when it is there but cannot be trusted.
+
+        A damaged sidecar must not stop the gateway (a crash loop under systemd): any content that is
+        not one decimal number in ``1.._SEQ_MAX`` counts as damage, including absurd values near 2^63
+        that would overflow SQLite's counter or leave no seqs to hand out.
+        """
         path = self.data_dir / HWM_NAME
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except FileNotFoundError:
-            return 0
+            return 0, None
         except OSError as exc:
-            log.warning("buffer: cannot read %s (%s): seqs continue from the database alone", path, exc)
-            return 0
+            return 0, (f"cannot be read: {exc}", "")
+        value = _seq_value(raw)
+        if value is not None:
+            return value, None
+        # Kept for a post-mortem; a sound sidecar is written before the next seq is handed out.
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._now()))
+        moved = self.data_dir / f"{HWM_NAME}.damaged-{stamp}"
         try:
-            value = int(text.strip())
-        except ValueError:
-            log.warning("buffer: %s is unreadable (%r): seqs continue from the database alone", path, text[:40])
-            return 0
-        return max(0, value)
+            os.replace(path, moved)
+        except OSError as exc:
+            log.debug("buffer: cannot move the damaged sidecar aside: %s", exc)
+            moved = path
+        return 0, (f"holds no usable seq: {raw[:24]!r}", str(moved))
+
+    def _announce_start_damage(self) -> None:
+        """Move a damaged sidecar aside, and announce it and any seqs a lost file took with it."""
+        if self._hwm_damage is not None:
+            why, moved = self._hwm_damage
+            self._hwm_damage = None
+            src = self.data_dir / HWM_NAME
+            log.warning("buffer: the seq sidecar %s was damaged (%s): kept as %s; seqs continue above %d "
+                        "(from the database)", src, why, moved, self._last_seq)
+            event = self._event("buffer_sidecar_damaged", path=str(src), error=why, moved_to=str(moved),
+                                next_seq=self._last_seq + 1)
+            self.add_event(event)
+            self._notify(event)
+        if self._lost_range is not None:
+            first, last, reason = self._lost_range
+            self._lost_range = None
+            log.warning("buffer: readings with seq %d..%d may be lost (%s): those not delivered before are "
+                        "gone; the range is announced as an event", first, last, reason)
+            event = self._event("buffer_lost", reason=reason, first_seq=first, last_seq=last)
+            self.add_event(event)
+            self._notify(event)
 
     def _write_hwm(self, value: int) -> None:
         """Atomically replace the sidecar: write a temporary file, fsync, rename, fsync the folder."""
@@ -1365,6 +1435,22 @@ def _plausible(row: tuple[Any, ...]) -> bool:
     seq, device, ts_ms, body = row
     return (isinstance(seq, int) and seq > 0 and isinstance(device, str) and isinstance(ts_ms, int)
             and isinstance(body, str) and body.startswith("{") and len(body) > 2)
+
+
+def _seq_value(value: object) -> int | None:
+    """A stored seq or reservation as an int in ``1.._SEQ_MAX``; ``None`` for anything else (damage)."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii").strip()
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str):
+        if not value.isdigit() or len(value) > 20:
+            return None
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _SEQ_MAX:
+        return None
+    return value
 
 
 def _boot_id() -> str:
