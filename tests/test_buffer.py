@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldgate import buffer as buffer_mod
 from fieldgate.buffer import EVENTS_KEEP, SEQ_RESERVE, Buffer, Row
+from fieldgate.buffer import queue as buffer_mod
 
 T0 = 1_800_000_000.0  # a fixed "now" for tests that inject the clock
 
@@ -501,8 +501,10 @@ def test_corruption_found_while_running_is_recovered_without_an_exception(
     other.commit()
     other.close()
     rows = buf.read(0, 5000)
-    assert [e["kind"] for e in events] == ["buffer_seq_jump", "buffer_corrupt"]
+    assert [e["kind"] for e in events] == ["buffer_seq_jump", "buffer_corrupt", "buffer_lost"]
     assert 1900 <= len(rows) < 2000
+    lost = {s for a, b in events[2]["ranges"] for s in range(a, b + 1)}
+    assert lost == set(range(1, 2001)) - {r.seq for r in rows}  # the damaged page's readings, as ranges
     assert list(tmp_path.glob("data/buffer.db.corrupt-*"))
     assert buf.append_many(items(1)) == [100 + SEQ_RESERVE + 1]
 

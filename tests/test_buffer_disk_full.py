@@ -91,7 +91,7 @@ def test_a_buffer_that_filled_its_disk_drains_when_acks_come_and_makes_its_reser
         # The broker returns: every page read is acknowledged a little later, live readings go on.
         cursor = 0
         acked: list[int] = []
-        for turn in range(3000):  # noqa: B007 - the bound of the drain, in turns of the uplink
+        for turn in range(3000):
             rows = buf.read(cursor, 500)
             if rows:
                 cursor = rows[-1].seq
@@ -164,7 +164,8 @@ def test_the_gateway_process_recovers_from_a_full_disk_with_no_one_freeing_space
         assert depth == 0 or depth < committed
         missing = [s for s in range(1, committed + 1) if s not in got]
         dropped = sum(e.get("dropped", 0) for e in events if e["kind"] == "buffer_drop")
-        assert len(missing) <= dropped, (f"{len(missing)} committed seq(s) never arrived: "
+        assert len(missing) <= dropped, (f"{len(missing)} committed seq(s) never arrived (depth {depth}, events "
+                                         f"{[(e['kind'], e.get('first_seq')) for e in events]}): "
                                          f"{_ranges(missing)[:20]}, log:\n{''.join(p.stderr_lines[-40:])}")
         print(f"\ndisk full end to end: {committed} committed, {len(col.seqs())} received "
               f"({len(col.seqs()) - len(got)} duplicates), {sum(e['lost'] for e in lost)} lost in memory "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldgate.buffer import SEQ_RESERVE, Buffer
+from fieldgate.buffer import Buffer
 
 from .test_buffer import events_of, items
 
