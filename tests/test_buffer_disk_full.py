@@ -23,7 +23,7 @@ from fieldgate.buffer import RESERVE_NAME, Buffer
 from .conftest import Proc
 from .support.broker import Mosquitto
 from .support.collector import Collector
-from .test_durability import tiny_filesystem
+from .test_durability import _wait, tiny_filesystem
 from .test_uplink import gw_config
 
 
@@ -123,7 +123,15 @@ def _stats(proc_data: Path) -> tuple[int, int]:
     with sqlite3.connect(f"file:{proc_data / 'buffer.db'}?mode=ro", uri=True, timeout=10) as db:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
         depth = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    db.close()  # the context manager only ends the transaction
     return (int(row[0]) if row else 0), int(depth)
+
+
+def _waiting_seqs(data: Path) -> set[int]:
+    with sqlite3.connect(f"file:{data / 'buffer.db'}?mode=ro", uri=True, timeout=10) as db:
+        seqs = {int(r[0]) for r in db.execute("SELECT seq FROM readings")}
+    db.close()
+    return seqs
 
 
 @pytest.mark.slow
@@ -132,7 +140,8 @@ def test_the_gateway_process_recovers_from_a_full_disk_with_no_one_freeing_space
         small_fs: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Proc], tmp_path: Path) -> None:
     data = small_fs / "data"
     cfg = tmp_path / "fieldgate.yaml"
-    cfg.write_text(gw_config(data, mosquitto.port, devices=6, interval="0.002s",
+    # ~1000 readings/s: the disk fills in about a minute, and the replay can overtake the live rate.
+    cfg.write_text(gw_config(data, mosquitto.port, devices=4, interval="0.004s",
                              buffer_extra=", spill_max: 2000, max_bytes: 1GB, durability: normal"))
     col = Collector(mosquitto.host, mosquitto.port)  # a persistent session: it misses nothing while away
     col.connect()
@@ -152,21 +161,25 @@ def test_the_gateway_process_recovers_from_a_full_disk_with_no_one_freeing_space
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {_free(small_fs)} bytes free, files {sorted(os.listdir(data))}, "
                                  f"buffer {_stats(data)}, log:\n{''.join(p.stderr_lines[-30:])}") from None
-        high = max(col.seqs())
-        col.wait_for(lambda: max(col.seqs()) > high + 1000, timeout=60, what="live readings flowing again")
+        # The whole backlog, and live readings after it, reach the subscriber (no drops configured).
+        mark = _stats(data)[0] + 1000
+
+        def delivered_to_mark() -> bool:
+            return len({s for s in col.seqs() if s <= mark}) == mark
+
+        _wait(delivered_to_mark, 300, f"every seq up to {mark} at the subscriber")
         p.popen.send_signal(signal.SIGTERM)
         assert p.popen.wait(30) == 0
         events = col.events()
         lost = [e for e in events if e["kind"] == "buffer_spill_lost"]
         assert lost and all(e["lost"] > 0 for e in lost)
         got = set(col.seqs())
-        committed, depth = _stats(data)
-        assert depth == 0 or depth < committed
-        missing = [s for s in range(1, committed + 1) if s not in got]
-        dropped = sum(e.get("dropped", 0) for e in events if e["kind"] == "buffer_drop")
-        assert len(missing) <= dropped, (f"{len(missing)} committed seq(s) never arrived (depth {depth}, events "
-                                         f"{[(e['kind'], e.get('first_seq')) for e in events]}): "
-                                         f"{_ranges(missing)[:20]}, log:\n{''.join(p.stderr_lines[-40:])}")
+        committed = _stats(data)[0]
+        waiting = _waiting_seqs(data)
+        # Whatever did not arrive yet still waits in the buffer (sent after the next start): nothing lost.
+        missing = [s for s in range(1, committed + 1) if s not in got and s not in waiting]
+        assert not [e for e in events if e["kind"] == "buffer_drop"]
+        assert not missing, f"{len(missing)} committed seq(s) lost: {_ranges(missing)[:20]}"
         print(f"\ndisk full end to end: {committed} committed, {len(col.seqs())} received "
               f"({len(col.seqs()) - len(got)} duplicates), {sum(e['lost'] for e in lost)} lost in memory "
               f"announced in {len(lost)} event(s)")
