@@ -13,8 +13,8 @@ Durability (``buffer.durability``):
   that honours fsync (some SD cards and USB sticks acknowledge writes they
   have not made; no software setting helps there).
 * ``normal`` (``PRAGMA synchronous=NORMAL``): commits are not fsynced; the WAL
-  is synced at each checkpoint (automatic every 2 MB of WAL or less, see the
-  reserve below, and at every ``maintenance()``, which the gateway calls every
+  is synced at each checkpoint (automatic every half reserve of WAL, at most
+  2 MB, see below, and at every ``maintenance()``, which the gateway calls every
   10 s). A crash or ``kill -9`` loses nothing committed (it is in the kernel's
   page cache). A power cut or kernel panic can lose the commits since the last
   checkpoint: up to the last ~10 s of readings (at most ~2 MB, some 6 000
@@ -25,32 +25,66 @@ Sequence numbers (the contract's ``seq``) are the readings table's ``INTEGER
 PRIMARY KEY AUTOINCREMENT``: strictly increasing and never reused after
 deletes. A sidecar file ``seq.hwm`` holds a reservation: before a commit hands
 out a seq above it, it is raised to that seq + 100 000 and written atomically
-(fsynced) first. Seqs jump above the reservation when the database cannot be
-trusted to remember its last seq: a new database (deleted, or moved aside as
-corrupt) and, in ``normal`` mode, a database reopened after an unclean
-shutdown across a reboot (a power cut; detected from the kernel's boot id and
-a clean-shutdown flag). A jump is announced (``buffer_seq_jump``); an ordinary
-restart, and a ``kill -9`` without reboot, continue without one.
+(fsynced) first; the same transaction keeps a copy in the database (meta
+``hwm``). Every seq ever handed out is at most the reservation. Seqs jump
+above it (announced, ``buffer_seq_jump``) whenever the database cannot be
+trusted to remember its last seq:
+
+* a new database (deleted, or moved aside as corrupt);
+* any unclean start, whatever the durability and with or without a reboot:
+  which file a kill or a power cut left whole is not known. The clean flag is
+  checkpointed into the database file at every start, so a WAL lost later
+  (an SD card that dropped its last writes) still shows ``clean=0``. When the
+  WAL is missing (``wal_lost``), or the machine rebooted in ``normal`` mode
+  (``power_loss``), readings past the database's last seq may be gone: the
+  seqs ``last+1..reservation`` are announced as ``buffer_lost`` (a range:
+  the readings among them not delivered before are lost). A kill -9 costs
+  one jump of up to 100 000 seqs and re-sends the readings not yet acked.
+* a damaged sidecar: anything that is not one decimal number in
+  ``1..2^53-1`` (random bytes, 2^63, a value near it). It is moved aside
+  (``seq.hwm.damaged-<UTC time>``), announced (``buffer_sidecar_damaged``,
+  WARNING) and replaced before the next seq by one above the database's own
+  copy and last seq. Only a damaged sidecar *and* a lost WAL at once can
+  repeat seqs.
 
 Limits: ``max_bytes`` (live pages plus WAL) and ``max_age_s`` drop the oldest
 readings, count them (``dropped_total``, persisted) and announce each drop as
 a ``buffer_drop`` event, stored in the same transaction as the delete.
 
 Disk full (or any write failure): ``append_many`` does not raise; readings
-wait in a bounded in-memory spill (oldest spilled lost first, counted) and are
-committed first, in order, by the next ``append_many`` or ``maintenance()``
-that can write; ``buffer_disk_full`` and ``buffer_disk_ok`` (with the counts)
-are announced. In WAL mode a full disk refuses deletes too, which would lock
-the buffer up even after the broker returns, so a reserve file
-(``buffer.reserve``, 5 % of the filesystem, 256 KiB to 4 MiB, not counted in
-``bytes_on_disk``) is released when the disk fills: the WAL is checkpointed,
-acks and drops go on in small transactions, the incremental vacuum gives the
-space back, and appends resume once the filesystem has room for the reserve
-twice over (the reserve is then made again).
+wait in a bounded in-memory spill (oldest spilled lost first, counted and
+announced while it happens: ``buffer_spill_lost`` and a WARNING at once, then
+at most every 10 s) and are committed first, in order, once writing works;
+``buffer_disk_full`` and ``buffer_disk_ok`` (with the counts) are announced.
 
-Corruption: the file is moved aside as ``buffer.db.corrupt-<UTC time>``, the
-readable rows are copied into a new database with their seqs, and the
-gateway goes on.
+What a delete needs on a full disk, and why it always has it. In WAL mode a
+delete writes the pages it changes to the WAL (new blocks if the WAL has to
+grow) and the checkpoint copies them into the database file; a delete never
+adds pages to the file, but a checkpoint of *appended* pages does. So:
+
+1. A reserve file (``buffer.reserve``, 5 % of the filesystem, 256 KiB to
+   4 MiB, real blocks, not counted in ``bytes_on_disk``) is released when a
+   write fails for lack of space. Its space is for deletes, checkpoints and
+   the vacuum only: appends, spilled readings and events (held in memory
+   meanwhile) resume only once the reserve has been made again, which needs
+   the reserve twice over free.
+2. What the reserve must checkpoint is bounded: appends commit in
+   transactions of at most a quarter of the reserve, the automatic
+   checkpoint runs every half reserve of WAL, and because its failures are
+   silent, a WAL grown past that is checkpointed after the commit, where a
+   full disk is heard and the episode begins.
+3. While the disk is full, deletes (acks, drops) and the incremental vacuum
+   run in transactions of a quarter of the reserve with a checkpoint between
+   them, so one WAL's worth of space is reused again and again; the vacuum
+   always runs in such steps (one big step could never be written on a
+   nearly full disk, and the file would never shrink).
+
+Corruption: the file is moved aside as ``buffer.db.corrupt-<UTC time>``; the
+readable rows are copied into a new database with their seqs, first by SQL
+(forward, then backward), then page by page (``pages``), skipping the
+freelist. The readings that were waiting (from meta ``floor``, recorded at
+upkeep, to the file's last seq) and not saved are announced as seq ranges
+(``buffer_lost``, reason ``corrupt``). The gateway goes on.
 
 Events for the ``events`` topic wait in the same database (the newest 1000);
 events that cannot be stored (disk full) wait in memory with negative ids.
@@ -1277,12 +1311,7 @@ class Buffer:
 
     # --- internals: the reserve (a full disk must not lock the buffer up) ---------------------
     #
-    # In WAL mode every write, deletes included, appends to the WAL, and a checkpoint must grow the
-    # database file by the new pages in the WAL. When the disk fills up, neither can happen: the
-    # acknowledged rows could not even be deleted. So the buffer keeps a reserve file; on a full disk
-    # it is deleted and the WAL checkpointed and emptied, so that deletes (acks, drops) and the
-    # incremental vacuum can run and give space back. Appends wait (in the spill) until the
-    # filesystem has room for the reserve twice over; then the reserve is made again.
+    # The module docstring says what a delete needs on a full disk and why it always has it.
 
     def _vacuum_step(self) -> int:
         return max(8, min(_VACUUM_PAGES, self._reserve_size // 4 // self._page_size))
