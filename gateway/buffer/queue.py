@@ -647,6 +647,7 @@ class Buffer:
         elif self._hwm_damage is not None:
             self._seed = (max(reserved, self._last_seq), "sidecar_damaged")
         self._session_pending = True
+        self._wal_at_open = True  # a later reopen (after a failed recovery) finds this session's own WAL
         try:
             self._ensure_session()
         except (sqlite3.OperationalError, OSError) as exc:
@@ -923,11 +924,13 @@ class Buffer:
                 end += 1
             try:
                 seqs += self._commit(items[start:end])
-            except (sqlite3.OperationalError, OSError) as exc:
+            except (sqlite3.DatabaseError, OSError) as exc:
                 if not seqs:
                     raise
-                # Part of the batch has its seqs: the rest waits in the spill, in order, and nothing twice.
-                self._write_failed(exc)
+                # Part of the batch has its seqs: the rest waits in the spill, in order, and nothing twice
+                # (not even after a corrupt database, which the next call recovers: it must not rerun this).
+                if not _is_corrupt(exc):
+                    self._write_failed(exc)
                 self._spill_items(items[start:])
                 return seqs
             start = end
