@@ -138,6 +138,7 @@ _VACUUM_PAGES = 2048  # free pages returned to the filesystem per maintenance() 
 _RESERVE_SHARE = 0.05
 _RESERVE_MIN = 256 * 1024
 _RESERVE_MAX = 4 * 1024 * 1024
+_ACK_WARN_EVERY_S = 60.0  # failing deletes are said at WARNING at most this often
 _LOSS_EVERY_S = 10.0  # readings lost from the spill are announced at most this often (the first loss at once)
 _BUSY_TIMEOUT_S = 5.0  # another process (a backup, `sqlite3` in a shell) may hold the lock briefly
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -310,6 +311,7 @@ class Buffer:
         self._event_spill: deque[tuple[int, str]] = deque()
         self._next_memory_event_id = -1
         self._pending_acks: set[int] = set()
+        self._ack_warned_at: float | None = None  # monotonic time of the last "cannot delete" WARNING
         self._appended_since_maintenance = 0
         self._read_failing = False
 
@@ -458,13 +460,20 @@ class Buffer:
             except sqlite3.OperationalError as exc:
                 if _is_full(exc):
                     self._write_failed(exc)  # releases the reserve: the retry can delete
-                log.log(logging.DEBUG if self._episode else logging.WARNING,
+                # Deletes that keep failing are how a locked-up buffer shows: said at WARNING, once a minute.
+                now = time.monotonic()
+                quiet = self._ack_warned_at is not None and now - self._ack_warned_at < _ACK_WARN_EVERY_S
+                if not quiet:
+                    self._ack_warned_at = now
+                log.log(logging.DEBUG if quiet else logging.WARNING,
                         "buffer: cannot delete %d acknowledged reading(s) yet (%s); will retry",
                         len(wanted) - i, exc)
                 self._pending_acks.update(wanted[i:])
                 break
             if step < len(wanted):
                 self._checkpoint_quietly()
+        if not self._pending_acks:
+            self._ack_warned_at = None
         return done
 
     def enforce_limits(self) -> int:
