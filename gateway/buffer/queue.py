@@ -92,6 +92,7 @@ events that cannot be stored (disk full) wait in memory with negative ids.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -103,7 +104,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -612,14 +613,9 @@ class Buffer:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             new = "readings" not in tables
             if not {"readings", "events", "meta"} <= tables:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn):
                     for stmt in _SCHEMA:
                         conn.execute(stmt)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
         except BaseException:
             self._close_quietly()
             raise
@@ -670,8 +666,7 @@ class Buffer:
         jump: dict[str, Any] | None = None
         conn.execute("PRAGMA synchronous = FULL")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 conn.executemany(_SET_META, [("clean", 0), ("boot_id", _boot_id()),
                                              ("durability", self.durability)])
                 last = self._db_last_seq(conn)
@@ -687,10 +682,6 @@ class Buffer:
                     base = max(last, self._seed[0] if self._seed is not None else 0)
                     self._write_hwm(base + SEQ_RESERVE)
                     conn.execute(_SET_META, ("hwm", base + SEQ_RESERVE))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
         finally:
             try:
                 conn.execute(f"PRAGMA synchronous = {self._sync}")
@@ -898,15 +889,10 @@ class Buffer:
         conn = self._db()
         stored: set[int] = set()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 for row in rows:
                     if conn.execute(_INSERT_WITH_SEQ, row).rowcount > 0:
                         stored.add(row[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
         except sqlite3.Error as exc:
             log.warning("buffer: cannot store the readings recovered from a corrupt database: %s", exc)
             raise _SalvageStopped from exc
@@ -953,18 +939,13 @@ class Buffer:
         if not items:
             return []
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             _insert_rows(conn, items)
             last = int(conn.execute(_LAST_SEQ).fetchone()[0])
             if last > self._reserved:
                 self._write_hwm(last + SEQ_RESERVE)
                 # A copy in the database: the reservation survives a damaged sidecar (see _start_session).
                 conn.execute(_SET_META, ("hwm", last + SEQ_RESERVE))
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
         n = len(items)
         self._last_seq = last
         self._depth += n
@@ -1092,17 +1073,12 @@ class Buffer:
         conn = self._db()
         ranges, singles = _runs(seqs)
         before = conn.total_changes
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             if ranges:
                 conn.executemany("DELETE FROM readings WHERE seq BETWEEN ? AND ?", ranges)
             for i in range(0, len(singles), _ACK_CHUNK):
                 chunk = singles[i:i + _ACK_CHUNK]
                 conn.execute(f"DELETE FROM readings WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
         n = conn.total_changes - before
         self._depth -= n
         return n
@@ -1127,16 +1103,11 @@ class Buffer:
         slack_ms = min(max_age_s * 0.05, _AGE_SLACK_MAX_S) * 1000
         if oldest[1] >= cutoff - slack_ms:
             return 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             n, first, last = conn.execute(
                 "SELECT count(*), min(seq), max(seq) FROM readings WHERE ts_ms < ?", (cutoff,)).fetchone()
             conn.execute("DELETE FROM readings WHERE ts_ms < ?", (cutoff,))
             event = self._record_drop(conn, "max_age", n, first, last)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
         self._dropped(event)
         return int(n)
 
@@ -1150,8 +1121,7 @@ class Buffer:
             return 0
         target = max_bytes * _DROP_TO
         dropped, first, last = 0, 0, 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             first = int(conn.execute(_OLDEST).fetchone()[0])
             # Free pages show at once inside the transaction, so estimate, delete, measure, repeat.
             while (left := self._depth - dropped) > 0:
@@ -1166,10 +1136,6 @@ class Buffer:
                 last = int(bound[0])
                 dropped += conn.execute("DELETE FROM readings WHERE seq <= ?", (last,)).rowcount
             event = self._record_drop(conn, "max_bytes", dropped, first, last) if dropped else None
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
         if event is None:
             return 0
         self._dropped(event)
@@ -1214,13 +1180,8 @@ class Buffer:
 
     def _add_event_db(self, text: str) -> int:
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             event_id = self._insert_event(conn, text)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
         return event_id
 
     def _add_event_memory(self, text: str) -> int:
@@ -1237,27 +1198,17 @@ class Buffer:
         if not self._event_spill:
             return
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             for _, text in self._event_spill:
                 self._insert_event(conn, text)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
         self._event_spill.clear()
 
     def _delete_events(self, ids: list[int]) -> None:
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             for i in range(0, len(ids), _ACK_CHUNK):
                 chunk = ids[i:i + _ACK_CHUNK]
                 conn.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
 
     def _maintain(self) -> None:
         conn = self._db()
@@ -1529,6 +1480,18 @@ class Buffer:
         conn = self._db()
         value = pages if pages is not None else 0xFFFFFFFE
         conn.execute(f"PRAGMA max_page_count = {int(value)}").fetchall()
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception (which goes on)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
