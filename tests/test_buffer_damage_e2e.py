@@ -104,6 +104,7 @@ def test_the_gateway_starts_on_a_damaged_buffer_and_keeps_seqs_above_everything_
                      what="the surviving backlog delivered")
         p2.popen.send_signal(signal.SIGTERM)
         assert p2.popen.wait(30) == 0
+        col.sync(timeout=60)  # what the broker acknowledged (and the buffer deleted) has arrived here too
         assert min(fresh()) > handed, f"a reading made after the restart got seq {min(fresh())} <= {handed}"
         for r in col.readings():
             validate_reading(r)
