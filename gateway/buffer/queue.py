@@ -92,7 +92,6 @@ events that cannot be stored (disk full) wait in memory with negative ids.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import itertools
@@ -100,11 +99,12 @@ import json
 import logging
 import math
 import mmap
+import operator
 import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -185,6 +185,7 @@ _READ = "SELECT seq, device, ts_ms, body FROM readings WHERE seq > ? ORDER BY se
 _OLDEST = "SELECT seq, ts_ms FROM readings ORDER BY seq LIMIT 1"
 _SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
+_BODY = operator.itemgetter(2)
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str).encode
 
 
@@ -607,14 +608,15 @@ class Buffer:
             self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             auto = max(16, self._reserve_size // 2 // self._page_size)
             conn.execute(f"PRAGMA wal_autocheckpoint = {auto}")
-            # The WAL is cut back to the automatic checkpoint's size when it restarts, so a larger one means
-            # that checkpoints fail (a full disk): _commit then checkpoints itself and hears the error.
-            conn.execute(f"PRAGMA journal_size_limit = {auto * self._page_size}")
+            # The WAL reaches the automatic checkpoint's size plus one transaction (at most a quarter of
+            # the reserve); it is cut back to that when it restarts, so a larger one means that
+            # checkpoints fail (a full disk): _commit then checkpoints itself and hears the error.
             self._wal_alarm = auto * self._page_size + self._reserve_size // 4 + 64 * 1024
+            conn.execute(f"PRAGMA journal_size_limit = {self._wal_alarm}")
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             new = "readings" not in tables
             if not {"readings", "events", "meta"} <= tables:
-                with _transaction(conn):
+                with _Transaction(conn):
                     for stmt in _SCHEMA:
                         conn.execute(stmt)
         except BaseException:
@@ -667,7 +669,7 @@ class Buffer:
         jump: dict[str, Any] | None = None
         conn.execute("PRAGMA synchronous = FULL")
         try:
-            with _transaction(conn):
+            with _Transaction(conn):
                 conn.executemany(_SET_META, [("clean", 0), ("boot_id", _boot_id()),
                                              ("durability", self.durability)])
                 last = self._db_last_seq(conn)
@@ -890,7 +892,7 @@ class Buffer:
         conn = self._db()
         stored: set[int] = set()
         try:
-            with _transaction(conn):
+            with _Transaction(conn):
                 for row in rows:
                     if conn.execute(_INSERT_WITH_SEQ, row).rowcount > 0:
                         stored.add(row[0])
@@ -948,7 +950,7 @@ class Buffer:
             return []
         self._wal_unchecked += _size_of(items) if nbytes is None else nbytes
         conn = self._db()
-        with _transaction(conn):
+        with _Transaction(conn):
             _insert_rows(conn, items)
             last = int(conn.execute(_LAST_SEQ).fetchone()[0])
             if last > self._reserved:
@@ -1086,7 +1088,7 @@ class Buffer:
         conn = self._db()
         ranges, singles = _runs(seqs)
         before = conn.total_changes
-        with _transaction(conn):
+        with _Transaction(conn):
             if ranges:
                 conn.executemany("DELETE FROM readings WHERE seq BETWEEN ? AND ?", ranges)
             for i in range(0, len(singles), _ACK_CHUNK):
@@ -1116,7 +1118,7 @@ class Buffer:
         slack_ms = min(max_age_s * 0.05, _AGE_SLACK_MAX_S) * 1000
         if oldest[1] >= cutoff - slack_ms:
             return 0
-        with _transaction(conn):
+        with _Transaction(conn):
             n, first, last = conn.execute(
                 "SELECT count(*), min(seq), max(seq) FROM readings WHERE ts_ms < ?", (cutoff,)).fetchone()
             conn.execute("DELETE FROM readings WHERE ts_ms < ?", (cutoff,))
@@ -1134,7 +1136,7 @@ class Buffer:
             return 0
         target = max_bytes * _DROP_TO
         dropped, first, last = 0, 0, 0
-        with _transaction(conn):
+        with _Transaction(conn):
             first = int(conn.execute(_OLDEST).fetchone()[0])
             # Free pages show at once inside the transaction, so estimate, delete, measure, repeat.
             while (left := self._depth - dropped) > 0:
@@ -1193,7 +1195,7 @@ class Buffer:
 
     def _add_event_db(self, text: str) -> int:
         conn = self._db()
-        with _transaction(conn):
+        with _Transaction(conn):
             event_id = self._insert_event(conn, text)
         return event_id
 
@@ -1211,14 +1213,14 @@ class Buffer:
         if not self._event_spill:
             return
         conn = self._db()
-        with _transaction(conn):
+        with _Transaction(conn):
             for _, text in self._event_spill:
                 self._insert_event(conn, text)
         self._event_spill.clear()
 
     def _delete_events(self, ids: list[int]) -> None:
         conn = self._db()
-        with _transaction(conn):
+        with _Transaction(conn):
             for i in range(0, len(ids), _ACK_CHUNK):
                 chunk = ids[i:i + _ACK_CHUNK]
                 conn.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(chunk))})", chunk)
@@ -1495,16 +1497,30 @@ class Buffer:
         conn.execute(f"PRAGMA max_page_count = {int(value)}").fetchall()
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception (which goes on)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception (which goes on).
+
+    A class, not ``contextlib.contextmanager``: it is on the append hot path, and a generator-based
+    manager costs several times more per commit.
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                _rollback(self.conn)
+                raise
+        else:
+            _rollback(self.conn)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -1518,7 +1534,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 def _size_of(items: Sequence[tuple[str, int, str]]) -> int:
     """About what ``items`` add to the WAL, in bytes (a row's overhead counted as 64)."""
-    return 64 * len(items) + sum(len(item[2]) for item in items)
+    return 64 * len(items) + sum(map(len, map(_BODY, items)))
 
 
 def _runs(seqs: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
