@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldgate import buffer as buffer_mod
 from fieldgate.buffer import EVENTS_KEEP, SEQ_RESERVE, Buffer, Row
+from fieldgate.buffer import queue as buffer_mod
 
 T0 = 1_800_000_000.0  # a fixed "now" for tests that inject the clock
 
@@ -45,9 +45,26 @@ def events_of(buf: Buffer) -> list[dict[str, Any]]:
     return [json.loads(text) for _, text in buf.read_events(10_000)]
 
 
+_KEEPERS: list[sqlite3.Connection] = []
+
+
 def crash(buf: Buffer) -> None:
-    """Leave the database as a kill -9 would: closed without the clean-shutdown flag."""
+    """Leave the database as a kill -9 would: closed without the clean-shutdown flag, the WAL still there.
+
+    Closing the last connection would checkpoint and delete the WAL (which a kill does not); a second
+    connection, open until the test ends, keeps it.
+    """
+    keeper = sqlite3.connect(buf.path)
+    keeper.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    _KEEPERS.append(keeper)
     buf._close_quietly()
+
+
+@pytest.fixture(autouse=True)
+def _close_keepers() -> Iterator[None]:
+    yield
+    while _KEEPERS:
+        _KEEPERS.pop().close()
 
 
 @pytest.fixture
@@ -142,11 +159,11 @@ def test_sidecar_keeps_seqs_above_a_lost_database(make: Callable[..., Buffer], t
     ("normal", True, True),     # a power cut may have taken back commits whose seqs were published
     ("normal", False, False),   # kill -9: the page cache kept every commit
     ("full", True, False),      # every commit was fsynced
-], ids=["normal-reboot-jumps", "normal-same-boot", "full-reboot"])
-def test_unclean_shutdown_jumps_only_when_commits_may_be_lost(
+], ids=["normal-reboot-loses", "normal-same-boot", "full-reboot"])
+def test_every_unclean_shutdown_jumps_and_a_possible_loss_is_announced_as_a_range(
         make: Callable[..., Buffer], events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, case: tuple[str, bool, bool]) -> None:
-    durability, rebooted, jumps = case
+    durability, rebooted, loses = case
     monkeypatch.setattr(buffer_mod, "_boot_id", lambda: "boot-1")
     buf = make(durability=durability)
     buf.append_many(items(3))
@@ -154,13 +171,15 @@ def test_unclean_shutdown_jumps_only_when_commits_may_be_lost(
     if rebooted:
         monkeypatch.setattr(buffer_mod, "_boot_id", lambda: "boot-2")
     buf = make(durability=durability)
-    if jumps:
-        assert buf.append_many(items(1)) == [3 + SEQ_RESERVE + 1]
-        assert [(e["kind"], e["reason"], e["last_seq"]) for e in events] == [("buffer_seq_jump", "power_loss", 3)]
+    # Whichever file an unclean stop left whole is not known: seqs always continue above the reservation.
+    assert buf.append_many(items(1)) == [3 + SEQ_RESERVE + 1]
+    if loses:
+        assert [(e["kind"], e["reason"], e.get("first_seq"), e["last_seq"]) for e in events] == [
+            ("buffer_seq_jump", "power_loss", None, 3), ("buffer_lost", "power_loss", 4, 3 + SEQ_RESERVE)]
         assert "seq continues at 100004, not 4 (power_loss)" in caplog.text
     else:
-        assert buf.append_many(items(1)) == [4]
-        assert events == []
+        assert [(e["kind"], e["reason"], e["last_seq"]) for e in events] == [
+            ("buffer_seq_jump", "unclean_shutdown", 3)]
     # A clean close in between: no jump on the next start, whatever the boot.
     last = buf.stats().newest_seq
     buf.close()
@@ -335,12 +354,12 @@ def test_disk_full_spills_in_memory_and_commits_the_spill_in_order_when_space_re
     buf.maintenance()  # still full: retries quietly
     stats = buf.stats()
     assert stats.spilled == 50 and stats.spill_dropped_total == 10
-    assert [e["kind"] for e in events] == ["buffer_disk_full"]
+    assert [(e["kind"], e.get("lost")) for e in events] == [("buffer_disk_full", None), ("buffer_spill_lost", 10)]
     assert "database or disk is full" in events[0]["error"]
     assert caplog.text.count("cannot write to") == 1  # one loud ERROR per episode
     # Reading and publishing go on, and the event already waits for the events topic.
     assert [r.seq for r in all_rows(buf)] == before
-    assert [json.loads(t)["kind"] for _, t in buf.read_events(10)] == ["buffer_disk_full"]
+    assert [json.loads(t)["kind"] for _, t in buf.read_events(10)] == ["buffer_disk_full", "buffer_spill_lost"]
 
     small_disk.free(buf)
     buf.maintenance()
@@ -350,8 +369,8 @@ def test_disk_full_spills_in_memory_and_commits_the_spill_in_order_when_space_re
     assert [r.seq for r in rows] == list(range(1, 61))  # fresh seqs, right after the committed ones
     assert [r.body for r in rows[10:]] == [b for _, _, b in (first + second)[10:]]  # oldest spilled lost first
     assert [(e["kind"], e.get("recovered"), e.get("lost")) for e in events] == [
-        ("buffer_disk_full", None, None), ("buffer_disk_ok", 50, 10)]
-    assert [e["kind"] for e in events_of(buf)] == ["buffer_disk_full", "buffer_disk_ok"]  # now on disk
+        ("buffer_disk_full", None, None), ("buffer_spill_lost", None, 10), ("buffer_disk_ok", 50, 10)]
+    assert [e["kind"] for e in events_of(buf)] == ["buffer_disk_full", "buffer_spill_lost", "buffer_disk_ok"]
     assert buf.append_many(items(1)) == [61]
 
 
@@ -365,8 +384,10 @@ def test_disk_full_episode_ends_with_the_next_append(small_disk: SmallDisk, make
     small_disk.free(buf)
     assert buf.append_many(items(2, start=100)) == [7, 8]  # the 5 spilled first: 2..6
     assert [json.loads(r.body)["metrics"]["n"]["value"] for r in all_rows(buf)] == [0, 11, 12, 20, 21, 22, 100, 101]
+    # The first loss is announced at once (1), the rest, within the rate limit, with the recovery (3).
     assert [(e["kind"], e.get("recovered"), e.get("lost")) for e in events] == [
-        ("buffer_disk_full", None, None), ("buffer_disk_ok", 5, 4)]
+        ("buffer_disk_full", None, None), ("buffer_spill_lost", None, 1), ("buffer_spill_lost", None, 3),
+        ("buffer_disk_ok", 5, 4)]
     assert buf.stats().spill_dropped_total == 4
 
 
@@ -480,8 +501,10 @@ def test_corruption_found_while_running_is_recovered_without_an_exception(
     other.commit()
     other.close()
     rows = buf.read(0, 5000)
-    assert [e["kind"] for e in events] == ["buffer_seq_jump", "buffer_corrupt"]
+    assert [e["kind"] for e in events] == ["buffer_seq_jump", "buffer_corrupt", "buffer_lost"]
     assert 1900 <= len(rows) < 2000
+    lost = {s for a, b in events[2]["ranges"] for s in range(a, b + 1)}
+    assert lost == set(range(1, 2001)) - {r.seq for r in rows}  # the damaged page's readings, as ranges
     assert list(tmp_path.glob("data/buffer.db.corrupt-*"))
     assert buf.append_many(items(1)) == [100 + SEQ_RESERVE + 1]
 
@@ -535,6 +558,7 @@ def test_kill_9_loses_no_committed_reading(tmp_path: Path) -> None:
         # Lines still in the pipe were committed too; a torn last line was not printed in full.
         committed += [tuple(map(int, ln.split())) for ln in out.splitlines(keepends=True)  # type: ignore[misc]
                       if ln.endswith("\n")]
+        reserved = int((data / "seq.hwm").read_text())
         buf = Buffer(data)
         buf.open()
         try:
@@ -544,10 +568,11 @@ def test_kill_9_loses_no_committed_reading(tmp_path: Path) -> None:
                 missing = set(range(a, b + 1)) - present - acked_by_child
                 assert not missing, f"trial {trial}: committed seqs {sorted(missing)[:5]}... lost"
             assert committed[0][0] > high  # never reused across the kills
-            newest = buf.stats().newest_seq
+            newest = max(present | {b for _, b in committed})
             assert committed[-1][1] <= newest <= committed[-1][1] + 100  # at most one unprinted batch
-            assert buf.append_many(items(1)) == [newest + 1]  # and no jump after kill -9
-            high = newest + 1
+            # After kill -9 seqs continue above the reservation, whatever the durability.
+            assert buf.append_many(items(1)) == [reserved + 1]
+            high = reserved + 1
         finally:
             buf.close()
 
