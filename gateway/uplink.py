@@ -332,6 +332,12 @@ class BufferedUplink:
                 await self._db(self.buffer.enforce_limits)
                 await self._db(self.buffer.maintenance)
             self.stats = await self._db(self.buffer.stats)
+            if spilling and self.stats.newest_seq > self._committed_max:
+                # Upkeep committed rows itself (the spill, once the disk has room): the publisher only
+                # learns of commits from append_many, so without this it would wait for the next reading.
+                self._committed_max = self.stats.newest_seq
+                self._caught_up = False
+                self._wake.set()
 
     async def _commit_acks(self) -> None:
         if self._acked:
