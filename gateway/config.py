@@ -23,9 +23,24 @@ from .errors import ConfigError, DriverUnavailable
 from .profile import BaseProfile, Model
 from .units import ByteSize, Duration, Identifier, PositiveDuration, RelPath
 from .validation import did_you_mean, internal_error, validate_model
-from .yamlsrc import Budget, Diagnostic, Path_, SourceMap, format_path, load_yaml, load_yaml_file, read_source
+from .yamlsrc import (
+    Budget,
+    Diagnostic,
+    Path_,
+    SourceMap,
+    UnreadableFile,
+    format_path,
+    load_yaml,
+    load_yaml_file,
+    read_regular_file,
+    read_source,
+)
 
 DEFAULT_CONFIG = Path("/etc/fieldgate/fieldgate.yaml")
+
+
+SECRET_MAX_BYTES = 64 * 1024
+"""A secret file larger than this is not a secret someone meant to name."""
 
 
 class Secret(Model):
@@ -56,12 +71,20 @@ class Secret(Model):
     def reveal(self) -> str:
         """Read the secret now (files can be rotated between reconnects).
 
+        Only a small regular UTF-8 file is read: a FIFO or ``/dev/zero`` named
+        here would otherwise block the caller (the status page reads it in the
+        event loop) or never end.
+
         Raises:
-            OSError: the file cannot be read.
+            OSError: the file cannot be read, is not a regular file, is larger than 64 KiB, or is not UTF-8.
             KeyError: the environment variable is not set.
         """
         if self.file is not None:
-            return self.file.read_text(encoding="utf-8").strip("\r\n")
+            data = read_regular_file(self.file, SECRET_MAX_BYTES)
+            try:
+                return data.decode("utf-8").strip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise UnreadableFile(f"it is not UTF-8 text (byte {exc.start})") from exc
         assert self.env is not None
         return os.environ[self.env]
 

@@ -464,43 +464,30 @@ _KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_
           stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
-def read_source(path: Path, budget: Budget | None = None, what: str = "file") -> tuple[str | None, Diagnostic | None]:
-    """Read a YAML source file as text, refusing what is not a small regular text file.
+class UnreadableFile(OSError):
+    """A file that is not read: not a regular file, too large, missing, or not allowed."""
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
 
     Nothing but a regular file is opened (a FIFO would block, ``/dev/zero``
     never ends, a device may act on being opened); the size is checked before
-    reading and again while reading (a file that grows). UTF-8 (with or
-    without a BOM) and UTF-16 with a BOM are read; anything else is named at
-    its first bad byte.
+    reading and again while reading (a file that grows).
 
-    Args:
-        path: the file.
-        budget: the load it is part of (counts files; limits the size).
-        what: how messages name it: ``cannot read {what}: ...``.
-
-    Returns:
-        ``(text, None)`` or ``(None, diagnostic)``.
+    Raises:
+        UnreadableFile: with a reason a person can act on.
     """
-    budget = budget or Budget()
-    name = str(path)
-    limit = budget.limits.max_bytes
-
-    def refuse(reason: str) -> tuple[None, Diagnostic]:
-        return None, Diagnostic(name, 1, 1, "", f"cannot read {what}: {reason}")
-
-    budget.files += 1
-    if budget.files > budget.limits.max_files:
-        return refuse(f"more than {budget.limits.max_files} files in one configuration")
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
-            return refuse(f"it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, not a file")
+            raise UnreadableFile(f"it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, not a file")
         if st.st_size > limit:
-            return refuse(f"it is {st.st_size} bytes, more than the {limit} a configuration or profile may have")
+            raise UnreadableFile(f"it is {st.st_size} bytes, more than the {limit} it may have")
         fd = os.open(path, _OPEN_FLAGS)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between stat and open
-                return refuse("it is not a regular file")
+                raise UnreadableFile("it is not a regular file")
             chunks: list[bytes] = []
             size = 0
             while size <= limit:
@@ -511,17 +498,44 @@ def read_source(path: Path, budget: Budget | None = None, what: str = "file") ->
                 size += len(chunk)
         finally:
             os.close(fd)
-    except FileNotFoundError:
+    except UnreadableFile:
+        raise
+    except FileNotFoundError as exc:
         if os.path.islink(path):
-            return refuse(f"it is a symbolic link to {os.readlink(path)!r}, which does not exist")
-        return refuse("file not found")
+            raise UnreadableFile(f"it is a symbolic link to {os.readlink(path)!r}, which does not exist") from exc
+        raise UnreadableFile("file not found") from exc
     except OSError as exc:
-        return refuse(exc.strerror or str(exc))
-    except ValueError:  # a NUL in the name
-        return refuse("its name contains a NUL character")
+        raise UnreadableFile(exc.strerror or str(exc)) from exc
+    except ValueError as exc:  # a NUL in the name
+        raise UnreadableFile("its name contains a NUL character") from exc
     if size > limit:
-        return refuse(f"it is more than the {limit} bytes a configuration or profile may have")
-    return decode_source(b"".join(chunks), name)
+        raise UnreadableFile(f"it is more than the {limit} bytes it may have")
+    return b"".join(chunks)
+
+
+def read_source(path: Path, budget: Budget | None = None, what: str = "file") -> tuple[str | None, Diagnostic | None]:
+    """Read a YAML source file as text, refusing what is not a small regular text file.
+
+    See :func:`read_regular_file`. UTF-8 (with or without a BOM) and UTF-16
+    with a BOM are read; anything else is named at its first bad byte.
+
+    Args:
+        path: the file.
+        budget: the load it is part of (counts files; limits the size).
+        what: how messages name it: ``cannot read {what}: ...``.
+
+    Returns:
+        ``(text, None)`` or ``(None, diagnostic)``.
+    """
+    budget = budget or Budget()
+    budget.files += 1
+    try:
+        if budget.files > budget.limits.max_files:
+            raise UnreadableFile(f"more than {budget.limits.max_files} files in one configuration")
+        data = read_regular_file(path, budget.limits.max_bytes)
+    except UnreadableFile as exc:
+        return None, Diagnostic(str(path), 1, 1, "", f"cannot read {what}: {exc}")
+    return decode_source(data, str(path))
 
 
 def decode_source(data: bytes, name: str) -> tuple[str | None, Diagnostic | None]:

@@ -31,7 +31,7 @@ from fieldgate.yamlsrc import Budget, Limits, load_yaml
 from fieldgate_hwsim.hostile_files import HostileFile, generate, wrapper_config
 
 from .conftest import REPO, SIM_PROFILES, Proc, sim_device
-from .support.broker import Mosquitto
+from .support.broker import Mosquitto, free_port
 from .support.collector import Collector
 
 HANG = 60.0  # a command still running after this long is hung (each should take well under 2 s)
@@ -441,3 +441,30 @@ def test_campaign_short_form(tmp_path: Path, root: Path) -> None:
         assert res.returncode in (0, 1), (hf.index, hf.family, res.returncode, res.stderr)
     print(f"\ncampaign short form: {len(files)} files in-process {outcomes}, slowest {slowest[0]:.3f} s "
           f"(file {slowest[1]}); {len(sample)} through validate, 4 through provision")
+
+
+# --- files a configuration names: secrets ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "not-utf8"])
+def test_a_hostile_secret_file_is_named_and_the_gateway_runs_on(
+    tmp_path: Path, fieldgate_proc: Callable[..., Proc], kind: str
+) -> None:
+    """The status page reads web.password in the event loop at start: a FIFO there blocked the whole gateway."""
+    secret = tmp_path / "web-password"
+    if kind == "fifo":
+        os.mkfifo(secret)
+    elif kind == "dev-zero":
+        secret.symlink_to("/dev/zero")
+    else:
+        secret.write_bytes("s\u00e9same\n".encode("latin-1"))
+    cfg = tmp_path / "fieldgate.yaml"
+    cfg.write_text(f"gateway: {{id: gw1, clock_check: off}}\nweb: {{listen: '127.0.0.1:{free_port()}', "
+                   "password: {file: web-password}}\ndevices:\n" + sim_device("a", poll_interval="0.1s"))
+    p = fieldgate_proc("run", "-c", str(cfg), "--stdout")
+    assert '"device": "a"' in p.next_line(timeout=HANG).replace('":"', '": "')
+    line = p.wait_stderr("cannot read web.password", timeout=HANG)
+    assert {"fifo": "named pipe (FIFO)", "dev-zero": "character device", "not-utf8": "not UTF-8"}[kind] in line
+    p.popen.send_signal(signal.SIGTERM)
+    assert p.popen.wait(30) == 0
+    assert not any("Traceback" in x for x in p.stderr_lines), "".join(p.stderr_lines)
