@@ -73,6 +73,7 @@ class Limits:
         max_values: values of one file once its aliases are expanded (billion laughs).
         max_number_chars: characters of an integer or float written in the file.
         max_files: files one load may read (a configuration and its profiles).
+        max_total_bytes: bytes of all the files of one load.
         max_total_nodes: values written in all the files of one load.
     """
 
@@ -83,6 +84,7 @@ class Limits:
     max_values: int = 50_000
     max_number_chars: int = 100
     max_files: int = 500
+    max_total_bytes: int = 8 * 1024 * 1024
     max_total_nodes: int = 100_000
 
 
@@ -107,6 +109,7 @@ class Budget:
         self.clock = clock
         self.deadline = None if time_limit is None else clock() + time_limit
         self.files = 0
+        self.bytes = 0
         self.nodes = 0
 
     def over_time(self) -> bool:
@@ -533,6 +536,10 @@ def read_source(path: Path, budget: Budget | None = None, what: str = "file") ->
         if budget.files > budget.limits.max_files:
             raise UnreadableFile(f"more than {budget.limits.max_files} files in one configuration")
         data = read_regular_file(path, budget.limits.max_bytes)
+        budget.bytes += len(data)
+        if budget.bytes > budget.limits.max_total_bytes:
+            raise UnreadableFile(f"the configuration and its profiles are more than "
+                                 f"{budget.limits.max_total_bytes} bytes together")
     except UnreadableFile as exc:
         return None, Diagnostic(str(path), 1, 1, "", f"cannot read {what}: {exc}")
     return decode_source(data, str(path))

@@ -260,6 +260,20 @@ def test_limits_are_settings_of_one_load() -> None:
     assert [str(d) for d in diags] == ["t.yaml:1:14: more than 5 values in one file"]  # the list is a value too
 
 
+def test_many_large_profiles_are_bounded_together(tmp_path: Path) -> None:
+    """Each file under the size limit, all of them together over the limit of one load."""
+    body = METER.read_text() + "# " + "x" * (1024 * 1024 - 4 - len(METER.read_text())) + "\n"
+    devices = ""
+    for i in range(10):
+        (tmp_path / f"p{i}.yaml").write_text(body)
+        devices += f"  - {{id: d{i}, driver: sim, profile: p{i}.yaml}}\n"
+    path = tmp_path / "fieldgate.yaml"
+    path.write_text("gateway: {id: g}\ndevices:\n" + devices)
+    errs = refusal(path)
+    assert any("p8.yaml:1:1: cannot read file: the configuration and its profiles are more than 8388608 bytes"
+               in e for e in errs), errs
+
+
 # --- provisioning from the boot partition ---------------------------------------------------------------------
 
 
