@@ -12,6 +12,9 @@ runs ``fieldgate provision`` before ``fieldgate.service`` starts:
    and check that every file it names exists; the loader refuses hostile files
    (a billion laughs, a FIFO, binary junk) by name, and the whole reading and
    validation has a time limit (``--time-limit``), so no file holds up the boot;
+   symbolic links (the source, a companion, or inside a companion folder) are
+   refused: FAT has none, and elsewhere one could copy any file of the gateway
+   into ``/etc/fieldgate``;
 3. refused: write every diagnostic to ``fieldgate.yaml.errors.txt`` next to it
    and to the journal, leave the file in place to be fixed, and change nothing
    in ``/etc/fieldgate``: the previous configuration keeps running (exit 1);
@@ -45,13 +48,24 @@ from pydantic import BaseModel
 
 from .config import LoadedConfig, load_config_text
 from .errors import ConfigError
-from .yamlsrc import DEFAULT_TIME_LIMIT, Budget, Diagnostic, Path_, SourceMap, format_path, load_yaml, read_source
+from .yamlsrc import (
+    DEFAULT_TIME_LIMIT,
+    Budget,
+    Diagnostic,
+    Path_,
+    SourceMap,
+    format_path,
+    load_yaml,
+    read_regular_file,
+    read_source,
+)
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 3
 
 CONFIG_NAME = "fieldgate.yaml"
+COMPANION_MAX_BYTES = 16 * 1024 * 1024  # a CA bundle is ~250 KB; a companion is never a disk image
 ERRORS_SUFFIX = ".errors.txt"
 APPLIED_INFIX = ".applied-"
 PREVIOUS_SUFFIX = ".previous"
@@ -185,6 +199,9 @@ class Provisioner:
             where = " or ".join(str(d) for d in self.boot_dirs)
             return Outcome("none", message=f"nothing to provision: no {CONFIG_NAME} in {where}")
         errors_file = source.with_name(source.name + ERRORS_SUFFIX)
+        if source.is_symlink():  # FAT has none; elsewhere a link would apply (and quote errors of) any file
+            return self._refuse(source, errors_file, [Diagnostic(
+                str(source), 1, 1, "", f"{source.name} is a symbolic link: put the file itself on the boot partition")])
         budget = Budget(time_limit=self.time_limit)
         text, unreadable = read_source(source, budget, "configuration")
         if text is None:
@@ -229,6 +246,9 @@ class Provisioner:
                 hint = (f"copy it next to {source.name} on the boot partition" if inside
                         else f"it must exist on the gateway, or put it next to {source.name} and name it relatively")
                 diags.append(_diag(source, smap, where, f"{what} not found: {path} ({hint})"))
+            elif inside and (link := _link_at_or_below(path, boot, is_dir)) is not None:
+                diags.append(_diag(source, smap, where, f"{link} is a symbolic link: put the file itself next to "
+                                   f"{source.name} (a link could copy any file of the gateway into {self.etc_dir})"))
             elif inside:
                 companions.append((path.relative_to(boot), is_dir))
         return diags, companions
@@ -265,7 +285,7 @@ class Provisioner:
             for f in files:
                 dest = self.etc_dir / f.relative_to(source.parent)
                 dest.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-                _atomic_write(dest, f.read_bytes(), 0o640, gid)
+                _atomic_write(dest, read_regular_file(f, COMPANION_MAX_BYTES), 0o640, gid)
                 copied.append(dest)
         final = self.etc_dir / CONFIG_NAME
         if final.exists():
@@ -301,6 +321,20 @@ class Provisioner:
                 except OSError:
                     break
         return renamed, None
+
+
+def _link_at_or_below(path: Path, boot: Path, is_dir: bool) -> Path | None:
+    """A symbolic link on the way from ``boot`` to ``path``, or below ``path`` if it is a folder."""
+    for p in [path, *path.parents]:
+        if p == boot or not p.is_relative_to(boot):
+            break
+        if p.is_symlink():
+            return p
+    if is_dir:
+        for p in sorted(path.rglob("*")):
+            if p.is_symlink():
+                return p
+    return None
 
 
 def _service_gid() -> int | None:

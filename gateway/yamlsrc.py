@@ -448,7 +448,8 @@ def load_yaml(text: str, file: str, budget: Budget | None = None) -> tuple[Any, 
             return None, smap, []
         builder = _Builder(loader, smap, budget)
         data = builder.build(node, ())
-        return data, smap, builder.diagnostics
+        # A mapping merged in several places reports its own problems once.
+        return data, smap, list(dict.fromkeys(builder.diagnostics))
     except _Refused as exc:
         return None, smap, [Diagnostic(file, exc.line, exc.col, "", exc.message)]
     except yaml.MarkedYAMLError as exc:
