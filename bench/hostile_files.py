@@ -60,16 +60,20 @@ class Row:
     hangs: int = 0
     failures: list[str] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    slowest: tuple[float, int] = (0.0, -1)
+
+    def took(self, hf: HostileFile, seconds: float) -> None:
+        self.times.append(seconds)
+        self.slowest = max(self.slowest, (seconds, hf.index))
 
     def line(self) -> str:
         med = statistics.median(self.times) if self.times else 0.0
-        top = max(self.times) if self.times else 0.0
         return (f"{self.path:<28} {self.files:>6} {self.accepted:>8} {self.refused:>7} {self.tracebacks:>10} "
-                f"{self.hangs:>5} {len(self.failures):>6} {med:>8.3f} {top:>8.3f}")
+                f"{self.hangs:>5} {len(self.failures):>6} {med:>8.3f} {self.slowest[0]:>8.3f} {self.slowest[1]:>6}")
 
 
 HEADER = (f"{'path':<28} {'files':>6} {'accepted':>8} {'refused':>7} {'tracebacks':>10} {'hangs':>5} "
-          f"{'other':>6} {'median s':>8} {'max s':>8}")
+          f"{'other':>6} {'median s':>8} {'max s':>8} {'(file)':>6}")
 
 
 def _cli(*args: str, hang: float) -> tuple[subprocess.CompletedProcess[str] | None, float]:
@@ -108,7 +112,7 @@ def in_process(files: list[HostileFile], work: Path, row: Row) -> set[int]:
             except Exception as exc:  # as above
                 row.tracebacks += 1
                 row.failures.append(f"{hf.index} ({hf.family}) as a profile: {type(exc).__name__}: {exc}")
-        row.times.append(time.monotonic() - started)
+        row.took(hf, time.monotonic() - started)
         shutil.rmtree(folder, ignore_errors=True)
     return refused
 
@@ -116,7 +120,7 @@ def in_process(files: list[HostileFile], work: Path, row: Row) -> set[int]:
 def _judge(row: Row, hf: HostileFile, res: subprocess.CompletedProcess[str] | None, took: float,
            extra: Callable[[subprocess.CompletedProcess[str]], str | None] | None = None) -> None:
     row.files += 1
-    row.times.append(took)
+    row.took(hf, took)
     if res is None:
         row.hangs += 1
         row.failures.append(f"{hf.index} ({hf.family}): hung")
@@ -240,7 +244,7 @@ def reload_running_gateway(files: list[HostileFile], refused: set[int], work: Pa
             answered = events.wait(lambda b=before: len(events.kinds) > b, hang)  # type: ignore[misc]
             took = time.monotonic() - started
             row.files += 1
-            row.times.append(took)
+            row.took(hf, took)
             if not answered:
                 row.hangs += 1
                 row.failures.append(f"{hf.index} ({hf.family}): no event within {hang:g} s of SIGHUP")
@@ -272,13 +276,13 @@ def reload_running_gateway(files: list[HostileFile], refused: set[int], work: Pa
 
 def run_campaign(count: int = 1000, seed: int = 14, jobs: int = 2, hang: float = 30.0,
                  paths: Iterable[str] = ("in-process", "validate", "provision", "reload"),
-                 out: object = sys.stdout, subprocess_count: int | None = None) -> list[Row]:
+                 out: object = sys.stdout, subprocess_count: int | None = None, start: int = 0) -> list[Row]:
     """Run the campaign and print its table; return the rows.
 
     ``subprocess_count`` limits the files run through the two subprocess paths (the first
     ones of the series); starting Python costs about a second of CPU per file.
     """
-    files = list(generate(count, seed))
+    files = list(generate(count, seed, start))
     sub = files[:subprocess_count] if subprocess_count is not None else files
     work = Path(tempfile.mkdtemp(prefix="fieldgate-hostile-"))
     rows: list[Row] = []
@@ -300,7 +304,7 @@ def run_campaign(count: int = 1000, seed: int = 14, jobs: int = 2, hang: float =
             reload_running_gateway(files, refused, work, rows[-1], hang)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"hostile files: {count} (seed {seed}), {time.monotonic() - started:.0f} s, load average "
+    print(f"hostile files: {count} (seed {seed}, from {start}), {time.monotonic() - started:.0f} s, load average "
           f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; hang = no answer within {hang:g} s",
           file=out)  # type: ignore[arg-type]
     print(HEADER, file=out)  # type: ignore[arg-type]
@@ -316,6 +320,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument("--start", type=int, default=0, help="number of the first file")
     ap.add_argument("--jobs", type=int, default=2, help="subprocesses at once")
     ap.add_argument("--hang", type=float, default=30.0, help="seconds after which a command counts as hung")
     ap.add_argument("--paths", default="in-process,validate,provision,reload")
@@ -323,7 +328,7 @@ def main() -> int:
                     help="run only the first N files through the subprocess paths (default: all)")
     args = ap.parse_args()
     rows = run_campaign(args.count, args.seed, args.jobs, args.hang, args.paths.split(","),
-                        subprocess_count=args.subprocess_count)
+                        subprocess_count=args.subprocess_count, start=args.start)
     return 1 if any(r.tracebacks or r.hangs or r.failures for r in rows) else 0
 
 
