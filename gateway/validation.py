@@ -89,8 +89,12 @@ def allowed_keys(model: type[BaseModel], loc: Path_) -> list[str]:
 def _clean_loc(loc: tuple[Any, ...]) -> Path_:
     # pydantic inserts validator/union tags (e.g. "function-after[...]", "str") into
     # loc; keep only what is a real key or index in the document.
-    # A key of the document may contain '[' too (even an escape code): only a known tag prefix is dropped.
-    return tuple(p for p in loc if isinstance(p, int) or p.split("[", 1)[0] not in _TAGS)
+    # A key of the document may contain '[' too (even an escape code): only what has the shape of a
+    # pydantic tag (``literal['a']``, ``function-after[...]``, ``list[int]``) or is a bare tag is dropped.
+    return tuple(p for p in loc if isinstance(p, int) or not (p in _TAGS or _TAG_SHAPE.match(p)))
+
+
+_TAG_SHAPE = re.compile(r"^[a-z][a-z-]*\[.*\]$", re.S)
 
 
 _TAGS = {"str", "int", "float", "bool", "list", "dict", "function-after", "function-before",
