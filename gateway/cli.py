@@ -29,7 +29,7 @@ from .config import (
 )
 from .errors import ConfigError, GatewayError
 from .web.logring import install_log_ring
-from .yamlsrc import Diagnostic
+from .yamlsrc import Diagnostic, read_head
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
@@ -281,10 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _looks_like_profile(path: str) -> bool:
-    try:
-        head = Path(path).read_text(encoding="utf-8", errors="replace")[:4000]
-    except OSError:
-        return False
+    head = read_head(Path(path), 4000)  # never blocks: the path may be a FIFO or /dev/zero
     return "\nschema_version:" in f"\n{head}" and "\ngateway:" not in f"\n{head}"
 
 

@@ -22,10 +22,25 @@ from .driver import Driver, available_drivers, bus_key, load_driver
 from .errors import ConfigError, DriverUnavailable
 from .profile import BaseProfile, Model
 from .units import ByteSize, Duration, Identifier, PositiveDuration, RelPath
-from .validation import did_you_mean, validate_model
-from .yamlsrc import Diagnostic, Path_, SourceMap, format_path, load_yaml, load_yaml_file
+from .validation import did_you_mean, internal_error, validate_model
+from .yamlsrc import (
+    Budget,
+    Diagnostic,
+    Path_,
+    SourceMap,
+    UnreadableFile,
+    format_path,
+    load_yaml,
+    load_yaml_file,
+    read_regular_file,
+    read_source,
+)
 
 DEFAULT_CONFIG = Path("/etc/fieldgate/fieldgate.yaml")
+
+
+SECRET_MAX_BYTES = 64 * 1024
+"""A secret file larger than this is not a secret someone meant to name."""
 
 
 class Secret(Model):
@@ -56,12 +71,20 @@ class Secret(Model):
     def reveal(self) -> str:
         """Read the secret now (files can be rotated between reconnects).
 
+        Only a small regular UTF-8 file is read: a FIFO or ``/dev/zero`` named
+        here would otherwise block the caller (the status page reads it in the
+        event loop) or never end.
+
         Raises:
-            OSError: the file cannot be read.
+            OSError: the file cannot be read, is not a regular file, is larger than 64 KiB, or is not UTF-8.
             KeyError: the environment variable is not set.
         """
         if self.file is not None:
-            return self.file.read_text(encoding="utf-8").strip("\r\n")
+            data = read_regular_file(self.file, SECRET_MAX_BYTES)
+            try:
+                return data.decode("utf-8").strip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise UnreadableFile(f"it is not UTF-8 text (byte {exc.start})") from exc
         assert self.env is not None
         return os.environ[self.env]
 
@@ -278,13 +301,51 @@ def builtin_profile_dir() -> Path:
     return Path(str(files("fieldgate.profiles")))
 
 
+MAX_LIBRARY_ENTRIES = 20_000
+"""Files and folders one profile library may hold: ``profile_dirs: [/]`` must not walk the whole disk."""
+
+
+def _scan_library(base: Path, budget: Budget | None = None) -> tuple[dict[str, Path], str | None]:
+    """Profiles below ``base`` by library name, and what stopped the walk early (or None).
+
+    Symlinked folders are not followed (as ``Path.rglob`` did): a link to ``/`` or
+    to a parent would loop or walk the disk. The walk is bounded in entries
+    and by the load's deadline.
+    """
+    out: dict[str, Path] = {}
+    pending = [base]
+    seen = 0
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable folders hold no profiles we could load anyway
+        for entry in entries:
+            seen += 1
+            if seen > MAX_LIBRARY_ENTRIES:
+                return out, (f"more than {MAX_LIBRARY_ENTRIES} files and folders below {base}: "
+                             "name the folder that holds the profiles")
+            if seen & 1023 == 0 and budget is not None and budget.over_time():
+                return out, budget.timeout_message()
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.name.endswith(".yaml"):
+                    rel = Path(entry.path).relative_to(base).with_suffix("").as_posix()
+                    out.setdefault(rel, Path(entry.path))
+            except OSError:
+                continue
+    return out, None
+
+
 def library_profiles(extra_dirs: list[Path] | None = None) -> dict[str, Path]:
     """All profiles by library name (``vendor/model``), later dirs first wins."""
     out: dict[str, Path] = {}
     for base in [builtin_profile_dir(), *(extra_dirs or [])]:
         if base.is_dir():
-            for p in sorted(base.rglob("*.yaml")):
-                out[p.relative_to(base).with_suffix("").as_posix()] = p
+            out.update(_scan_library(base)[0])
     return out
 
 
@@ -318,18 +379,30 @@ def load_profile(
     profile, diags = validate_model(driver.Profile, data, smap, prefix)
     out.items.extend(diags)
     if profile is not None:
-        for path, message, severity in profile.checks():
+        try:
+            checks = profile.checks()
+        except Exception as exc:  # a driver's check must not turn a hostile file into a traceback
+            out.add(smap, prefix, internal_error(f"{driver.name} profile checks", exc))
+            return None, out.items
+        for path, message, severity in checks:
             out.add(smap, (*prefix, *path), message, severity)
     return profile, out.items
 
 
-def load_profile_file(path: Path, driver: type[Driver] | None = None) -> tuple[BaseProfile | None, list[Diagnostic]]:
-    """Load one profile file; the driver comes from its ``driver`` key if not given."""
-    data, smap, diags = load_yaml_file(path)
+def load_profile_file(path: Path, driver: type[Driver] | None = None,
+                      budget: Budget | None = None) -> tuple[BaseProfile | None, list[Diagnostic]]:
+    """Load one profile file; the driver comes from its ``driver`` key if not given.
+
+    ``budget`` bounds the file (size, values, aliases, time); a fresh default one if omitted.
+    """
+    data, smap, diags = load_yaml_file(path, budget)
     if diags and data is None:
         return None, diags
     out = _Collector()
     out.items.extend(diags)
+    if data is None:
+        out.add(smap, (), "the profile file is empty")
+        return None, out.items
     if driver is None:
         name = data.get("driver") if isinstance(data, dict) else None
         if not isinstance(name, str):
@@ -346,13 +419,43 @@ def load_profile_file(path: Path, driver: type[Driver] | None = None) -> tuple[B
     return (profile if not out.errors else None), out.items
 
 
-def load_config_text(text: str, file: str) -> LoadedConfig:
+class _Load:
+    """What one load of a configuration shares: its budget, the library, the profile files read."""
+
+    def __init__(self, budget: Budget, profile_dirs: list[Path]) -> None:
+        self.budget = budget
+        self.profile_dirs = profile_dirs
+        self._library: dict[str, Path] | None = None
+        self.library_problems: list[tuple[int, str]] = []
+        # A profile file named by many devices is read and validated once (and its errors said once).
+        self.profiles: dict[tuple[Path, str], tuple[BaseProfile | None, bool]] = {}
+
+    def library(self) -> dict[str, Path]:
+        if self._library is None:
+            self._library = {}
+            for i, base in enumerate([builtin_profile_dir(), *self.profile_dirs]):
+                if base.is_dir():
+                    found, problem = _scan_library(base, self.budget)
+                    self._library.update(found)
+                    if problem is not None:
+                        self.library_problems.append((i - 1, problem))
+        return self._library
+
+
+def load_config_text(text: str, file: str, budget: Budget | None = None) -> LoadedConfig:
     """Validate a configuration given as text (``file`` names it in errors).
+
+    Args:
+        text: the configuration.
+        file: its name in errors; relative paths in it are taken from its folder.
+        budget: limits and deadline of the whole load (the file and every profile it names);
+            a fresh default one (:data:`~fieldgate.yamlsrc.DEFAULT_TIME_LIMIT`) if omitted.
 
     Raises:
         ConfigError: with every diagnostic (errors and warnings) found.
     """
-    data, smap, diags = load_yaml(text, file)
+    budget = budget or Budget()
+    data, smap, diags = load_yaml(text, file, budget)
     out = _Collector()
     out.items.extend(diags)
     if data is None:
@@ -362,10 +465,13 @@ def load_config_text(text: str, file: str) -> LoadedConfig:
     cfg, more = validate_model(GatewayConfig, data, smap, context={"base": Path(file).parent})
     out.items.extend(more)
     raw_devices = data.get("devices") if isinstance(data, dict) else None
-    profile_dirs = cfg.gateway.profile_dirs if cfg is not None else []
+    load = _Load(budget, cfg.gateway.profile_dirs if cfg is not None else [])
     seen: dict[str, int] = {}
     devices: list[DeviceSpec] = []
     for i, raw in enumerate(raw_devices if isinstance(raw_devices, list) else []):
+        if budget.over_time():
+            out.add(smap, ("devices", i), budget.timeout_message())
+            raise ConfigError(out.items)
         if not isinstance(raw, dict):
             continue
         dev_id = raw.get("id")
@@ -375,15 +481,19 @@ def load_config_text(text: str, file: str) -> LoadedConfig:
             seen.setdefault(dev_id, i)
         # Resolve driver, connection and profile even when other keys of this
         # device (or of the file) are wrong, so one run shows every problem.
-        spec = _resolve_device(raw, i, smap, Path(file).parent, profile_dirs, out)
+        spec = _resolve_device(raw, i, smap, Path(file).parent, load, out)
         if spec is not None and cfg is not None:
             devices.append(DeviceSpec(cfg.devices[i], *spec))
+    for i, problem in load.library_problems:
+        out.add(smap, ("gateway", "profile_dirs", i) if i >= 0 else (), problem)
+    if budget.over_time():
+        out.add(smap, (), budget.timeout_message())
     if out.errors or cfg is None:
         raise ConfigError(out.items)
     return LoadedConfig(Path(file), cfg, devices, warnings=out.items)
 
 
-def _resolve_device(raw: dict[str, Any], i: int, smap: SourceMap, base: Path, profile_dirs: list[Path],
+def _resolve_device(raw: dict[str, Any], i: int, smap: SourceMap, base: Path, load: _Load,
                     out: _Collector) -> tuple[type[Driver], BaseProfile, BaseModel, str, str | None] | None:
     where: Path_ = ("devices", i)
     name = raw.get("driver")
@@ -407,45 +517,68 @@ def _resolve_device(raw: dict[str, Any], i: int, smap: SourceMap, base: Path, pr
         source = "inline"
         out.items.extend(diags)
     elif isinstance(ref, str):
-        path = _find_profile(ref, base, profile_dirs)
+        path = _find_profile(ref, base, load)
         source = ref
         if path is None:
-            names = library_profiles(profile_dirs)
+            names = load.library()
             out.add(smap, (*where, "profile"),
                     f"profile {ref!r} not found{did_you_mean(ref, names)} "
                     f"(library names look like 'vendor/model'; paths end in .yaml)")
+        elif (path, driver.name) in load.profiles:
+            profile, failed = load.profiles[(path, driver.name)]
+            if failed:  # its errors were reported for the first device that named it
+                out.add(smap, (*where, "profile"), f"profile {ref!r} has errors (reported above)")
         else:
-            data, psmap, pdiags = load_yaml_file(path)
+            data, psmap, pdiags = load_yaml_file(path, load.budget)
             out.items.extend(pdiags)
+            failed = data is None
             if data is not None:
                 profile, diags = load_profile(data, psmap, driver)
                 out.items.extend(diags)
+                failed = profile is None or any(d.severity == "error" for d in (*pdiags, *diags))
+            elif not pdiags:
+                out.add(psmap, (), "the profile file is empty")
+            load.profiles[(path, driver.name)] = (profile, failed)
     if profile is None or connection is None or len(out.errors) > errors_before:
         return None
-    bus = raw.get("bus") if isinstance(raw.get("bus"), str) else bus_key(driver, connection)
+    try:
+        bus = raw.get("bus") if isinstance(raw.get("bus"), str) else bus_key(driver, connection)
+    except Exception as exc:  # a driver's hook must not turn a hostile file into a traceback
+        out.add(smap, (*where, "connection"), internal_error(f"{driver.name} bus key", exc))
+        return None
     return driver, profile, connection, source, bus
 
 
-def _find_profile(ref: str, base: Path, profile_dirs: list[Path]) -> Path | None:
+def _find_profile(ref: str, base: Path, load: _Load) -> Path | None:
     if ref.endswith((".yaml", ".yml")) or ref.startswith((".", "/")):
         p = Path(ref)
         p = p if p.is_absolute() else base / p
-        return p if p.is_file() else None
-    return library_profiles(profile_dirs).get(ref)
+        try:
+            # Anything by that name (a folder, a FIFO, a link loop) is handed to the reader, which
+            # names what it is; only a name that is not there at all is "not found".
+            return p if os.path.lexists(p) else None
+        except ValueError:  # a NUL in the name
+            return None
+    return load.library().get(ref)
 
 
-def load_config(path: Path) -> LoadedConfig:
+def load_config(path: Path, budget: Budget | None = None) -> LoadedConfig:
     """Read and validate a configuration file.
+
+    Args:
+        path: the file.
+        budget: limits and deadline of the whole load; a fresh default one if omitted,
+            so that no file, however built, makes this hang.
 
     Raises:
         ConfigError: with every diagnostic found.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        diag = Diagnostic(str(path), 1, 1, "", f"cannot read configuration: {exc.strerror or exc}")
-        raise ConfigError([diag]) from exc
-    return load_config_text(text, str(path))
+    budget = budget or Budget()
+    text, problem = read_source(path, budget, "configuration")
+    if text is None:
+        assert problem is not None
+        raise ConfigError([problem])
+    return load_config_text(text, str(path), budget)
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -9,7 +9,12 @@ runs ``fieldgate provision`` before ``fieldgate.service`` starts:
 1. find ``fieldgate.yaml`` in ``/boot/firmware`` (Raspberry Pi OS since
    Bookworm), else in ``/boot``; none: nothing to do (exit 0);
 2. validate it with the same loader as ``fieldgate run`` (all errors at once),
-   and check that every file it names exists;
+   and check that every file it names exists; the loader refuses hostile files
+   (a billion laughs, a FIFO, binary junk) by name, and the whole reading and
+   validation has a time limit (``--time-limit``), so no file holds up the boot;
+   symbolic links (the source, a companion, or inside a companion folder) are
+   refused: FAT has none, and elsewhere one could copy any file of the gateway
+   into ``/etc/fieldgate``;
 3. refused: write every diagnostic to ``fieldgate.yaml.errors.txt`` next to it
    and to the journal, leave the file in place to be fixed, and change nothing
    in ``/etc/fieldgate``: the previous configuration keeps running (exit 1);
@@ -41,15 +46,26 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .config import LoadedConfig, load_config
+from .config import LoadedConfig, load_config_text
 from .errors import ConfigError
-from .yamlsrc import Diagnostic, Path_, format_path, load_yaml
+from .yamlsrc import (
+    DEFAULT_TIME_LIMIT,
+    Budget,
+    Diagnostic,
+    Path_,
+    SourceMap,
+    format_path,
+    load_yaml,
+    read_regular_file,
+    read_source,
+)
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 3
 
 CONFIG_NAME = "fieldgate.yaml"
+COMPANION_MAX_BYTES = 16 * 1024 * 1024  # a CA bundle is ~250 KB; a companion is never a disk image
 ERRORS_SUFFIX = ".errors.txt"
 APPLIED_INFIX = ".applied-"
 PREVIOUS_SUFFIX = ".previous"
@@ -85,10 +101,15 @@ class Outcome:
 
 
 def find_source(boot_dirs: list[Path]) -> Path | None:
-    """The first ``fieldgate.yaml`` waiting in ``boot_dirs``."""
+    """The first ``fieldgate.yaml`` waiting in ``boot_dirs``.
+
+    Anything by that name counts, not only a file: a folder, a FIFO or a link
+    loop someone put there is refused by name (in the errors file beside it)
+    rather than passed over in silence.
+    """
     for d in boot_dirs:
         candidate = d / CONFIG_NAME
-        if candidate.is_file():
+        if os.path.lexists(candidate):
             return candidate
     return None
 
@@ -141,8 +162,7 @@ def _raw_at(data: Any, where: Path_) -> Any:
     return data
 
 
-def _diag(source: Path, text: str, where: Path_, message: str) -> Diagnostic:
-    _, smap, _ = load_yaml(text, str(source))
+def _diag(source: Path, smap: SourceMap, where: Path_, message: str) -> Diagnostic:
     line, col = smap.position(where)
     return Diagnostic(str(source), line, col, format_path(where), message)
 
@@ -155,14 +175,19 @@ class Provisioner:
         etc_dir: where the configuration lives (``/etc/fieldgate``).
         root: absolute paths named in the file are checked below this root.
         now: the wall clock (for the ``applied-<time>`` name).
+        time_limit: seconds reading and validating the file (with its profiles) may take. A file
+            that takes longer is refused like an invalid one: the errors file says so and where the
+            loader was, nothing in ``etc_dir`` changes, and the service starts on the previous
+            configuration. No file can hold up the boot longer than this.
     """
 
     def __init__(self, boot_dirs: list[Path], etc_dir: Path, root: Path = Path("/"),
-                 now: Any = time.time) -> None:
+                 now: Any = time.time, time_limit: float = DEFAULT_TIME_LIMIT) -> None:
         self.boot_dirs = boot_dirs
         self.etc_dir = etc_dir
         self.root = root
         self.now = now
+        self.time_limit = time_limit
 
     def _on_target(self, path: Path) -> Path:
         return self.root / path.relative_to("/") if path.is_absolute() else path
@@ -174,11 +199,15 @@ class Provisioner:
             where = " or ".join(str(d) for d in self.boot_dirs)
             return Outcome("none", message=f"nothing to provision: no {CONFIG_NAME} in {where}")
         errors_file = source.with_name(source.name + ERRORS_SUFFIX)
-        try:
-            text = source.read_text(encoding="utf-8")
-        except OSError as exc:
-            return Outcome("failed", source, message=f"cannot read {source}: {exc}")
-        diags, companions = self._validate(source, text)
+        if source.is_symlink():  # FAT has none; elsewhere a link would apply (and quote errors of) any file
+            return self._refuse(source, errors_file, [Diagnostic(
+                str(source), 1, 1, "", f"{source.name} is a symbolic link: put the file itself on the boot partition")])
+        budget = Budget(time_limit=self.time_limit)
+        text, unreadable = read_source(source, budget, "configuration")
+        if text is None:
+            assert unreadable is not None
+            return self._refuse(source, errors_file, [unreadable])
+        diags, companions = self._validate(source, text, budget)
         if any(d.severity == "error" for d in diags):
             return self._refuse(source, errors_file, diags)
         try:
@@ -193,14 +222,15 @@ class Provisioner:
             outcome.status, outcome.message = "failed", f"{outcome.message}, but {problem}"
         return outcome
 
-    def _validate(self, source: Path, text: str) -> tuple[list[Diagnostic], list[tuple[Path, bool]]]:
+    def _validate(self, source: Path, text: str, budget: Budget) -> tuple[list[Diagnostic], list[tuple[Path, bool]]]:
         try:
-            loaded = load_config(source)
+            loaded = load_config_text(text, str(source), budget)
         except ConfigError as exc:
             return [d for d in exc.diagnostics if isinstance(d, Diagnostic)], []
         diags = list(loaded.warnings)
         boot = source.parent
-        raw, _, _ = load_yaml(text, str(source))
+        # Parsed once more (it was valid, so this is quick) for the raw values and positions.
+        raw, smap, _ = load_yaml(text, str(source), Budget(budget.limits, time_limit=None))
         companions: list[tuple[Path, bool]] = []
         for where, path, is_dir in referenced_files(loaded):
             inside = path.is_relative_to(boot)
@@ -209,13 +239,16 @@ class Provisioner:
             if inside and isinstance(written, str) and Path(written).is_absolute():
                 # The copy on the boot partition is deleted once applied; an absolute name would then dangle.
                 rel = path.relative_to(boot).as_posix()
-                diags.append(_diag(source, text, where, f"{written} points into the boot partition, which is "
+                diags.append(_diag(source, smap, where, f"{written} points into the boot partition, which is "
                                    f"cleared after provisioning: write it relative to {source.name}, as {rel!r}"))
             elif not (target.is_dir() if is_dir else target.is_file()):
                 what = "folder" if is_dir else "file"
                 hint = (f"copy it next to {source.name} on the boot partition" if inside
                         else f"it must exist on the gateway, or put it next to {source.name} and name it relatively")
-                diags.append(_diag(source, text, where, f"{what} not found: {path} ({hint})"))
+                diags.append(_diag(source, smap, where, f"{what} not found: {path} ({hint})"))
+            elif inside and (link := _link_at_or_below(path, boot, is_dir)) is not None:
+                diags.append(_diag(source, smap, where, f"{link} is a symbolic link: put the file itself next to "
+                                   f"{source.name} (a link could copy any file of the gateway into {self.etc_dir})"))
             elif inside:
                 companions.append((path.relative_to(boot), is_dir))
         return diags, companions
@@ -252,7 +285,7 @@ class Provisioner:
             for f in files:
                 dest = self.etc_dir / f.relative_to(source.parent)
                 dest.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-                _atomic_write(dest, f.read_bytes(), 0o640, gid)
+                _atomic_write(dest, read_regular_file(f, COMPANION_MAX_BYTES), 0o640, gid)
                 copied.append(dest)
         final = self.etc_dir / CONFIG_NAME
         if final.exists():
@@ -288,6 +321,20 @@ class Provisioner:
                 except OSError:
                     break
         return renamed, None
+
+
+def _link_at_or_below(path: Path, boot: Path, is_dir: bool) -> Path | None:
+    """A symbolic link on the way from ``boot`` to ``path``, or below ``path`` if it is a folder."""
+    for p in [path, *path.parents]:
+        if p == boot or not p.is_relative_to(boot):
+            break
+        if p.is_symlink():
+            return p
+    if is_dir:
+        for p in sorted(path.rglob("*")):
+            if p.is_symlink():
+                return p
+    return None
 
 
 def _service_gid() -> int | None:
@@ -337,7 +384,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     root = Path(args.root)
     boot_dirs = [Path(d) for d in args.boot_dir] if args.boot_dir else [root / d.relative_to("/") for d in BOOT_DIRS]
     etc_dir = Path(args.etc_dir) if args.etc_dir else root / ETC_DIR.relative_to("/")
-    outcome = Provisioner(boot_dirs, etc_dir, root).run()
+    outcome = Provisioner(boot_dirs, etc_dir, root, time_limit=args.time_limit).run()
     if outcome.status == "failed":
         print(outcome.message, file=sys.stderr)
     elif outcome.status == "refused":
@@ -362,4 +409,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="where to look (repeatable; default: /boot/firmware, then /boot)")
     p.add_argument("--etc-dir", help="where the configuration goes (default: /etc/fieldgate)")
     p.add_argument("--root", default="/", help="treat this folder as / (images, tests)")
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="S",
+                   help="refuse a file whose reading and validation take longer than this (default: %(default)s s)")
     p.set_defaults(func=cmd_provision)

@@ -89,7 +89,12 @@ def allowed_keys(model: type[BaseModel], loc: Path_) -> list[str]:
 def _clean_loc(loc: tuple[Any, ...]) -> Path_:
     # pydantic inserts validator/union tags (e.g. "function-after[...]", "str") into
     # loc; keep only what is a real key or index in the document.
-    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and p not in _TAGS))
+    # A key of the document may contain '[' too (even an escape code): only what has the shape of a
+    # pydantic tag (``literal['a']``, ``function-after[...]``, ``list[int]``) or is a bare tag is dropped.
+    return tuple(p for p in loc if isinstance(p, int) or not (p in _TAGS or _TAG_SHAPE.match(p)))
+
+
+_TAG_SHAPE = re.compile(r"^[a-z][a-z-]*\[.*\]$", re.S)
 
 
 _TAGS = {"str", "int", "float", "bool", "list", "dict", "function-after", "function-before",
@@ -155,11 +160,27 @@ def errors_to_diagnostics(
     return out
 
 
+def internal_error(what: str, exc: BaseException) -> str:
+    """The message for a check that raised instead of reporting (a bug, said as one, not a traceback)."""
+    detail = str(exc)[:200]
+    return (f"{what} failed on this value ({type(exc).__name__}{': ' + detail if detail else ''}); "
+            "this is a bug in fieldgate: please report it with this file")
+
+
 def validate_model(
     model: type[M], data: Any, smap: SourceMap, prefix: Path_ = (), context: dict[str, Any] | None = None
 ) -> tuple[M | None, list[Diagnostic]]:
-    """Validate ``data`` with ``model``; return the instance or diagnostics."""
+    """Validate ``data`` with ``model``; return the instance or diagnostics.
+
+    pydantic turns a validator's ``ValueError`` into an error but lets any other
+    exception through; a validator that trips over a hostile value (an
+    ``OverflowError`` on ``1e999GB``) is reported at the value it was checking.
+    """
     try:
         return model.model_validate(data, context=context), []
     except ValidationError as exc:
         return None, errors_to_diagnostics(exc, model, smap, prefix)
+    except Exception as exc:  # see the docstring: a named error instead of a traceback
+        line, col = smap.position(prefix)
+        return None, [Diagnostic(smap.file, line, col, format_path(prefix), internal_error(
+            f"the {model.__name__} check", exc))]

@@ -146,3 +146,35 @@ def test_failed_install_leaves_the_running_config_and_the_source(root: Path) -> 
     assert out.status == "failed" and out.exit_code == 3
     assert current.read_text() == "gateway: {id: running}\n"
     assert (boot / "fieldgate.yaml").exists() and (boot / "mqtt-password").exists()
+
+
+def test_symbolic_links_on_the_boot_partition_are_refused(root: Path, tmp_path: Path) -> None:
+    """A link there could copy any file of the gateway into /etc/fieldgate (or its errors onto the FAT)."""
+    private = tmp_path / "private-key"
+    private.write_text("-----BEGIN PRIVATE KEY-----\n")
+    boot = _place_good(root)
+    (boot / "mqtt-password").unlink()
+    (boot / "mqtt-password").symlink_to(private)
+    out = Provisioner([boot], root / "etc/fieldgate", root).run()
+    assert out.status == "refused"
+    assert any("mqtt-password" in d.message and "symbolic link" in d.message for d in out.diagnostics), out
+    assert not (root / "etc/fieldgate/mqtt-password").exists()
+
+    (boot / "mqtt-password").unlink()
+    (boot / "mqtt-password").write_text("s3cret\n")
+    (boot / "lib/acme").mkdir(parents=True)
+    (boot / "lib/acme/meter.yaml").symlink_to(private)  # inside a companion folder
+    (boot / "fieldgate.yaml").write_text(GOOD.replace("{id: cabinet-7}", "{id: cabinet-7, profile_dirs: [lib]}"))
+    out = Provisioner([boot], root / "etc/fieldgate", root).run()
+    assert out.status == "refused"
+    assert any("lib/acme/meter.yaml" in d.message and "symbolic link" in d.message for d in out.diagnostics), out
+    assert not (root / "etc/fieldgate/lib").exists()
+
+    src = root / "boot/firmware/fieldgate.yaml"
+    real = tmp_path / "elsewhere.yaml"
+    real.write_text(GOOD)
+    src.unlink(missing_ok=True)
+    src.symlink_to(real)
+    out = Provisioner([boot], root / "etc/fieldgate", root).run()
+    assert out.status == "refused"
+    assert any("symbolic link" in d.message for d in out.diagnostics), out
