@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .units import SENML_UNITS, Duration, MetricName
-from .validation import did_you_mean
+from .units import Duration, MetricName, unit_warning
 
 SCHEMA_VERSION = 1
 
@@ -81,10 +80,8 @@ class BaseProfile(Model):
                 out.append(((("points", i, "name")), f"point name {point.name!r} is already used by "
                             f"points[{first[point.name]}]", "error"))
             first.setdefault(point.name, i)
-            if point.unit is not None and point.unit not in SENML_UNITS:
-                hint = did_you_mean(point.unit, SENML_UNITS)
-                out.append((("points", i, "unit"), f"{point.unit!r} is not a SenML unit symbol{hint}",
-                            "warning"))
+            if point.unit is not None and (problem := unit_warning(point.unit)) is not None:
+                out.append((("points", i, "unit"), problem, "warning"))
             if point.heartbeat is not None and point.deadband is None:
                 out.append((("points", i, "heartbeat"), "heartbeat has no effect without deadband",
                             "warning"))

@@ -8,6 +8,7 @@ tells a technician who wrote ``volt`` or ``degC`` which symbol to use.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,15 +22,23 @@ _SIZE_UNITS = {None: 1, "B": 1, "kB": 1000, "KB": 1000, "KiB": 1024, "MB": 1000*
                "GB": 1000**3, "GiB": 1024**3}
 
 
+def _finite(seconds: float, value: Any) -> float:
+    # `.inf`, `.nan` and 400-digit numbers parse as floats; an infinite poll interval or timeout
+    # would pass `ge=0` and then hang or overflow whatever schedules with it.
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration; write e.g. 10s, 500ms, 5m, 2h or 30d")
+    return seconds
+
+
 def _duration(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 10s, 500ms, 5m, 2h or 30d")
     if isinstance(value, int | float):
-        return float(value)
+        return _finite(float(value), value)
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            return _finite(float(m.group(1)) * _DURATION_UNITS[m.group(2)], value)
     raise ValueError(f"{value!r} is not a duration; write e.g. 10s, 500ms, 5m, 2h or 30d")
 
 
@@ -41,7 +50,10 @@ def _size(value: Any) -> Any:
     if isinstance(value, str):
         m = _SIZE.match(value)
         if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+            size = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+            if not math.isfinite(size):  # a 400-digit number: int(inf) would raise OverflowError
+                raise ValueError(f"{value!r} is too large a size; write e.g. 512MB, 64MiB or 2GB")
+            return int(size)
     raise ValueError(f"{value!r} is not a size; write e.g. 512MB, 64MiB or 2GB")
 
 

@@ -136,8 +136,11 @@ CASES: list[tuple[str, bytes, str, str]] = [
     ("scalar-document", b"42\n", "Input should be", "1:1"),
     ("empty", b"", "the configuration file is empty", "1:1"),
     ("only-comments", b"# nothing\n", "the configuration file is empty", "1:1"),
-    # units._size raises OverflowError, which pydantic lets through: named, not a traceback (reported to the lead)
-    ("huge-size-string", b"gateway: {id: g}\nbuffer: {max_bytes: " + b"9" * 400 + b"GB}\n", "OverflowError", ""),
+    ("huge-size-string", b"gateway: {id: g}\nbuffer: {max_bytes: " + b"9" * 400 + b"GB}\n",
+     "is too large a size", "2:21"),
+    ("infinite-duration", b"gateway: {id: g}\ndevices:\n  - {id: d, driver: sim, profile: x/y, poll_interval: .inf}\n",
+     "is not a finite duration", "3:"),
+    ("huge-duration", b"gateway: {id: g, shutdown_timeout: " + b"9" * 400 + b"s}\n", "is not a finite duration", "1:"),
 ]
 
 

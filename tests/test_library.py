@@ -53,8 +53,6 @@ def test_senml_symbols_draw_no_warning(unit: str) -> None:
     assert unit_warning(unit) is None
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/profile.py (not this branch's file) still calls "
-                                       "did_you_mean(point.unit, SENML_UNITS); it should call unit_warning")
 def test_validate_suggests_the_right_unit(tmp_path: Path) -> None:
     from fieldgate.config import load_profile_file
 
