@@ -85,6 +85,15 @@ PY = sys.executable
 SIM_PROFILES = REPO / "drivers" / "sim" / "profiles"
 BROKER_PERSISTENCE = ["autosave_on_changes true", "autosave_interval 1"]
 GW_ID = "gw-f"
+# Every fieldgate process the runner starts gets at most this much address space: a Raspberry Pi has
+# 1-4 GB, and a loader that expands a billion-laughs file must fail there, not eat the shared machine.
+MEMORY_LIMIT = 1536 * 1024 * 1024
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 HWM_MAX = 2**63 - 1
 
 
@@ -285,7 +294,7 @@ class GatewayProcess:
             self.popen = subprocess.Popen(
                 [PY, "-m", "fieldgate.cli", "run", "-c", str(config), "--ready-file", str(ready)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f, cwd=config.parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_limit_memory,  # noqa: PLW1509
                 start_new_session=True,  # a Ctrl-C of the runner reaches the runner, which stops us in order
             )
         self.expected_exit = False
@@ -352,10 +361,11 @@ class Run:
         self.gw: GatewayProcess | None = None
         self.devices_yaml = ""
         self.mqtt_extra = ""
-        self.buffer_extra = ""
+        self.buffer_extra = ""  # the buffer section's keys (default: flush_interval: 50ms)
         self.max_seq_seen = 0
         self.fault_times: list[tuple[int, str]] = []  # (wall ms, what): evidence for missing seqs
-        self.marks: list[tuple[int, int]] = []  # (wall ms at a gateway start, highest seq delivered before it)
+        # (wall ms at a gateway start, highest seq delivered before it, highest seq known handed out before it)
+        self.marks: list[tuple[int, int, int]] = []
         self.extra_tracebacks = 0
         self.settled = False
         self.settle_timeout = 90.0 if short else 240.0
@@ -373,7 +383,7 @@ class Run:
             f"gateway: {{id: {GW_ID}, data_dir: {self.data_dir}, clock_check: off, shutdown_timeout: 5s}}\n"
             f"mqtt: {{host: 127.0.0.1, port: {self.broker.port}, client_id: fieldgate-faults, topic_prefix: {prefix}, "
             f"reconnect_min: 0.05s, reconnect_max: 0.5s{mx}}}\n"
-            f"buffer: {{flush_interval: 50ms{bx}}}\n"
+            f"buffer: {{{bx or 'flush_interval: 50ms'}}}\n"
             f"web: {{listen: '127.0.0.1:{web_port or self.web_port}'}}\n"
             "devices:\n" + devs
         )
@@ -406,7 +416,8 @@ class Run:
         if not self.config_path.exists():
             self.write_config()
         for attempt in range(attempts):
-            self.marks.append((int(time.time() * 1000), max(self._delivered_seqs(), default=0)))
+            delivered = max(self._delivered_seqs(), default=0)
+            self.marks.append((int(time.time() * 1000), delivered, max(delivered, self.max_seq_seen)))
             gw = GatewayProcess(self.config_path, self.log_path, self.folder / "ready")
             self.gw = gw
             if not wait_ready:
@@ -619,7 +630,16 @@ class Run:
         seqs = [r["seq"] for r in readings if isinstance(r.get("seq"), int)]
         distinct = set(seqs)
         events = self.events()
-        ranges = [rg for e in events for rg in announced_ranges(e)]
+        ranges = []
+        for e in events:
+            for a, b in announced_ranges(e):
+                if str(e.get("kind", "")).endswith("seq_jump"):
+                    # A jump skips seqs never handed out; it cannot announce the loss of seqs that were
+                    # (a database rolled back or replaced): those need a loss event with their range.
+                    nxt = b + 1
+                    known = max([h for _, _, h in self.marks if h < nxt], default=0)
+                    a = max(a, known + 1)
+                ranges.append((a, b))
         r = self.row
         r.produced = max([self.max_seq_seen, self.db_last_seq(), *distinct])
         r.delivered = len(distinct)
@@ -643,10 +663,12 @@ class Run:
                     at, what = min(self.fault_times, key=lambda ft: abs(ft[0] - t))
                     r.note(f"seq {s}: its neighbour was measured {t - at:+d} ms from a {what}")
         reused = [v for v in self.collector.order_violations() if "reused" in v]
-        for mark_ms, before in self.marks:
+        # The contract: a seq is never handed out twice. A reading measured after a start must have a seq
+        # above every seq handed out before it (delivered, or seen in the gateway's own last_seq).
+        for mark_ms, _delivered, known in self.marks:
             for rd in readings:
-                if ts_ms(rd.get("ts", "")) >= mark_ms and isinstance(rd.get("seq"), int) and rd["seq"] <= before:
-                    reused.append(f"seq {rd['seq']} measured after a start, not above {before} delivered before")
+                if ts_ms(rd.get("ts", "")) >= mark_ms and isinstance(rd.get("seq"), int) and rd["seq"] <= known:
+                    reused.append(f"seq {rd['seq']} measured after a start, not above {known} handed out before")
         r.reused = len(reused)
         if reused:
             r.note(f"seq reuse: {reused[0][:200]}")
@@ -745,8 +767,8 @@ def disk_full(run: Run) -> None:
     """A full disk with the broker away, then the broker back, then space freed."""
     small = run.stack.enter_context(tmpfs(run.folder / "small", "20m"))
     run.data_dir = small / "data"
-    run.devices_yaml = _sims(4, "5ms")
-    run.buffer_extra = ", spill_max: 2000, max_bytes: 1GB"
+    run.devices_yaml = _sims(4, "10ms")
+    run.buffer_extra = "flush_interval: 50ms, spill_max: 2000, max_bytes: 1GB"
     run.broker.stop()
     run.start_gateway()
     # Most of the disk goes to a filler file (the rest of the site's data), so the buffer fills it in seconds.
@@ -792,11 +814,12 @@ DAMAGES = ("truncated", "random bytes", "WAL deleted", "seq.hwm junk", "seq.hwm 
 
 
 def _damage(run: Run, kind: str) -> None:
-    run.devices_yaml = _sims(3, "10ms")
+    # 150 readings/s: a backlog in seconds, and a drain that outruns production on a busy machine.
+    run.devices_yaml = _sims(3, "20ms")
     run.start_gateway()
     run.wait_readings(20, 30, "first readings")
     run.broker.stop()
-    wait_until(lambda: (run.buffer_figure("depth") or 0) > 1500, 40)
+    wait_until(lambda: (run.buffer_figure("depth") or 0) > 1500, 60)
     before = run.status() or {}
     depth = (before.get("buffer") or {}).get("depth") or 0
     if kind == "WAL deleted":
@@ -845,9 +868,12 @@ def _damage(run: Run, kind: str) -> None:
         if not aside:
             run.row.unnamed += 1
             run.row.note("the damaged database was not moved aside")
+    restart_ms = run.marks[-1][0] if run.marks else 0
     run.settle()
-    after = run._delivered_seqs()
-    backlog = {s for s in range(top_before + 1, assigned_before + 1)}
+    # Backlog kept: readings of the old backlog (measured before the restart) delivered after it.
+    after = {rd["seq"] for rd in run._readings() if isinstance(rd.get("seq"), int)
+             and ts_ms(rd.get("ts", "")) < restart_ms}
+    backlog = set(range(top_before + 1, assigned_before + 1))
     kept = len(backlog & after)
     run.row.note(f"backlog before the damage: {depth} readings (seqs {top_before + 1}..{assigned_before}), "
                  f"kept {kept} ({100 * kept / max(1, len(backlog)):.0f} %)")
@@ -895,7 +921,7 @@ def reload_changes(run: Run) -> None:
     run.wait_readings(10, 30, "first readings")
     n = len(run.events())
     new_web = free_port()
-    run.write_config(run.config_text(prefix="fieldgate2", buffer_extra=", flush_interval: 100ms, max_bytes: 100MB",
+    run.write_config(run.config_text(prefix="fieldgate2", buffer_extra="flush_interval: 100ms, max_bytes: 100MB",
                                      web_port=new_web))
     log_before = len(run.log_text())
     run.sighup()
@@ -1026,10 +1052,12 @@ def hostile_modbus(run: Run) -> None:
     for m in modes:
         d = devs.get(f"mb-{m}", {})
         err = str(d.get("last_error") or "")
-        named = bool(err) and re.search(MODBUS_NAMES[m], err, re.I) is not None
-        if m not in ("slowloris",) and re.search(r"no answer|timed? ?out", err, re.I) and not re.search(
-                MODBUS_NAMES[m].replace("|within", ""), err.replace("no answer", ""), re.I):
-            named = False
+        # What names the fault is the cause, not the preamble every error has ("unit 1 on tcp:host:port:")
+        # nor the hint; and a protocol fault reported as "no answer" is not named, whatever the hint says.
+        cause = re.sub(r"\(hint:.*", "", re.sub(r"^unit \d+ on \S+:\s*", "", err))
+        generic = re.search(r"no answer|timed? ?out", cause, re.I) is not None
+        named = bool(cause) and re.search(MODBUS_NAMES[m], cause, re.I) is not None and (
+            m == "slowloris" or not generic)
         if not named:
             run.row.unnamed += 1
         run.row.note(f"mb-{m}: {'named' if named else 'NOT NAMED'}: state {d.get('state')}, "
@@ -1217,7 +1245,7 @@ def run_cli(args: list[str], timeout: float, cwd: Path) -> tuple[int | None, str
     t0 = time.monotonic()
     try:
         done = subprocess.run([PY, "-m", "fieldgate.cli", *args], capture_output=True, timeout=timeout, cwd=cwd,
-                              check=False, stdin=subprocess.DEVNULL)
+                              check=False, stdin=subprocess.DEVNULL, preexec_fn=_limit_memory)
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"") + (exc.stderr or b"")
         return None, out.decode(errors="replace"), time.monotonic() - t0
@@ -1281,7 +1309,11 @@ def hostile_config_files(run: Run) -> None:
         run.sighup()
         got = run.wait_event(("config_rejected", "config_reloaded"), n, 15, f"reload of {p.name} answered")
         if got is None and run.status() is None:
-            run.row.note(f"reload {p.name}: the status API stopped answering")
+            # The loader runs in the event loop: a gateway stuck in it answers nothing until a person restarts it.
+            run.row.manual += 1
+            run.row.note(f"reload {p.name}: the gateway stopped answering; restarted by hand")
+            run.kill_gateway()
+            run.start_gateway()
         run.check_alive()
         run.write_config(good)
         n = len(run.events())
