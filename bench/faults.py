@@ -221,22 +221,33 @@ def ts_ms(iso: str) -> int:
 
 def count_covered(points: set[int], ranges: list[tuple[int, int]], upto: int) -> int:
     """How many of 1..upto are in ``points`` or inside one of ``ranges`` (interval arithmetic: upto may be ~2^63)."""
-    spans = [(max(1, a), min(b, upto)) for a, b in ranges if b >= a]
-    spans += [(p, p) for p in points if 1 <= p <= upto]
-    spans.sort()
-    total, cur_a, cur_b = 0, None, None
+    return sum(b - a + 1 for a, b in _merged(points, ranges, upto))
+
+
+def _merged(points: set[int], ranges: list[tuple[int, int]], upto: int) -> list[tuple[int, int]]:
+    spans = sorted([(max(1, a), min(b, upto)) for a, b in ranges if min(b, upto) >= max(1, a)]
+                   + [(p, p) for p in points if 1 <= p <= upto])
+    merged: list[tuple[int, int]] = []
     for a, b in spans:
-        if b < a:
-            continue
-        if cur_b is None or a > cur_b + 1:
-            if cur_b is not None and cur_a is not None:
-                total += cur_b - cur_a + 1
-            cur_a, cur_b = a, b
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
         else:
-            cur_b = max(cur_b, b)
-    if cur_b is not None and cur_a is not None:
-        total += cur_b - cur_a + 1
-    return total
+            merged.append((a, b))
+    return merged
+
+
+def first_gaps(points: set[int], ranges: list[tuple[int, int]], upto: int, n: int) -> list[int]:
+    """The first ``n`` of 1..upto neither in ``points`` nor in ``ranges``."""
+    out: list[int] = []
+    nxt = 1
+    for a, b in [*_merged(points, ranges, upto), (upto + 1, upto + 1)]:
+        while nxt < a and len(out) < n:
+            out.append(nxt)
+            nxt += 1
+        if len(out) >= n:
+            break
+        nxt = max(nxt, b + 1)
+    return out
 
 
 def announced_ranges(event: dict[str, Any]) -> list[tuple[int, int]]:
@@ -651,9 +662,7 @@ class Run:
         covered = count_covered(distinct | pending, ranges, r.produced)
         r.missing = r.produced - covered
         if r.missing:
-            absent = sorted(set(range(1, min(r.produced, 10_000_000) + 1)) - distinct - pending)
-            in_ranges = [s for s in absent if any(a <= s <= b for a, b in ranges)]
-            first = [s for s in absent if s not in set(in_ranges)][:8]
+            first = first_gaps(distinct | pending, ranges, r.produced, 8)
             r.note(f"missing seqs, e.g. {first} (announced ranges: {ranges[:6]})")
             by_seq = {rd["seq"]: ts_ms(rd.get("ts", "")) for rd in readings if isinstance(rd.get("seq"), int)}
             for s in first[:4]:
