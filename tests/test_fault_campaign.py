@@ -37,14 +37,21 @@ def test_short_fault_campaign_keeps_the_promise() -> None:
     rows = _short_rows()
     assert len(rows) >= 10, f"the short form lists too few faults: {rows}"
     seed = int(os.environ.get("FIELDGATE_FAULTS_SEED", random.SystemRandom().randrange(1 << 31)))
-    done = subprocess.run([sys.executable, str(RUNNER), "--short", "--seed", str(seed)], capture_output=True,
-                          text=True, timeout=DEADLINE_S, check=False, cwd=REPO)
-    out = done.stdout + done.stderr
+    proc = subprocess.Popen([sys.executable, str(RUNNER), "--short", "--seed", str(seed)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        stdout, stderr = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: the runner then stops its brokers and gateways and unmounts its tmpfs.
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=120)
+        pytest.fail(f"the short campaign did not finish within {DEADLINE_S} s (seed {seed}):\n{stdout}{stderr}")
+    out = stdout + stderr
     print(out)
     # Every short-form row is in the table with a verdict: an empty or crashed runner cannot pass.
     table = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^(.+?)\s+(?:\d+\s+){11}\d+\s+(ok|FAIL)$", out, re.M)}
     skipped = {m.group(1).strip() for m in re.finditer(r"^(.+?)(?:\s+-){11}\s+SKIP$", out, re.M)}
     absent = [r for r in rows if r not in table and r not in skipped]
     assert not absent, f"rows missing from the table (seed {seed}): {absent}\n{out}"
-    assert "Traceback" not in done.stderr, f"the runner itself failed (seed {seed}):\n{out}"
-    assert done.returncode == 0, f"the fault campaign broke the promise (replay with --seed {seed}):\n{out}"
+    assert "Traceback" not in stderr, f"the runner itself failed (seed {seed}):\n{out}"
+    assert proc.returncode == 0, f"the fault campaign broke the promise (replay with --seed {seed}):\n{out}"
