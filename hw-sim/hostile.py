@@ -82,6 +82,8 @@ class HostileModbus:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._closing = False
 
     async def start(self) -> int:
         """Listen; returns the bound port."""
@@ -90,11 +92,16 @@ class HostileModbus:
         return self.port
 
     async def stop(self) -> None:
-        """Close the listener and every connection."""
+        """Close the listener and every connection, and wait for the connection handlers to end.
+
+        The handlers are not cancelled: asyncio's stream server logs a cancelled handler as an
+        exception in a callback. Aborting the connections ends them (the next read or write fails).
+        """
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
+        for w in list(self._writers):
+            w.transport.abort()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
@@ -131,9 +138,10 @@ class HostileModbus:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         self.connections += 1
         try:
-            while True:
+            while not self._closing:
                 head = await reader.readexactly(_MBAP.size)
                 tid, _pid, length, unit = _MBAP.unpack(head)
                 pdu = await reader.readexactly(max(0, length - 1))
@@ -141,6 +149,8 @@ class HostileModbus:
                 data = self.answer(tid, unit, pdu) if self.mode != "slowloris" else self._ok(tid, unit, pdu)
                 if self.mode == "slowloris":
                     for i in range(len(data)):
+                        if self._closing:
+                            break
                         writer.write(data[i:i + 1])
                         await writer.drain()
                         await asyncio.sleep(self.drip)  # the fault itself: a peer that dribbles bytes
@@ -151,6 +161,7 @@ class HostileModbus:
             pass
         finally:
             self._tasks.discard(task)
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
