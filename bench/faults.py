@@ -1417,6 +1417,8 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     print(f"fault campaign: {'short' if args.short else 'long'} form, seed {seed} (replay: --seed {seed}), "
           f"{len(chosen)} faults, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"brokers: mosquitto with persistence, {', '.join(BROKER_PERSISTENCE)} (what a broker kill -9 can lose "
+          "is what it acknowledged since its last save)", flush=True)
     # SIGTERM (a CI timeout, systemd) ends the campaign like Ctrl-C: every cleanup runs.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     root = Path(tempfile.mkdtemp(prefix="fieldgate-faults-", dir=args.workdir))
