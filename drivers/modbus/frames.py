@@ -148,7 +148,7 @@ def _check_tcp(expect: Expect, data: bytes) -> Verdict:
             return Verdict("fault", reason=BAD_LENGTH, detail=f"MBAP length {length} (2..254 allowed)")
         total = 6 + length
         if rest < total:
-            return _wait(note or (INCOMPLETE, f"answer incomplete: {rest} of {total} byte(s)"))
+            return _wait(note or _short_tcp(expect, data[pos:], total))
         tid, unit = int.from_bytes(data[pos:pos + 2], "big"), data[pos + 6]
         if tid != expect.tid:
             # A late answer to an earlier request, maybe: skip it and wait for ours.
@@ -163,6 +163,20 @@ def _check_tcp(expect: Expect, data: bytes) -> Verdict:
             return Verdict("fault", reason=fault[0], detail=fault[1])
         return Verdict("answer", start=pos, end=pos + total)
     return _wait(note)
+
+
+def _short_tcp(expect: Expect, frame: bytes, total: int) -> tuple[str, str]:
+    """Why a Modbus TCP answer is still short of its MBAP length, as said if nothing more comes.
+
+    When the bytes received already form a whole answer by the PDU's own count (an exception, or a
+    read answer whose byte count is all there), the MBAP length is what is wrong, not the line.
+    """
+    pdu = frame[7:]
+    whole = len(pdu) == 2 if pdu and pdu[0] & 0x80 else len(pdu) >= 2 and len(pdu) == 2 + pdu[1]
+    if whole and pdu[0] & 0x7F == expect.function:
+        return BAD_LENGTH, (f"MBAP length {total - 6} claims {total} byte(s), but the answer's own byte count "
+                            f"ends it at {len(frame)}")
+    return INCOMPLETE, f"answer incomplete: {len(frame)} of {total} byte(s)"
 
 
 def _rtu_size(frame: bytes) -> int | None:

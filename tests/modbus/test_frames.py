@@ -69,6 +69,8 @@ def test_rtu(data: bytes, kind: str, reason: str) -> None:
     (TCP, mbap(6, 1, GOOD), "wrong_transaction"),
     (TCP, mbap(7, 1, GOOD)[:9], "incomplete_frame"),
     (TCP, b"\x00\x07\x00", "incomplete_frame"),
+    (TCP, mbap(7, 1, GOOD, length=14), "bad_length"),         # a whole answer, MBAP claims 7 bytes more
+    (TCP, mbap(7, 1, "8302", length=9), "bad_length"),        # a whole exception, MBAP claims more
     (RTU, b"", "timeout"),
     (RTU, rtu("02" + GOOD), "wrong_unit"),
     (RTU, b"\xde\xad\xbe\xef\x01\x02\x03", "bad_frame"),
