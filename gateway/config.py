@@ -10,7 +10,6 @@ reported at once, each with file:line:col and key path.
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -21,52 +20,12 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .driver import Driver, available_drivers, bus_key, load_driver
 from .errors import ConfigError, DriverUnavailable
 from .profile import BaseProfile, Model
+from .secret import Secret  # also importable from here, as before the move
 from .units import ByteSize, Duration, Identifier, PositiveDuration, RelPath
 from .validation import did_you_mean, validate_model
 from .yamlsrc import Diagnostic, Path_, SourceMap, format_path, load_yaml, load_yaml_file
 
 DEFAULT_CONFIG = Path("/etc/fieldgate/fieldgate.yaml")
-
-
-class Secret(Model):
-    """A secret read from a file or an environment variable, never written inline.
-
-    Inline secrets end up in backups, screenshots and support tickets.
-    """
-
-    file: RelPath | None = Field(None, description="path of a file holding the secret (one line)")
-    env: str | None = Field(None, description="name of an environment variable holding the secret")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_inline(cls, data: Any) -> Any:
-        if isinstance(data, str | int | float):
-            raise ValueError(
-                "secrets are not written inline: use {file: /etc/fieldgate/secret} "
-                "or {env: VARIABLE_NAME}"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Secret:
-        if (self.file is None) == (self.env is None):
-            raise ValueError("give exactly one of 'file' or 'env'")
-        return self
-
-    def reveal(self) -> str:
-        """Read the secret now (files can be rotated between reconnects).
-
-        Raises:
-            OSError: the file cannot be read.
-            KeyError: the environment variable is not set.
-        """
-        if self.file is not None:
-            return self.file.read_text(encoding="utf-8").strip("\r\n")
-        assert self.env is not None
-        return os.environ[self.env]
-
-    def __repr__(self) -> str:
-        return f"Secret(file={self.file!s})" if self.file else f"Secret(env={self.env})"
 
 
 class TlsConfig(Model):

@@ -18,8 +18,8 @@ import re
 import struct
 from typing import Any, Literal
 
-from fieldgate.config import Secret
 from fieldgate.profile import BasePoint, BaseProfile, Model
+from fieldgate.secret import Secret
 from fieldgate.units import Duration, PositiveDuration
 from fieldgate.validation import did_you_mean
 from pydantic import Field, field_validator, model_validator

@@ -17,8 +17,8 @@ import ipaddress
 import re
 from typing import Literal
 
-from fieldgate.config import Secret
 from fieldgate.profile import BasePoint, BaseProfile, Model
+from fieldgate.secret import Secret
 from fieldgate.units import Duration, PositiveDuration
 from pydantic import Field, model_validator
 
