@@ -17,13 +17,12 @@ import ipaddress
 import re
 from typing import Literal
 
+from fieldgate.codecs.fields import FieldSpec, FieldType
+from fieldgate.codecs.frames import ChecksumSpec
 from fieldgate.profile import BasePoint, BaseProfile, Model
 from fieldgate.secret import Secret
 from fieldgate.units import Duration, PositiveDuration
 from pydantic import Field, model_validator
-
-from ..serial.fields import FieldSpec, FieldType
-from ..serial.frames import ChecksumSpec
 
 COAP_PORT, COAPS_PORT = 5683, 5684
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.~-]+$")

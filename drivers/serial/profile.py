@@ -13,12 +13,11 @@ from __future__ import annotations
 import struct
 from typing import Any, Literal
 
+from fieldgate.codecs.fields import BINARY_TYPES, FieldSpec
+from fieldgate.codecs.frames import FrameSpec, Payload
 from fieldgate.profile import BasePoint, BaseProfile, Model
 from fieldgate.units import Duration, PositiveDuration
 from pydantic import Field, model_validator
-
-from .fields import BINARY_TYPES, FieldSpec
-from .frames import FrameSpec, Payload
 
 Parity = Literal["N", "E", "O", "M", "S"]
 _PARITY_WORDS = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
