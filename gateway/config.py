@@ -9,7 +9,6 @@ reported at once, each with file:line:col and key path.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .driver import Driver, available_drivers, bus_key, load_driver
 from .errors import ConfigError, DriverUnavailable
+from .listen import ListenAddress, is_loopback
 from .profile import BaseProfile, Model
 from .secret import Secret  # also importable from here, as before the move
 from .units import ByteSize, Duration, Identifier, PositiveDuration, RelPath
@@ -134,22 +134,13 @@ class WebConfig(Model):
 
     @model_validator(mode="after")
     def _password_off_loopback(self) -> WebConfig:
-        host = self.listen.rsplit(":", 1)[0].strip("[]")
-        if self.enabled and self.password is None and not _is_loopback(host):
+        host = ListenAddress.parse(self.listen).host  # a ValueError names the bad value
+        if self.enabled and self.password is None and not is_loopback(host):
             raise ValueError(
                 f"the status page listens on {host}, beyond this machine: set web.password "
                 "({file: ...} or {env: ...}) or listen on 127.0.0.1"
             )
         return self
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class GatewaySection(Model):

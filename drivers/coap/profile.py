@@ -19,6 +19,7 @@ from typing import Literal
 
 from fieldgate.codecs.fields import FieldSpec, FieldType
 from fieldgate.codecs.frames import ChecksumSpec
+from fieldgate.listen import ListenAddress
 from fieldgate.profile import BasePoint, BaseProfile, Model
 from fieldgate.secret import Secret
 from fieldgate.units import Duration, PositiveDuration
@@ -210,18 +211,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     Raises:
         ValueError: not host:port.
     """
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not host:
-        raise ValueError(f"listen {text!r}: write address:port, e.g. 0.0.0.0:5683 or [::]:5683")
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"listen {text!r}: port above 65535")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"listen {text!r}: give an IP address, not a name") from None
-    return host, port
+    addr = ListenAddress.parse(text, require_ip=True)
+    return addr.host, addr.port
 
 
 def parse_path(text: str) -> tuple[str, ...]:

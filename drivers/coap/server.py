@@ -54,6 +54,7 @@ import aiocoap
 import aiocoap.resource
 from aiocoap.credentials import DTLS, CredentialsMap
 from fieldgate.errors import DeviceBusy, DeviceProtocolError, DeviceUnreachable, DriverError
+from fieldgate.ratelimit import TokenBucket
 from fieldgate.schema import IMPLAUSIBLE_TIME, RawReading
 
 from . import wire
@@ -78,25 +79,6 @@ class _Quiet(logging.Filter):
 
 
 logging.getLogger(_AIOCOAP_LOG).addFilter(_Quiet())
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; one request takes one token."""
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.last = float(burst), now
-
-    def take(self, now: float) -> bool:
-        """Take a token if one is there."""
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(slots=True)
