@@ -2,6 +2,7 @@
 #   make demo  - install the runtime extras only, start simulated devices, a local
 #                broker, the gateway and its status page, and print where to look
 #   make test  - install the runtime and test extras and run the whole test suite
+#   make test-quick - the same without the tests marked slow
 # Both work on a fresh Debian / Raspberry Pi OS machine (they use sudo for apt
 # when not run as root).
 
@@ -18,13 +19,18 @@ APT_PKGS := mosquitto mosquitto-clients chromium dbus libdbus-1-dev libglib2.0-d
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps demo-deps apt lint bench clean
+.PHONY: demo test test-quick deps demo-deps apt lint bench clean
 
 demo: demo-deps
 	$(VENV)/bin/fieldgate demo $(DEMO_ARGS)
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit-test loop on a small machine: everything but the long end-to-end trials
+# (kill -9 rounds, stalled lines) marked `slow`; `make test` and CI still run them.
+test-quick: deps
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # One stamp per set of extras: `make test` after `make demo` adds the test extras
 # to the same venv; `make demo` after `make test` installs nothing.

@@ -279,10 +279,6 @@ class BufferedUplink:
         await link.disconnect()
         log.info("left %s (topics %s/...)", self.state.broker, self.prefix)
 
-    def attach(self, gateway: Any) -> None:
-        """Hook for the status page (later) to reach the gateway."""
-        self.gateway = gateway
-
     # --- buffer side ---------------------------------------------------------
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
