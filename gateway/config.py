@@ -9,7 +9,9 @@ reported at once, each with file:line:col and key path.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +26,8 @@ from .secret import Secret  # also importable from here, as before the move
 from .units import ByteSize, Duration, Identifier, PositiveDuration, RelPath
 from .validation import did_you_mean, validate_model
 from .yamlsrc import Diagnostic, Path_, SourceMap, format_path, load_yaml, load_yaml_file
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path("/etc/fieldgate/fieldgate.yaml")
 
@@ -228,10 +232,21 @@ def builtin_profile_dir() -> Path:
     return Path(str(files("fieldgate.profiles")))
 
 
+def entry_point_profile_dirs() -> list[Path]:
+    """Profile packs of installed packages: each ``fieldgate.profiles`` entry point names a package folder."""
+    out: list[Path] = []
+    for ep in entry_points(group="fieldgate.profiles"):
+        try:
+            out.append(Path(str(files(ep.value))))
+        except (ImportError, TypeError, ValueError) as exc:  # a broken pack must not stop the gateway
+            log.warning("profile pack %r (%s) cannot be read: %s", ep.name, ep.value, exc)
+    return out
+
+
 def library_profiles(extra_dirs: list[Path] | None = None) -> dict[str, Path]:
-    """All profiles by library name (``vendor/model``), later dirs first wins."""
+    """All profiles by library name (``vendor/model``): shipped, then packs, then ``extra_dirs``; the later wins."""
     out: dict[str, Path] = {}
-    for base in [builtin_profile_dir(), *(extra_dirs or [])]:
+    for base in [builtin_profile_dir(), *entry_point_profile_dirs(), *(extra_dirs or [])]:
         if base.is_dir():
             for p in sorted(base.rglob("*.yaml")):
                 out[p.relative_to(base).with_suffix("").as_posix()] = p
