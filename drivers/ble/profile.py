@@ -97,7 +97,7 @@ class BleProfile(BaseProfile):
     decoder: DecoderName | None = Field(
         None, description="advertisement format: bthome, ruuvi, pvvx, ibeacon, eddystone; "
                           "absent: a GATT profile (points name characteristics)")
-    points: list[BlePoint] = Field(min_length=1)  # type: ignore[assignment]
+    points: list[BlePoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
 
     @property
     def gatt(self) -> bool:

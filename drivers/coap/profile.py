@@ -72,7 +72,7 @@ class CoapProfile(BaseProfile):
     resource: str | None = Field(None, description="poll/observe: path of the resource holding the data, e.g. "
                                                    "/sensors/level")
     payload: PayloadSpec
-    points: list[CoapPoint] = Field(min_length=1)  # type: ignore[assignment]
+    points: list[CoapPoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
 
     @model_validator(mode="after")
     def _points_fit_format(self) -> CoapProfile:

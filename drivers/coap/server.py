@@ -355,11 +355,11 @@ class PushServer:
             self.refused[kind] += 1
             self.changed.set()
             self.refused_by_source[src] += 1
-            key = (src, str(claim))
-            if key in self._dtls_reported:
+            reported = (src, str(claim))
+            if reported in self._dtls_reported:
                 continue
             if len(self._dtls_reported) < MAX_SOURCES:
-                self._dtls_reported.add(key)
+                self._dtls_reported.add(reported)
             if claim:
                 log.warning("DTLS handshake from %s for device %s did not complete within %gs: the device's PSK "
                             "does not match the configured key; no report accepted", src, str(claim).lstrip(":"),
