@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from fieldgate.drivers.serial.fields import BinaryDecoder, TextDecoder
-from fieldgate.drivers.serial.frames import make_framer
+from fieldgate.codecs.fields import BinaryDecoder, TextDecoder
+from fieldgate.codecs.frames import make_framer
 from fieldgate.drivers.serial.profile import SerialProfile
 from fieldgate.normalize import Normalizer
 from fieldgate.schema import RawReading

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import __version__
+from .backoff import backoff_delay
 from .clock import ClockMonitor
 from .config import DeviceSpec, LoadedConfig
 from .driver import DeviceContext, ServiceDriver, SharedResources
@@ -152,16 +153,6 @@ async def poll_deadline(seconds: float) -> AsyncIterator[None]:
             yield
         finally:
             handle.cancel()
-
-
-def backoff_delay(failures: int, base: float, cap: float, rng: random.Random) -> float:
-    """Capped exponential backoff with jitter in [cap/2, cap] of the current step.
-
-    Full jitter (0..step) could retry a dead device at once; half jitter keeps
-    retries spread across devices without ever hammering one.
-    """
-    step = min(cap, base * (2 ** max(0, failures - 1)))
-    return rng.uniform(step / 2, step)
 
 
 class DeviceRunner:

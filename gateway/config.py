@@ -9,9 +9,10 @@ reported at once, each with file:line:col and key path.
 
 from __future__ import annotations
 
-import ipaddress
+import logging
 import os
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .driver import Driver, available_drivers, bus_key, load_driver
 from .errors import ConfigError, DriverUnavailable
+from .listen import ListenAddress, is_loopback
 from .profile import BaseProfile, Model
+from .secret import Secret  # also importable from here, as before the move
 from .units import ByteSize, Duration, Identifier, PositiveDuration, RelPath
 from .validation import did_you_mean, internal_error, validate_model
 from .yamlsrc import (
@@ -28,68 +31,15 @@ from .yamlsrc import (
     Diagnostic,
     Path_,
     SourceMap,
-    UnreadableFile,
     format_path,
     load_yaml,
     load_yaml_file,
-    read_regular_file,
     read_source,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG = Path("/etc/fieldgate/fieldgate.yaml")
-
-
-SECRET_MAX_BYTES = 64 * 1024
-"""A secret file larger than this is not a secret someone meant to name."""
-
-
-class Secret(Model):
-    """A secret read from a file or an environment variable, never written inline.
-
-    Inline secrets end up in backups, screenshots and support tickets.
-    """
-
-    file: RelPath | None = Field(None, description="path of a file holding the secret (one line)")
-    env: str | None = Field(None, description="name of an environment variable holding the secret")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_inline(cls, data: Any) -> Any:
-        if isinstance(data, str | int | float):
-            raise ValueError(
-                "secrets are not written inline: use {file: /etc/fieldgate/secret} "
-                "or {env: VARIABLE_NAME}"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Secret:
-        if (self.file is None) == (self.env is None):
-            raise ValueError("give exactly one of 'file' or 'env'")
-        return self
-
-    def reveal(self) -> str:
-        """Read the secret now (files can be rotated between reconnects).
-
-        Only a small regular UTF-8 file is read: a FIFO or ``/dev/zero`` named
-        here would otherwise block the caller (the status page reads it in the
-        event loop) or never end.
-
-        Raises:
-            OSError: the file cannot be read, is not a regular file, is larger than 64 KiB, or is not UTF-8.
-            KeyError: the environment variable is not set.
-        """
-        if self.file is not None:
-            data = read_regular_file(self.file, SECRET_MAX_BYTES)
-            try:
-                return data.decode("utf-8").strip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise UnreadableFile(f"it is not UTF-8 text (byte {exc.start})") from exc
-        assert self.env is not None
-        return os.environ[self.env]
-
-    def __repr__(self) -> str:
-        return f"Secret(file={self.file!s})" if self.file else f"Secret(env={self.env})"
 
 
 class TlsConfig(Model):
@@ -198,22 +148,13 @@ class WebConfig(Model):
 
     @model_validator(mode="after")
     def _password_off_loopback(self) -> WebConfig:
-        host = self.listen.rsplit(":", 1)[0].strip("[]")
-        if self.enabled and self.password is None and not _is_loopback(host):
+        host = ListenAddress.parse(self.listen).host  # a ValueError names the bad value
+        if self.enabled and self.password is None and not is_loopback(host):
             raise ValueError(
                 f"the status page listens on {host}, beyond this machine: set web.password "
                 "({file: ...} or {env: ...}) or listen on 127.0.0.1"
             )
         return self
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class GatewaySection(Model):
@@ -340,10 +281,21 @@ def _scan_library(base: Path, budget: Budget | None = None) -> tuple[dict[str, P
     return out, None
 
 
+def entry_point_profile_dirs() -> list[Path]:
+    """Profile packs of installed packages: each ``fieldgate.profiles`` entry point names a package folder."""
+    out: list[Path] = []
+    for ep in entry_points(group="fieldgate.profiles"):
+        try:
+            out.append(Path(str(files(ep.value))))
+        except (ImportError, TypeError, ValueError) as exc:  # a broken pack must not stop the gateway
+            log.warning("profile pack %r (%s) cannot be read: %s", ep.name, ep.value, exc)
+    return out
+
+
 def library_profiles(extra_dirs: list[Path] | None = None) -> dict[str, Path]:
-    """All profiles by library name (``vendor/model``), later dirs first wins."""
+    """All profiles by library name (``vendor/model``): shipped, then packs, then ``extra_dirs``; the later wins."""
     out: dict[str, Path] = {}
-    for base in [builtin_profile_dir(), *(extra_dirs or [])]:
+    for base in [builtin_profile_dir(), *entry_point_profile_dirs(), *(extra_dirs or [])]:
         if base.is_dir():
             out.update(_scan_library(base)[0])
     return out

@@ -10,8 +10,8 @@ golden image). It creates, each step idempotent and reported on one line:
 * a virtual environment under ``/opt/fieldgate`` with fieldgate installed by
   pip, or, with ``--use-current``, the installation that runs this command;
 * ``fieldgate.service`` and ``fieldgate-provision.service`` in
-  ``/etc/systemd/system`` (the texts below; ``systemd/`` in the repository holds
-  the same files and a test keeps them equal), enabled for ``multi-user.target``;
+  ``/etc/systemd/system`` (rendered from the packaged ``systemd/`` files, the one
+  source of their text), enabled for ``multi-user.target``;
 * ``/etc/modules-load.d/fieldgate.conf`` loading ``usbserial`` and ``cdc_acm``
   at boot, so the device allow-list of the unit (``DevicePolicy=closed``)
   knows the USB-serial major numbers even before an adapter is plugged in.
@@ -41,7 +41,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
 from . import __version__
@@ -61,156 +61,10 @@ WANTS_DIR = UNIT_DIR / "multi-user.target.wants"
 MODULES_LOAD = Path("/etc/modules-load.d/fieldgate.conf")
 DEFAULT_EXECUTABLE = PREFIX / "bin" / "fieldgate"
 
-# The unit texts. systemd/fieldgate.service and systemd/fieldgate-provision.service
-# are these, rendered with the defaults (tests/install/test_units.py checks it).
-SERVICE_TEXT = """\
-# fieldgate: the edge gateway. Installed by `fieldgate install`; see README "Installing on a gateway".
-# Local changes belong in a drop-in: systemctl edit fieldgate
-[Unit]
-Description=fieldgate edge gateway
-Documentation=https://github.com/fieldgate/fieldgate#installing-on-a-gateway
-# Start without waiting for the network or NTP: readings are buffered and flagged
-# clock=unsynced until then. The ordering only matters when those units exist.
-After=network.target time-sync.target bluetooth.service fieldgate-provision.service
-# No configuration yet: skip cleanly instead of failing in a loop; provision one.
-ConditionPathExists=/etc/fieldgate/fieldgate.yaml
-# Rate limit: more than 10 starts in 10 minutes and systemd stops trying (the
-# unit is then "failed" and `fieldgate doctor` / `systemctl status` say why).
-StartLimitIntervalSec=10min
-StartLimitBurst=10
-
-[Service]
-# READY=1 is sent once every device task runs and the uplink started;
-# WATCHDOG=1 comes from a task on the asyncio loop every WatchdogSec/2, so a
-# blocked loop misses it and systemd kills and restarts the service.
-Type=notify
-NotifyAccess=main
-WatchdogSec=30s
-ExecStart={executable} run -c /etc/fieldgate/fieldgate.yaml
-ExecReload=/bin/kill -HUP $MAINPID
-Restart=always
-RestartSec=5s
-# Exit code 1 is an invalid configuration: restarting will not fix it.
-RestartPreventExitStatus=1
-TimeoutStartSec=90s
-# gateway.shutdown_timeout (10 s by default) plus time to close the buffer.
-TimeoutStopSec=20s
-
-User=fieldgate
-Group=fieldgate
-# dialout: serial ports; bluetooth: BlueZ's D-Bus policy lets this group talk to org.bluez.
-SupplementaryGroups={groups}
-StateDirectory=fieldgate
-StateDirectoryMode=0750
-ConfigurationDirectory=fieldgate
-ConfigurationDirectoryMode=0750
-LogsDirectory=fieldgate
-LogsDirectoryMode=0750
-WorkingDirectory=/var/lib/fieldgate
-UMask=0077
-# /opt is read-only to the service: do not try to write __pycache__ there.
-Environment=PYTHONDONTWRITEBYTECODE=1
-# Log lines carry <N> priority prefixes and no timestamps (journald adds them).
-SyslogIdentifier=fieldgate
-
-# Hardening. `systemd-analyze security fieldgate.service` rates this 1.9 OK (systemd 252).
-NoNewPrivileges=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-# Serial ports are real devices, so no PrivateDevices=. Instead a closed device
-# policy allows the serial majors only (and /dev/null, /dev/urandom, ... which
-# systemd always adds). The names are resolved from /proc/devices when the
-# service starts: /etc/modules-load.d/fieldgate.conf loads usbserial and cdc_acm
-# at boot so an adapter plugged in later is allowed without a restart.
-DevicePolicy=closed
-DeviceAllow=char-ttyS rw
-DeviceAllow=char-ttyUSB rw
-DeviceAllow=char-ttyACM rw
-DeviceAllow=char-ttyAMA rw
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-# ProtectClock=yes would filter adjtimex(2), which the gateway calls read-only to
-# learn whether NTP has synchronized the clock. Setting the clock needs
-# CAP_SYS_TIME, which the empty bounding set above already removes.
-ProtectClock=no
-ProtectHostname=yes
-PrivateMounts=yes
-ProtectProc=invisible
-# ProcSubset=pid would hide /proc/sys/kernel/random/boot_id, which the buffer reads.
-# BLE goes through BlueZ over D-Bus (AF_UNIX); BlueZ owns the radio, so no
-# AF_BLUETOOTH and no CAP_NET_RAW/CAP_NET_ADMIN. AF_NETLINK: glibc's getaddrinfo.
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-RemoveIPC=yes
-PrivateIPC=yes
-KeyringMode=private
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-# After the deny line on purpose: ~@privileged removes all of @clock, adjtimex
-# included, and the clock check would then quietly report "synchronized".
-SystemCallFilter=adjtimex
-SystemCallErrorNumber=EPERM
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-PROVISION_TEXT = """\
-# fieldgate first-boot provisioning. Installed by `fieldgate install`.
-# Applies /boot/firmware/fieldgate.yaml (or /boot/fieldgate.yaml), with the files
-# it names, to /etc/fieldgate after validating it, before fieldgate.service starts.
-# A refused file stays where it is, with fieldgate.yaml.errors.txt next to it.
-[Unit]
-Description=fieldgate first-boot provisioning (apply fieldgate.yaml from the boot partition)
-Documentation=https://github.com/fieldgate/fieldgate#installing-on-a-gateway
-# Runs only when a file waits on the boot partition (| = any of these).
-ConditionPathExists=|/boot/firmware/fieldgate.yaml
-ConditionPathExists=|/boot/fieldgate.yaml
-# Covers /boot and /boot/firmware, whichever is a mount point.
-RequiresMountsFor=/boot/firmware
-# cloud-init's write_files may be what put the file there.
-After=cloud-init.service
-Before=fieldgate.service
-
-[Service]
-Type=oneshot
-ExecStart={executable} provision
-# Runs as root: it writes /etc/fieldgate and renames the file on the boot partition.
-UMask=0027
-NoNewPrivileges=yes
-ProtectSystem=strict
-ReadWritePaths=/etc/fieldgate -/boot/firmware -/boot
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-PrivateNetwork=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictAddressFamilies=AF_UNIX
-RestrictNamespaces=yes
-RestrictRealtime=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE
-
-[Install]
-WantedBy=multi-user.target
-"""
+# The unit files are package data (gateway/systemd/, which the repository's systemd/
+# links to): the one source of their text. Rendering changes only these lines.
+_EXEC_PREFIX = f"ExecStart={DEFAULT_EXECUTABLE} "
+_GROUPS_LINE = "SupplementaryGroups=" + " ".join(SERVICE_GROUPS)
 
 MODULES_TEXT = """\
 # fieldgate: load the USB-serial drivers at boot, so that fieldgate.service's
@@ -225,11 +79,27 @@ class InstallError(Exception):
 
 
 def render_units(executable: Path = DEFAULT_EXECUTABLE, groups: Sequence[str] = SERVICE_GROUPS) -> dict[str, str]:
-    """The unit files by name, for ``executable`` and the supplementary ``groups``."""
-    return {
-        SERVICE_UNIT: SERVICE_TEXT.format(executable=executable, groups=" ".join(groups)),
-        PROVISION_UNIT: PROVISION_TEXT.format(executable=executable),
-    }
+    """The unit files by name, for ``executable`` and the supplementary ``groups``.
+
+    Raises:
+        InstallError: the executable's path has whitespace (systemd would split ``ExecStart=`` there).
+    """
+    if any(c.isspace() for c in str(executable)):
+        raise InstallError(f"{executable}: the path has a space, which ExecStart= cannot hold unquoted; "
+                           "install under a path without spaces (e.g. /opt/fieldgate)")
+    folder = resources.files(__package__ or "fieldgate") / "systemd"
+    units = {}
+    for name in (SERVICE_UNIT, PROVISION_UNIT):
+        lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        out = []
+        for line in lines:
+            if line.startswith(_EXEC_PREFIX):
+                line = f"ExecStart={executable} " + line[len(_EXEC_PREFIX):]
+            elif line.rstrip("\n") == _GROUPS_LINE:
+                line = "SupplementaryGroups=" + " ".join(groups) + "\n"
+            out.append(line)
+        units[name] = "".join(out)
+    return units
 
 
 @dataclass(frozen=True, slots=True)

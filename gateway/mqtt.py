@@ -23,6 +23,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
+from . import paho_compat
 from .config import MqttConfig, TlsConfig
 from .errors import UplinkError
 
@@ -310,6 +311,6 @@ class MqttLink:
         if sock is not None:
             self._sock_close(sock)
         with contextlib.suppress(Exception):
-            self.client._sock_close()
+            paho_compat.drop_socket(self.client)
         self.connected.clear()
         self.closed.set()

@@ -33,7 +33,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .config import GatewayConfig, Secret
+from .config import GatewayConfig
+from .secret import Secret
 
 LIVE_KEYS = frozenset({
     "gateway.profile_dirs", "gateway.shutdown_timeout",

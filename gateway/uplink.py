@@ -34,10 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import __version__
+from .backoff import backoff_delay
 from .buffer import Buffer, BufferStats, Row
 from .config import GatewayConfig, MqttConfig
 from .errors import UplinkError
 from .mqtt import MqttLink, broker_url
+from .ratelimit import TokenBucket
 from .schema import BATCH_SCHEMA, iso_ms
 
 log = logging.getLogger(__name__)
@@ -277,10 +279,6 @@ class BufferedUplink:
         await link.disconnect()
         log.info("left %s (topics %s/...)", self.state.broker, self.prefix)
 
-    def attach(self, gateway: Any) -> None:
-        """Hook for the status page (later) to reach the gateway."""
-        self.gateway = gateway
-
     # --- buffer side ---------------------------------------------------------
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -418,8 +416,7 @@ class BufferedUplink:
         self.state.state = "disconnected"
 
     async def _backoff(self, failures: int) -> None:
-        cap = min(self.mqtt.reconnect_max, self.mqtt.reconnect_min * (2 ** min(failures - 1, 20)))
-        delay = self._rng.uniform(self.mqtt.reconnect_min, max(self.mqtt.reconnect_min, cap))
+        delay = backoff_delay(failures, self.mqtt.reconnect_min, self.mqtt.reconnect_max, self._rng)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._reconnect.wait()
@@ -443,7 +440,8 @@ class BufferedUplink:
         batch = self.mqtt.batch
         per_message = batch.max_readings if batch.enabled else 1
         rate = self.mqtt.replay_rate
-        tokens, last = float(window), time.monotonic()
+        # replay is metered in messages; the bucket holds one window's worth
+        bucket = TokenBucket(rate, window, time.monotonic()) if rate is not None else None
         ready = self._ready
         while link.connected.is_set() and not self._reconnect.is_set():
             self._wake.clear()
@@ -474,15 +472,13 @@ class BufferedUplink:
                 backlog = not self._caught_up or len(ready) > room
                 take = min(len(ready), room * (per_message if batch.enabled and
                                                (batch.when == "always" or backlog) else 1))
-                if rate is not None and backlog:
-                    now = time.monotonic()
-                    tokens = min(float(window), tokens + (now - last) * rate)
-                    last = now
-                    if tokens < 1:
-                        await asyncio.sleep((1 - tokens) / rate)
+                if bucket is not None and backlog:
+                    got = bucket.take_up_to(time.monotonic(), take)
+                    if not got:
+                        # pacing, not synchronization: the next token is due then
+                        await asyncio.sleep(bucket.wait(time.monotonic()))
                         continue
-                    take = min(take, max(1, int(tokens)))
-                    tokens -= take
+                    take = got
                 rows_out = [ready.popleft() for _ in range(take)]
                 self._publish_rows(link, rows_out, batch.enabled and (batch.when == "always" or backlog),
                                    per_message)

@@ -34,9 +34,9 @@ from typing import Any
 import aiocoap
 import aiocoap.resource
 from aiocoap.numbers import CON, NON
+from fieldgate.codecs.fields import BINARY_TYPES
 from fieldgate.drivers.coap.payload import CF_CBOR, CF_JSON, CF_OCTETS, CF_SENML_CBOR, CF_SENML_JSON
 from fieldgate.drivers.coap.profile import CoapProfile
-from fieldgate.drivers.serial.fields import BINARY_TYPES
 
 REPO_PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 

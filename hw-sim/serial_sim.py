@@ -42,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from fieldgate.drivers.serial.checksums import nmea, sum8, sum16
+from fieldgate.codecs.checksums import nmea, sum8, sum16
 
 
 @dataclass(slots=True)

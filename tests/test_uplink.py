@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fieldgate.testing import running_gateway, until
 
 from .conftest import sim_device
 from .support.broker import Mosquitto
@@ -24,7 +25,6 @@ from .support.contract import (
     validate_reading,
     validate_status,
 )
-from .support.gateway import running_gateway, until
 
 
 def gw_config(data_dir: Path, port: int, devices: int = 3, interval: str = "0.02s", mqtt_extra: str = "",

@@ -18,8 +18,8 @@ import re
 import struct
 from typing import Any, Literal
 
-from fieldgate.config import Secret
 from fieldgate.profile import BasePoint, BaseProfile, Model
+from fieldgate.secret import Secret
 from fieldgate.units import Duration, PositiveDuration
 from fieldgate.validation import did_you_mean
 from pydantic import Field, field_validator, model_validator
@@ -97,7 +97,7 @@ class BleProfile(BaseProfile):
     decoder: DecoderName | None = Field(
         None, description="advertisement format: bthome, ruuvi, pvvx, ibeacon, eddystone; "
                           "absent: a GATT profile (points name characteristics)")
-    points: list[BlePoint] = Field(min_length=1)  # type: ignore[assignment]
+    points: list[BlePoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
 
     @property
     def gatt(self) -> bool:

@@ -110,7 +110,7 @@ def load_backend(spec: str) -> type[Any] | None:
     path = REPLAY_BACKEND if spec == "replay" else spec
     module, _, attr = path.partition(":")
     try:
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]  # a backend class named by config: untyped by nature
     except (ImportError, AttributeError) as exc:
         raise DeviceUnreachable(f"BLE scanner backend {spec!r} cannot be loaded: {exc}",
                                 hint="backend is bleak, replay, or module:Class of a bleak scanner backend") from exc
@@ -259,7 +259,7 @@ class ScannerHub:
                                     for d in DECODERS.values()]
         if getattr(self.backend, "accepts_replay_options", False):
             kwargs = {"replay_rate": self.conn.replay_rate, "replay_rssi": self.conn.replay_rssi}
-        return BleakScanner(self.on_advert, None, self.conn.scanning, bluez=bluez,  # type: ignore[arg-type]
+        return BleakScanner(self.on_advert, None, self.conn.scanning, bluez=bluez,  # type: ignore[arg-type]  # bleak types bluez as its TypedDict; ours is the same keys built as a dict
                             backend=self.backend, **kwargs)
 
     async def ensure_started(self) -> None:

@@ -30,10 +30,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from fieldgate.codecs.checksums import CHECKSUMS
+from fieldgate.codecs.fields import BinaryDecoder
 from fieldgate.schema import IMPLAUSIBLE_TIME, PointError, Quality, RawReading, plausible_time
 
-from ..serial.checksums import CHECKSUMS
-from ..serial.fields import BinaryDecoder
 from .profile import CoapPoint, CoapProfile, PayloadSpec
 from .senml import SenmlError, loads_cbor, loads_json, resolve
 

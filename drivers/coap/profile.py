@@ -17,13 +17,13 @@ import ipaddress
 import re
 from typing import Literal
 
-from fieldgate.config import Secret
+from fieldgate.codecs.fields import FieldSpec, FieldType
+from fieldgate.codecs.frames import ChecksumSpec
+from fieldgate.listen import ListenAddress
 from fieldgate.profile import BasePoint, BaseProfile, Model
+from fieldgate.secret import Secret
 from fieldgate.units import Duration, PositiveDuration
 from pydantic import Field, model_validator
-
-from ..serial.fields import FieldSpec, FieldType
-from ..serial.frames import ChecksumSpec
 
 COAP_PORT, COAPS_PORT = 5683, 5684
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.~-]+$")
@@ -72,7 +72,7 @@ class CoapProfile(BaseProfile):
     resource: str | None = Field(None, description="poll/observe: path of the resource holding the data, e.g. "
                                                    "/sensors/level")
     payload: PayloadSpec
-    points: list[CoapPoint] = Field(min_length=1)  # type: ignore[assignment]
+    points: list[CoapPoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
 
     @model_validator(mode="after")
     def _points_fit_format(self) -> CoapProfile:
@@ -211,18 +211,8 @@ def parse_listen(text: str) -> tuple[str, int]:
     Raises:
         ValueError: not host:port.
     """
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not host:
-        raise ValueError(f"listen {text!r}: write address:port, e.g. 0.0.0.0:5683 or [::]:5683")
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"listen {text!r}: port above 65535")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"listen {text!r}: give an IP address, not a name") from None
-    return host, port
+    addr = ListenAddress.parse(text, require_ip=True)
+    return addr.host, addr.port
 
 
 def parse_path(text: str) -> tuple[str, ...]:

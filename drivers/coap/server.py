@@ -54,9 +54,10 @@ import aiocoap
 import aiocoap.resource
 from aiocoap.credentials import DTLS, CredentialsMap
 from fieldgate.errors import DeviceBusy, DeviceProtocolError, DeviceUnreachable, DriverError
+from fieldgate.ratelimit import TokenBucket
 from fieldgate.schema import IMPLAUSIBLE_TIME, RawReading
 
-from . import wire
+from . import compat, wire
 from .payload import PayloadDecoder, PayloadError
 
 log = logging.getLogger(__name__)
@@ -78,25 +79,6 @@ class _Quiet(logging.Filter):
 
 
 logging.getLogger(_AIOCOAP_LOG).addFilter(_Quiet())
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; one request takes one token."""
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.last = float(burst), now
-
-    def take(self, now: float) -> bool:
-        """Take a token if one is there."""
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 @dataclass(slots=True)
@@ -261,42 +243,29 @@ class PushServer:
                 if used is not self.credentials:
                     used.update(self.credentials)
                     self.credentials = used
-                pool = self._message_interface()._pool
-                inner = pool.datagram_received
+                pool = compat.dtls_pool(self._ctx)
 
-                def filtered(data: bytes, sockaddr: Any) -> None:
-                    if self._allow(sockaddr):
-                        inner(data, sockaddr)
-
-                pool.datagram_received = filtered
-                decrypting = pool._message_interface
-                inner_plain = decrypting._received_plaintext
-
-                def plaintext(address: Any, data: bytes) -> None:
+                def plaintext(inner_plain: Any, address: Any, data: bytes) -> None:
                     self._dtls_sessions[id(address)] = (address, True, 0.0)
                     # The sender holds a device's key; what it sends is still checked, counted and
                     # dropped (answering would need the DTLS session's own send path).
                     fault = wire.check(data)
                     if fault is not None:
-                        self._count(fault.reason, source_of(getattr(getattr(address, "_underlying_address", None),
-                                                                    "address", None) or ("?",)))
+                        self._count(fault.reason, source_of(compat.dtls_sockaddr(address)))
                         return
                     self._guarded(inner_plain, address, data)
 
-                decrypting._received_plaintext = plaintext
+                compat.hook_dtls(pool, self._allow, plaintext)
                 self._pool = pool
             else:
                 self._ctx = await aiocoap.Context.create_server_context(
                     _Site(self), bind=(self.host, self.port), loggername=_AIOCOAP_LOG, transports=["udp6"])
-                mi = self._message_interface()
-                inner6 = mi.datagram_msg_received
 
-                def filtered6(data: bytes, ancdata: Any, flags: Any, address: Any) -> None:
+                def filtered6(data: bytes, ancdata: Any, flags: Any, address: Any, inner6: Any, transport: Any) -> None:
                     if self._allow(address):
-                        self._datagram(data, ancdata, flags, address, inner6, mi.transport)
+                        self._datagram(data, ancdata, flags, address, inner6, transport)
 
-                mi.datagram_msg_received = filtered6
-                self.port = int(mi.transport.get_extra_info("socket").getsockname()[1])
+                self.port = compat.hook_udp(self._ctx, filtered6)
         except DeviceUnreachable:
             raise
         except OSError as exc:
@@ -312,10 +281,6 @@ class PushServer:
                                          "to build DTLSSocket)") from exc
         kind = "coaps (DTLS-PSK)" if self.dtls else "coap"
         log.info("push endpoint listening on %s:%d (%s)", self.host, self.port, kind)
-
-    def _message_interface(self) -> Any:
-        assert self._ctx is not None
-        return self._ctx.request_interfaces[0].token_interface.message_interface
 
     async def close(self) -> None:
         """Stop listening."""
@@ -370,10 +335,11 @@ class PushServer:
         pool = self._pool
         if pool is None:
             return
-        live = {id(a) for a in pool._connections.values()}
+        sessions = compat.dtls_sessions(pool)
+        live = {id(a) for a in sessions}
         for key in [k for k in self._dtls_sessions if k not in live]:
             del self._dtls_sessions[key]
-        for address in list(pool._connections.values()):
+        for address in sessions:
             entry = self._dtls_sessions.get(id(address))
             if entry is None:
                 self._dtls_sessions[id(address)] = (address, False, now)
@@ -382,18 +348,18 @@ class PushServer:
             if done or now - first < self.handshake_timeout:
                 continue
             self._dtls_sessions[id(address)] = (address, True, first)  # report each session once
-            claim = getattr(getattr(address, "_psk_store", None), "_claims", None)
-            sockaddr = getattr(getattr(address, "_underlying_address", None), "address", None) or ("?",)
+            claim = compat.dtls_claim(address)
+            sockaddr = compat.dtls_sockaddr(address)
             src = source_of(sockaddr)
             kind = "dtls_wrong_key" if claim else "dtls_no_session"
             self.refused[kind] += 1
             self.changed.set()
             self.refused_by_source[src] += 1
-            key = (src, str(claim))
-            if key in self._dtls_reported:
+            reported = (src, str(claim))
+            if reported in self._dtls_reported:
                 continue
             if len(self._dtls_reported) < MAX_SOURCES:
-                self._dtls_reported.add(key)
+                self._dtls_reported.add(reported)
             if claim:
                 log.warning("DTLS handshake from %s for device %s did not complete within %gs: the device's PSK "
                             "does not match the configured key; no report accepted", src, str(claim).lstrip(":"),
@@ -471,8 +437,7 @@ class PushServer:
     def handle(self, request: aiocoap.Message) -> aiocoap.Message:
         """Answer one request (synchronously: the ACK piggybacks the answer)."""
         remote = request.remote
-        sockaddr = getattr(remote, "sockaddr", None) or getattr(
-            getattr(remote, "_underlying_address", None), "address", None) or ("?",)
+        sockaddr = getattr(remote, "sockaddr", None) or compat.dtls_sockaddr(remote)
         src = source_of(sockaddr)
         if request.code not in (aiocoap.POST, aiocoap.PUT):
             return self._refuse("method", src, aiocoap.METHOD_NOT_ALLOWED, "POST reports")

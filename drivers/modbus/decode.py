@@ -32,7 +32,7 @@ def _to_bytes(words: Sequence[int], byte_order: str, word_order: str) -> bytes:
 
 
 def _from_bytes(data: bytes, byte_order: str, word_order: str) -> list[int]:
-    words = [int.from_bytes(data[i:i + 2], byte_order) for i in range(0, len(data), 2)]  # type: ignore[arg-type]
+    words = [int.from_bytes(data[i:i + 2], byte_order) for i in range(0, len(data), 2)]  # type: ignore[arg-type]  # byte_order is "big"/"little", checked by the profile model
     return words if word_order == "big" else list(reversed(words))
 
 
@@ -63,7 +63,7 @@ def decode(
     if len(words) * 2 != size:
         raise DecodeError(f"{kind} needs {size // 2} registers, got {len(words)}")
     value = struct.unpack(">" + fmt, _to_bytes(words, byte_order, word_order))[0]
-    return value  # type: ignore[no-any-return]
+    return value  # type: ignore[no-any-return]  # struct.unpack is typed Any; the format makes it int or float
 
 
 def encode(

@@ -109,7 +109,7 @@ class ModbusProfile(BaseProfile):
     """A profile for the ``modbus`` driver."""
 
     driver: Literal["modbus"]
-    points: list[ModbusPoint] = Field(min_length=1)  # type: ignore[assignment]
+    points: list[ModbusPoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
     byte_order: Order = Field("big", description="default byte order inside a register")
     word_order: Order = Field("big", description="default register order of 32/64-bit values")
     max_registers: int = Field(125, ge=1, le=125, description="most registers the device returns in one request")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TextIO
 
 from fieldgate.errors import DeviceTimeout, DriverError
 
@@ -34,7 +35,7 @@ def parse_ids(text: str) -> list[int]:
     return sorted(out)
 
 
-async def scan(conn: ModbusConnection, ids: list[int], out: object = None) -> list[int]:
+async def scan(conn: ModbusConnection, ids: list[int], out: TextIO | None = None) -> list[int]:
     """Probe ``ids`` one by one; returns those that answered.
 
     Raises:
@@ -50,14 +51,14 @@ async def scan(conn: ModbusConnection, ids: list[int], out: object = None) -> li
             try:
                 regs = await bus.read(unit, "holding", 0, 1, timeout=conn.timeout, retries=0, backoff=1e-6,
                                       backoff_max=1e-6)
-                print(f"unit {unit}: answers (holding 0 = 0x{int(regs[0]):04X})", file=stream, flush=True)  # type: ignore[call-overload]
+                print(f"unit {unit}: answers (holding 0 = 0x{int(regs[0]):04X})", file=stream, flush=True)
             except ExceptionResponse as exc:
-                print(f"unit {unit}: answers with exception {exc.code:02d} (present)", file=stream, flush=True)  # type: ignore[call-overload]
+                print(f"unit {unit}: answers with exception {exc.code:02d} (present)", file=stream, flush=True)
             except DeviceTimeout:
                 continue
             except FrameError as exc:
                 # Something answered, but not validly: say what (a wrong baud rate garbles every id).
-                print(f"unit {unit}: bad answer ({exc.reason}): {exc.args[0]}", file=stream, flush=True)  # type: ignore[call-overload]
+                print(f"unit {unit}: bad answer ({exc.reason}): {exc.args[0]}", file=stream, flush=True)
                 continue
             found.append(unit)
     finally:
@@ -66,7 +67,10 @@ async def scan(conn: ModbusConnection, ids: list[int], out: object = None) -> li
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of ``fieldgate scan modbus``; returns the exit code (0 found, 1 none, 2 usage error, 3 the line or host cannot be opened)."""
+    """Entry point of ``fieldgate scan modbus``; returns the exit code.
+
+    0 found, 1 none, 2 usage error, 3 the line or host cannot be opened.
+    """
     ap = argparse.ArgumentParser(prog="fieldgate scan modbus", description="Find Modbus unit ids that answer.")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", help="serial port of the RS-485 adapter, e.g. /dev/ttyUSB0")

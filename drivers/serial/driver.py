@@ -22,13 +22,13 @@ import time
 from typing import Any, ClassVar, Self
 
 import serial
+from fieldgate.codecs.fields import BinaryDecoder, TextDecoder
+from fieldgate.codecs.frames import make_framer
 from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from fieldgate.schema import PointError, RawReading
 from serial_asyncio_fast import create_serial_connection
 
-from .fields import BinaryDecoder, TextDecoder
-from .frames import make_framer
 from .profile import SerialConnection, SerialProfile
 
 _MAX_PENDING = 64 * 1024  # bytes received but not yet framed; beyond this the oldest are dropped

@@ -11,16 +11,21 @@ settings. No pyserial here: the models load on any machine.
 from __future__ import annotations
 
 import struct
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from fieldgate.codecs.fields import BINARY_TYPES, FieldSpec
+from fieldgate.codecs.frames import FrameSpec, Payload
 from fieldgate.profile import BasePoint, BaseProfile, Model
 from fieldgate.units import Duration, PositiveDuration
 from pydantic import Field, model_validator
 
-from .fields import BINARY_TYPES, FieldSpec
-from .frames import FrameSpec, Payload
-
 Parity = Literal["N", "E", "O", "M", "S"]
+# 1.5 stop bits is real (5-bit lines), but PEP 586 keeps floats out of Literal, so mypy
+# sees a float; pydantic validates against the Literal at run time.
+if TYPE_CHECKING:
+    StopBits = float
+else:
+    StopBits = Literal[1, 1.5, 2]
 _PARITY_WORDS = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 
 
@@ -38,7 +43,7 @@ class LineSettings(Model):
     baudrate: int = Field(9600, gt=0, description="bits per second")
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Parity = Field("N", description="N(one), E(ven), O(dd), M(ark), S(pace)")
-    stopbits: Literal[1, 1.5, 2] = 1
+    stopbits: StopBits = 1
 
     @model_validator(mode="before")
     @classmethod
@@ -61,7 +66,7 @@ class SerialProfile(BaseProfile):
                                                     "(text with escapes, or {hex: ...})")
     init: Payload | None = Field(None, description="bytes sent once after the port opens (e.g. start streaming)")
     frame: FrameSpec
-    points: list[SerialPoint] = Field(min_length=1)  # type: ignore[assignment]
+    points: list[SerialPoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
 
     @model_validator(mode="after")
     def _points_fit_frame(self) -> SerialProfile:
@@ -106,7 +111,7 @@ class SerialConnection(Model):
     baudrate: int | None = Field(None, gt=0, description="override the profile's baud rate")
     bytesize: Literal[5, 6, 7, 8] | None = None
     parity: Parity | None = None
-    stopbits: Literal[1, 1.5, 2] | None = None
+    stopbits: StopBits | None = None
     mode: Literal["stream", "query"] | None = Field(None, description="override the profile's mode")
     query: Payload | None = Field(None, description="override the profile's query bytes")
     answer_timeout: PositiveDuration = Field(1.0, description="query mode: wait this long for an answer")

@@ -31,7 +31,7 @@ class SimProfile(BaseProfile):
     """A profile for the ``sim`` driver."""
 
     driver: Literal["sim"]
-    points: list[SimPoint] = Field(min_length=1)  # type: ignore[assignment]
+    points: list[SimPoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
 
 
 class SimConnection(Model):

@@ -41,7 +41,8 @@ from aiohttp.typedefs import Handler
 
 from ..config import WebConfig
 from ..errors import GatewayError
-from .auth import LoginLimiter, PasswordHash, Session, SessionStore, hash_password, is_loopback, new_token, tokens_match
+from ..listen import ListenAddress, is_loopback
+from .auth import LoginLimiter, PasswordHash, Session, SessionStore, hash_password, new_token, tokens_match
 from .auth import verify_password as _verify
 from .history import History
 from .hosts import HostPolicy
@@ -642,11 +643,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
     Raises:
         GatewayError: the value is not ``host:port`` with a port from 0 to 65535.
     """
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise GatewayError(f"web.listen {listen!r} is not host:port", hint="for example 127.0.0.1:8080")
-    return host, int(port)
+    try:
+        addr = ListenAddress.parse(listen)
+    except ValueError as exc:
+        raise GatewayError(f"web.listen {listen!r} is not host:port", hint="for example 127.0.0.1:8080") from exc
+    return addr.host, addr.port
 
 
 class WebServer:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -73,19 +72,6 @@ def tokens_match(a: str | None, b: str | None) -> bool:
 def new_token() -> str:
     """A random URL-safe token of 256 bits."""
     return secrets.token_urlsafe(32)
-
-
-def is_loopback(address: str | None) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything unknown."""
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
 
 
 @dataclass(slots=True)

@@ -21,9 +21,8 @@ from fieldgate.drivers.ble.driver import BleDriver, BleGattDriver
 from fieldgate.drivers.ble.scanner import bluez_adapter_state, bluez_power_cycle
 from fieldgate.errors import DeviceUnreachable
 from fieldgate.schema import PointError
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate_hwsim.ble_sim import BTHOME_EXAMPLE_KEY, RECORDINGS, Recording
-
-from tests.support.sink import Sink
 
 from .conftest import context
 

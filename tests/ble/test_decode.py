@@ -32,9 +32,8 @@ from fieldgate.drivers.ble.scanner import Advert
 from fieldgate.errors import DeviceProtocolError, DriverError
 from fieldgate.normalize import Normalizer
 from fieldgate.schema import RawReading
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate.yamlsrc import load_yaml
-
-from tests.support.sink import Sink
 
 from .conftest import REPO, ble_profiles, context, load_ble_profile, validate_reading
 

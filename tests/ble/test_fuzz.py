@@ -12,11 +12,10 @@ from typing import Any
 from fieldgate.drivers.ble.decode import DECODERS, DecodeError
 from fieldgate.drivers.ble.driver import BleDriver
 from fieldgate.drivers.ble.scanner import Advert
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate_hwsim.ble_sim import RECORDINGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from tests.support.sink import Sink
 
 from .conftest import context
 

@@ -24,9 +24,8 @@ from fieldgate.drivers.ble.driver import BleDriver
 from fieldgate.drivers.ble.scanner import ScannerHub
 from fieldgate.errors import DeviceTimeout, DeviceUnreachable, DriverError
 from fieldgate.outputs import MemoryOutput
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate_hwsim.ble_sim import BTHOME_EXAMPLE_KEY, RECORDINGS, Recording, air
-
-from tests.support.sink import Sink
 
 from .conftest import FAKE, context, validate_reading
 

@@ -9,9 +9,8 @@ import pytest
 from fieldgate.drivers.coap.driver import CoapDriver, CoapObserveDriver, CoapPollDriver
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout
 from fieldgate.normalize import Normalizer
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate_hwsim.coap_sim import ObservableSensor, free_udp_port
-
-from tests.support.sink import Sink
 
 from .conftest import make_ctx, profile
 

@@ -13,9 +13,8 @@ import pytest
 from fieldgate.driver import SharedResources
 from fieldgate.drivers.coap.driver import CoapDriver
 from fieldgate.errors import DeviceUnreachable, DriverError
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate_hwsim.coap_sim import ObservableSensor, SleepyDevice, free_udp_port
-
-from tests.support.sink import Sink
 
 from .conftest import make_ctx, profile
 

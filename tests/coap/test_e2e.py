@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from fieldgate.testing import running_gateway, until
 from fieldgate_hwsim.coap_hostile import KINDS, send_hostile
 from fieldgate_hwsim.coap_sim import ObservableSensor, SleepyDevice, free_udp_port
 
@@ -14,7 +15,6 @@ from tests.conftest import Proc
 from tests.support.broker import Mosquitto
 from tests.support.collector import Collector
 from tests.support.contract import validate_reading
-from tests.support.gateway import running_gateway, until
 
 from .conftest import profile
 

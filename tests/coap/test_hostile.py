@@ -20,11 +20,11 @@ from fieldgate.app import Gateway
 from fieldgate.config import load_config_text
 from fieldgate.drivers.coap.payload import CF_SENML_JSON
 from fieldgate.outputs import MemoryOutput
+from fieldgate.testing import until
 from fieldgate_hwsim.coap_hostile import KINDS, send_hostile
 from fieldgate_hwsim.coap_sim import SleepyDevice, free_udp_port
 
 from tests.support.contract import validate_reading
-from tests.support.gateway import until
 
 from .conftest import profile
 

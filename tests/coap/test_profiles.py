@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fieldgate.codecs.frames import parse_hex
 from fieldgate.config import load_config, load_profile_file
 from fieldgate.drivers.coap.driver import CoapDriver
 from fieldgate.drivers.coap.payload import PayloadDecoder
 from fieldgate.drivers.coap.profile import CoapProfile
-from fieldgate.drivers.serial.frames import parse_hex
 from fieldgate.normalize import Normalizer
 from fieldgate_hwsim.coap_sim import Model, encode
 

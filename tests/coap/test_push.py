@@ -14,9 +14,8 @@ from fieldgate.drivers.coap.driver import CoapDriver, CoapPushDriver
 from fieldgate.drivers.coap.server import PushServer
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DriverError
 from fieldgate.normalize import Normalizer
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate_hwsim.coap_sim import SleepyDevice, free_udp_port, request_bytes
-
-from tests.support.sink import Sink
 
 from .conftest import make_ctx, profile
 

@@ -12,6 +12,7 @@ import pytest
 from fieldgate.driver import DeviceContext, SharedResources
 from fieldgate.drivers.modbus.driver import ModbusDriver
 from fieldgate.drivers.modbus.profile import ModbusConnection, ModbusProfile
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,20 +38,6 @@ def _validator() -> Callable[[dict[str, Any]], None]:
 
 
 validate_reading = _validator()
-
-
-class Sink:
-    """Collects what a driver hands over."""
-
-    def __init__(self) -> None:
-        self.readings: list[Any] = []
-        self.errors: list[Any] = []
-
-    def add(self, reading: Any) -> None:
-        self.readings.append(reading)
-
-    def add_error(self, error: Any) -> None:
-        self.errors.append(error)
 
 
 def make_ctx(profile: ModbusProfile, shared: SharedResources | None = None, device: str = "dev-1",

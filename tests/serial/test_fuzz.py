@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fieldgate.drivers.serial.checksums import CHECKSUMS
-from fieldgate.drivers.serial.fields import BinaryDecoder, TextDecoder
-from fieldgate.drivers.serial.frames import FrameSpec, make_framer
+from fieldgate.codecs.checksums import CHECKSUMS
+from fieldgate.codecs.fields import BinaryDecoder, TextDecoder
+from fieldgate.codecs.frames import FrameSpec, make_framer
 from fieldgate_hwsim.serial_sim import nmea_sentence, pms5003_frame, sds011_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fieldgate.codecs.fields import BinaryDecoder, TextDecoder
+from fieldgate.codecs.frames import make_framer
 from fieldgate.config import load_config
-from fieldgate.drivers.serial.fields import BinaryDecoder, TextDecoder
-from fieldgate.drivers.serial.frames import make_framer
 from fieldgate.drivers.serial.profile import SerialProfile
 from fieldgate.normalize import Normalizer
 from fieldgate.schema import RawReading

@@ -18,9 +18,8 @@ from fieldgate.drivers.serial.driver import SerialDriver, StreamingSerialDriver,
 from fieldgate.drivers.serial.profile import SerialConnection
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from fieldgate.outputs import MemoryOutput
+from fieldgate.testing import RecordingSink as Sink
 from fieldgate_hwsim.serial_sim import Faults, SerialSim
-
-from tests.support.sink import Sink
 
 from .conftest import REPO, load_serial_profile
 

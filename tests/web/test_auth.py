@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from fieldgate.listen import is_loopback
 from fieldgate.web.auth import (
     LoginLimiter,
     PasswordHash,
     SessionStore,
     hash_password,
-    is_loopback,
     tokens_match,
     verify_password,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fieldgate.drivers.serial.checksums import CHECKSUMS, CRC_CHECK_VALUES, lrc8, nmea, sum8, sum16, xor8
+from fieldgate.codecs.checksums import CHECKSUMS, CRC_CHECK_VALUES, lrc8, nmea, sum8, sum16, xor8
 
 CHECK_INPUT = b"123456789"
 

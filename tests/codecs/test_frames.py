@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fieldgate.drivers.serial.frames import (
+from fieldgate.codecs.frames import (
     BinaryFramer,
     FrameSpec,
     LineFramer,

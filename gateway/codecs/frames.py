@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
-from fieldgate.profile import Model
-from fieldgate.validation import did_you_mean
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from ..profile import Model
+from ..validation import did_you_mean
 from .checksums import CHECKSUMS, nmea
 
 _HEX_PREFIX = re.compile(r"0x", re.IGNORECASE)

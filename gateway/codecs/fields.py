@@ -16,9 +16,10 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from fieldgate.profile import Model
-from fieldgate.schema import PointError
 from pydantic import Field, model_validator
+
+from ..profile import Model
+from ..schema import PointError
 
 # struct codes of the binary types; "bool" reads one byte, non-zero is true.
 BINARY_TYPES: dict[str, str] = {

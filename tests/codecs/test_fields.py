@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from fieldgate.drivers.serial.fields import BinaryDecoder, FieldSpec, TextDecoder, nmea_degrees
+from fieldgate.codecs.fields import BinaryDecoder, FieldSpec, TextDecoder, nmea_degrees
 from fieldgate.schema import PointError
 from pydantic import ValidationError
 

@@ -1,0 +1,1 @@
+"""An example third-party fieldgate package: two drivers and a profile pack."""

@@ -1,0 +1,57 @@
+"""A gateway running in the caller's event loop, for tests: config text in, clean stop out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from ..app import Gateway
+from ..config import load_config_text
+from ..uplink import BufferedUplink
+
+
+@asynccontextmanager
+async def running_gateway(text: str, path: str = "t.yaml", *, ready_timeout: float = 10.0,
+                          stop_timeout: float = 15.0) -> AsyncIterator[tuple[Gateway, BufferedUplink]]:
+    """Run the gateway of config ``text`` (with its MQTT uplink) until the block ends, then stop it.
+
+    Args:
+        text: the YAML configuration.
+        path: the name errors and relative paths refer to.
+        ready_timeout: seconds to wait for the gateway to be ready.
+        stop_timeout: seconds its clean stop may take.
+    """
+    loaded = load_config_text(text, path)
+    uplink = BufferedUplink(loaded.config)
+    await uplink.start()
+    gw = Gateway(loaded, uplink)
+    task = asyncio.create_task(gw.run(), name="gateway[test]")
+    try:
+        async with asyncio.timeout(ready_timeout):
+            await gw.ready.wait()
+        yield gw, uplink
+    finally:
+        gw.request_stop()
+        async with asyncio.timeout(stop_timeout):
+            await task
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Wait for a condition on a gateway running in this loop.
+
+    It polls the predicate between loop turns (10 ms apart): the state it
+    reads has no event of its own to wait on.
+
+    Raises:
+        AssertionError: it did not hold within ``timeout`` seconds (named by ``what``).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+__all__ = ["running_gateway", "until"]
