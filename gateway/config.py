@@ -385,12 +385,16 @@ class _Load:
     def library(self) -> dict[str, Path]:
         if self._library is None:
             self._library = {}
-            for i, base in enumerate([builtin_profile_dir(), *self.profile_dirs]):
+            # The shipped library, then installed profile packs, then the config's profile_dirs (later wins);
+            # a problem is reported at the profile_dirs entry it comes from (-1: not from the config).
+            bases = [(-1, builtin_profile_dir()), *((-1, d) for d in entry_point_profile_dirs()),
+                     *enumerate(self.profile_dirs)]
+            for i, base in bases:
                 if base.is_dir():
                     found, problem = _scan_library(base, self.budget)
                     self._library.update(found)
                     if problem is not None:
-                        self.library_problems.append((i - 1, problem))
+                        self.library_problems.append((i, problem))
         return self._library
 
 
