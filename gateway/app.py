@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from . import __version__
 from .clock import ClockMonitor
 from .config import DeviceSpec, LoadedConfig
-from .driver import DeviceContext, ServiceDriver, SharedResources
+from .driver import AnyDriver, DeviceContext, Driver, ServiceDriver, SharedResources, create_driver, driver_status
 from .errors import DriverError
 from .normalize import Normalizer
 from .reload import RELOAD_TIME_LIMIT_S, ReloadPlan, plan_reload
@@ -185,15 +185,14 @@ class DeviceRunner:
         self.rng = random.Random()
         self._reported: tuple[str, str | None] | None = None
         self.pushing = False  # a push driver's run() is active
-        self.driver: Any = None  # the open driver instance, while it is open
+        self.driver: AnyDriver | None = None  # the open driver instance, while it is open
 
     def driver_status(self) -> dict[str, Any] | None:
         """What the open driver says about itself (its optional ``status()``), JSON-safe, or None."""
-        report = getattr(self.driver, "status", None)
-        if not callable(report):
+        if self.driver is None:
             return None
         try:
-            doc = report()
+            doc = driver_status(self.driver)
         except Exception as exc:  # a driver's report must not break the status page
             self.log.debug("driver status() failed: %r", exc)
             return None
@@ -264,14 +263,14 @@ class DeviceRunner:
         loop = asyncio.get_running_loop()
         while True:
             delay = self.cfg.poll_interval
-            driver = self.spec.driver(ctx)
+            driver = create_driver(self.spec.driver, ctx)
             opened = False
             try:
                 async with asyncio.timeout(self.cfg.poll_timeout):
                     await driver.__aenter__()
                 opened = True
                 self.driver = driver
-                if isinstance(driver, ServiceDriver) and hasattr(driver, "run"):
+                if isinstance(driver, ServiceDriver):
                     # Online on the first data, not when the port opens.
                     self.pushing = True
                     try:
@@ -291,7 +290,7 @@ class DeviceRunner:
                     await self._close(driver)
             await asyncio.sleep(delay)
 
-    async def _close(self, driver: Any) -> None:
+    async def _close(self, driver: AnyDriver) -> None:
         try:
             async with asyncio.timeout(self.cfg.poll_timeout):
                 await driver.__aexit__(None, None, None)
@@ -300,7 +299,7 @@ class DeviceRunner:
         except Exception as exc:
             self.log.debug("close failed: %r", exc)
 
-    async def _poll_loop(self, driver: Any, loop: asyncio.AbstractEventLoop) -> None:
+    async def _poll_loop(self, driver: Driver, loop: asyncio.AbstractEventLoop) -> None:
         interval = self.cfg.poll_interval
         start = loop.time()
         k = 0

@@ -562,7 +562,7 @@ class Doctor:
 
     async def _probe(self, spec: DeviceSpec) -> Finding:
         from .app import DeviceLog
-        from .driver import DeviceContext, SharedResources
+        from .driver import DeviceContext, SharedResources, create_driver, is_passive
         from .probe import RecordingSink, endpoint_of, read_once
 
         dev_id = spec.config.id
@@ -575,11 +575,11 @@ class Doctor:
         busy = ("; fieldgate.service holds this port while it runs: run doctor with --no-devices, or stop the "
                 "service for a moment (`sudo systemctl stop fieldgate`)")
         try:
-            driver: Any = spec.driver(ctx)
+            driver = create_driver(spec.driver, ctx)
             async with asyncio.timeout(limit):
                 await driver.__aenter__()
                 try:
-                    if getattr(driver, "passive", False):
+                    if is_passive(driver):
                         return Finding(check, "ok", f"device {dev_id} reports when it wakes; the gateway can "
                                        f"receive it at {endpoint_of(driver)}",
                                        "its last report time is on the status page",

@@ -41,10 +41,10 @@ class ModbusDriver:
             return connection.serial_port or ""
         return f"tcp:{connection.host}:{connection.tcp_port}"
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[ModbusProfile, ModbusConnection]) -> None:
         self.ctx = ctx
-        self.profile: ModbusProfile = ctx.profile  # type: ignore[assignment]
-        self.conn: ModbusConnection = ctx.connection  # type: ignore[assignment]
+        self.profile = ctx.profile
+        self.conn = ctx.connection
         self.key = self.bus_of(self.conn)
         self.points = {p.name: p for p in self.profile.points}
         self.bus: ModbusBus | None = None

@@ -1,0 +1,66 @@
+"""Third-party-style drivers that use only the seam's required parts (tests only).
+
+Loaded like any plugin, through a ``fieldgate.drivers`` entry point of an installed
+distribution (``tests/test_seam.py`` writes the ``.dist-info``): ``pusher`` has ``run``
+and no ``poll`` (a push driver need carry no dummy), and neither declares a
+``Connection`` (the seam's default, ``NoConnection``, applies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import ClassVar, Literal, Self
+
+from fieldgate.driver import DeviceContext, NoConnection, ReadingSink
+from fieldgate.profile import BasePoint, BaseProfile
+from fieldgate.schema import RawReading
+
+
+class PlainProfile(BaseProfile):
+    """Plain numeric points."""
+
+    driver: Literal["pusher", "bare"]
+    points: list[BasePoint]  # type: ignore[assignment]  # narrower point type than BaseProfile's
+
+
+class PushOnlyDriver:
+    """Pushes one reading per 50 ms until cancelled; it has no ``poll``."""
+
+    name: ClassVar[str] = "pusher"
+    Profile: ClassVar[type[PlainProfile]] = PlainProfile
+
+    def __init__(self, ctx: DeviceContext[PlainProfile, NoConnection]) -> None:
+        self.ctx = ctx
+        self.sent = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def run(self, sink: ReadingSink) -> None:
+        while True:
+            self.sent += 1
+            sink.add(RawReading({p.name: float(self.sent) for p in self.ctx.profile.points}, ts=time.time()))
+            await asyncio.sleep(0.05)  # the device's report interval, not a synchronization
+
+
+class BareDriver:
+    """Polled, without a ``Connection`` of its own."""
+
+    name: ClassVar[str] = "bare"
+    Profile: ClassVar[type[PlainProfile]] = PlainProfile
+
+    def __init__(self, ctx: DeviceContext[PlainProfile, NoConnection]) -> None:
+        self.ctx = ctx
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def poll(self, sink: ReadingSink) -> None:
+        sink.add(RawReading({p.name: 1.0 for p in self.ctx.profile.points}, ts=time.time()))
