@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, PackageNotFoundError, distribution, entry_points, requires
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
+from .checks import DoctorDevice, Finding
 from .errors import DriverError, DriverUnavailable
 from .profile import BaseProfile, Model
 from .schema import RawReading
@@ -205,6 +206,19 @@ class MaybePassive(Protocol):
     """
 
     passive: bool
+
+
+@runtime_checkable
+class HasDoctor(Protocol):
+    """Class hook: what ``fieldgate doctor`` checks on the host for this driver (BlueZ, serial ports).
+
+    Called once per installed driver with its enabled devices (possibly none, for a finding such
+    as "not applicable"); returns ``fieldgate.checks.Finding`` objects. Must not open the devices
+    (doctor polls them itself, through the same driver).
+    """
+
+    @classmethod
+    async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]: ...
 
 
 def connection_model(driver: DriverClass | type) -> type[BaseModel]:

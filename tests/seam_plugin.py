@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import ClassVar, Literal, Self
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, Self
 
 from fieldgate.driver import DeviceContext, NoConnection, ReadingSink
 from fieldgate.profile import BasePoint, BaseProfile
@@ -64,3 +65,10 @@ class BareDriver:
 
     async def poll(self, sink: ReadingSink) -> None:
         sink.add(RawReading({p.name: 1.0 for p in self.ctx.profile.points}, ts=time.time()))
+
+    @classmethod
+    async def doctor(cls, devices: Sequence[Any], timeout: float) -> list[Any]:
+        """One finding naming the devices it was given: ``fieldgate doctor`` asks the hook."""
+        from fieldgate.checks import Finding
+
+        return [Finding("bare.host", "ok", f"bare host check for {', '.join(d.id for d in devices)}")]

@@ -73,6 +73,16 @@ def test_validate_a_driver_without_connection(tmp_path: Path) -> None:
     assert "connection.host" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_doctor_asks_each_drivers_own_checks(tmp_path: Path) -> None:
+    """Host checks come from the driver's ``doctor()`` hook; core names no protocol."""
+    done = _cli("doctor", "--json", "--no-devices", "--root", str(tmp_path), "-c", str(_config(tmp_path, "bare")),
+                env=_plugin_env(tmp_path))
+    assert "Traceback" not in done.stderr, done.stderr
+    findings = {f["check"]: f for f in json.loads(done.stdout)["findings"]}
+    assert findings["bare.host"]["summary"] == "bare host check for bare-1"
+    assert findings["ble"]["status"] == "n/a"  # the BLE driver's hook, asked with no devices
+
+
 def test_the_hooks_have_defaults_for_a_driver_that_offers_none() -> None:
     assert seam.connection_model(BareDriver) is seam.NoConnection
     assert seam.bus_key(BareDriver, seam.NoConnection()) is None

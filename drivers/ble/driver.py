@@ -28,8 +28,10 @@ import contextlib
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
+from fieldgate.checks import DoctorDevice, Finding
 from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceUnreachable, DriverError
 from fieldgate.schema import PointError, RawReading
@@ -130,6 +132,13 @@ class BleDriver(_HubMember):
     def bus_of(connection: Any) -> str | None:
         """Adverts need no bus lock: the shared scanner is not polled."""
         return None
+
+    @classmethod
+    async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]:
+        """``fieldgate doctor``: BlueZ runs and each adapter the devices use is known and powered."""
+        from .doctor import ble_findings
+
+        return await ble_findings(devices, timeout)
 
     # --- open / close -------------------------------------------------------
 

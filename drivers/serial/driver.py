@@ -19,9 +19,11 @@ import errno
 import re
 import termios
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 import serial
+from fieldgate.checks import DoctorDevice, Finding, serial_port_findings
 from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from fieldgate.schema import PointError, RawReading
@@ -125,6 +127,15 @@ class SerialDriver:
     def bus_of(connection: Any) -> str | None:
         """Devices are not multiplexed on one port: no shared bus lock."""
         return None
+
+    @classmethod
+    async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]:
+        """``fieldgate doctor``: each port named is a serial device node the service may open."""
+        ports: dict[str, list[str]] = {}
+        for dev in devices:
+            if isinstance(dev.connection, SerialConnection) and dev.connection.port.startswith("/"):
+                ports.setdefault(dev.connection.port, []).append(dev.id)
+        return serial_port_findings(ports)
 
     # --- open / close -------------------------------------------------------
 
