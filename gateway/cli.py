@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -167,22 +168,31 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return asyncio.run(probe(loaded, args.device, sys.stdout, wait=args.wait))
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
-    import importlib
+#: Entry point group of bus scanners: ``name = "pkg.module:main"``, ``main(argv) -> exit code``.
+SCANNERS_GROUP = "fieldgate.scanners"
 
+
+def _scanners() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=SCANNERS_GROUP)}
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
     if args.protocol in (None, "-h", "--help"):
         args.parser.print_help()
         return EXIT_OK if args.protocol else EXIT_USAGE
 
+    scanners = _scanners()
+    ep = scanners.get(args.protocol)
+    if ep is None:
+        print(f"no scanner for {args.protocol!r} (scanners: {', '.join(sorted(scanners)) or 'none'})",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
-        module = importlib.import_module(f"fieldgate.drivers.{args.protocol}.scan")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("fieldgate.drivers"):
-            print(f"no scanner for {args.protocol!r}", file=sys.stderr)
-            return EXIT_USAGE
+        scanner = ep.load()
+    except ImportError as exc:
         print(f"scan {args.protocol} needs {exc.name!r}: pip install 'fieldgate[{args.protocol}]'", file=sys.stderr)
         return EXIT_FAILED
-    return int(module.main(list(args.args)))
+    return int(scanner(list(args.args)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -263,8 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["scan"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        names = sorted(_scanners())
+        example = f" (fieldgate scan {names[0]} --help)" if names else ""
         print("usage: fieldgate scan PROTOCOL [options]\n\nFind responding devices on a bus.\n"
-              "protocols: modbus (fieldgate scan modbus --help)")
+              f"protocols: {', '.join(names) or 'none installed'}{example}")
         return EXIT_OK if len(argv) > 1 else EXIT_USAGE
     args = parser.parse_args(argv)
     if args.command == "validate":

@@ -72,3 +72,9 @@ class BareDriver:
         from fieldgate.checks import Finding
 
         return [Finding("bare.host", "ok", f"bare host check for {', '.join(d.id for d in devices)}")]
+
+
+def scan_main(argv: list[str]) -> int:
+    """A bus scanner registered in ``fieldgate.scanners``: ``fieldgate scan bare ...`` calls it."""
+    print(f"bare scan {' '.join(argv)}")
+    return 0

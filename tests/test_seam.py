@@ -24,7 +24,8 @@ def _plugin_env(tmp_path: Path) -> dict[str, str]:
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fieldgate-test-seam\nVersion: 0\n")
     (dist / "entry_points.txt").write_text(
-        "[fieldgate.drivers]\npusher = tests.seam_plugin:PushOnlyDriver\nbare = tests.seam_plugin:BareDriver\n")
+        "[fieldgate.drivers]\npusher = tests.seam_plugin:PushOnlyDriver\nbare = tests.seam_plugin:BareDriver\n"
+        "[fieldgate.scanners]\nbare = tests.seam_plugin:scan_main\n")
     return {"PYTHONPATH": os.pathsep.join([str(dist.parent), str(REPO)])}
 
 
@@ -81,6 +82,17 @@ def test_doctor_asks_each_drivers_own_checks(tmp_path: Path) -> None:
     findings = {f["check"]: f for f in json.loads(done.stdout)["findings"]}
     assert findings["bare.host"]["summary"] == "bare host check for bare-1"
     assert findings["ble"]["status"] == "n/a"  # the BLE driver's hook, asked with no devices
+
+
+def test_scan_finds_scanners_through_entry_points(tmp_path: Path) -> None:
+    """``fieldgate scan NAME`` loads the ``fieldgate.scanners`` entry point; core imports no scanner by name."""
+    env = _plugin_env(tmp_path)
+    done = _cli("scan", "bare", "--port", "/dev/null", env=env)
+    assert (done.returncode, done.stdout.strip()) == (0, "bare scan --port /dev/null"), done.stderr
+    done = _cli("scan", "nothing", env=env)
+    assert done.returncode == 2 and "no scanner for 'nothing'" in done.stderr and "bare, modbus" in done.stderr
+    done = _cli("scan", "--help", env=env)
+    assert done.returncode == 0 and "bare, modbus" in done.stdout
 
 
 def test_the_hooks_have_defaults_for_a_driver_that_offers_none() -> None:
