@@ -221,6 +221,33 @@ class HasDoctor(Protocol):
     async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]: ...
 
 
+#: Entry point group of the demo's (and tests') simulated devices: ``name = "pkg.module:Class"``.
+SIMULATORS_GROUP = "fieldgate.simulators"
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """What a ``fieldgate.simulators`` entry point builds, called with the demo's folder.
+
+    ``start()`` brings the simulated devices up (raising ``ImportError`` when an optional
+    dependency is missing), ``config`` then holds their device entries (YAML flow lines for
+    the configuration's ``devices:``), ``notes`` one console line each; ``stop()`` ends them.
+    """
+
+    label: str  # what the devices are, for a "skipped" note ("Modbus simulators")
+    config: list[str]
+    notes: list[str]
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def simulator_factories() -> dict[str, EntryPoint]:
+    """Installed simulators by name (not imported)."""
+    return {ep.name: ep for ep in entry_points(group=SIMULATORS_GROUP)}
+
+
 def connection_model(driver: DriverClass | type) -> type[BaseModel]:
     """The model of a driver's ``connection:`` section; ``NoConnection`` when it declares none."""
     return driver.Connection if isinstance(driver, HasConnection) else NoConnection

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
 from fieldgate.driver import DeviceContext, NoConnection, ReadingSink
@@ -78,3 +79,23 @@ def scan_main(argv: list[str]) -> int:
     """A bus scanner registered in ``fieldgate.scanners``: ``fieldgate scan bare ...`` calls it."""
     print(f"bare scan {' '.join(argv)}")
     return 0
+
+
+class BareSimulator:
+    """A ``fieldgate.simulators`` entry point: one simulated device for ``fieldgate demo``."""
+
+    label = "bare simulators"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.config: list[str] = []
+        self.notes: list[str] = []
+        self.stopped = False
+
+    async def start(self) -> None:
+        self.config.append("  - {id: bare-sim-1, driver: bare, profile: {schema_version: 1, driver: bare, "
+                           "vendor: test, model: plain, points: [{name: count}]}}")
+        self.notes.append(f"bare: one simulated device ({self.folder.name})")
+
+    async def stop(self) -> None:
+        self.stopped = True

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fieldgate import driver as seam
 
 from tests.conftest import REPO, Proc
@@ -25,7 +26,8 @@ def _plugin_env(tmp_path: Path) -> dict[str, str]:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fieldgate-test-seam\nVersion: 0\n")
     (dist / "entry_points.txt").write_text(
         "[fieldgate.drivers]\npusher = tests.seam_plugin:PushOnlyDriver\nbare = tests.seam_plugin:BareDriver\n"
-        "[fieldgate.scanners]\nbare = tests.seam_plugin:scan_main\n")
+        "[fieldgate.scanners]\nbare = tests.seam_plugin:scan_main\n"
+        "[fieldgate.simulators]\nbare = tests.seam_plugin:BareSimulator\n")
     return {"PYTHONPATH": os.pathsep.join([str(dist.parent), str(REPO)])}
 
 
@@ -93,6 +95,22 @@ def test_scan_finds_scanners_through_entry_points(tmp_path: Path) -> None:
     assert done.returncode == 2 and "no scanner for 'nothing'" in done.stderr and "bare, modbus" in done.stderr
     done = _cli("scan", "--help", env=env)
     assert done.returncode == 0 and "bare, modbus" in done.stdout
+
+
+async def test_demo_devices_come_from_simulator_entry_points(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's devices are every installed ``fieldgate.simulators`` entry point's; core names none."""
+    from fieldgate.demo import DemoDevices
+
+    monkeypatch.syspath_prepend(_plugin_env(tmp_path)["PYTHONPATH"].split(os.pathsep)[0])
+    sims = DemoDevices(tmp_path)
+    await sims.start()
+    try:
+        assert any("bare-sim-1" in line for line in sims.config)
+        assert f"bare: one simulated device ({tmp_path.name})" in sims.notes
+        assert any("meter-tcp-1" in line for line in sims.config)  # the project's own, from hw-sim's entry points
+    finally:
+        await sims.stop()
 
 
 def test_the_hooks_have_defaults_for_a_driver_that_offers_none() -> None:
