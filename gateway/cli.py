@@ -76,64 +76,29 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 async def _run_gateway(config_path: Path, use_stdout: bool, ready_file: str | None = None) -> int:
-    from .app import Gateway
-    from .outputs import StdoutOutput
+    from .runtime import NoUplink, build
 
     loaded = load_config(config_path)
     for w in loaded.warnings:
         log.warning("%s", w)
-    cfg = loaded.config
-    output: Any
-    if use_stdout:
-        output = StdoutOutput()
-    elif cfg.mqtt is None:
-        print(f"{config_path}: no 'mqtt' section: add one to forward readings, "
-              "or run with --stdout to print them", file=sys.stderr)
+    try:
+        rt = await build(loaded, stdout=use_stdout, loader=lambda: load_config(config_path))
+    except NoUplink as exc:
+        print(exc, file=sys.stderr)
         return EXIT_INVALID
-    else:
-        from .uplink import BufferedUplink
-
-        output = BufferedUplink(cfg)
-        await output.start()
-    gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
-    web_server = await start_status_page(gw, output, cfg)
+    gw = rt.gateway
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, gw.request_stop)
     loop.add_signal_handler(signal.SIGINT, gw.request_stop)
     loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
-    attach = getattr(output, "attach", None)
-    if callable(attach):
-        attach(gw)
     if ready_file:
         async def _mark_ready() -> None:
             await gw.ready.wait()
             await asyncio.to_thread(Path(ready_file).write_text, "ready\n")
         _ready_task = asyncio.create_task(_mark_ready())  # noqa: RUF006 - lives as long as run()
-    try:
-        await gw.run()
-    finally:
-        if web_server is not None:
-            await web_server.close()
+    await rt.run()
     log.info("stopped")
     return EXIT_OK
-
-
-async def start_status_page(gw: Any, output: Any, cfg: Any) -> Any:
-    """Start the status page if enabled; a missing extra or a taken port is logged, not fatal."""
-    if not cfg.web.enabled:
-        return None
-    try:
-        from .web import start_web
-    except ImportError:
-        log.warning("the status page needs the web extra: pip install 'fieldgate[web]'")
-        return None
-    try:
-        server = await start_web(gw, output, cfg.web)
-    except GatewayError as exc:
-        log.error("%s; running without the status page", exc)
-        return None
-    log.info("status page on %s", server.url)
-    return server
 
 
 def cmd_run(args: argparse.Namespace) -> int:

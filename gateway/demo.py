@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .cli import start_status_page
 from .config import load_config
 from .driver import Simulator, simulator_factories
 from .web.logring import install_log_ring
@@ -324,9 +323,8 @@ def _values(d: dict[str, Any], n: int = 3) -> str:
 
 
 async def _demo(folder: Path, broker_port: int | None, duration: float | None) -> int:
-    from .app import Gateway
     from .logs import setup_logging
-    from .outputs import StdoutOutput
+    from .runtime import build
 
     setup_logging("WARNING")
     install_log_ring()
@@ -336,21 +334,12 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     config_path = write_demo_config(folder, broker_port, sims.config, web_port)
     use_broker = broker_port is not None
     loaded = load_config(config_path)
-    output: Any
-    if use_broker:
-        from .uplink import BufferedUplink
-
-        output = BufferedUplink(loaded.config)
-        await output.start()
-    else:
-        output = StdoutOutput()
-    gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
-    web_server = await start_status_page(gw, output, loaded.config)
-    if web_server is None and web_port:
-        # 8080 taken: any free port will do for a demo
+    rt = await build(loaded, stdout=not use_broker, loader=lambda: load_config(config_path))
+    if rt.web is None and web_port:
+        # 8080 taken: any free port will do for a demo (the output, buffer open, is kept)
         loaded = load_config(write_demo_config(folder, broker_port, sims.config, 0))
-        gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
-        web_server = await start_status_page(gw, output, loaded.config)
+        rt = await build(loaded, output=rt.output, loader=lambda: load_config(config_path))
+    gw, output, web_server = rt.gateway, rt.output, rt.web
     print(f"fieldgate demo: configuration {config_path}")
     if web_server is not None:
         print(f"  status page: {web_server.url}")
@@ -379,12 +368,10 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     console.listen_for_enter(loop)
     watcher = asyncio.create_task(console.run(), name="demo-console")
     try:
-        await gw.run()
+        await rt.run()
     finally:
         watcher.cancel()
         console.close(loop)
-        if web_server is not None:
-            await web_server.close()
         await sims.stop()
     return 0
 

@@ -8,23 +8,19 @@ from contextlib import asynccontextmanager
 
 from fieldgate.app import Gateway
 from fieldgate.config import load_config_text
+from fieldgate.runtime import running
 from fieldgate.uplink import BufferedUplink
 
 
 @asynccontextmanager
 async def running_gateway(text: str, path: str = "t.yaml") -> AsyncIterator[tuple[Gateway, BufferedUplink]]:
-    """Run the gateway of config ``text`` until the block ends (then stop it cleanly)."""
-    loaded = load_config_text(text, path)
-    uplink = BufferedUplink(loaded.config)
-    await uplink.start()
-    gw = Gateway(loaded, uplink)
-    task = asyncio.create_task(gw.run())
-    try:
-        await asyncio.wait_for(gw.ready.wait(), 10)
-        yield gw, uplink
-    finally:
-        gw.request_stop()
-        await asyncio.wait_for(task, 15)
+    """Run the gateway of config ``text`` until the block ends (then stop it cleanly).
+
+    Built by the composition root, as ``fieldgate run`` builds it (buffer + MQTT uplink, no status page).
+    """
+    async with running(load_config_text(text, path)) as rt:
+        assert isinstance(rt.output, BufferedUplink)
+        yield rt.gateway, rt.output
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
