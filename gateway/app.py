@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import __version__
 from .clock import ClockMonitor
-from .config import DeviceSpec, LoadedConfig
+from .config import DeviceSpec, GatewayConfig, LoadedConfig
 from .driver import AnyDriver, DeviceContext, Driver, ServiceDriver, SharedResources, create_driver, driver_status
 from .errors import DriverError
 from .normalize import Normalizer
@@ -71,6 +71,13 @@ class Announces(Protocol):
     buffer drops): the gateway follows it, so the status page sees them too."""
 
     def follow(self, callback: Callable[..., None]) -> Callable[[], None]: ...
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """An output that takes a reloaded configuration's changes it can apply live (the uplink's)."""
+
+    def reconfigure(self, cfg: GatewayConfig) -> None: ...
 
 
 @runtime_checkable
@@ -466,7 +473,7 @@ class Gateway:
         try:
             new = self.loader()
         except ConfigError as exc:
-            errors = [d for d in exc.diagnostics if getattr(d, "severity", "error") == "error"]
+            errors = [d for d in exc.diagnostics if d.severity == "error"]
             for d in exc.diagnostics:
                 log.error("reload refused: %s", d)
             log.error("new configuration has %d error(s); keeping the running one", len(errors))
@@ -530,9 +537,8 @@ class Gateway:
         for dev_id in changed + added:
             if fresh[dev_id].config.enabled:
                 self._start_device(fresh[dev_id])
-        reconfigure = getattr(self.output, "reconfigure", None)
-        if callable(reconfigure):
-            reconfigure(new.config)
+        if isinstance(self.output, Reconfigurable):
+            self.output.reconfigure(new.config)
         if plan.restart_required:
             log.warning("reload: %s changed but take(s) effect only after a restart "
                         "(`sudo systemctl restart fieldgate`)", ", ".join(plan.restart_required))

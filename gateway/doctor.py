@@ -53,6 +53,7 @@ from .clock import clock_synced
 from .config import DEFAULT_CONFIG, DeviceSpec, LoadedConfig, load_config, load_profile_file
 from .driver import HasDoctor, available_drivers, load_driver
 from .errors import ConfigError, DeviceBusy, DriverError, DriverUnavailable, GatewayError
+from .schema import PointError
 from .yamlsrc import Diagnostic
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class Doctor:
         try:
             loaded = load_config(path)
         except ConfigError as exc:
-            diags = [str(d) for d in exc.diagnostics if getattr(d, "severity", "error") == "error"]
+            diags = [str(d) for d in exc.diagnostics if d.severity == "error"]
             shown = "\n".join(diags[:10]) + (f"\n... and {len(diags) - 10} more" if len(diags) > 10 else "")
             self.add("config", "fail", f"the configuration has {len(diags)} error(s); the service refuses to start "
                      f"with it:\n{shown}",
@@ -512,7 +513,7 @@ class Doctor:
                            {"driver": spec.driver.name})
         took_ms = round((time.monotonic() - started) * 1000)
         points = sum(len(r.values) for r in sink.readings)
-        bad = sorted({name for r in sink.readings for name, v in r.values.items() if hasattr(v, "reason")})
+        bad = sorted({name for r in sink.readings for name, v in r.values.items() if isinstance(v, PointError)})
         if sink.errors or bad:
             what = "; ".join(str(e) for e in sink.errors[:3]) or f"points without a value: {', '.join(bad)}"
             return Finding(check, "warn", f"device {dev_id} answered in {took_ms} ms, partly: {what}",

@@ -390,7 +390,7 @@ async def api_profile_check(request: web.Request) -> web.Response:
 async def api_reload(request: web.Request) -> web.Response:
     """POST /api/v1/reload: re-read the configuration, as SIGHUP does."""
     gw = request.app[CTX].gateway
-    if getattr(gw, "loader", None) is None:
+    if gw.loader is None:
         return _error(409, "no_config_file", "this gateway was not started from a configuration file")
     ctx = request.app[CTX]
     log.info("status page: configuration reload requested")
