@@ -96,7 +96,7 @@ async def _run(profile: str, fmt: str | None, seconds: float, senders: int, wind
         conn = CoapConnection(mode="push", listen=f"127.0.0.1:{port}", path=path, queue=10000,
                               rate_limit={"rate": 1e9, "burst": 10**9})
         ctx = DeviceContext(f"d{i}", prof, conn, 5.0, logging.LoggerAdapter(logging.getLogger("bench")), shared)
-        drv = CoapDriver(ctx)
+        drv = CoapDriver.create(ctx)
         await drv.__aenter__()
         sink = _Count()
         counts.append(sink)

@@ -98,7 +98,7 @@ async def _run(seconds: float, flooders: int, open_limit: bool) -> None:
     limit = {"rate": 1e9, "burst": 10**9} if open_limit else {"rate": 50, "burst": 50}
     pace = 0.0 if open_limit else 0.05
     conn = CoapConnection(mode="push", listen=f"127.0.0.1:{port}", path="/t/d0", queue=10000, rate_limit=limit)
-    drv: Any = CoapDriver(DeviceContext("d0", prof, conn, 5.0, logging.LoggerAdapter(logging.getLogger("bench")),
+    drv: Any = CoapDriver.create(DeviceContext("d0", prof, conn, 5.0, logging.LoggerAdapter(logging.getLogger("bench")),
                                         SharedResources()))
     await drv.__aenter__()
     sink = _Count()

@@ -18,13 +18,13 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from . import __version__
 from .backoff import backoff_delay
 from .clock import ClockMonitor
-from .config import DeviceSpec, LoadedConfig
-from .driver import DeviceContext, ServiceDriver, SharedResources
+from .config import DeviceSpec, GatewayConfig, LoadedConfig
+from .driver import AnyDriver, DeviceContext, Driver, ServiceDriver, SharedResources, create_driver, driver_status
 from .errors import DriverError
 from .normalize import Normalizer
 from .reload import RELOAD_TIME_LIMIT_S, ReloadPlan, plan_reload
@@ -53,6 +53,109 @@ class Output(Protocol):
 
     async def close(self) -> None:
         """Flush and release on shutdown."""
+
+
+@runtime_checkable
+class DescribedOutput(Protocol):
+    """What an output may tell the status page: its ``kind`` (``mqtt``, ``stdout``, ``memory``) and,
+    for the buffered uplink, a ``snapshot()`` of its connection and buffer figures.
+    """
+
+    kind: str
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Announces(Protocol):
+    """An output that tells followers every event, those it makes itself included (the uplink's
+    buffer drops): the gateway follows it, so the status page sees them too."""
+
+    def follow(self, callback: Callable[..., None]) -> Callable[[], None]: ...
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """An output that takes a reloaded configuration's changes it can apply live (the uplink's)."""
+
+    def reconfigure(self, cfg: GatewayConfig) -> None: ...
+
+
+@runtime_checkable
+class NamedOutput(Protocol):
+    """An output that says what kind it is (every output of this package does)."""
+
+    kind: str
+
+
+class GatewayListener(Protocol):
+    """Follows what the gateway tells its output (the status page subscribes one): called after the
+    output, on the event loop; an exception is logged and never reaches the gateway.
+    """
+
+    def device_status(self, device: str, state: str, error: str | None) -> None:
+        """A device changed state."""
+
+    def reading(self, device: str, message: dict[str, Any]) -> None:
+        """A reading message was handed to the output."""
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """An event was announced."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSnapshot:
+    """One running device as the status page and metrics read it (a copy: reading it changes nothing)."""
+
+    id: str
+    spec: DeviceSpec
+    state: str
+    last_error: str | None
+    last_error_ts: float | None
+    last_reading_ts: float | None
+    polls: int
+    failures: int
+    consecutive_failures: int
+    overruns: int
+    last_latency_s: float | None
+    latency_sum_s: float
+    latest: dict[str, Any]
+    pushing: bool  # a push driver's run() is active
+
+
+class _Fanout:
+    """The output as the runners see it: the real output first, then every listener."""
+
+    def __init__(self, output: Output, listeners: list[GatewayListener]) -> None:
+        self.output = output
+        self.listeners = listeners
+        # An output that announces its events tells the listeners itself, its own events included.
+        self._announced = isinstance(output, Announces)
+        if isinstance(output, Announces):
+            output.follow(self._tell_event)
+
+    def _tell_event(self, kind: str, **fields: Any) -> None:
+        self._tell(f"event {kind}", lambda lst: lst.event(kind, **fields))
+
+    def _tell(self, what: str, call: Callable[[GatewayListener], None]) -> None:
+        for listener in list(self.listeners):
+            try:
+                call(listener)
+            except Exception:  # a listener's bug must not reach a poller
+                log.exception("gateway listener failed on %s", what)
+
+    def submit(self, device: str, message: dict[str, Any]) -> None:
+        self.output.submit(device, message)
+        self._tell("a reading", lambda lst: lst.reading(device, message))
+
+    def device_status(self, device: str, state: str, error: str | None) -> None:
+        self.output.device_status(device, state, error)
+        self._tell("a device state", lambda lst: lst.device_status(device, state, error))
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.output.event(kind, **fields)
+        if not self._announced:
+            self._tell_event(kind, **fields)
 
 
 def _json_safe(value: Any) -> Any:
@@ -158,7 +261,7 @@ async def poll_deadline(seconds: float) -> AsyncIterator[None]:
 class DeviceRunner:
     """Runs one device: open, poll on schedule, report state, back off, reopen."""
 
-    def __init__(self, spec: DeviceSpec, gateway_id: str, output: Output, clock: ClockMonitor,
+    def __init__(self, spec: DeviceSpec, gateway_id: str, output: Output | _Fanout, clock: ClockMonitor,
                  bus_lock: asyncio.Lock | None, shared: SharedResources) -> None:
         self.spec = spec
         self.cfg = spec.config
@@ -176,15 +279,14 @@ class DeviceRunner:
         self.rng = random.Random()
         self._reported: tuple[str, str | None] | None = None
         self.pushing = False  # a push driver's run() is active
-        self.driver: Any = None  # the open driver instance, while it is open
+        self.driver: AnyDriver | None = None  # the open driver instance, while it is open
 
     def driver_status(self) -> dict[str, Any] | None:
         """What the open driver says about itself (its optional ``status()``), JSON-safe, or None."""
-        report = getattr(self.driver, "status", None)
-        if not callable(report):
+        if self.driver is None:
             return None
         try:
-            doc = report()
+            doc = driver_status(self.driver)
         except Exception as exc:  # a driver's report must not break the status page
             self.log.debug("driver status() failed: %r", exc)
             return None
@@ -255,14 +357,14 @@ class DeviceRunner:
         loop = asyncio.get_running_loop()
         while True:
             delay = self.cfg.poll_interval
-            driver = self.spec.driver(ctx)
+            driver = create_driver(self.spec.driver, ctx)
             opened = False
             try:
                 async with asyncio.timeout(self.cfg.poll_timeout):
                     await driver.__aenter__()
                 opened = True
                 self.driver = driver
-                if isinstance(driver, ServiceDriver) and hasattr(driver, "run"):
+                if isinstance(driver, ServiceDriver):
                     # Online on the first data, not when the port opens.
                     self.pushing = True
                     try:
@@ -282,7 +384,7 @@ class DeviceRunner:
                     await self._close(driver)
             await asyncio.sleep(delay)
 
-    async def _close(self, driver: Any) -> None:
+    async def _close(self, driver: AnyDriver) -> None:
         try:
             async with asyncio.timeout(self.cfg.poll_timeout):
                 await driver.__aexit__(None, None, None)
@@ -291,7 +393,7 @@ class DeviceRunner:
         except Exception as exc:
             self.log.debug("close failed: %r", exc)
 
-    async def _poll_loop(self, driver: Any, loop: asyncio.AbstractEventLoop) -> None:
+    async def _poll_loop(self, driver: Driver, loop: asyncio.AbstractEventLoop) -> None:
         interval = self.cfg.poll_interval
         start = loop.time()
         k = 0
@@ -327,6 +429,8 @@ class Gateway:
         self.loaded = loaded
         self.gateway_id = loaded.config.gateway.id
         self.output = output
+        self._listeners: list[GatewayListener] = []
+        self._out = _Fanout(output, self._listeners)  # what runners and the gateway's own events go to
         self.clock = clock or ClockMonitor(loaded.config.gateway.clock_check)
         self.loader = loader
         self.shared = SharedResources()
@@ -360,11 +464,11 @@ class Gateway:
         try:
             new = self.loader()
         except ConfigError as exc:
-            errors = [d for d in exc.diagnostics if getattr(d, "severity", "error") == "error"]
+            errors = [d for d in exc.diagnostics if d.severity == "error"]
             for d in exc.diagnostics:
                 log.error("reload refused: %s", d)
             log.error("new configuration has %d error(s); keeping the running one", len(errors))
-            self.output.event("config_rejected", errors=[str(d) for d in errors][:20])
+            self._out.event("config_rejected", errors=[str(d) for d in errors][:20])
             return
         self._next_config = new
         if self._reloading is None or self._reloading.done():
@@ -396,7 +500,7 @@ class Gateway:
             except TimeoutError:
                 log.error("reload did not finish within %.0f s; send SIGHUP again to retry the devices not "
                           "restarted", RELOAD_TIME_LIMIT_S)
-                self.output.event("config_rejected", errors=[f"reload timed out after {RELOAD_TIME_LIMIT_S:g} s"])
+                self._out.event("config_rejected", errors=[f"reload timed out after {RELOAD_TIME_LIMIT_S:g} s"])
 
     async def apply(self, new: LoadedConfig) -> ReloadPlan:
         """Start, stop and restart devices to match ``new``, hand the rest to the output; say what waits.
@@ -424,22 +528,21 @@ class Gateway:
         for dev_id in changed + added:
             if fresh[dev_id].config.enabled:
                 self._start_device(fresh[dev_id])
-        reconfigure = getattr(self.output, "reconfigure", None)
-        if callable(reconfigure):
-            reconfigure(new.config)
+        if isinstance(self.output, Reconfigurable):
+            self.output.reconfigure(new.config)
         if plan.restart_required:
             log.warning("reload: %s changed but take(s) effect only after a restart "
                         "(`sudo systemctl restart fieldgate`)", ", ".join(plan.restart_required))
         log.info("configuration reloaded: %d added, %d changed, %d removed%s", len(added), len(changed),
                  len(removed), f"; applied {', '.join(plan.applied)}" if plan.applied else "")
-        self.output.event("config_reloaded", added=added, changed=changed, removed=removed, applied=plan.applied,
+        self._out.event("config_reloaded", added=added, changed=changed, removed=removed, applied=plan.applied,
                           restart_required=plan.restart_required)
         return plan
 
     def _start_device(self, spec: DeviceSpec) -> None:
         assert self._tg is not None
         lock = self.bus_locks.setdefault(spec.bus, asyncio.Lock()) if spec.bus else None
-        runner = DeviceRunner(spec, self.gateway_id, self.output, self.clock, lock, self.shared)
+        runner = DeviceRunner(spec, self.gateway_id, self._out, self.clock, lock, self.shared)
         self.runners[spec.config.id] = runner
         self.tasks[spec.config.id] = self._tg.create_task(runner.run(), name=f"poll[{spec.config.id}]")
 
@@ -459,10 +562,10 @@ class Gateway:
             last_wall, last_mono = wall, mono
             if abs(jump) > 2.0:
                 log.warning("system clock jumped by %.1f s", jump)
-                self.output.event("clock_jump", seconds=round(jump, 3))
+                self._out.event("clock_jump", seconds=round(jump, 3))
             if self.clock.refresh():
                 log.info("system clock is now %s", "synchronized" if self.clock.synced else "NOT synchronized")
-                self.output.event("clock_sync", synced=self.clock.synced)
+                self._out.event("clock_sync", synced=self.clock.synced)
 
     async def run(self) -> None:
         """Run until ``request_stop``; then shut down within the configured time limit."""
@@ -478,7 +581,7 @@ class Gateway:
                      len(self.tasks))
             self.ready.set()
             notify(f"READY=1\nSTATUS=polling {len(self.tasks)} device(s)")
-            self.output.event("started", version=__version__, devices=len(self.tasks))
+            self._out.event("started", version=__version__, devices=len(self.tasks))
             await self._stop.wait()
             notify("STOPPING=1")
             limit = self.loaded.config.gateway.shutdown_timeout  # read now: a reload may have changed it
@@ -507,6 +610,35 @@ class Gateway:
                 log.critical("shutdown time limit (%.0fs) exceeded; still busy: %s; exiting anyway", limit, names)
                 logging.shutdown()
                 os._exit(3)
+
+    def subscribe(self, listener: GatewayListener) -> Callable[[], None]:
+        """Follow device states, readings and events from now on; returns the unsubscribe function."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def device_snapshot(self, dev_id: str) -> DeviceSnapshot | None:
+        """The running device ``dev_id`` (None when it is not running: disabled, or not started yet)."""
+        r = self.runners.get(dev_id)
+        if r is None:
+            return None
+        s = r.stats
+        return DeviceSnapshot(dev_id, r.spec, s.state, s.last_error, s.last_error_ts, s.last_reading_ts, s.polls,
+                              s.failures, s.consecutive_failures, s.overruns, s.last_latency_s, s.latency_sum_s,
+                              dict(s.latest), r.pushing)
+
+    def device_snapshots(self) -> dict[str, DeviceSnapshot]:
+        """Every running device, by id (devices still running from before a reload included)."""
+        return {i: snap for i in list(self.runners) if (snap := self.device_snapshot(i)) is not None}
+
+    def driver_status(self, dev_id: str) -> dict[str, Any] | None:
+        """What the open driver of ``dev_id`` reports about itself (its ``status()`` hook), or None."""
+        r = self.runners.get(dev_id)
+        return r.driver_status() if r is not None else None
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able view of the gateway for the status page and doctor."""

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -75,64 +76,29 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 async def _run_gateway(config_path: Path, use_stdout: bool, ready_file: str | None = None) -> int:
-    from .app import Gateway
-    from .outputs import StdoutOutput
+    from .runtime import NoUplink, build
 
     loaded = load_config(config_path)
     for w in loaded.warnings:
         log.warning("%s", w)
-    cfg = loaded.config
-    output: Any
-    if use_stdout:
-        output = StdoutOutput()
-    elif cfg.mqtt is None:
-        print(f"{config_path}: no 'mqtt' section: add one to forward readings, "
-              "or run with --stdout to print them", file=sys.stderr)
+    try:
+        rt = await build(loaded, stdout=use_stdout, loader=lambda: load_config(config_path))
+    except NoUplink as exc:
+        print(exc, file=sys.stderr)
         return EXIT_INVALID
-    else:
-        from .uplink import BufferedUplink
-
-        output = BufferedUplink(cfg)
-        await output.start()
-    gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
-    web_server = await start_status_page(gw, output, cfg)
+    gw = rt.gateway
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, gw.request_stop)
     loop.add_signal_handler(signal.SIGINT, gw.request_stop)
     loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
-    attach = getattr(output, "attach", None)
-    if callable(attach):
-        attach(gw)
     if ready_file:
         async def _mark_ready() -> None:
             await gw.ready.wait()
             await asyncio.to_thread(Path(ready_file).write_text, "ready\n")
         _ready_task = asyncio.create_task(_mark_ready())  # noqa: RUF006 - lives as long as run()
-    try:
-        await gw.run()
-    finally:
-        if web_server is not None:
-            await web_server.close()
+    await rt.run()
     log.info("stopped")
     return EXIT_OK
-
-
-async def start_status_page(gw: Any, output: Any, cfg: Any) -> Any:
-    """Start the status page if enabled; a missing extra or a taken port is logged, not fatal."""
-    if not cfg.web.enabled:
-        return None
-    try:
-        from .web import start_web
-    except ImportError:
-        log.warning("the status page needs the web extra: pip install 'fieldgate[web]'")
-        return None
-    try:
-        server = await start_web(gw, output, cfg.web)
-    except GatewayError as exc:
-        log.error("%s; running without the status page", exc)
-        return None
-    log.info("status page on %s", server.url)
-    return server
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -167,22 +133,31 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return asyncio.run(probe(loaded, args.device, sys.stdout, wait=args.wait))
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
-    import importlib
+#: Entry point group of bus scanners: ``name = "pkg.module:main"``, ``main(argv) -> exit code``.
+SCANNERS_GROUP = "fieldgate.scanners"
 
+
+def _scanners() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=SCANNERS_GROUP)}
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
     if args.protocol in (None, "-h", "--help"):
         args.parser.print_help()
         return EXIT_OK if args.protocol else EXIT_USAGE
 
+    scanners = _scanners()
+    ep = scanners.get(args.protocol)
+    if ep is None:
+        print(f"no scanner for {args.protocol!r} (scanners: {', '.join(sorted(scanners)) or 'none'})",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
-        module = importlib.import_module(f"fieldgate.drivers.{args.protocol}.scan")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("fieldgate.drivers"):
-            print(f"no scanner for {args.protocol!r}", file=sys.stderr)
-            return EXIT_USAGE
+        scanner = ep.load()
+    except ImportError as exc:
         print(f"scan {args.protocol} needs {exc.name!r}: pip install 'fieldgate[{args.protocol}]'", file=sys.stderr)
         return EXIT_FAILED
-    return int(module.main(list(args.args)))
+    return int(scanner(list(args.args)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -263,8 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["scan"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        names = sorted(_scanners())
+        example = f" (fieldgate scan {names[0]} --help)" if names else ""
         print("usage: fieldgate scan PROTOCOL [options]\n\nFind responding devices on a bus.\n"
-              "protocols: modbus (fieldgate scan modbus --help)")
+              f"protocols: {', '.join(names) or 'none installed'}{example}")
         return EXIT_OK if len(argv) > 1 else EXIT_USAGE
     args = parser.parse_args(argv)
     if args.command == "validate":

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .driver import Driver, available_drivers, bus_key, load_driver
+from .driver import DriverClass, available_drivers, bus_key, connection_model, load_driver
 from .errors import ConfigError, DriverUnavailable
 from .listen import ListenAddress, is_loopback
 from .profile import BaseProfile, Model
@@ -216,7 +216,7 @@ class DeviceSpec:
     """A device with everything resolved: driver class, profile, connection."""
 
     config: DeviceConfig
-    driver: type[Driver]
+    driver: DriverClass
     profile: BaseProfile
     connection: BaseModel
     profile_source: str
@@ -316,7 +316,7 @@ class _Collector:
 
 
 def load_profile(
-    data: Any, smap: SourceMap, driver: type[Driver], prefix: Path_ = ()
+    data: Any, smap: SourceMap, driver: DriverClass, prefix: Path_ = ()
 ) -> tuple[BaseProfile | None, list[Diagnostic]]:
     """Validate profile data with a driver's profile model, plus semantic checks."""
     out = _Collector()
@@ -341,7 +341,7 @@ def load_profile(
     return profile, out.items
 
 
-def load_profile_file(path: Path, driver: type[Driver] | None = None,
+def load_profile_file(path: Path, driver: DriverClass | None = None,
                       budget: Budget | None = None) -> tuple[BaseProfile | None, list[Diagnostic]]:
     """Load one profile file; the driver comes from its ``driver`` key if not given.
 
@@ -450,7 +450,7 @@ def load_config_text(text: str, file: str, budget: Budget | None = None) -> Load
 
 
 def _resolve_device(raw: dict[str, Any], i: int, smap: SourceMap, base: Path, load: _Load,
-                    out: _Collector) -> tuple[type[Driver], BaseProfile, BaseModel, str, str | None] | None:
+                    out: _Collector) -> tuple[DriverClass, BaseProfile, BaseModel, str, str | None] | None:
     where: Path_ = ("devices", i)
     name = raw.get("driver")
     if not isinstance(name, str):
@@ -464,7 +464,8 @@ def _resolve_device(raw: dict[str, Any], i: int, smap: SourceMap, base: Path, lo
         out.add(smap, (*where, "driver"), msg)
         return None
     errors_before = len(out.errors)
-    connection, diags = validate_model(driver.Connection, raw.get("connection") or {}, smap, (*where, "connection"))
+    connection, diags = validate_model(connection_model(driver), raw.get("connection") or {}, smap,
+                                       (*where, "connection"))
     out.items.extend(diags)
     ref = raw.get("profile")
     profile: BaseProfile | None = None

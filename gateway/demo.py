@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .cli import start_status_page
 from .config import load_config
+from .driver import Simulator, simulator_factories
 from .web.logring import install_log_ring
 
 
@@ -117,103 +117,41 @@ def write_demo_config(folder: Path, broker_port: int | None, extra_devices: list
 
 
 class DemoDevices:
-    """Protocol simulators for the demo: Modbus TCP and RTU meters, a particulate sensor, GNSS,
-    BLE sensors replayed without a radio, NB-IoT devices pushing and observed over CoAP.
+    """The demo's simulated devices: every installed ``fieldgate.simulators`` entry point.
 
-    Each simulated Modbus unit can be broken by writing a fault into
-    ``<folder>/<device>.fault`` (``silent``, ``crc``, ``exception:02``,
-    ``slow:2``; ``none`` heals it).
+    The project's own (Modbus TCP and RTU meters, a particulate sensor, GNSS, BLE sensors
+    replayed without a radio, NB-IoT devices pushing and observed over CoAP) live in
+    hw-sim (``fieldgate_hwsim.demo_sims``); core imports none of them by name. A simulator
+    whose optional dependency is missing is skipped with a note naming the extra.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.config: list[str] = []
         self.notes: list[str] = []
-        self._modbus: list[Any] = []
-        self._serial: list[Any] = []
-        self._coap: Any = None
-        self._faults: dict[str, tuple[Any, int]] = {}
-        self._watch: asyncio.Task[None] | None = None
+        self._running: list[Simulator] = []
 
     async def start(self) -> None:
-        try:
-            from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
-        except ImportError as exc:
-            self.notes.append(f"Modbus simulators skipped ({exc}): pip install 'fieldgate[modbus]'")
-        else:
-            tcp = ModbusSim({1: load_modbus_profile("eastron/sdm630")})
-            port = await tcp.start_tcp("127.0.0.1", 0)
-            rtu = ModbusSim({1: load_modbus_profile("eastron/sdm120"), 2: load_modbus_profile("generic-rs485/xy-md02")})
-            pty = await rtu.start_rtu(9600)
-            self._modbus += [tcp, rtu]
-            self._faults = {"meter-tcp-1": (tcp, 1), "meter-rtu-1": (rtu, 1), "climate-rtu-2": (rtu, 2)}
-            self.config += [
-                "  - {id: meter-tcp-1, driver: modbus, profile: eastron/sdm630, poll_interval: 5s,"
-                f" connection: {{transport: tcp, host: 127.0.0.1, port: {port}, unit: 1}}, tags: {{site: depot}}}}",
-                "  - {id: meter-rtu-1, driver: modbus, profile: eastron/sdm120, poll_interval: 5s, timeout: 4s,"
-                f" connection: {{transport: rtu, serial_port: {pty}, baudrate: 9600, unit: 1}}}}",
-                "  - {id: climate-rtu-2, driver: modbus, profile: generic-rs485/xy-md02, poll_interval: 10s,"
-                f" timeout: 4s, connection: {{transport: rtu, serial_port: {pty}, baudrate: 9600, unit: 2}}}}",
-            ]
-            for dev in self._faults:
-                (self.folder / f"{dev}.fault").write_text("none\n")
-            self.notes.append(f"Modbus TCP meter on 127.0.0.1:{port}; RTU line (9600 baud) on {pty} with 2 units")
-        try:
-            from fieldgate_hwsim.serial_sim import SerialSim
-        except ImportError as exc:
-            self.notes.append(f"serial simulators skipped ({exc}): pip install 'fieldgate[serial]'")
-        else:
-            for dev_id, prof, extra in (("pm-1", "plantower/pms5003", "min_interval: 10s"),
-                                        ("gnss-1", "nmea0183/gnss", "min_interval: 5s")):
-                sim = SerialSim(prof, interval=1.0, link=self.folder / f"{dev_id}.tty")
-                port_path = await asyncio.to_thread(sim.start)
-                self._serial.append(sim)
-                self.config.append(f"  - {{id: {dev_id}, driver: serial, profile: {prof}, poll_interval: 5s,"
-                                   f" connection: {{port: {port_path}, {extra}}}}}")
-            self.notes.append("serial: PMS5003 particulate sensor and NMEA GNSS on ptys")
-        try:
-            from fieldgate_hwsim.ble_sim import DEMO_NOTE, demo_devices
-        except ImportError as exc:
-            self.notes.append(f"BLE sensors skipped ({exc}): pip install 'fieldgate[ble]'")
-        else:
-            self.config += demo_devices(self.folder)
-            self.notes.append(DEMO_NOTE)
-        try:
-            from fieldgate_hwsim.coap_sim import CoapDemo
-        except ImportError as exc:
-            self.notes.append(f"NB-IoT (CoAP) devices skipped ({exc}): pip install 'fieldgate[coap]'")
-        else:
-            self._coap = CoapDemo()
-            self.config += await self._coap.start(self.folder)
-            self.notes += self._coap.notes
-        if self._faults:
-            self._watch = asyncio.create_task(self._watch_faults())
-
-    async def _watch_faults(self) -> None:
-        current: dict[str, str] = {}
-        while True:
-            for dev, (sim, unit) in self._faults.items():
-                try:
-                    text = (self.folder / f"{dev}.fault").read_text().strip()
-                except OSError:
+        for name, ep in simulator_factories().items():
+            sim: Simulator | None = None
+            try:
+                sim = ep.load()(self.folder)
+                if not isinstance(sim, Simulator):
+                    self.notes.append(f"simulator {name!r} ({ep.value}) is not a simulator; skipped")
                     continue
-                if current.get(dev) != text:
-                    current[dev] = text
-                    sim.set_fault(unit, None if text in ("", "none") else text)
-            await asyncio.sleep(1.0)
+                await sim.start()
+            except ImportError as exc:
+                label = sim.label if sim is not None else f"{name} simulators"
+                self.notes.append(f"{label} skipped ({exc}): pip install 'fieldgate[{name}]'")
+                continue
+            self._running.append(sim)
+            self.config += sim.config
+            self.notes += sim.notes
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-        for sim in self._modbus:
+        for sim in reversed(self._running):
             with contextlib.suppress(Exception):
                 await sim.stop()
-        for ssim in self._serial:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(ssim.stop)
-        if self._coap is not None:
-            with contextlib.suppress(Exception):
-                await self._coap.stop()
 
 
 #: Readings waiting in the buffer beyond which the console calls it a backlog.
@@ -385,9 +323,8 @@ def _values(d: dict[str, Any], n: int = 3) -> str:
 
 
 async def _demo(folder: Path, broker_port: int | None, duration: float | None) -> int:
-    from .app import Gateway
     from .logs import setup_logging
-    from .outputs import StdoutOutput
+    from .runtime import build
 
     setup_logging("WARNING")
     install_log_ring()
@@ -397,21 +334,12 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     config_path = write_demo_config(folder, broker_port, sims.config, web_port)
     use_broker = broker_port is not None
     loaded = load_config(config_path)
-    output: Any
-    if use_broker:
-        from .uplink import BufferedUplink
-
-        output = BufferedUplink(loaded.config)
-        await output.start()
-    else:
-        output = StdoutOutput()
-    gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
-    web_server = await start_status_page(gw, output, loaded.config)
-    if web_server is None and web_port:
-        # 8080 taken: any free port will do for a demo
+    rt = await build(loaded, stdout=not use_broker, loader=lambda: load_config(config_path))
+    if rt.web is None and web_port:
+        # 8080 taken: any free port will do for a demo (the output, buffer open, is kept)
         loaded = load_config(write_demo_config(folder, broker_port, sims.config, 0))
-        gw = Gateway(loaded, output, loader=lambda: load_config(config_path))
-        web_server = await start_status_page(gw, output, loaded.config)
+        rt = await build(loaded, output=rt.output, loader=lambda: load_config(config_path))
+    gw, output, web_server = rt.gateway, rt.output, rt.web
     print(f"fieldgate demo: configuration {config_path}")
     if web_server is not None:
         print(f"  status page: {web_server.url}")
@@ -440,12 +368,10 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
     console.listen_for_enter(loop)
     watcher = asyncio.create_task(console.run(), name="demo-console")
     try:
-        await gw.run()
+        await rt.run()
     finally:
         watcher.cancel()
         console.close(loop)
-        if web_server is not None:
-            await web_server.close()
         await sims.stop()
     return 0
 

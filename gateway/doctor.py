@@ -6,8 +6,9 @@ every check ends in a finding in plain words, with what to do about it.
 Checks, in order: the configuration and profile libraries; a provisioning
 file refused or still waiting on the boot partition; the systemd unit;
 the clock (NTP); disk space for the buffer; the buffer's depth and age (the
-database is opened read-only); serial ports present and permitted; the BLE
-adapter and BlueZ (not applicable without BLE devices); the broker reached,
+database is opened read-only); each installed driver's own host checks, through
+its ``doctor()`` hook (serial ports present and permitted, the BLE adapter and
+BlueZ: core names neither); the broker reached,
 TLS and the login accepted (with a clean session, no last will, and its own
 client id, so a running gateway is not disturbed); and each enabled device
 answering, through the same driver, profile and timeouts as ``fieldgate
@@ -37,33 +38,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import grp
 import json
 import logging
 import os
-import pwd
 import sqlite3
-import stat
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from .checks import DoctorDevice, Finding, Status
 from .clock import clock_synced
 from .config import DEFAULT_CONFIG, DeviceSpec, LoadedConfig, load_config, load_profile_file
-from .errors import ConfigError, DeviceBusy, DriverError, GatewayError
+from .driver import HasDoctor, available_drivers, load_driver
+from .errors import ConfigError, DeviceBusy, DriverError, DriverUnavailable, GatewayError
+from .schema import PointError
 from .yamlsrc import Diagnostic
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INVALID, EXIT_FAILED = 0, 1, 3
 
-Status = Literal["ok", "n/a", "warn", "fail"]
 _RANK: dict[str, int] = {"ok": 0, "n/a": 0, "warn": 1, "fail": 2}
 
-SERVICE_USER = "fieldgate"
-SERVICE_GROUPS = ("dialout", "bluetooth")
 STATE_DIR = Path("/var/lib/fieldgate")
 BOOT_DIRS = (Path("/boot/firmware"), Path("/boot"))
 UNIT_PATH = Path("/etc/systemd/system/fieldgate.service")
@@ -74,25 +72,6 @@ DISK_FAIL_BYTES = 32 * MIB  # below this the buffer soon cannot commit
 DISK_FAIL_SHARE = 0.02
 DISK_WARN_SHARE = 0.10
 BACKLOG_WARN_S = 15 * 60.0  # readings older than this are not "in flight" any more
-
-
-@dataclass(slots=True)
-class Finding:
-    """One result: what was checked, how it is, in plain words, and what to do.
-
-    Attributes:
-        check: short name (``config``, ``clock``, ``serial:/dev/ttyUSB0``, ``device:meter-1``, ...).
-        status: ``ok``, ``n/a``, ``warn`` or ``fail``.
-        summary: one or two sentences for a person.
-        fix: what to do, for ``warn`` and ``fail``.
-        details: figures for machines (``--json``).
-    """
-
-    check: str
-    status: Status
-    summary: str
-    fix: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _age(seconds: float) -> str:
@@ -157,8 +136,7 @@ class Doctor:
         self.check_disk(data_dir)
         self.check_buffer(data_dir)
         if self.loaded is not None:
-            self.check_serial_ports(self.loaded.devices)
-            await self.check_ble(self.loaded.devices)
+            await self.check_drivers(self.loaded.devices)
             await self.check_broker(self.loaded)
             service = await self.check_running_service(self.loaded)
             if service is not None:
@@ -181,7 +159,7 @@ class Doctor:
         try:
             loaded = load_config(path)
         except ConfigError as exc:
-            diags = [str(d) for d in exc.diagnostics if getattr(d, "severity", "error") == "error"]
+            diags = [str(d) for d in exc.diagnostics if d.severity == "error"]
             shown = "\n".join(diags[:10]) + (f"\n... and {len(diags) - 10} more" if len(diags) > 10 else "")
             self.add("config", "fail", f"the configuration has {len(diags)} error(s); the service refuses to start "
                      f"with it:\n{shown}",
@@ -354,91 +332,23 @@ class Doctor:
         else:
             self.add("buffer", "ok", f"{depth} reading(s) in flight, the oldest from {_age(age)} ago", **details)
 
-    # --- hardware ----------------------------------------------------------------------------
+    # --- hardware (each driver's own checks) -------------------------------------------------------
 
-    def check_serial_ports(self, devices: Sequence[DeviceSpec]) -> None:
-        ports: dict[str, list[str]] = {}
-        for spec in devices:
-            if not spec.config.enabled:
-                continue
-            port = _serial_port(spec)
-            if port is not None:
-                ports.setdefault(port, []).append(spec.config.id)
-        for port, ids in ports.items():
-            who = ", ".join(ids)
+    async def check_drivers(self, devices: Sequence[DeviceSpec]) -> None:
+        """Every installed driver's ``doctor()`` hook, with its enabled devices (serial ports, BlueZ, ...)."""
+        for name in available_drivers():
             try:
-                st = os.stat(port)
-            except FileNotFoundError:
-                self.add(f"serial:{port}", "fail", f"serial port {port} (used by {who}) does not exist",
-                         "plug the USB adapter in and check its cable; `ls -l /dev/serial/by-id/` lists the "
-                         "adapters present: use that stable name in the configuration", port=port, devices=ids)
+                cls = load_driver(name)
+            except DriverUnavailable:
+                continue  # not usable here; a configured one already failed the configuration check
+            if not isinstance(cls, HasDoctor):
                 continue
-            except OSError as exc:
-                self.add(f"serial:{port}", "fail", f"cannot look at {port}: {exc.strerror}", port=port, devices=ids)
-                continue
-            if not stat.S_ISCHR(st.st_mode):
-                self.add(f"serial:{port}", "fail", f"{port} (used by {who}) is not a serial device",
-                         "name the device node, e.g. /dev/serial/by-id/usb-...", port=port, devices=ids)
-                continue
-            problem = _service_cannot_open(port, st)
-            if problem:
-                self.add(f"serial:{port}", "fail", f"serial port {port} is present but {problem}",
-                         "allow group dialout: a udev rule `SUBSYSTEM==\"tty\", GROUP=\"dialout\", MODE=\"0660\"` "
-                         "for this adapter, then replug it", port=port, devices=ids)
-            else:
-                self.add(f"serial:{port}", "ok", f"serial port {port} is present and the service may open it "
-                         f"(used by {who})", port=port, devices=ids)
-
-    async def check_ble(self, devices: Sequence[DeviceSpec]) -> None:
-        adapters: dict[str, list[str]] = {}
-        simulated: list[str] = []
-        for spec in devices:
-            if spec.config.enabled and spec.driver.name == "ble":
-                backend = getattr(spec.connection, "backend", "bleak")
-                if backend == "bleak":
-                    adapters.setdefault(str(getattr(spec.connection, "adapter", "hci0")), []).append(spec.config.id)
-                else:
-                    simulated.append(spec.config.id)
-        if not adapters:
-            if simulated:
-                self.add("ble", "n/a", f"the BLE devices ({', '.join(simulated)}) are simulated (backend "
-                         "replay): BlueZ and the adapter are not needed")
-            else:
-                self.add("ble", "n/a", "no Bluetooth LE device is configured: BlueZ and the adapter are not needed")
-            return
-        try:
-            state = await asyncio.wait_for(_bluez_state(), self.timeout)
-        except ImportError:
-            self.add("ble", "fail", "BLE devices are configured but the ble extra is not installed",
-                     "pip install 'fieldgate[ble]' into the gateway's environment (`sudo fieldgate install` does)")
-            return
-        except (OSError, TimeoutError, ValueError) as exc:
-            self.add("ble", "fail", f"the D-Bus system bus cannot be reached ({exc}); BLE goes through BlueZ on it",
-                     "`systemctl status dbus`; the package is dbus (Raspberry Pi OS has it)")
-            return
-        if state is None:
-            self.add("ble", "fail", "BlueZ (bluetoothd) is not running: BLE devices cannot be heard",
-                     "`sudo apt install bluez && sudo systemctl enable --now bluetooth`")
-            return
-        for adapter, ids in adapters.items():
-            props = state.get(adapter)
-            if props is None:
-                found = ", ".join(sorted(state)) or "none"
-                self.add(f"ble:{adapter}", "fail", f"Bluetooth adapter {adapter} (used by {', '.join(ids)}) is not "
-                         f"known to BlueZ (adapters: {found})",
-                         "check `bluetoothctl list` and `rfkill list`; a USB dongle may need replugging; "
-                         "or set connection.adapter to one that exists", adapter=adapter, adapters=sorted(state))
-            elif not props.get("Powered", False):
-                self.add(f"ble:{adapter}", "fail", f"Bluetooth adapter {adapter} is switched off",
-                         "`rfkill unblock bluetooth` and `bluetoothctl power on`", adapter=adapter)
-            else:
-                self.add(f"ble:{adapter}", "ok", f"Bluetooth adapter {adapter} is on and BlueZ runs "
-                         f"(used by {', '.join(ids)})", adapter=adapter, address=props.get("Address"))
-        try:
-            grp.getgrnam("bluetooth")
-        except KeyError:
-            self.add("ble.group", "warn", "there is no 'bluetooth' group: BlueZ's D-Bus policy may refuse the "
-                     "service user", "install bluez, then re-run `sudo fieldgate install`")
+            mine = [DoctorDevice(d.config.id, d.connection) for d in devices if d.config.enabled and d.driver is cls]
+            try:
+                self.findings += await cls.doctor(mine, self.timeout)
+            except Exception as exc:  # a driver's bug costs its own checks, not the report
+                self.add(f"driver:{name}", "fail", f"the {name} driver's checks failed: {exc!r}",
+                         "report this with the output of `fieldgate doctor --json`")
 
     # --- uplink and devices --------------------------------------------------------------------
 
@@ -562,7 +472,7 @@ class Doctor:
 
     async def _probe(self, spec: DeviceSpec) -> Finding:
         from .app import DeviceLog
-        from .driver import DeviceContext, SharedResources
+        from .driver import DeviceContext, SharedResources, create_driver, is_passive
         from .probe import RecordingSink, endpoint_of, read_once
 
         dev_id = spec.config.id
@@ -575,11 +485,11 @@ class Doctor:
         busy = ("; fieldgate.service holds this port while it runs: run doctor with --no-devices, or stop the "
                 "service for a moment (`sudo systemctl stop fieldgate`)")
         try:
-            driver: Any = spec.driver(ctx)
+            driver = create_driver(spec.driver, ctx)
             async with asyncio.timeout(limit):
                 await driver.__aenter__()
                 try:
-                    if getattr(driver, "passive", False):
+                    if is_passive(driver):
                         return Finding(check, "ok", f"device {dev_id} reports when it wakes; the gateway can "
                                        f"receive it at {endpoint_of(driver)}",
                                        "its last report time is on the status page",
@@ -603,7 +513,7 @@ class Doctor:
                            {"driver": spec.driver.name})
         took_ms = round((time.monotonic() - started) * 1000)
         points = sum(len(r.values) for r in sink.readings)
-        bad = sorted({name for r in sink.readings for name, v in r.values.items() if hasattr(v, "reason")})
+        bad = sorted({name for r in sink.readings for name, v in r.values.items() if isinstance(v, PointError)})
         if sink.errors or bad:
             what = "; ".join(str(e) for e in sink.errors[:3]) or f"points without a value: {', '.join(bad)}"
             return Finding(check, "warn", f"device {dev_id} answered in {took_ms} ms, partly: {what}",
@@ -633,43 +543,6 @@ def _broker_stage(exc: GatewayError) -> tuple[str, str]:
     if isinstance(cause, socket.gaierror):
         return "network", "check mqtt.host and the DNS settings"
     return "network", "check that the broker runs, mqtt.host and mqtt.port, and the network path (firewall, VPN)"
-
-
-def _serial_port(spec: DeviceSpec) -> str | None:
-    conn = spec.connection
-    for name in ("serial_port", "port"):
-        value = getattr(conn, name, None)
-        if isinstance(value, str) and value.startswith("/"):
-            return value
-    return None
-
-
-def _service_cannot_open(port: str, st: os.stat_result) -> str | None:
-    """Why the service user (with the unit's groups) could not open a device node, or None."""
-    mode = st.st_mode
-    if mode & stat.S_IROTH and mode & stat.S_IWOTH:
-        return None
-    try:
-        user = pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        # No service user here (not installed, a developer machine): judge by whoever runs doctor.
-        return None if os.access(port, os.R_OK | os.W_OK) else "this user cannot open it for reading and writing"
-    gids = {user.pw_gid}
-    for name in SERVICE_GROUPS:
-        try:
-            gids.add(grp.getgrnam(name).gr_gid)
-        except KeyError:
-            pass
-    if st.st_uid == user.pw_uid and mode & stat.S_IRUSR and mode & stat.S_IWUSR:
-        return None
-    if st.st_gid in gids and mode & stat.S_IRGRP and mode & stat.S_IWGRP:
-        return None
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return (f"the service user cannot open it: it belongs to group {group} with mode "
-            f"{stat.S_IMODE(mode):04o}, and the service runs with groups {', '.join(SERVICE_GROUPS)}")
 
 
 def _read_buffer(db: Path) -> tuple[int, int, int]:
@@ -704,38 +577,6 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-async def _bluez_state() -> dict[str, dict[str, Any]] | None:
-    """Adapters BlueZ knows with their properties, or None when BlueZ is not on the system bus.
-
-    Raises:
-        ImportError: dbus-fast (the ble extra) is not installed.
-        OSError: no system bus.
-    """
-    from dbus_fast import BusType, Message, MessageType
-    from dbus_fast.aio import MessageBus
-
-    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    try:
-        reply = await bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
-            member="NameHasOwner", signature="s", body=["org.bluez"]))
-        if reply is None or reply.message_type == MessageType.ERROR or not reply.body[0]:
-            return None
-        reply = await bus.call(Message(
-            destination="org.bluez", path="/", interface="org.freedesktop.DBus.ObjectManager",
-            member="GetManagedObjects"))
-        if reply is None or reply.message_type == MessageType.ERROR:
-            return None
-        out: dict[str, dict[str, Any]] = {}
-        for path, ifaces in reply.body[0].items():
-            props = ifaces.get("org.bluez.Adapter1")
-            if props is not None:
-                out[str(path).rsplit("/", 1)[-1]] = {k: v.value for k, v in props.items()}
-        return out
-    finally:
-        bus.disconnect()
 
 
 # --- report and command line ---------------------------------------------------------------

@@ -13,16 +13,16 @@ its own package, and a missing optional dependency names the extra to install.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, PackageNotFoundError, distribution, entry_points, requires
-from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
+from .checks import DoctorDevice, Finding
 from .errors import DriverError, DriverUnavailable
 from .profile import BaseProfile, Model
 from .schema import RawReading
@@ -44,7 +44,7 @@ class ReadingSink(Protocol):
 
 
 class NoConnection(Model):
-    """For drivers that need no connection settings."""
+    """The connection model of a driver that declares none: no keys are allowed."""
 
 
 @dataclass(slots=True)
@@ -75,31 +75,36 @@ class SharedResources:
         return self._items.pop(key, None)
 
 
+#: The profile and connection models a driver reads; a driver names its own
+#: (``DeviceContext[ModbusProfile, ModbusConnection]``) and needs no cast to read them.
+ProfileT = TypeVar("ProfileT", bound=BaseProfile)
+ConnectionT = TypeVar("ConnectionT", bound=BaseModel)
+
+
 @dataclass(slots=True)
-class DeviceContext:
+class DeviceContext(Generic[ProfileT, ConnectionT]):
     """Everything a driver instance gets about its device."""
 
     device_id: str
-    profile: BaseProfile
-    connection: BaseModel
+    profile: ProfileT
+    connection: ConnectionT
     timeout: float
     log: logging.LoggerAdapter[logging.Logger]
     shared: SharedResources
-    options: dict[str, Any] = field(default_factory=dict)
     #: Announce something operators should know (``kind`` plus fields) on the events topic and in
     #: the log, e.g. a BLE scanner restarted by its watchdog. Outside a gateway it only logs.
     event: Callable[..., None] = field(default=lambda kind, **fields: None)
 
 
-@runtime_checkable
-class Driver(Protocol):
-    """A polled driver (Telegraf's Gather): the supervisor calls ``poll``."""
+#: What core holds before it knows the driver's models (it built them from the config).
+AnyContext = DeviceContext[Any, Any]
+
+
+class _Device(Protocol):
+    """What both kinds of driver share: a name, a profile schema, and open/close."""
 
     name: ClassVar[str]
     Profile: ClassVar[type[BaseProfile]]
-    Connection: ClassVar[type[BaseModel]]
-
-    def __init__(self, ctx: DeviceContext) -> None: ...
 
     async def __aenter__(self) -> Self:
         """Open the port or socket. No I/O happens in ``__init__``."""
@@ -107,22 +112,177 @@ class Driver(Protocol):
 
     async def __aexit__(self, *exc: object) -> None: ...
 
+
+@runtime_checkable
+class Driver(_Device, Protocol):
+    """A polled driver (Telegraf's Gather): the supervisor calls ``poll``."""
+
     async def poll(self, sink: ReadingSink) -> None:
         """Read the device once and hand the values to ``sink``."""
         ...
 
 
 @runtime_checkable
-class ServiceDriver(Driver, Protocol):
-    """A push driver (BLE adverts, CoAP observe/pushes): runs until cancelled."""
+class ServiceDriver(_Device, Protocol):
+    """A push driver (BLE adverts, CoAP observe/pushes): ``run`` until cancelled.
+
+    A sibling of ``Driver``, not a child: a push driver carries no dummy ``poll``.
+    A class that has both is run as a push driver (its ``run`` is what feeds it).
+    """
 
     async def run(self, sink: ReadingSink) -> None: ...
 
 
-def bus_key(driver: type[Driver], connection: BaseModel) -> str | None:
+#: An open driver instance, of either kind.
+AnyDriver = Driver | ServiceDriver
+
+
+class DriverClass(Protocol):
+    """What an entry point in ``fieldgate.drivers`` names: a class with a name and a profile schema.
+
+    The optional parts (a ``Connection`` model, a factory, the hooks below) are asked for
+    through the functions of this module, never with ``getattr`` at the call site.
+    """
+
+    name: ClassVar[str]
+    Profile: ClassVar[type[BaseProfile]]
+
+    def __call__(self, ctx: AnyContext) -> AnyDriver: ...
+
+
+# --- optional hooks: declared once, here; core asks them through the helpers below -------------------
+#
+# A driver offers a hook by defining the attribute; ``runtime_checkable`` protocols say which
+# attribute, with which signature. Drivers need not subclass anything (a third-party class with
+# just ``name``, ``Profile`` and ``poll`` is a whole driver).
+
+
+@runtime_checkable
+class HasConnection(Protocol):
+    """Class hook: the model of the device's ``connection:`` section (default: ``NoConnection``)."""
+
+    Connection: ClassVar[type[BaseModel]]
+
+
+@runtime_checkable
+class HasFactory(Protocol):
+    """Class hook: build the instance for this device, e.g. the class of its mode (serial stream/query,
+    CoAP poll/observe/push, BLE adverts/GATT). Without it the class itself is called.
+    """
+
+    @classmethod
+    def create(cls, ctx: AnyContext) -> AnyDriver: ...
+
+
+@runtime_checkable
+class SharesBus(Protocol):
+    """Class hook: the physical line a device is on, when devices share one (Modbus RTU on one port).
+
+    Devices with the same key are polled one at a time under one lock; ``None`` means no sharing.
+    """
+
+    @classmethod
+    def bus_of(cls, connection: Any) -> str | None: ...
+
+
+@runtime_checkable
+class Reports(Protocol):
+    """Instance hook: a JSON-able ``dict`` about the open driver for the status page and ``probe``."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ShowsRaw(Protocol):
+    """Instance hook: the last poll's raw values as text, ``(point, raw)``, for ``probe``'s raw column."""
+
+    def last_raw(self) -> list[tuple[str, str]]: ...
+
+
+@runtime_checkable
+class MaybePassive(Protocol):
+    """Instance or class hook: ``passive`` is true for a device that sleeps and reports when it wakes
+    (an NB-IoT push device): probe waits longer and doctor does not wait for it at all.
+    """
+
+    passive: bool
+
+
+@runtime_checkable
+class HasDoctor(Protocol):
+    """Class hook: what ``fieldgate doctor`` checks on the host for this driver (BlueZ, serial ports).
+
+    Called once per installed driver with its enabled devices (possibly none, for a finding such
+    as "not applicable"); returns ``fieldgate.checks.Finding`` objects. Must not open the devices
+    (doctor polls them itself, through the same driver).
+    """
+
+    @classmethod
+    async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]: ...
+
+
+#: Entry point group of the demo's (and tests') simulated devices: ``name = "pkg.module:Class"``.
+SIMULATORS_GROUP = "fieldgate.simulators"
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """What a ``fieldgate.simulators`` entry point builds, called with the demo's folder.
+
+    ``start()`` brings the simulated devices up (raising ``ImportError`` when an optional
+    dependency is missing), ``config`` then holds their device entries (YAML flow lines for
+    the configuration's ``devices:``), ``notes`` one console line each; ``stop()`` ends them.
+    """
+
+    label: str  # what the devices are, for a "skipped" note ("Modbus simulators")
+    config: list[str]
+    notes: list[str]
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def simulator_factories() -> dict[str, EntryPoint]:
+    """Installed simulators by name (not imported)."""
+    return {ep.name: ep for ep in entry_points(group=SIMULATORS_GROUP)}
+
+
+def connection_model(driver: DriverClass | type) -> type[BaseModel]:
+    """The model of a driver's ``connection:`` section; ``NoConnection`` when it declares none."""
+    return driver.Connection if isinstance(driver, HasConnection) else NoConnection
+
+
+def create_driver(driver: DriverClass, ctx: AnyContext) -> AnyDriver:
+    """The driver instance for one device: the class's declared factory, else the class itself."""
+    if isinstance(driver, HasFactory):
+        return driver.create(ctx)
+    return driver(ctx)
+
+
+def pushes(driver: object) -> bool:
+    """Whether an instance is a push driver (it has ``run``): the supervisor runs it instead of polling."""
+    return isinstance(driver, ServiceDriver)
+
+
+def is_passive(driver: object) -> bool:
+    """Whether a driver (instance or class) declares its device sleeps between reports."""
+    return isinstance(driver, MaybePassive) and bool(driver.passive)
+
+
+def driver_status(driver: object) -> dict[str, Any] | None:
+    """The instance's ``status()`` report, or None when it offers none."""
+    return driver.status() if isinstance(driver, Reports) else None
+
+
+def raw_values(driver: object) -> dict[str, str]:
+    """The instance's last raw values as text by point, empty when it offers none."""
+    return dict(driver.last_raw()) if isinstance(driver, ShowsRaw) else {}
+
+
+def bus_key(driver: DriverClass | type, connection: BaseModel) -> str | None:
     """The physical line a device is on, if drivers share one (e.g. a serial port)."""
-    fn = getattr(driver, "bus_of", None)
-    return fn(connection) if callable(fn) else None
+    return driver.bus_of(connection) if isinstance(driver, SharesBus) else None
 
 
 def available_drivers() -> dict[str, EntryPoint]:
@@ -130,7 +290,7 @@ def available_drivers() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-_cache: dict[str, type[Driver]] = {}
+_cache: dict[str, DriverClass] = {}
 
 _EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 
@@ -168,7 +328,7 @@ def missing_requirements(extra: str, dist: str = "fieldgate") -> list[str]:
     return absent
 
 
-def load_driver(name: str) -> type[Driver]:
+def load_driver(name: str) -> DriverClass:
     """Import a driver by name.
 
     Raises:
@@ -204,13 +364,19 @@ def load_driver(name: str) -> type[Driver]:
                                     hint=f"pip install 'fieldgate[{extra}]'") from exc
         raise DriverUnavailable(f"driver {name!r} needs {missing!r}, which is not installed",
                                 hint=f"install the package that provides {missing!r}") from exc
-    if not isinstance(cls, type) or not all(hasattr(cls, a) for a in ("Profile", "poll", "name")):
-        raise DriverUnavailable(f"entry point {ep.value!r} for driver {name!r} is not a driver class")
+    if not _is_driver_class(cls):
+        raise DriverUnavailable(f"entry point {ep.value!r} for driver {name!r} is not a driver class",
+                                hint="a driver class has `name`, `Profile` and `poll` (polled) or `run` (push)")
     _cache[name] = cls
-    return cls
+    return cls  # type: ignore[no-any-return]  # checked by _is_driver_class
 
 
-def import_string(path: str) -> Any:
-    """``pkg.mod:attr`` → the object (for tests and plugins)."""
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+def _is_driver_class(cls: object) -> bool:
+    if not isinstance(cls, type) or not isinstance(getattr(cls, "name", None), str):
+        return False
+    profile = getattr(cls, "Profile", None)
+    if not (isinstance(profile, type) and issubclass(profile, BaseProfile)):
+        return False
+    # A factory may hand out mode classes, so the class itself need not poll or run.
+    return any(callable(getattr(cls, a, None)) for a in ("poll", "run", "create"))
+

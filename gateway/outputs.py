@@ -6,9 +6,37 @@ import asyncio
 import json
 import logging
 import sys
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any, ClassVar, TextIO
 
 log = logging.getLogger(__name__)
+
+
+class Followers:
+    """Who follows an output's events (the gateway, for the status page): every event the output gets
+    or makes itself (the uplink's buffer drops) is told to them; a follower's failure is logged."""
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., None]] = []
+
+    def add(self, callback: Callable[..., None]) -> Callable[[], None]:
+        """Follow from now on; returns the function that stops it."""
+        self._callbacks.append(callback)
+
+        def stop() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return stop
+
+    def tell(self, kind: str, fields: dict[str, Any]) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(kind, **fields)
+            except Exception:  # a follower's bug must not reach the output's caller
+                log.exception("an event follower failed on %s", kind)
 
 
 class StdoutOutput:
@@ -18,9 +46,16 @@ class StdoutOutput:
     with the process and are meant for looking, not for consumers.
     """
 
+    kind: ClassVar[str] = "stdout"  # what the status page calls this output
+
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
         self.seq = 0
+        self.followers = Followers()
+
+    def follow(self, callback: Callable[..., None]) -> Callable[[], None]:
+        """Be told every event (``callback(kind, **fields)``)."""
+        return self.followers.add(callback)
 
     def submit(self, device: str, message: dict[str, Any]) -> None:
         self.seq += 1
@@ -36,6 +71,7 @@ class StdoutOutput:
 
     def event(self, kind: str, **fields: Any) -> None:
         log.info("event %s %s", kind, json.dumps(fields, default=str))
+        self.followers.tell(kind, fields)
 
     async def run(self) -> None:
         await asyncio.Event().wait()
@@ -53,12 +89,19 @@ class MemoryOutput:
     ``wait_for`` lets a test wait on a condition instead of sleeping.
     """
 
+    kind: ClassVar[str] = "memory"
+
     def __init__(self) -> None:
         self.readings: list[dict[str, Any]] = []
         self.statuses: list[tuple[str, str, str | None]] = []
         self.events: list[dict[str, Any]] = []
         self._changed = asyncio.Condition()
         self.seq = 0
+        self.followers = Followers()
+
+    def follow(self, callback: Callable[..., None]) -> Callable[[], None]:
+        """Be told every event (``callback(kind, **fields)``)."""
+        return self.followers.add(callback)
 
     def _notify(self) -> None:
         async def _wake() -> None:
@@ -82,6 +125,7 @@ class MemoryOutput:
     def event(self, kind: str, **fields: Any) -> None:
         self.events.append({"kind": kind, **fields})
         self._notify()
+        self.followers.tell(kind, fields)
 
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
         """Wait until ``predicate(self)`` is true; raises TimeoutError after ``timeout``."""

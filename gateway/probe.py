@@ -11,11 +11,20 @@ import asyncio
 import logging
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from .app import DeviceLog
 from .config import LoadedConfig
-from .driver import DeviceContext, SharedResources
+from .driver import (
+    AnyDriver,
+    DeviceContext,
+    ServiceDriver,
+    SharedResources,
+    create_driver,
+    driver_status,
+    is_passive,
+    raw_values,
+)
 from .errors import DriverError
 from .normalize import Normalizer
 from .schema import PointError, RawReading
@@ -43,13 +52,13 @@ class RecordingSink:
         self.first.set()
 
 
-def endpoint_of(driver: Any) -> str:
+def endpoint_of(driver: object) -> str:
     """Where a passive (push) driver receives its device's reports, from its ``status()``."""
-    doc = driver.status() if callable(getattr(driver, "status", None)) else None
+    doc = driver_status(driver)
     return "".join(str((doc or {}).get(k) or "") for k in ("endpoint", "path")) or "its endpoint"
 
 
-async def first_report(driver: Any, sink: RecordingSink) -> None:
+async def first_report(driver: ServiceDriver, sink: RecordingSink) -> None:
     """Run a push driver until its first reading or error (its own failure is raised)."""
     runner = asyncio.create_task(driver.run(sink), name="probe-run")
     first = asyncio.create_task(sink.first.wait(), name="probe-first")
@@ -63,9 +72,9 @@ async def first_report(driver: Any, sink: RecordingSink) -> None:
         raise runner.exception()  # type: ignore[misc]
 
 
-async def read_once(driver: Any, sink: RecordingSink) -> None:
+async def read_once(driver: AnyDriver, sink: RecordingSink) -> None:
     """One poll of a polled driver; a pushing one (with ``run``, as the supervisor sees it) up to its first report."""
-    if hasattr(driver, "run"):
+    if isinstance(driver, ServiceDriver):
         await first_report(driver, sink)
     else:
         await driver.poll(sink)
@@ -89,9 +98,9 @@ async def probe(loaded: LoadedConfig, device_id: str, out: TextIO, wait: float |
         return 1
     log = DeviceLog(logging.getLogger(f"fieldgate.device.{device_id}"), {"device": device_id})
     ctx = DeviceContext(device_id, spec.profile, spec.connection, spec.config.poll_timeout, log, SharedResources())
-    driver: Any = spec.driver(ctx)
-    pushes = hasattr(driver, "run")
-    passive = bool(getattr(driver, "passive", False))
+    driver = create_driver(spec.driver, ctx)
+    pushes = isinstance(driver, ServiceDriver)
+    passive = is_passive(driver)
     if wait is None:
         wait = PASSIVE_WAIT_S if passive else max(spec.config.poll_timeout * 2, PUSH_WAIT_S if pushes else 0.0)
     sink = RecordingSink()
@@ -117,7 +126,7 @@ async def probe(loaded: LoadedConfig, device_id: str, out: TextIO, wait: float |
         print(f"{device_id}: the {spec.driver.name} driver failed: {exc!r} (a bug: please report it)", file=out)
         return 3
     took = (time.monotonic() - started) * 1000
-    raw_text = dict(driver.last_raw()) if hasattr(driver, "last_raw") else {}
+    raw_text = raw_values(driver)
     norm = Normalizer(loaded.config.gateway.id, device_id, spec.profile)
     rows = [("point", "raw", "value", "unit", "quality")]
     for reading in sink.readings:

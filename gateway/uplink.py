@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from . import __version__
 from .backoff import backoff_delay
@@ -39,6 +39,7 @@ from .buffer import Buffer, BufferStats, Row
 from .config import GatewayConfig, MqttConfig
 from .errors import UplinkError
 from .mqtt import MqttLink, broker_url
+from .outputs import Followers
 from .ratelimit import TokenBucket
 from .schema import BATCH_SCHEMA, iso_ms
 
@@ -69,7 +70,10 @@ class UplinkState:
 class BufferedUplink:
     """The gateway's output when an ``mqtt`` section is configured."""
 
+    kind: ClassVar[str] = "mqtt"  # what the status page calls this output
+
     def __init__(self, cfg: GatewayConfig, *, buffer: Buffer | None = None) -> None:
+        self.followers = Followers()
         if cfg.mqtt is None:
             raise ValueError("BufferedUplink needs an mqtt section")
         self.gateway_id = cfg.gateway.id
@@ -150,9 +154,14 @@ class BufferedUplink:
         self._status_dirty.add(device)
         self._wake.set()
 
+    def follow(self, callback: Callable[..., None]) -> Callable[[], None]:
+        """Be told every event (``callback(kind, **fields)``), the uplink's own (buffer drops) included."""
+        return self.followers.add(callback)
+
     def event(self, kind: str, **fields: Any) -> None:
         event = {"ts": iso_ms(time.time()), "kind": kind, **fields}
         log.info("event %s", _DUMPS(event))
+        self.followers.tell(kind, fields)
         if self._closing:
             return
         task = asyncio.get_running_loop().create_task(self._db(self.buffer.add_event, event))

@@ -28,8 +28,10 @@ import contextlib
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
+from fieldgate.checks import DoctorDevice, Finding
 from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceUnreachable, DriverError
 from fieldgate.schema import PointError, RawReading
@@ -67,7 +69,7 @@ def read_bind_key(conn: BleConnection) -> bytes | None:
 class _HubMember:
     """A device on its adapter's shared ``ScannerHub``: joins it on open, leaves (closing it last) on close."""
 
-    ctx: DeviceContext
+    ctx: DeviceContext[BleProfile, BleConnection]
     conn: BleConnection
     hub: ScannerHub | None
 
@@ -102,16 +104,15 @@ class BleDriver(_HubMember):
     Profile: ClassVar[type[BleProfile]] = BleProfile
     Connection: ClassVar[type[BleConnection]] = BleConnection
 
-    def __new__(cls, ctx: DeviceContext) -> Any:
-        """A ``BleGattDriver`` for a GATT profile, else an advertisement driver."""
-        if getattr(ctx.profile, "decoder", "x") is None:
-            return BleGattDriver(ctx)
-        return super().__new__(cls)
+    @classmethod
+    def create(cls, ctx: DeviceContext[BleProfile, BleConnection]) -> BleDriver | BleGattDriver:
+        """The declared factory: a ``BleGattDriver`` for a GATT profile, else an advertisement driver."""
+        return BleGattDriver(ctx) if ctx.profile.decoder is None else BleDriver(ctx)
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[BleProfile, BleConnection]) -> None:
         self.ctx = ctx
-        self.profile: BleProfile = ctx.profile  # type: ignore[assignment]
-        self.conn: BleConnection = ctx.connection  # type: ignore[assignment]
+        self.profile = ctx.profile
+        self.conn = ctx.connection
         assert self.profile.decoder is not None
         self.decoder = DECODERS[self.profile.decoder]
         self.address = self.conn.address
@@ -131,6 +132,13 @@ class BleDriver(_HubMember):
     def bus_of(connection: Any) -> str | None:
         """Adverts need no bus lock: the shared scanner is not polled."""
         return None
+
+    @classmethod
+    async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]:
+        """``fieldgate doctor``: BlueZ runs and each adapter the devices use is known and powered."""
+        from .doctor import ble_findings
+
+        return await ble_findings(devices, timeout)
 
     # --- open / close -------------------------------------------------------
 
@@ -159,10 +167,6 @@ class BleDriver(_HubMember):
                 self.failure.set_result(error)
         elif error is not None and self._sink is not None:
             self._sink.add_error(error)
-
-    async def poll(self, sink: ReadingSink) -> None:
-        """Not used: advert devices push (the supervisor calls ``run``); present for the driver protocol."""
-        raise DriverError("the ble driver pushes readings from adverts; it is not polled")
 
     # --- run ----------------------------------------------------------------
 
@@ -255,10 +259,10 @@ class BleGattDriver(_HubMember):
     Profile: ClassVar[type[BleProfile]] = BleProfile
     Connection: ClassVar[type[BleConnection]] = BleConnection
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[BleProfile, BleConnection]) -> None:
         self.ctx = ctx
-        self.profile: BleProfile = ctx.profile  # type: ignore[assignment]
-        self.conn: BleConnection = ctx.connection  # type: ignore[assignment]
+        self.profile = ctx.profile
+        self.conn = ctx.connection
         self.address = self.conn.address
         self.label = mask_address(self.address, self.conn.mask_addresses) if self.address else "?"
         self.by_char: dict[str, list[BlePoint]] = defaultdict(list)

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from fieldgate.errors import DeviceTimeout, DeviceUnreachable, DriverError
@@ -34,7 +35,9 @@ from .profile import BleConnection
 
 log = logging.getLogger(__name__)
 
-REPLAY_BACKEND = "fieldgate_hwsim.ble_sim:ReplayScanner"
+#: Scanner backends by name (``connection.backend: replay``), registered as entry points, so the
+#: driver names no simulator module; ``module:Class`` still loads a backend that is not registered.
+BACKENDS_GROUP = "fieldgate.ble_backends"
 
 
 def mask_address(address: str, mask: bool = True) -> str:
@@ -107,9 +110,11 @@ def load_backend(spec: str) -> type[Any] | None:
     """
     if spec == "bleak":
         return None
-    path = REPLAY_BACKEND if spec == "replay" else spec
-    module, _, attr = path.partition(":")
+    named = {ep.name: ep for ep in entry_points(group=BACKENDS_GROUP)}
     try:
+        if spec in named:
+            return named[spec].load()  # type: ignore[no-any-return]  # an entry point's object is Any
+        module, _, attr = spec.partition(":")
         return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]  # a backend class named by config: untyped by nature
     except (ImportError, AttributeError) as exc:
         raise DeviceUnreachable(f"BLE scanner backend {spec!r} cannot be loaded: {exc}",

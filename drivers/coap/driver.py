@@ -87,18 +87,17 @@ class CoapDriver:
     Profile: ClassVar[type[CoapProfile]] = CoapProfile
     Connection: ClassVar[type[CoapConnection]] = CoapConnection
 
-    def __new__(cls, ctx: DeviceContext) -> CoapDriver:
-        """The mode's class: the supervisor tells push drivers from polled ones by ``run``."""
-        mode = getattr(ctx.connection, "mode", "poll")
-        chosen = cls
-        if cls is CoapDriver:
-            chosen = {"poll": CoapPollDriver, "observe": CoapObserveDriver, "push": CoapPushDriver}[mode]
-        return object.__new__(chosen)
+    @classmethod
+    def create(cls, ctx: DeviceContext[CoapProfile, CoapConnection]) -> CoapDriver:
+        """The declared factory: the mode's class (the supervisor tells push drivers from polled ones by ``run``)."""
+        modes: dict[str, type[CoapDriver]] = {"poll": CoapPollDriver, "observe": CoapObserveDriver,
+                                              "push": CoapPushDriver}
+        return modes[ctx.connection.mode](ctx)
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[CoapProfile, CoapConnection]) -> None:
         self.ctx = ctx
-        self.profile: CoapProfile = ctx.profile  # type: ignore[assignment]
-        self.conn: CoapConnection = ctx.connection  # type: ignore[assignment]
+        self.profile = ctx.profile
+        self.conn = ctx.connection
         self.decoder = PayloadDecoder(self.profile)
 
     @staticmethod
@@ -112,14 +111,11 @@ class CoapDriver:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def poll(self, sink: ReadingSink) -> None:  # pragma: no cover - replaced by the mode classes
-        raise NotImplementedError
-
 
 class _ClientDriver(CoapDriver):
     """Shared client side of poll and observe."""
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[CoapProfile, CoapConnection]) -> None:
         super().__init__(ctx)
         self.uri = self.conn.uri(self.profile)
         self.tuning = DeviceTuning(self.conn.ack_timeout, self.conn.max_retransmit)
@@ -262,7 +258,7 @@ class CoapPollDriver(_ClientDriver):
 class CoapObserveDriver(_ClientDriver):
     """``mode: observe``: one subscription, re-registered when it lapses."""
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[CoapProfile, CoapConnection]) -> None:
         super().__init__(ctx)
         self.registrations = 0
         self.lapses = 0
@@ -325,7 +321,7 @@ class CoapPushDriver(CoapDriver):
     #: can receive; waiting for a report is no check (``fieldgate doctor`` reads this).
     passive: ClassVar[bool] = True
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[CoapProfile, CoapConnection]) -> None:
         super().__init__(ctx)
         host, port = parse_listen(self.conn.listen)
         self.dtls = self.conn.dtls is not None
@@ -374,10 +370,6 @@ class CoapPushDriver(CoapDriver):
         left = self.ctx.shared.release(self.key)
         if left is not None:
             await left.close()
-
-    async def poll(self, sink: ReadingSink) -> None:
-        """Hand over what arrived since the last call (the supervisor uses ``run``)."""
-        self._drain(sink)
 
     def status(self) -> dict[str, Any]:
         """For the status page: this device's reports and the shared endpoint's refusals."""

@@ -13,8 +13,10 @@ it fails only that block's points, with the reason as their quality reason.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
+from fieldgate.checks import DoctorDevice, Finding, serial_port_findings
 from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DriverError
 from fieldgate.schema import PointError, RawReading
@@ -41,10 +43,20 @@ class ModbusDriver:
             return connection.serial_port or ""
         return f"tcp:{connection.host}:{connection.tcp_port}"
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    @classmethod
+    async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]:
+        """``fieldgate doctor``: each RTU line's port is a serial device node the service may open."""
+        ports: dict[str, list[str]] = {}
+        for dev in devices:
+            port = dev.connection.serial_port if isinstance(dev.connection, ModbusConnection) else None
+            if port and port.startswith("/"):
+                ports.setdefault(port, []).append(dev.id)
+        return serial_port_findings(ports)
+
+    def __init__(self, ctx: DeviceContext[ModbusProfile, ModbusConnection]) -> None:
         self.ctx = ctx
-        self.profile: ModbusProfile = ctx.profile  # type: ignore[assignment]
-        self.conn: ModbusConnection = ctx.connection  # type: ignore[assignment]
+        self.profile = ctx.profile
+        self.conn = ctx.connection
         self.key = self.bus_of(self.conn)
         self.points = {p.name: p for p in self.profile.points}
         self.bus: ModbusBus | None = None

@@ -19,9 +19,11 @@ import errno
 import re
 import termios
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 import serial
+from fieldgate.checks import DoctorDevice, Finding, serial_port_findings
 from fieldgate.codecs.fields import BinaryDecoder, TextDecoder
 from fieldgate.codecs.frames import make_framer
 from fieldgate.driver import DeviceContext, ReadingSink
@@ -93,16 +95,16 @@ class SerialDriver:
     Profile: ClassVar[type[SerialProfile]] = SerialProfile
     Connection: ClassVar[type[SerialConnection]] = SerialConnection
 
-    def __new__(cls, ctx: DeviceContext) -> SerialDriver:
-        """A ``StreamingSerialDriver`` for stream-mode devices, a polled ``SerialDriver`` otherwise."""
-        mode = getattr(ctx.connection, "mode", None) or getattr(ctx.profile, "mode", "query")
-        chosen = StreamingSerialDriver if cls is SerialDriver and mode == "stream" else cls
-        return object.__new__(chosen)
+    @classmethod
+    def create(cls, ctx: DeviceContext[SerialProfile, SerialConnection]) -> SerialDriver:
+        """The declared factory: a ``StreamingSerialDriver`` for stream-mode devices, a polled one otherwise."""
+        mode = ctx.connection.mode or ctx.profile.mode
+        return StreamingSerialDriver(ctx) if mode == "stream" else SerialDriver(ctx)
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[SerialProfile, SerialConnection]) -> None:
         self.ctx = ctx
-        self.profile: SerialProfile = ctx.profile  # type: ignore[assignment]
-        self.conn: SerialConnection = ctx.connection  # type: ignore[assignment]
+        self.profile = ctx.profile
+        self.conn = ctx.connection
         self.mode = self.conn.mode or self.profile.mode
         self.query = self.conn.query or self.profile.query
         self.framer = make_framer(self.profile.frame)
@@ -125,6 +127,15 @@ class SerialDriver:
     def bus_of(connection: Any) -> str | None:
         """Devices are not multiplexed on one port: no shared bus lock."""
         return None
+
+    @classmethod
+    async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]:
+        """``fieldgate doctor``: each port named is a serial device node the service may open."""
+        ports: dict[str, list[str]] = {}
+        for dev in devices:
+            if isinstance(dev.connection, SerialConnection) and dev.connection.port.startswith("/"):
+                ports.setdefault(dev.connection.port, []).append(dev.id)
+        return serial_port_findings(ports)
 
     # --- open / close -------------------------------------------------------
 
@@ -281,7 +292,7 @@ class SerialDriver:
 class StreamingSerialDriver(SerialDriver):
     """A serial device that sends frames on its own: the supervisor runs ``run``.
 
-    ``SerialDriver(ctx)`` returns an instance of this class for stream-mode
+    ``SerialDriver.create(ctx)`` returns an instance of this class for stream-mode
     devices: the supervisor tells push drivers from polled ones by the
     presence of ``run``, and a query device must not have it.
     """

@@ -29,10 +29,10 @@ class SimDriver:
     Profile: ClassVar[type[SimProfile]] = SimProfile
     Connection: ClassVar[type[SimConnection]] = SimConnection
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[SimProfile, SimConnection]) -> None:
         self.ctx = ctx
-        self.profile: SimProfile = ctx.profile  # type: ignore[assignment]
-        self.conn: SimConnection = ctx.connection  # type: ignore[assignment]
+        self.profile = ctx.profile
+        self.conn = ctx.connection
         self.rng = random.Random(self.conn.seed)
         self.t0 = time.monotonic()
         self.counters: dict[str, float] = {}

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..config import DeviceSpec, library_profiles, load_config, load_profile_file
-from ..driver import DeviceContext, Driver, SharedResources, load_driver
+from ..driver import DeviceContext, DriverClass, SharedResources, create_driver, load_driver
 from ..errors import DriverError
 from ..profile import BaseProfile
 
@@ -53,7 +53,7 @@ class VectorDecoder(Protocol):
         """The raw value ``vector`` decodes to (compared with ``vector["raw"]``)."""
 
 
-def driver_folder(cls: type[Any]) -> Path:
+def driver_folder(cls: DriverClass | type[Any]) -> Path:
     """The folder of the driver's package (where example.yaml and README.md live)."""
     package = cls.__module__.rpartition(".")[0] or cls.__module__
     return Path(str(files(package)))
@@ -99,7 +99,7 @@ async def open_close_leaks(spec: DeviceSpec) -> tuple[list[str], set[str]]:
         ctx = DeviceContext(spec.config.id, spec.profile, spec.connection, spec.config.poll_timeout, log, shared)
         try:
             async with asyncio.timeout(OPEN_CLOSE_TIMEOUT_S):
-                async with spec.driver(ctx):
+                async with create_driver(spec.driver, ctx):
                     pass
         except DriverError:
             pass  # no peer answers in a test: refusing to open is right, leaking is not
@@ -127,7 +127,7 @@ def suite(name: str, example: Path | None = None, readme: Path | None = None) ->
     """
     import pytest
 
-    def _driver() -> type[Driver]:
+    def _driver() -> DriverClass:
         return load_driver(name)
 
     def _example() -> Path:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from ..app import Gateway
 from ..config import load_config_text
+from ..runtime import running
 from ..uplink import BufferedUplink
 
 
@@ -22,19 +23,10 @@ async def running_gateway(text: str, path: str = "t.yaml", *, ready_timeout: flo
         ready_timeout: seconds to wait for the gateway to be ready.
         stop_timeout: seconds its clean stop may take.
     """
-    loaded = load_config_text(text, path)
-    uplink = BufferedUplink(loaded.config)
-    await uplink.start()
-    gw = Gateway(loaded, uplink)
-    task = asyncio.create_task(gw.run(), name="gateway[test]")
-    try:
-        async with asyncio.timeout(ready_timeout):
-            await gw.ready.wait()
-        yield gw, uplink
-    finally:
-        gw.request_stop()
-        async with asyncio.timeout(stop_timeout):
-            await task
+    # Built by the composition root, as ``fieldgate run`` builds it (buffer + MQTT uplink, no status page).
+    async with running(load_config_text(text, path), ready_timeout=ready_timeout, stop_timeout=stop_timeout) as rt:
+        assert isinstance(rt.output, BufferedUplink)
+        yield rt.gateway, rt.output
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

@@ -26,7 +26,6 @@ still hold. Put a TLS reverse proxy in front for untrusted networks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -332,11 +331,11 @@ async def api_quality(request: web.Request) -> web.Response:
     out = []
     for spec in ctx.hub._specs():
         cfg = spec.config
-        runner = ctx.gateway.runners.get(cfg.id)
-        pushes = bool(getattr(runner, "pushing", False))
+        snap = ctx.gateway.device_snapshot(cfg.id)
+        pushes = snap is not None and snap.pushing
         doc = ctx.hub.history.quality_doc(cfg.id, cfg.poll_interval, [p.name for p in spec.profile.points],
                                           now, pushes)
-        doc["state"] = runner.stats.state if runner is not None else ("disabled" if not cfg.enabled else "starting")
+        doc["state"] = snap.state if snap is not None else ("disabled" if not cfg.enabled else "starting")
         out.append(doc)
 
     def badness(d: dict[str, Any]) -> tuple[float, int, int]:
@@ -392,7 +391,7 @@ async def api_profile_check(request: web.Request) -> web.Response:
 async def api_reload(request: web.Request) -> web.Response:
     """POST /api/v1/reload: re-read the configuration, as SIGHUP does."""
     gw = request.app[CTX].gateway
-    if getattr(gw, "loader", None) is None:
+    if gw.loader is None:
         return _error(409, "no_config_file", "this gateway was not started from a configuration file")
     ctx = request.app[CTX]
     log.info("status page: configuration reload requested")
@@ -521,53 +520,25 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
 # --- the application -------------------------------------------------------------
 
 
-def _tap_output(output: object, events: EventLog, hub: StateHub) -> Any:
-    """Copy what the gateway tells its output into the page: events, device states, readings.
+class _PageListener:
+    """Copies what the gateway tells its output into the page: events, device states, readings.
 
-    Returns the undo function. The originals are always called, and a failure in the page's copy
-    is logged, never raised into the gateway.
+    Subscribed to the gateway (``Gateway.subscribe``), which calls it after the output and logs,
+    never raises, a failure here.
     """
-    originals: dict[str, Any] = {}
 
-    def tapped_event(kind: str, **fields: Any) -> None:
-        try:
-            events.add(kind, **fields)
-        except Exception:
-            log.exception("status page: recording event %s failed", kind)
-        originals["event"](kind, **fields)
+    def __init__(self, events: EventLog, hub: StateHub) -> None:
+        self.events = events
+        self.hub = hub
 
-    def tapped_status(device: str, state: str, error: str | None) -> None:
-        try:
-            hub.device_status(device, state, error)
-        except Exception:
-            log.exception("status page: recording the state of %s failed", device)
-        originals["device_status"](device, state, error)
+    def event(self, kind: str, **fields: Any) -> None:
+        self.events.add(kind, **fields)
 
-    def tapped_submit(device: str, message: dict[str, Any]) -> None:
-        try:
-            hub.history.add_reading(device, message)
-        except Exception:
-            log.exception("status page: recording a reading of %s failed", device)
-        originals["submit"](device, message)
+    def device_status(self, device: str, state: str, error: str | None) -> None:
+        self.hub.device_status(device, state, error)
 
-    taps = {"event": tapped_event, "device_status": tapped_status, "submit": tapped_submit}
-    for name, tap in taps.items():
-        original = getattr(output, name, None)
-        if not callable(original):
-            continue
-        try:
-            setattr(output, name, tap)
-        except AttributeError:  # an output with __slots__: states then come from looking at the runners
-            continue
-        originals[name] = original
-
-    def untap() -> None:
-        for name in originals:
-            if getattr(output, name, None) is taps[name]:
-                with contextlib.suppress(AttributeError):
-                    delattr(output, name)
-
-    return untap
+    def reading(self, device: str, message: dict[str, Any]) -> None:
+        self.hub.history.add_reading(device, message)
 
 
 def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | None = None,
@@ -621,7 +592,7 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
     app.router.add_get("/api/v1/openapi.json", api_openapi)
 
     async def on_startup(app: web.Application) -> None:
-        ctx.untap = _tap_output(output, events, hub)
+        ctx.untap = gateway.subscribe(_PageListener(events, hub))
         hub.start()
 
     async def on_shutdown(app: web.Application) -> None:

@@ -87,9 +87,8 @@ def render_metrics(hub: StateHub) -> str:
     summaries: list[tuple[dict[str, str], float, int]] = []
     last_reading: list[tuple[dict[str, str], float | bool | None]] = []
     for lbl, d in dl:
-        runner = gw.runners.get(d["id"])
-        if runner is not None:
-            s = runner.stats
+        s = gw.device_snapshot(d["id"])
+        if s is not None:
             summaries.append((lbl, s.latency_sum_s, s.polls - s.failures))
             last_reading.append((lbl, s.last_reading_ts))
     w.summary("fieldgate_device_poll_duration_seconds", "Duration of successful polls.", summaries)

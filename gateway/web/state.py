@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any
 
 from .. import __version__
+from ..app import DescribedOutput, Gateway, NamedOutput
 from ..schema import iso_ms
 from .history import History
 from .logring import EventLog, Redactor
@@ -102,9 +103,14 @@ class RateMeter:
 
 
 def output_kind(output: object) -> str:
-    """``mqtt`` for the buffered uplink, else ``stdout`` / ``memory`` / the class name."""
-    name = type(output).__name__
-    return {"BufferedUplink": "mqtt", "StdoutOutput": "stdout", "MemoryOutput": "memory"}.get(name, name.lower())
+    """What the output says it is (``mqtt``, ``stdout``, ``memory``); a third-party one without a ``kind``
+    is called by its class name."""
+    return output.kind if isinstance(output, NamedOutput) else type(output).__name__.lower()
+
+
+def _output_snapshot(output: object) -> dict[str, Any] | None:
+    """The output's connection and buffer figures (the buffered uplink's ``snapshot()``), or None."""
+    return output.snapshot() if isinstance(output, DescribedOutput) else None
 
 
 class StateHub:
@@ -118,7 +124,7 @@ class StateHub:
         interval: seconds between looks at the gateway.
     """
 
-    def __init__(self, gateway: Any, output: object, events: EventLog, redact: Redactor,
+    def __init__(self, gateway: Gateway, output: object, events: EventLog, redact: Redactor,
                  interval: float = 1.0, history: History | None = None) -> None:
         self.gateway = gateway
         self.output = output
@@ -147,7 +153,7 @@ class StateHub:
     def device(self, dev_id: str, *, detail: bool = False) -> dict[str, Any] | None:
         """One device's document, or None when no such device is configured."""
         spec = next((s for s in self._specs() if s.config.id == dev_id), None)
-        runner = self.gateway.runners.get(dev_id)
+        runner = self.gateway.device_snapshot(dev_id)
         if spec is None and runner is not None:
             spec = runner.spec
         if spec is None:
@@ -162,7 +168,7 @@ class StateHub:
                        last_reading=None, polls=0, failures=0, consecutive_failures=0, overruns=0,
                        latency_ms=None, avg_latency_ms=None, metrics={})
         else:
-            s = runner.stats
+            s = runner
             ok = s.polls - s.failures
             doc.update(
                 state=s.state,
@@ -177,7 +183,7 @@ class StateHub:
                 metrics={name: self._metric(m, stale=s.state == "offline") for name, m in s.latest.items()},
             )
         if detail:
-            report = runner.driver_status() if runner is not None else None
+            report = self.gateway.driver_status(dev_id) if runner is not None else None
             # what the driver reports about itself (counters, adapter or endpoint state); strings redacted
             doc["driver_status"] = self._redact_doc(report) if report is not None else None
             profile = spec.profile
@@ -212,18 +218,18 @@ class StateHub:
     def devices(self) -> list[dict[str, Any]]:
         """Every configured device (and any still running from before a reload)."""
         ids = [s.config.id for s in self._specs()]
-        ids += [i for i in self.gateway.runners if i not in ids]
+        ids += [i for i in self.gateway.device_snapshots() if i not in ids]
         return [d for d in (self.device(i) for i in ids) if d is not None]
 
     def uplink(self) -> dict[str, Any]:
         """The uplink document (a stand-in when the output has no uplink)."""
         kind = output_kind(self.output)
-        snap = getattr(self.output, "snapshot", None)
-        if not callable(snap):
+        snap = _output_snapshot(self.output)
+        if snap is None:
             return {"kind": kind, "state": "none", "broker": None, "last_error": None, "connected_since": None,
                     "published": 0, "acked": 0, "resent": 0, "connects": 0, "inflight": 0, "pending": 0,
                     "publish_rate": None, "ack_rate": None}
-        u = dict(snap())
+        u = dict(snap)
         u.pop("buffer", None)
         u["kind"] = kind
         u["ack_rate"] = self._ack_rate if u.get("state") == "connected" else None
@@ -234,8 +240,8 @@ class StateHub:
 
     def buffer(self) -> dict[str, Any] | None:
         """The durable buffer's figures, or None without one."""
-        snap = getattr(self.output, "snapshot", None)
-        b = snap().get("buffer") if callable(snap) else None
+        snap = _output_snapshot(self.output)
+        b = snap.get("buffer") if snap is not None else None
         if not b:
             return None
         out = dict(b)
@@ -291,10 +297,9 @@ class StateHub:
 
     def _sample(self) -> None:
         """Buffer depth and uplink rates into the history (once per tick)."""
-        snap = getattr(self.output, "snapshot", None)
-        if not callable(snap):
+        s = _output_snapshot(self.output)
+        if s is None:
             return
-        s = snap()
         mono, now = time.monotonic(), time.time()
         published, acked = int(s.get("published", 0)), int(s.get("acked", 0))
         self.rate = self.publish_rate.add(mono, published)
@@ -320,8 +325,7 @@ class StateHub:
 
     def _watch_states(self) -> None:
         """Without a tapped output: notice state changes by looking at each runner."""
-        for dev_id, runner in list(self.gateway.runners.items()):
-            s = runner.stats
+        for dev_id, s in self.gateway.device_snapshots().items():
             before = self._states.get(dev_id)
             if before != s.state:
                 self.history.add_state(dev_id, s.state, s.last_error)

@@ -134,9 +134,9 @@ async def test_configured_devices_read_through_the_real_bluez_backend(bluez: Fak
                                                                       pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("THERMO_KEY", BTHOME_EXAMPLE_KEY)
     shared = SharedResources()
-    ruuvi = BleDriver(context("ruuvi/ruuvitag", shared, "ruuvi", backend="bleak",
+    ruuvi = BleDriver.create(context("ruuvi/ruuvitag", shared, "ruuvi", backend="bleak",
                               address=RECORDINGS["ruuvi"].address, dedupe_window=0))
-    thermo = BleDriver(context("bthome/thermometer", shared, "thermo", backend="bleak",
+    thermo = BleDriver.create(context("bthome/thermometer", shared, "thermo", backend="bleak",
                                address=RECORDINGS["bthome-encrypted"].address, bind_key={"env": "THERMO_KEY"}))
     r_sink, t_sink = Sink(), Sink()
     async with ruuvi, thermo:
@@ -196,7 +196,7 @@ async def test_gatt_read_with_a_retry_through_bluez(bluez: FakeBluez) -> None:
                      announce=False)
     bluez.add_gatt(ESS_ADDRESS, "0000181a-0000-1000-8000-00805f9b34fb", {
         "00002a6e-0000-1000-8000-00805f9b34fb": "2909", "00002a6f-0000-1000-8000-00805f9b34fb": "d711"})
-    drv = BleDriver(context("bluetooth-sig/environmental-sensing", backend="bleak", address=ESS_ADDRESS,
+    drv = BleDriver.create(context("bluetooth-sig/environmental-sensing", backend="bleak", address=ESS_ADDRESS,
                             retry_delay=0))
     assert isinstance(drv, BleGattDriver)
     async with drv:
@@ -215,7 +215,7 @@ async def test_gatt_unreachable_after_every_attempt(bluez: FakeBluez) -> None:
     refuse = "raise dbus.exceptions.DBusException('Page Timeout', name='org.bluez.Error.Failed')"
     rec = Recording("gone", "D4:7C:44:00:12:AC")
     bluez.add_device(rec, methods=[("Connect", "", "", refuse), ("Disconnect", "", "", "pass")], announce=False)
-    drv = BleDriver(context("bluetooth-sig/environmental-sensing", backend="bleak", address=rec.address,
+    drv = BleDriver.create(context("bluetooth-sig/environmental-sensing", backend="bleak", address=rec.address,
                             connect_attempts=2, retry_delay=0))
     async with drv:
         assert drv.hub is not None

@@ -201,7 +201,7 @@ def test_profile_vectors_become_schema_valid_readings(name: str, vector: dict[st
         if "bind_key" in vector:
             monkeypatch.setenv("TEST_BLE_KEY", vector["bind_key"])
             conn["bind_key"] = {"env": "TEST_BLE_KEY"}
-        driver = BleDriver(context(profile, **conn))
+        driver = BleDriver.create(context(profile, **conn))
         driver.key = read_bind_key(driver.conn)
         sink = Sink()
         driver.handle(_advert(vector, address), sink)
@@ -229,7 +229,7 @@ def test_every_profile_has_test_vectors_and_every_decoder_is_covered() -> None:
 async def test_bad_bind_key_gives_a_clear_error_and_no_reading(tmp_path: Path) -> None:
     key_file = tmp_path / "sensor.key"
     key_file.write_text("00112233445566778899aabbccddeeff\n")
-    driver = BleDriver(context("bthome/thermometer", address=MAC, bind_key={"file": str(key_file)}))
+    driver = BleDriver.create(context("bthome/thermometer", address=MAC, bind_key={"file": str(key_file)}))
     driver.key = read_bind_key(driver.conn)
     sink = Sink()
     advert = Advert(MAC, -60, {BTHOME_UUID: bytes.fromhex("41a47266c95f730011223378237214")}, {})
@@ -319,7 +319,7 @@ def test_ruuvi_profile_publishes_tx_power_and_reports_31_as_no_value(monkeypatch
     frame = bytearray.fromhex(RUUVI_VALID)
     frame[14] |= 0x1F  # tx power field 31: not available
     vector = {"address": "CB:B8:33:4C:88:4F", "manufacturer_data": {"0x0499": frame.hex()}}
-    driver = BleDriver(context(profile, address=vector["address"]))
+    driver = BleDriver.create(context(profile, address=vector["address"]))
     sink = Sink()
     driver.handle(_advert(vector, vector["address"]), sink)
     [reading] = sink.readings

@@ -98,7 +98,7 @@ def test_every_decoder_has_seeds() -> None:
        st.one_of(st.none(), st.integers(-127, 20)))
 def test_driver_handle_never_raises(profile: str, service: dict[str, bytes], manufacturer: dict[int, bytes],
                                     rssi: int | None) -> None:
-    driver = BleDriver(context(profile, address=MAC))
+    driver = BleDriver.create(context(profile, address=MAC))
     sink = Sink()
     driver.handle(Advert(MAC, rssi, service, manufacturer), sink)
     assert len(sink.readings) + len(sink.errors) <= 1

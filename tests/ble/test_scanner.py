@@ -55,8 +55,8 @@ async def test_configured_devices_read_and_strangers_are_neither_forwarded_nor_l
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     shared = SharedResources()
-    ruuvi = BleDriver(context("ruuvi/ruuvitag", shared, "ruuvi", address=RECORDINGS["ruuvi"].address))
-    pvvx = BleDriver(context("xiaomi/lywsd03mmc-pvvx", shared, "pvvx", address=RECORDINGS["pvvx"].address))
+    ruuvi = BleDriver.create(context("ruuvi/ruuvitag", shared, "ruuvi", address=RECORDINGS["ruuvi"].address))
+    pvvx = BleDriver.create(context("xiaomi/lywsd03mmc-pvvx", shared, "pvvx", address=RECORDINGS["pvvx"].address))
     async with running(ruuvi) as (_, r_sink, _t1), running(pvvx) as (_, p_sink, _t2):
         assert air().starts == 1  # one scan per adapter, shared by both devices
         for rec in [*STRANGERS, RECORDINGS["ruuvi"], *STRANGERS, RECORDINGS["pvvx"]]:
@@ -81,7 +81,7 @@ async def test_configured_devices_read_and_strangers_are_neither_forwarded_nor_l
 
 async def test_duplicates_within_the_window_collapse() -> None:
     rec = RECORDINGS["pvvx"]
-    async with running(BleDriver(context("xiaomi/lywsd03mmc-pvvx", address=rec.address,
+    async with running(BleDriver.create(context("xiaomi/lywsd03mmc-pvvx", address=rec.address,
                                          dedupe_window="1h"))) as (drv, sink, _):
         for _ in range(5):
             air().advertise(rec)
@@ -104,10 +104,10 @@ async def test_window_zero_keeps_every_advert() -> None:
 async def test_match_by_bind_key_and_by_beacon_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("THERMO_KEY", BTHOME_EXAMPLE_KEY)
     shared = SharedResources()
-    thermo = BleDriver(context("bthome/thermometer", shared, "thermo", bind_key={"env": "THERMO_KEY"}))
-    tag = BleDriver(context("beacon/ibeacon", shared, "tag",
+    thermo = BleDriver.create(context("bthome/thermometer", shared, "thermo", bind_key={"env": "THERMO_KEY"}))
+    tag = BleDriver.create(context("beacon/ibeacon", shared, "tag",
                             beacon={"uuid": "e2c56db5-dffb-48d2-b060-d0f5a71096e0", "major": 1, "minor": 2}))
-    other_tag = BleDriver(context("beacon/ibeacon", shared, "other",
+    other_tag = BleDriver.create(context("beacon/ibeacon", shared, "other",
                                   beacon={"uuid": "e2c56db5-dffb-48d2-b060-d0f5a71096e0", "major": 9}))
     async with running(thermo) as (_, t_sink, _1), running(tag) as (_, b_sink, _2), \
             running(other_tag) as (_, o_sink, _3):
@@ -126,7 +126,7 @@ async def test_watchdog_restarts_a_silent_scanner_then_power_cycles_the_adapter(
     ctx = context("ruuvi/ruuvitag", address=rec.address, silence_timeout="300ms", dedupe_window=0)
     announced: list[tuple[str, dict[str, object]]] = []
     ctx.event = lambda kind, **fields: announced.append((kind, fields))
-    async with running(BleDriver(ctx)) as (drv, sink, task):
+    async with running(BleDriver.create(ctx)) as (drv, sink, task):
         hub = hub_of(drv)
         air().advertise(rec)
         await sink.wait(lambda s: len(s.readings) == 1)
@@ -158,7 +158,7 @@ async def test_watchdog_restarts_a_silent_scanner_then_power_cycles_the_adapter(
 async def test_a_dead_adapter_fails_the_device_so_the_supervisor_reopens_it() -> None:
     rec = RECORDINGS["ruuvi"]
     air().reset_heals = False
-    drv = BleDriver(context("ruuvi/ruuvitag", address=rec.address, silence_timeout="200ms"))
+    drv = BleDriver.create(context("ruuvi/ruuvitag", address=rec.address, silence_timeout="200ms"))
     async with drv:
         air().stall(wedge=True)
         with pytest.raises(DeviceUnreachable, match="even after restarting the scanner and power-cycling") as info:
@@ -170,18 +170,18 @@ async def test_a_dead_adapter_fails_the_device_so_the_supervisor_reopens_it() ->
 async def test_no_dbus_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # bleak's real BlueZ backend, with no system bus socket: bleak raises FileNotFoundError.
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-such-socket'}")
-    drv = BleDriver(context("ruuvi/ruuvitag", address=RECORDINGS["ruuvi"].address, backend="bleak"))
+    drv = BleDriver.create(context("ruuvi/ruuvitag", address=RECORDINGS["ruuvi"].address, backend="bleak"))
     with pytest.raises(DeviceUnreachable, match="no D-Bus system bus") as info:
         await drv.__aenter__()
     assert "bluetooth" in str(info.value.hint) and "system_bus_socket" in str(info.value.hint)
     assert drv.hub is None  # nothing left subscribed
     # the same through the fake backend, and the next open after the fault works
     air().fail_start = FileNotFoundError(2, "No such file or directory")
-    drv = BleDriver(context("ruuvi/ruuvitag", address=RECORDINGS["ruuvi"].address))
+    drv = BleDriver.create(context("ruuvi/ruuvitag", address=RECORDINGS["ruuvi"].address))
     with pytest.raises(DeviceUnreachable, match="no D-Bus"):
         await drv.__aenter__()
     air().fail_start = None
-    async with BleDriver(context("ruuvi/ruuvitag", address=RECORDINGS["ruuvi"].address)):
+    async with BleDriver.create(context("ruuvi/ruuvitag", address=RECORDINGS["ruuvi"].address)):
         assert air().starts == 1
 
 

@@ -18,7 +18,7 @@ from .conftest import make_ctx, profile
 async def test_poll_reads_the_resource_and_scales_it() -> None:
     prof = profile("generic/senml")
     async with ObservableSensor(prof, seed=1) as sensor:
-        drv = CoapDriver(make_ctx(prof, host="127.0.0.1", port=sensor.port))
+        drv = CoapDriver.create(make_ctx(prof, host="127.0.0.1", port=sensor.port))
         assert isinstance(drv, CoapPollDriver) and not hasattr(drv, "run")
         async with drv:
             sink = Sink()
@@ -40,7 +40,7 @@ async def test_a_silent_device_costs_its_timeout_not_93_seconds() -> None:
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mute:
         mute.bind(("127.0.0.1", port))
-        drv = CoapDriver(make_ctx("generic/senml", timeout=1.0, host="127.0.0.1", port=port, ack_timeout=0.1))
+        drv = CoapDriver.create(make_ctx("generic/senml", timeout=1.0, host="127.0.0.1", port=port, ack_timeout=0.1))
         async with drv:
             started = time.monotonic()
             with pytest.raises(DeviceTimeout, match="no answer") as info:
@@ -54,7 +54,7 @@ async def test_wrong_resource_is_a_protocol_error_with_the_code() -> None:
     sensor = ObservableSensor(prof)
     port = await sensor.start()
     try:
-        async with CoapDriver(make_ctx(prof, host="127.0.0.1", port=port, resource="/nope")) as drv:
+        async with CoapDriver.create(make_ctx(prof, host="127.0.0.1", port=port, resource="/nope")) as drv:
             with pytest.raises(DeviceProtocolError) as info:
                 await drv.poll(Sink())
     finally:
@@ -65,7 +65,7 @@ async def test_wrong_resource_is_a_protocol_error_with_the_code() -> None:
 async def test_observe_delivers_notifications_and_reregisters_a_lapsed_observation() -> None:
     prof = profile("generic/senml")
     async with ObservableSensor(prof, max_age=1, seed=2) as sensor:
-        drv = CoapDriver(make_ctx(prof, host="127.0.0.1", port=sensor.port, mode="observe", observe_margin=0.3))
+        drv = CoapDriver.create(make_ctx(prof, host="127.0.0.1", port=sensor.port, mode="observe", observe_margin=0.3))
         assert isinstance(drv, CoapObserveDriver)
         async with drv:
             sink = Sink()

@@ -33,7 +33,7 @@ async def test_poll_over_coaps_with_the_right_key(tmp_path: Path) -> None:
     prof = profile("generic/senml")
     port = free_udp_port()
     async with ObservableSensor(prof, port=port, psk=("sensor-17", KEY)):
-        drv = CoapDriver(make_ctx(prof, host="127.0.0.1", port=port, dtls=key_file(tmp_path, KEY)))
+        drv = CoapDriver.create(make_ctx(prof, host="127.0.0.1", port=port, dtls=key_file(tmp_path, KEY)))
         assert drv.uri.startswith("coaps://")  # type: ignore[attr-defined]
         async with drv:
             sink = Sink()
@@ -46,7 +46,7 @@ async def test_poll_over_coaps_with_a_wrong_key_fails_clearly_within_the_timeout
     prof = profile("generic/senml")
     port = free_udp_port()
     async with ObservableSensor(prof, port=port, psk=("sensor-17", KEY)) as sensor:
-        drv = CoapDriver(make_ctx(prof, host="127.0.0.1", port=port, timeout=1.0,
+        drv = CoapDriver.create(make_ctx(prof, host="127.0.0.1", port=port, timeout=1.0,
                                   dtls=key_file(tmp_path, b"not-the-key")))
         async with drv:
             started = time.monotonic()
@@ -60,7 +60,7 @@ async def test_poll_over_coaps_with_a_wrong_key_fails_clearly_within_the_timeout
 
 async def test_missing_key_file_is_a_driver_error_naming_the_file_not_the_key(tmp_path: Path) -> None:
     conn = {"identity": "sensor-17", "psk": {"file": str(tmp_path / "absent")}}
-    drv = CoapDriver(make_ctx("generic/senml", host="127.0.0.1", port=5684, dtls=conn))
+    drv = CoapDriver.create(make_ctx("generic/senml", host="127.0.0.1", port=5684, dtls=conn))
     with pytest.raises(DriverError, match=r"cannot read .*absent"):
         await drv.__aenter__()
 
@@ -69,7 +69,7 @@ async def test_push_over_coaps_right_key_is_accepted_wrong_key_gets_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     listen = f"127.0.0.1:{free_udp_port()}"
-    drv = CoapDriver(make_ctx("dragino/ndds75", SharedResources(), dev="bin-9", mode="push", listen=listen,
+    drv = CoapDriver.create(make_ctx("dragino/ndds75", SharedResources(), dev="bin-9", mode="push", listen=listen,
                               dtls=key_file(tmp_path, KEY)))
     async with drv:
         sink = Sink()
@@ -111,7 +111,7 @@ async def test_push_over_coaps_right_key_is_accepted_wrong_key_gets_nothing(
 async def test_plain_udp_report_to_a_dtls_device_path_is_unauthorized(tmp_path: Path) -> None:
     shared = SharedResources()
     port = free_udp_port()
-    plain = CoapDriver(make_ctx("dragino/ndds75", shared, dev="bin-1", mode="push", listen=f"127.0.0.1:{port}"))
+    plain = CoapDriver.create(make_ctx("dragino/ndds75", shared, dev="bin-1", mode="push", listen=f"127.0.0.1:{port}"))
     async with plain:
         server = plain.server  # type: ignore[attr-defined]
         # a device that must use DTLS registered on the plain server by mistake is refused, never accepted
@@ -133,7 +133,7 @@ async def test_a_malformed_option_over_coaps_is_counted_and_costs_only_itself(tm
     from aiocoap.optiontypes import OpaqueOption
 
     listen = f"127.0.0.1:{free_udp_port()}"
-    drv = CoapDriver(make_ctx("dragino/ndds75", SharedResources(), dev="bin-9", mode="push", listen=listen,
+    drv = CoapDriver.create(make_ctx("dragino/ndds75", SharedResources(), dev="bin-9", mode="push", listen=listen,
                               dtls=key_file(tmp_path, KEY)))
     async with drv:
         sink = Sink()

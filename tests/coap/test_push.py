@@ -24,7 +24,7 @@ from .conftest import make_ctx, profile
 async def pushing(shared: SharedResources, dev: str, prof: str = "dragino/ndds75", listen: str = "127.0.0.1:0",
                   **conn: Any) -> AsyncIterator[tuple[CoapPushDriver, Sink]]:
     """A push driver running ``run(sink)``; yields once its server listens."""
-    drv = CoapDriver(make_ctx(prof, shared, dev=dev, mode="push", listen=listen, **conn))
+    drv = CoapDriver.create(make_ctx(prof, shared, dev=dev, mode="push", listen=listen, **conn))
     assert isinstance(drv, CoapPushDriver) and hasattr(drv, "run")
     async with drv:
         sink = Sink()
@@ -132,7 +132,7 @@ async def test_a_flood_from_one_source_does_not_starve_other_devices() -> None:
 
 
 async def test_stale_push_device_raises_timeout() -> None:
-    drv = CoapDriver(make_ctx("dragino/ndds75", mode="push", listen="127.0.0.1:0", stale_after=0.2))
+    drv = CoapDriver.create(make_ctx("dragino/ndds75", mode="push", listen="127.0.0.1:0", stale_after=0.2))
     async with drv:
         with pytest.raises(DeviceTimeout, match="no report"):
             await drv.run(Sink())
@@ -142,7 +142,8 @@ async def test_two_devices_cannot_share_a_path() -> None:
     shared = SharedResources()
     listen = f"127.0.0.1:{free_udp_port()}"
     async with pushing(shared, "bin-1", listen=listen, path="/t/x") as (a, _):
-        other = CoapDriver(make_ctx("dragino/ndds75", shared, dev="bin-2", mode="push", listen=listen, path="/t/x"))
+        other = CoapDriver.create(make_ctx("dragino/ndds75", shared, dev="bin-2", mode="push", listen=listen,
+                                           path="/t/x"))
         with pytest.raises(DriverError, match="already used by device 'bin-1'"):
             await other.__aenter__()
         assert a.server is not None and a.server.routes  # the first device keeps working

@@ -39,13 +39,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-# A push-only driver (no poll) is refused by the seam as it is: ServiceDriver extends Driver, so
-# load_driver's check wants a poll (issue 15, part A: gateway/driver.py). Strict: when the seam
-# lands, these start passing and the marks must go.
-PUSH_ONLY_REFUSED = pytest.mark.xfail(strict=True, reason="push-only drivers are refused until the typed seam "
-                                      "(issue 15 part A) makes ServiceDriver a sibling of Driver")
-
-
 def test_polled_driver_and_profile_pack_load_through_entry_points(installed: dict[str, str], tmp_path: Path) -> None:
     code = (
         "from fieldgate.driver import load_driver\n"
@@ -57,7 +50,6 @@ def test_polled_driver_and_profile_pack_load_through_entry_points(installed: dic
     assert out == ["fieldgate_example.counter.driver", "True"]
 
 
-@PUSH_ONLY_REFUSED
 def test_push_only_driver_loads_through_entry_points(installed: dict[str, str], tmp_path: Path) -> None:
     code = "from fieldgate.driver import load_driver\nprint(load_driver('example-ticker').__module__)\n"
     out = _run(sys.executable, "-c", code, cwd=tmp_path, env=installed).stdout.split()
@@ -80,6 +72,5 @@ def test_the_polled_driver_passes_the_conformance_suite(installed: dict[str, str
     assert "5 passed" in _conformance(installed, tmp_path, "TestCounter")
 
 
-@PUSH_ONLY_REFUSED
 def test_the_push_only_driver_passes_the_conformance_suite(installed: dict[str, str], tmp_path: Path) -> None:
     assert "5 passed" in _conformance(installed, tmp_path, "TestTicker")

@@ -171,7 +171,7 @@ async def test_min_interval_mean() -> None:
 
 
 async def test_missing_port_is_unreachable_with_a_by_id_hint(tmp_path: Path) -> None:
-    drv = SerialDriver(context("novafitness/sds011", port=str(tmp_path / "ttyUSB7")))
+    drv = SerialDriver.create(context("novafitness/sds011", port=str(tmp_path / "ttyUSB7")))
     assert isinstance(drv, StreamingSerialDriver)
     with pytest.raises(DeviceUnreachable, match="cannot open") as info:
         await drv.__aenter__()
@@ -187,7 +187,7 @@ def test_hints() -> None:
 
 @asynccontextmanager
 async def context_driver(profile: str, **conn: Any) -> AsyncIterator[SerialDriver]:
-    async with SerialDriver(context(profile, **conn)) as drv:
+    async with SerialDriver.create(context(profile, **conn)) as drv:
         yield drv
 
 

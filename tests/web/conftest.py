@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fieldgate.app import Gateway
 from fieldgate.config import load_config_text
 from fieldgate.outputs import MemoryOutput
+from fieldgate.runtime import running as running_gateway
 from fieldgate.web.app import CTX, create_app
 from fieldgate.web.auth import LoginLimiter, PasswordHash, hash_password
 from fieldgate.web.logring import LogRing
@@ -51,14 +52,10 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     control = tmp_path / "meter-1.fault"
     control.write_text("none")
     out = MemoryOutput()
-    gw = Gateway(load_config_text(gateway_yaml(control), str(tmp_path / "fieldgate.yaml")), out)
-    task = asyncio.create_task(gw.run(), name="gateway")
-    await asyncio.wait_for(gw.ready.wait(), 10)
-    try:
-        yield Running(gw, out, control, tmp_path)
-    finally:
-        gw.request_stop()
-        await asyncio.wait_for(task, 10)
+    # Built by the composition root, as `fieldgate run` builds it; the page under test is made by each test.
+    async with running_gateway(load_config_text(gateway_yaml(control), str(tmp_path / "fieldgate.yaml")),
+                               output=out) as rt:
+        yield Running(rt.gateway, out, control, tmp_path)
 
 
 @pytest.fixture
@@ -149,18 +146,16 @@ class ThreadedGateway:
         control = self.folder / "meter-1.fault"
         control.write_text("none")
         out = MemoryOutput()
-        gw = Gateway(load_config_text(gateway_yaml(control), str(self.folder / "fieldgate.yaml")), out)
-        task = asyncio.create_task(gw.run())
-        await gw.ready.wait()
-        server = await start_web(gw, out, WebConfig(listen="127.0.0.1:0"), interval=0.2, log_ring=LogRing())
-        self.url = server.url.rstrip("/")
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await server.close()
-            gw.request_stop()
-            await asyncio.wait_for(task, 10)
+        loaded = load_config_text(gateway_yaml(control), str(self.folder / "fieldgate.yaml"))
+        async with running_gateway(loaded, output=out) as rt:
+            server = await start_web(rt.gateway, out, WebConfig(listen="127.0.0.1:0"), interval=0.2,
+                                     log_ring=LogRing())
+            self.url = server.url.rstrip("/")
+            self._ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await server.close()
 
     def __enter__(self) -> ThreadedGateway:
         self._thread.start()

@@ -216,7 +216,9 @@ async def test_metrics_of_a_buffered_uplink(running: Running, make_client: MakeC
     client = await make_client()
     hub = hub_of(client)
 
-    class BufferedUplink:  # the name tells the page it is the MQTT uplink
+    class FakeUplink:  # says what it is: the page does not go by class names
+        kind = "mqtt"
+
         def __init__(self) -> None:
             self.published = 10
 
@@ -227,7 +229,7 @@ async def test_metrics_of_a_buffered_uplink(running: Running, make_client: MakeC
                     "buffer": {"depth": 3, "oldest_ts": "2026-01-01T00:00:00.000Z", "bytes": 4096, "dropped": 2,
                                "last_seq": 12, "disk_full": False, "spilled": 0}}
 
-    up = BufferedUplink()
+    up = FakeUplink()
     hub.output = up
     hub.tick()
     up.published = 20

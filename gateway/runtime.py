@@ -1,0 +1,132 @@
+"""The composition root: the one place that builds a running gateway from a loaded configuration.
+
+``fieldgate run``, ``fieldgate demo`` and the tests' running-gateway helper all build
+here: the output (stdout, or the durable buffer with its MQTT uplink, opened before
+any device polls), the supervisor (:class:`~fieldgate.app.Gateway`) and the status
+page. The command-line modules only parse arguments, install signal handlers and
+print; none of them imports another (cli and demo used to import each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .app import Gateway, Output
+from .config import GatewayConfig, LoadedConfig
+from .errors import GatewayError
+
+if TYPE_CHECKING:
+    from .web.app import WebServer
+
+log = logging.getLogger("fieldgate")
+
+
+class NoUplink(GatewayError):
+    """The configuration has no ``mqtt`` section and stdout was not asked for (a configuration problem)."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__(f"{file}: no 'mqtt' section: add one to forward readings, or run with --stdout to print them")
+
+
+async def make_output(cfg: GatewayConfig, *, stdout: bool = False, file: str = "the configuration") -> Output:
+    """Stdout, or the durable buffer with its MQTT uplink (opened: the buffer is ready before devices poll).
+
+    Raises:
+        NoUplink: no ``mqtt`` section and not ``stdout``.
+    """
+    if stdout:
+        from .outputs import StdoutOutput
+
+        return StdoutOutput()
+    if cfg.mqtt is None:
+        raise NoUplink(file)
+    from .uplink import BufferedUplink
+
+    uplink = BufferedUplink(cfg)
+    await uplink.start()
+    return uplink
+
+
+async def start_status_page(gw: Gateway, output: Output, cfg: GatewayConfig) -> WebServer | None:
+    """Start the status page if enabled; a missing extra or a taken port is logged, not fatal."""
+    if not cfg.web.enabled:
+        return None
+    try:
+        from .web.app import start_web
+    except ImportError:
+        log.warning("the status page needs the web extra: pip install 'fieldgate[web]'")
+        return None
+    try:
+        server = await start_web(gw, output, cfg.web)
+    except GatewayError as exc:
+        log.error("%s; running without the status page", exc)
+        return None
+    log.info("status page on %s", server.url)
+    return server
+
+
+@dataclass(slots=True)
+class Runtime:
+    """A built gateway: its supervisor, its output and (when enabled and startable) its status page."""
+
+    gateway: Gateway
+    output: Output
+    web: WebServer | None = None
+
+    async def run(self) -> None:
+        """Run the gateway until it is asked to stop; the status page closes with it."""
+        try:
+            await self.gateway.run()
+        finally:
+            if self.web is not None:
+                await self.web.close()
+
+
+async def build(loaded: LoadedConfig, *, output: Output | None = None, stdout: bool = False,
+                loader: Callable[[], LoadedConfig] | None = None, web: bool = True) -> Runtime:
+    """The gateway of ``loaded``: the output (given, stdout, or buffer + uplink), supervisor and status page.
+
+    Args:
+        loaded: the validated configuration.
+        output: use this output instead of building one (tests' memory output, a demo's reuse).
+        stdout: print readings instead of buffering and forwarding them.
+        loader: re-reads the configuration for reloads (SIGHUP, the page's button).
+        web: start the status page when the configuration enables it.
+
+    Raises:
+        NoUplink: no ``mqtt`` section and neither ``output`` nor ``stdout``.
+    """
+    out = output if output is not None else await make_output(loaded.config, stdout=stdout, file=str(loaded.path))
+    gw = Gateway(loaded, out, loader=loader)
+    server = await start_status_page(gw, out, loaded.config) if web else None
+    return Runtime(gw, out, server)
+
+
+@contextlib.asynccontextmanager
+async def running(loaded: LoadedConfig, *, output: Output | None = None, stdout: bool = False,
+                  loader: Callable[[], LoadedConfig] | None = None, web: bool = False,
+                  ready_timeout: float = 10.0, stop_timeout: float = 15.0) -> AsyncIterator[Runtime]:
+    """Build and run the gateway in this event loop until the block ends, then stop it cleanly.
+
+    Waits until every device task has started; a gateway that fails before that raises its error.
+    """
+    rt = await build(loaded, output=output, stdout=stdout, loader=loader, web=web)
+    task = asyncio.create_task(rt.run(), name="gateway")
+    ready = asyncio.create_task(rt.gateway.ready.wait(), name="gateway-ready")
+    try:
+        done, _ = await asyncio.wait({task, ready}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # its error, or:
+            raise GatewayError("the gateway stopped before it was ready")
+        if ready not in done:
+            raise GatewayError(f"the gateway was not ready within {ready_timeout:g} s")
+        yield rt
+    finally:
+        ready.cancel()
+        rt.gateway.request_stop()
+        await asyncio.wait_for(task, stop_timeout)  # a failed gateway's error surfaces here
