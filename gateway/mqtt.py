@@ -17,11 +17,15 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import paho_compat
 from .config import MqttConfig, TlsConfig
@@ -81,6 +85,34 @@ def broker_url(cfg: MqttConfig) -> str:
     return f"{'mqtts' if cfg.tls else 'mqtt'}://{cfg.host}:{cfg.effective_port}"
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message the broker delivered to a subscription of ours.
+
+    ``response_topic`` and ``correlation_data`` are the MQTT 5 request/response
+    properties (None under 3.1.1 or when the sender set none).
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+InboundHandler = Callable[[Inbound], None]
+
+
+def publish_properties(correlation_data: bytes | None) -> Properties | None:
+    """MQTT 5 PUBLISH properties carrying ``correlation_data`` (None when there is none to carry)."""
+    if correlation_data is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.CorrelationData = correlation_data
+    return props
+
+
 class MqttLink:
     """A single connection attempt and its lifetime.
 
@@ -89,12 +121,17 @@ class MqttLink:
         client_id: MQTT client id.
         will: (topic, payload) of the retained last will.
         on_ack: called on the loop thread with the mid of each acknowledged publish.
+        subscriptions: topic filter -> handler, subscribed (QoS 1) on every successful
+            connect (the session is clean, so the broker forgets them with the connection).
+            Handlers run on the loop thread and must not block.
     """
 
-    def __init__(self, cfg: MqttConfig, client_id: str, will: tuple[str, str],
-                 on_ack: Callable[[int], None]) -> None:
+    def __init__(self, cfg: MqttConfig, client_id: str, will: tuple[str, str | bytes],
+                 on_ack: Callable[[int], None],
+                 subscriptions: Mapping[str, InboundHandler] | None = None) -> None:
         self.cfg = cfg
         self.on_ack = on_ack
+        self.subscriptions: dict[str, InboundHandler] = dict(subscriptions or {})
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         v5 = cfg.protocol == "5"
@@ -118,6 +155,7 @@ class MqttLink:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
         c.on_socket_open = self._threadsafe(self._sock_open)
         c.on_socket_close = self._threadsafe(self._sock_close)
         c.on_socket_register_write = self._threadsafe(self._reg_write)
@@ -165,7 +203,30 @@ class MqttLink:
                 msg, hint = f"broker {broker_url(self.cfg)} refused the connection: {reason}", "see the broker's log"
             self.error = UplinkError(msg, hint=hint)
             return
+        if self.subscriptions:
+            self.client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.subscriptions])
         self.connected.set()
+
+    def subscribe(self, topic_filter: str, handler: InboundHandler) -> None:
+        """Add a subscription: at once when connected, and again on every connect."""
+        self.subscriptions[topic_filter] = handler
+        if self.connected.is_set():
+            self.client.subscribe([(topic_filter, SubscribeOptions(qos=1))])
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        if self.subscriptions.pop(topic_filter, None) is not None and self.connected.is_set():
+            self.client.unsubscribe(topic_filter)
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        props = getattr(msg, "properties", None)
+        inbound = Inbound(msg.topic, bytes(msg.payload), int(msg.qos), bool(msg.retain),
+                          getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None))
+        for topic_filter, handler in list(self.subscriptions.items()):
+            if paho.topic_matches_sub(topic_filter, msg.topic):
+                try:
+                    handler(inbound)
+                except Exception:  # one bad handler must not take the connection down
+                    log.exception("handling a message on %s failed", msg.topic)
 
     def _on_disconnect(self, _c: Any, _u: Any, flags: Any, reason: Any, _props: Any) -> None:
         if self.error is None and self.connected.is_set() and not self.leaving:
@@ -285,9 +346,12 @@ class MqttLink:
                 self.closed.set()
                 return
 
-    def publish(self, topic: str, payload: str | bytes, *, retain: bool = False) -> int:
+    def publish(self, topic: str, payload: str | bytes, *, retain: bool = False,
+                properties: Properties | None = None) -> int:
         """Publish at QoS 1; returns the mid whose PUBACK ``on_ack`` will report."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if properties is not None and self.cfg.protocol != "5":
+            properties = None  # 3.1.1 has no properties
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
             self.connected.clear()
             self.closed.set()

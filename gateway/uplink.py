@@ -38,7 +38,7 @@ from .backoff import backoff_delay
 from .buffer import Buffer, BufferStats, Row
 from .config import GatewayConfig, MqttConfig
 from .errors import UplinkError
-from .mqtt import MqttLink, broker_url
+from .mqtt import Inbound, InboundHandler, MqttLink, broker_url, publish_properties
 from .outputs import Followers
 from .ratelimit import TokenBucket
 from .schema import BATCH_SCHEMA, iso_ms
@@ -119,6 +119,9 @@ class BufferedUplink:
         self._caught_up = False
         self._in_session = False
         self._committed_max = 0  # highest seq committed by this process
+        # Inbound subscriptions of other parts (commands, remote config, ...): (filter, under our
+        # prefix?) -> handler; subscribed on every connection, under the prefix current at that time.
+        self._listening: dict[tuple[str, bool], InboundHandler] = {}
 
     # --- the Output protocol -------------------------------------------------
 
@@ -166,6 +169,47 @@ class BufferedUplink:
             return
         task = asyncio.get_running_loop().create_task(self._db(self.buffer.add_event, event))
         task.add_done_callback(lambda _t: self._event_stored())
+
+    # --- inbound messages and direct publishes ------------------------------
+
+    def _full_filter(self, topic_filter: str, under_prefix: bool) -> str:
+        return f"{self.prefix}/{topic_filter}" if under_prefix else topic_filter
+
+    def listen(self, topic_filter: str, handler: Callable[[Inbound], None], *,
+               under_prefix: bool = True) -> Callable[[], None]:
+        """Subscribe (QoS 1) on every connection; returns the function that stops listening.
+
+        ``topic_filter`` is relative to ``{topic_prefix}/{gateway}/`` unless ``under_prefix`` is
+        False, so a reload that moves the prefix moves the subscription with it. ``handler`` runs on
+        the event loop thread for each message and must not block (start a task for I/O). Nothing is
+        subscribed until someone listens: a gateway without commands has no inbound topics at all.
+        """
+        key = (topic_filter, under_prefix)
+        self._listening[key] = handler
+        link = self._link
+        if link is not None:
+            link.subscribe(self._full_filter(topic_filter, under_prefix), handler)
+
+        def stop() -> None:
+            if self._listening.pop(key, None) is not None and self._link is not None:
+                self._link.unsubscribe(self._full_filter(topic_filter, under_prefix))
+
+        return stop
+
+    def send(self, topic: str, payload: str | bytes, *, retain: bool = False, under_prefix: bool = True,
+             correlation_data: bytes | None = None) -> bool:
+        """Publish one message now, outside the buffer (QoS 1); False when not connected.
+
+        For answers and retained state that make sense only now (a command's result, a retained
+        "current config"): what must survive an outage goes through :meth:`event` or the buffer.
+        ``correlation_data`` is sent as the MQTT 5 property (dropped under 3.1.1).
+        """
+        link = self._link
+        if link is None or not link.connected.is_set():
+            return False
+        link.publish(self._full_filter(topic, under_prefix), payload, retain=retain,
+                     properties=publish_properties(correlation_data))
+        return True
 
     def _event_stored(self) -> None:
         self._events_waiting = True
@@ -376,7 +420,8 @@ class BufferedUplink:
             self._reconnect.clear()
             self._take_new_settings()
             link = MqttLink(self.mqtt, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
-                            (f"{self.prefix}/status", self._gateway_status("offline")), self._on_ack)
+                            (f"{self.prefix}/status", self._gateway_status("offline")), self._on_ack,
+                            {self._full_filter(f, under): h for (f, under), h in self._listening.items()})
             self.state.state = "connecting"
             self._connecting = link
             try:
