@@ -50,6 +50,7 @@ from typing import Any
 
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from fieldgate.drivers.ble.decode import bthome_encrypt
+from fieldgate.tasks import cancel_and_wait
 
 BTHOME = "0000fcd2-0000-1000-8000-00805f9b34fb"
 ENV_SENSING = "0000181a-0000-1000-8000-00805f9b34fb"
@@ -283,9 +284,7 @@ class ReplayScanner(FakeScanner):
         """Stop replaying and listening."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await super().stop()
 
 

@@ -16,6 +16,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from fieldgate.tasks import cancel_and_wait
+
 
 class ModbusDemo:
     """A Modbus TCP meter and an RTU line (on a pty) with two units, each breakable by a fault file.
@@ -71,9 +73,7 @@ class ModbusDemo:
 
     async def stop(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_and_wait(self._watch)
         for sim in self._sims:
             with contextlib.suppress(Exception):
                 await sim.stop()

@@ -56,6 +56,7 @@ from typing import Any
 
 from fieldgate.drivers.modbus.decode import encode
 from fieldgate.drivers.modbus.profile import ModbusPoint, ModbusProfile
+from fieldgate.tasks import cancel_and_wait
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
@@ -383,11 +384,8 @@ class ModbusSim:
 
     async def stop(self) -> None:
         """Stop every server and bridge."""
-        for t in self._trickles:
-            t.cancel()
-        for t in self._trickles:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        for t in list(self._trickles):
+            await cancel_and_wait(t)
         for b in self._bridges:
             await b.stop()
         for s in self._servers:
@@ -478,10 +476,7 @@ class _PtyBridge:
     async def stop(self) -> None:
         asyncio.get_running_loop().remove_reader(self.master)
         for t in self.tasks:
-            t.cancel()
-        for t in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
         if self.writer is not None:
             self.writer.close()
             with contextlib.suppress(OSError):

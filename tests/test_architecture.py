@@ -36,6 +36,7 @@ SEAM = frozenset({
     "fieldgate.profile",     # BaseProfile, BasePoint, Model
     "fieldgate.validation",  # did_you_mean for profile validators
     "fieldgate.checks",      # Finding and host checks for doctor() hooks
+    "fieldgate.tasks",       # cancel_and_wait: stop a child task without swallowing our own cancel
 })
 
 #: Where each installed package's source lives.

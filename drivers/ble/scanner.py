@@ -29,6 +29,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from fieldgate.errors import DeviceTimeout, DeviceUnreachable, DriverError
+from fieldgate.tasks import cancel_and_wait
 
 from .decode import DECODERS
 from .profile import BleConnection
@@ -324,9 +325,7 @@ class ScannerHub:
         """Stop scanning and the watchdog (the last device left)."""
         task, self._watchdog = self._watchdog, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self._stop_scanner()
         self.state = "stopped"
 

@@ -16,7 +16,6 @@ reported with a reason and a hint.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable, DriverError
+from fieldgate.tasks import cancel_and_wait
 
 from . import compat, frames
 from .profile import ModbusConnection
@@ -362,10 +362,7 @@ class ModbusBus:
         finally:
             self._pending = None
             self._quiet_from = time.monotonic()
-            if not call.done():
-                call.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await call
+            await cancel_and_wait(call)
 
     async def broadcast_write(self, address: int, values: list[int]) -> None:
         """Write holding registers on every unit (unit id 0): no answer comes, so wait the turnaround delay."""

@@ -24,6 +24,7 @@ from typing import Any
 from .. import __version__
 from ..app import DescribedOutput, Gateway, NamedOutput
 from ..schema import iso_ms
+from ..tasks import cancel_and_wait
 from .history import History
 from .logring import EventLog, Redactor
 
@@ -357,9 +358,7 @@ class StateHub:
         for q in list(self._subscribers):
             _offer(q, None)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         """A queue receiving each new live document; ``None`` means the server is closing."""
