@@ -72,10 +72,10 @@ def _swallowing_waits(path: Path) -> list[int]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.With) and any("CancelledError" in ast.unparse(item.context_expr)
-                                              for item in node.items):
-            if any(isinstance(n, ast.Await) for stmt in node.body for n in ast.walk(stmt)):
-                lines.append(node.lineno)
+        if (isinstance(node, ast.With)
+                and any("CancelledError" in ast.unparse(item.context_expr) for item in node.items)
+                and any(isinstance(n, ast.Await) for stmt in node.body for n in ast.walk(stmt))):
+            lines.append(node.lineno)
     return lines
 
 
