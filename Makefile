@@ -20,6 +20,11 @@ TEST_EXTRAS ?= all,test
 APT_PKGS := mosquitto mosquitto-clients chromium dbus libdbus-1-dev libglib2.0-dev pkg-config autoconf automake libtool
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist). Most tests wait on real peers (a broker, a pty, a device
+# simulator) rather than compute, so three workers on two cores cut the wall time without
+# starving them; the slow trials are collected first (tests/conftest.py) so they do not form
+# the tail. PYTEST_WORKERS=0 runs in one process (for debugging with -s or pdb).
+PYTEST_WORKERS ?= 3
 
 .PHONY: demo test test-quick deps demo-deps apt lint typecheck bench faults clean
 
@@ -27,12 +32,12 @@ demo: demo-deps
 	$(VENV)/bin/fieldgate demo $(DEMO_ARGS)
 
 test: deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The edit-test loop on a small machine: everything but the long end-to-end trials
 # (kill -9 rounds, stalled lines) marked `slow`; `make test` and CI still run them.
 test-quick: deps
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 # One stamp per set of extras: `make test` after `make demo` adds the test extras
 # to the same venv; `make demo` after `make test` installs nothing.

@@ -110,3 +110,10 @@ def fieldgate_proc() -> Iterator[Callable[..., Proc]]:
     yield _start
     for p in procs:
         p.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long end-to-end trials (``slow``) first: with ``-n`` they start at once on their own
+    workers instead of being the tail of the run. The order is stable, so every xdist worker
+    collects the same list."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
