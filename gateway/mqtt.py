@@ -19,6 +19,7 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -30,6 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from . import paho_compat
 from .config import MqttConfig, TlsConfig
 from .errors import UplinkError
+from .yamlsrc import UnreadableFile, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,21 @@ class _ServerNameContext(ssl.SSLContext):
         return self.wrapped
 
 
+_TLS_FILE_LIMIT = 1 << 20  # a CA bundle of every public CA is about 200 KiB
+
+
+def _tls_file(path: Path, key: str) -> bytes:
+    try:
+        return read_regular_file(path, _TLS_FILE_LIMIT)
+    except UnreadableFile as exc:
+        raise UnreadableFile(f"mqtt.tls.{key} {path}: {exc}") from exc
+
+
 def tls_context(tls: TlsConfig) -> _ServerNameContext:
     """The client context for ``mqtt.tls``: the CA (or the system's), mutual TLS, the name to verify.
+
+    Only regular files are opened: OpenSSL opening a named pipe waits for a writer forever,
+    and the uplink with it (a FIFO as ``ca_file`` hung the connect).
 
     Raises:
         OSError, ssl.SSLError, KeyError: a file or the key password cannot be read.
@@ -68,12 +83,14 @@ def tls_context(tls: TlsConfig) -> _ServerNameContext:
     # What ssl.create_default_context(Purpose.SERVER_AUTH) does, in our subclass.
     ctx = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)
     if tls.ca_file:
-        ctx.load_verify_locations(cafile=str(tls.ca_file))
+        ctx.load_verify_locations(cadata=_tls_file(tls.ca_file, "ca_file").decode("utf-8", "replace"))
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     ctx.server_name = tls.server_name
     if tls.cert_file and tls.key_file:
         key_pw = tls.key_password.reveal() if tls.key_password else None
+        for path, key in ((tls.cert_file, "cert_file"), (tls.key_file, "key_file")):
+            _tls_file(path, key)  # ssl reads these by name: refuse what is not a regular file first
         ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=key_pw)
     # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and hostname checking, always.
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname

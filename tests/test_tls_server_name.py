@@ -57,3 +57,26 @@ def test_a_certificate_for_another_name_is_refused(tmp_path: Path, named_broker:
     assert f"not valid for {name!r}" in line, line
     assert "connected to" not in "".join(proc.stderr_lines)
     assert "Traceback" not in "".join(proc.stderr_lines)
+
+
+@pytest.mark.parametrize("key", ["ca_file", "cert_file"])
+def test_a_named_pipe_as_a_tls_file_is_an_error_not_a_hang(tmp_path: Path, named_broker: Mosquitto,
+                                                            fieldgate_proc: Callable[..., Proc], key: str) -> None:
+    """OpenSSL opening a FIFO waits for a writer forever: the uplink hung in its connect and said nothing."""
+    import os
+    import signal
+
+    fifo = tmp_path / "cert.pem"
+    os.mkfifo(fifo)
+    assert named_broker.tls is not None
+    extra = (f", server_name: {NAME}" if key == "ca_file" else
+             f", server_name: {NAME}, cert_file: {fifo}, key_file: {named_broker.tls.ca_key}")
+    cfg = config(tmp_path, named_broker, extra)
+    if key == "ca_file":
+        cfg.write_text(cfg.read_text().replace(f"ca_file: {named_broker.tls.ca_cert}", f"ca_file: {fifo}"))
+    proc = fieldgate_proc("run", "-c", str(cfg))
+    line = proc.wait_stderr(" uplink: ", timeout=20)
+    assert f"mqtt.tls.{key} {fifo}: it is a named pipe (FIFO), not a file" in line, line
+    proc.popen.send_signal(signal.SIGTERM)  # and it still stops cleanly
+    assert proc.popen.wait(20) == 0
+    assert "Traceback" not in "".join(proc.stderr_lines)
