@@ -1077,8 +1077,8 @@ def hostile_modbus(run: Run) -> None:
 @fault("hostile CoAP datagrams")
 def hostile_coap(run: Run) -> None:
     """Random, oversized and malformed datagrams, CBOR and SenML, beside healthy pushing devices."""
+    from fieldgate_hwsim.coap_hostile import KINDS, HostileReport, send_hostile
     from fieldgate_hwsim.coap_sim import SleepyDevice, free_udp_port, load_coap_profile
-    from fieldgate_hwsim.hostile import send_hostile_coap
 
     peers = AsyncThread()
     run.stack.callback(peers.close)
@@ -1107,11 +1107,10 @@ def hostile_coap(run: Run) -> None:
                 await asyncio.sleep(0.25)  # the device's own reporting interval
             return dev.sent, fails, codes
 
-    async def hostile() -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        for _ in range(rounds):
-            out += await send_hostile_coap(("127.0.0.1", port), "/t/senml-1", run.rng.randrange(1 << 30))
-        return out
+    async def hostile() -> HostileReport:
+        # every kind ``rounds`` times, shuffled per round, each waiting up to 0.5 s for its answer
+        return await send_hostile("127.0.0.1", port, rounds * len(KINDS), path="/t/senml-1",
+                                  seed=run.rng.randrange(1 << 30), wait=0.5)
 
     async def both() -> tuple[Any, Any]:
         return await asyncio.gather(healthy(), hostile())
@@ -1124,11 +1123,13 @@ def hostile_coap(run: Run) -> None:
     if ok < pushes:
         run.row.late += pushes - ok
     summary: dict[str, int] = {}
-    for _name, code in answers:
-        summary[code] = summary.get(code, 0) + 1
-    run.row.note("answers to hostile datagrams: " + ", ".join(f"{c}x{n}" for c, n in sorted(summary.items())))
-    silent_valid = sorted({n for n, c in answers if c == "-" and n.startswith(("senml", "cbor", "oversized",
-                                                                                "unknown", "random-payload"))})
+    for counts in answers.answers.values():
+        for code, n in counts.items():
+            summary[code] = summary.get(code, 0) + n
+    run.row.note(f"answers to {answers.total} hostile datagrams ({len(KINDS)} kinds): "
+                 + ", ".join(f"{c}x{n}" for c, n in sorted(summary.items())))
+    # a request whose header, message ID and token can be read is due an answer (RFC 7252 4.2)
+    silent_valid = sorted(k for k, due in KINDS.items() if due and answers.answers.get(k, {}).get("none"))
     if silent_valid:
         run.row.note(f"well-framed hostile requests left unanswered: {', '.join(silent_valid[:10])}")
     devs = run.devices()

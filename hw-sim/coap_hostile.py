@@ -91,6 +91,8 @@ def _senml_records(rng: random.Random) -> Any:
         lambda: [{"n": "temp", "v": 10**30}],  # an integer no float holds exactly
         lambda: [{"n": "temp", "v": 1.5e308, "bv": 1.5e308}],  # a sum that overflows to inf
         lambda: [{"bt": 1.5e308, "n": "temp", "t": 1.5e308, "v": 1}],  # a time that overflows to inf
+        lambda: [{"n": "temp", "v": 10**400}],  # an integer beyond any float (JSON; CBOR as a bignum)
+        lambda: [{"n": "x" * 1000, "v": 1}],  # a name no point has, 1000 characters long
     ]
     return rng.choice(picks)()
 
@@ -144,6 +146,19 @@ def _payload(kind: str, rng: random.Random) -> tuple[bytes, int | None]:
     if kind == "json_deep":
         depth = rng.choice([300, 550])
         return b"[" * depth + b"]" * depth, CF_SENML_JSON
+    if kind == "json_not_finite":
+        # Python's json reads these words; JSON (RFC 8259) has no such numbers
+        return rng.choice([b'[{"n":"temp","v":Infinity}]', b'[{"n":"temp","v":NaN}]',
+                           b'[{"n":"temp","v":1,"t":-Infinity}]']), CF_SENML_JSON
+    if kind == "json_not_utf8":
+        return rng.choice([b'[{"n":"\xff\xfe","v":1}]', b'[{"n":"temp","vs":"\xc3\x28"}]']), CF_SENML_JSON
+    if kind == "format_mismatch":
+        # CBOR said to be SenML JSON, and JSON said to be SenML CBOR
+        return rng.choice([(_cbor_pack([{"n": "temp", "v": 1.0}]), CF_SENML_JSON),
+                           (b'[{"n":"temp","v":1}]', CF_SENML_CBOR)])
+    if kind == "random_payload":
+        # 0xff (a CBOR "break" with nothing to end) starts no JSON or CBOR document: never valid by chance
+        return b"\xff" + rng.randbytes(rng.randint(0, 511)), rng.choice([CF_SENML_JSON, CF_SENML_CBOR, CF_CBOR])
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -155,7 +170,9 @@ KINDS: dict[str, bool] = {
     "uri_query_not_utf8": True, "content_format_long": True, "content_format_unknown": True,
     "cbor_nesting_bomb": True, "cbor_indefinite": True, "cbor_bignum": True, "cbor_huge_length": True,
     "cbor_nan_inf": True, "cbor_tags": True, "cbor_unknown_label": True, "senml_bad": True,
-    "senml_time_huge": True, "json_deep": True,
+    "senml_time_huge": True, "json_deep": True, "json_not_finite": True, "json_not_utf8": True,
+    "format_mismatch": True, "random_payload": True, "empty": False, "payload_marker_empty": True,
+    "device_path_not_utf8": True,
 }
 
 
@@ -167,6 +184,15 @@ def datagram(kind: str, rng: random.Random, path: str, mid: int, token: bytes) -
         data = bytearray(rng.randbytes(rng.randrange(1, 200)))
         data[0] = (data[0] & 0x3F) | rng.choice([0x00, 0x80, 0xC0])
         return bytes(data)
+    if kind == "empty":
+        return b""
+    if kind == "payload_marker_empty":
+        # a payload marker with no payload after it: a message format error (RFC 7252 section 3)
+        return encode(POST, mid, token, opts) + b"\xff"
+    if kind == "device_path_not_utf8":
+        # the device's own path with its last segment spoiled: a route lookup must not see it as the device
+        return encode(POST, mid, token, [*opts[:-1], (OPT_URI_PATH, opts[-1][1] + b"\xc3\x28")] if opts else
+                      [(OPT_URI_PATH, b"\xc3\x28")], b"[]")
     if kind == "truncated_header":
         return encode(POST, mid, token, opts)[: rng.randrange(0, 4)]
     if kind == "bad_version":
@@ -283,7 +309,11 @@ async def send_hostile(host: str, port: int, count: int, *, path: str = "/t/host
             fut: asyncio.Future[tuple[str, str]] = loop.create_future()
             proto.waiting[mid] = fut
             try:
-                transport.sendto(data, (host, port))
+                if data:
+                    transport.sendto(data, (host, port))
+                else:  # asyncio's sendto drops an empty datagram without a word: a plain socket sends it
+                    with socket.socket(family, socket.SOCK_DGRAM) as plain:
+                        plain.sendto(data, (host, port))
             except OSError:
                 # 65000 bytes do not fit an IPv4 datagram with headers on every stack; that is a fault too
                 report.sent[kind] += 1
