@@ -113,6 +113,19 @@ class CommandExecutor:
             self._remember(device, origin, command, out)
             return out
 
+    def reconfigure(self, cfg: CommandsConfig) -> None:
+        """Take a reloaded ``commands`` section: allow list, rates and queue bound apply to the next command.
+
+        ``enabled`` and the store's bounds are kept (they need a restart; the reload says so).
+        """
+        old = self.cfg
+        self.cfg = cfg.model_copy(update={"enabled": old.enabled, "remember": old.remember,
+                                          "remember_max": old.remember_max})
+        # A device whose rate changed starts a new bucket; the others keep theirs (a reload must not
+        # refill every bucket, or reloading would lift the limit).
+        for device in [d for d in self._buckets if old.rate_of(d) != self.cfg.rate_of(d)]:
+            del self._buckets[device]
+
     def refuse(self, device: str, reason: str, *, origin: str, command_id: str = "") -> dict[str, Any]:
         """Answer ``rejected`` to a message that never became a command (not JSON, too large, a flood),
         audited like every other answer."""
