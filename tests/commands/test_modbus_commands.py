@@ -250,3 +250,24 @@ async def test_a_shared_rs485_line_keeps_both_schedules_while_one_unit_is_writte
             assert (snap.failures, snap.overruns, snap.state) == (0, 0, "online"), dev
         assert len(sim.models[1].writes) == 8 and len(sim.models[2].writes) == 8
         assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []  # no CRC error, no timeout
+
+
+async def test_an_expiring_command_is_refused_while_the_clock_is_not_synchronized(
+        tmp_path: Path, profile_path: Path, sims: list[ModbusSim]) -> None:
+    """A Pi without RTC boots in 1970 (or wherever the fake-hwclock left it): ``expires`` cannot be
+    judged, and running an expired setpoint would be the harm ``expires`` is there to prevent."""
+    sim, conn = await start_sim(sims, profile_path)
+    out = MemoryOutput()
+    text = config(tmp_path / "data", profile_path, {"boiler": conn}, interval="3600s")
+    async with running(load_config_text(text, str(tmp_path / "c.yaml")), output=out) as rt:
+        await out.wait_for(lambda o: len(o.by_device("boiler")) >= 1)
+        ex = rt.gateway.commands
+        assert ex is not None
+        rt.gateway.clock.synced = False
+        frames = dict(sim.requests)
+        msg = {**write("clk-1", setpoint=25.0), "expires": "2999-01-01T00:00:00.000Z"}
+        res = await run(ex, "boiler", msg)
+        assert (res["status"], res["reason"]) == ("rejected", "clock_unsynced")
+        assert sim.requests == frames
+        # Without expires there is nothing to judge: it runs.
+        assert (await run(ex, "boiler", write("clk-2", setpoint=25.0)))["status"] == "ok"
