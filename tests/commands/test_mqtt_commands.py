@@ -79,6 +79,7 @@ async def test_commands_over_mqtt(tmp_path: Path, profile_path: Path, sims: list
             got = await asyncio.to_thread(col.wait_for, lambda: results(col, "late") and results(col, ""), 20,
                                           "the expired and the unreadable answers")
             assert [(r["status"], r["reason"]) for r in results(col, "late")] == [("expired", "expired")]
+            # One: the empty message that deleted the retained command was no command and got no answer.
             assert [r["reason"] for r in results(col, "")] == ["bad_message: the payload is not JSON"]
             assert len(sim.models[1].writes) == 1
             trail = await asyncio.to_thread(col.wait_for, lambda: len(audit(col)) >= 12 and audit(col), 20,
