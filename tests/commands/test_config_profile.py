@@ -41,7 +41,7 @@ def test_a_misspelt_key_is_named() -> None:
 def _profile(tmp_path: Path, point: str) -> list[str]:
     path = tmp_path / "p.yaml"
     path.write_text(f"schema_version: 1\ndriver: modbus\nvendor: t\nmodel: t\npoints:\n  - {point}\n")
-    profile, diags = load_profile_file(path, ModbusDriver)  # type: ignore[arg-type]
+    _profile_model, diags = load_profile_file(path, ModbusDriver)  # type: ignore[arg-type]
     return [f"{d.path}: {d.message}" for d in diags if d.severity == "error"]
 
 
