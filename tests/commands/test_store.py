@@ -12,6 +12,7 @@ from fieldgate.outputs import MemoryOutput
 from fieldgate.runtime import running
 
 CMD = {"schema": "fieldgate.command/1", "id": "x", "op": "read"}
+SIM_PROFILE = Path(__file__).resolve().parents[2] / "drivers" / "sim" / "profiles" / "energy-meter.yaml"
 
 
 def test_executing_rows_survive_and_are_handed_back_at_the_next_open(tmp_path: Path) -> None:
@@ -57,10 +58,9 @@ async def test_without_its_store_the_gateway_runs_with_commands_off(tmp_path: Pa
     """Fail closed: without the store "at most once" cannot be kept, so no command runs at all."""
     blocker = tmp_path / "data"
     blocker.write_text("not a folder")
-    sim_profile = Path(__file__).resolve().parents[2] / "drivers" / "sim" / "profiles" / "energy-meter.yaml"
     text = (f"gateway: {{id: g, data_dir: {blocker}, clock_check: off}}\nweb: {{enabled: false}}\n"
             "commands: {enabled: true, allow: [m1]}\n"
-            f"devices:\n  - {{id: m1, driver: sim, profile: {sim_profile}}}\n")
+            f"devices:\n  - {{id: m1, driver: sim, profile: {SIM_PROFILE}}}\n")
     out = MemoryOutput()
     with caplog.at_level(logging.ERROR):
         async with running(load_config_text(text, "t.yaml"), output=out) as rt:
