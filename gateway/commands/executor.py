@@ -209,7 +209,14 @@ class CommandExecutor:
         running = self._inflight.get(key)
         if running is not None:
             # The same id again while it runs (a QoS 1 redelivery): the first one's result, once.
-            first = await asyncio.shield(running)
+            try:
+                first = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are stopping too
+                # The first one ended without a result (a bug, logged there): its row stays executing.
+                first = self._result(device, cmd.id, "failed", reason="unknown_outcome")
             return self._answer(device, origin, command, {**first, "duplicate": True})
         try:
             known = self.store.lookup(device, cmd.id)
