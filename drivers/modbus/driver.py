@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 from fieldgate.checks import DoctorDevice, Finding, serial_port_findings
-from fieldgate.driver import DeviceContext, ReadingSink
+from fieldgate.driver import DeviceContext, PointWrite, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DriverError
 from fieldgate.schema import PointError, RawReading
 
@@ -25,6 +25,7 @@ from .bus import ExceptionResponse, FrameError, ModbusBus
 from .decode import DecodeError, decode, hex_words
 from .plan import BIT_TABLES, Block, Item, plan_reads, split
 from .profile import ModbusConnection, ModbusPoint, ModbusProfile
+from .write import WriteRefused, plan_write, write_points
 
 ILLEGAL_ADDRESS = 2
 
@@ -65,6 +66,7 @@ class ModbusDriver:
         self._split: set[tuple[str, int, int]] = set()  # merged reads the device rejected
         self._raw: list[tuple[str, str]] = []
         self._unreadable = [(r.table, r.start, r.end) for r in self.profile.unreadable]
+        self._read_all = False  # after a write: the read-back poll reads every point, `every: N` or not
 
     async def __aenter__(self) -> Self:
         bus = self.ctx.shared.acquire(self.key, lambda: ModbusBus(self.key, self.conn))
@@ -114,13 +116,27 @@ class ModbusDriver:
     def _rejected(self, block: Block) -> bool:
         return (block.table, block.start, block.count) in self._split
 
+    # -- writing (drivers/modbus/write.py) ----------------------------------------------------
+
+    async def write(self, writes: Sequence[PointWrite]) -> None:
+        """Write points: every value is encoded first (a refusal sends nothing), then one request each."""
+        if self.bus is None:
+            raise DriverError("driver used outside `async with`")
+        try:
+            requests = [plan_write(self.profile, self.points[w.name], w.value) for w in writes]
+        except (WriteRefused, KeyError) as exc:
+            raise DriverError(f"cannot write: {exc}", reason=getattr(exc, "reason", "unknown_point")) from exc
+        self._read_all = True  # even a failed write may have changed a point: read them all
+        await write_points(self.bus, self.conn, requests)
+
     # -- polling ------------------------------------------------------------------------------
 
     async def poll(self, sink: ReadingSink) -> None:
         """Read the due points once and hand their raw values to ``sink``."""
         if self.bus is None:
             raise DriverError("driver used outside `async with`")
-        names = self.due(self.polls)
+        names = self.due(0) if self._read_all else self.due(self.polls)  # poll 0 reads every point
+        self._read_all = False
         self.polls += 1
         ts = time.time()
         words: dict[str, list[Any]] = {}
