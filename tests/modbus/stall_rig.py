@@ -46,6 +46,13 @@ class Figures:
     timeouts_logged: int = 0
     per_device: dict[str, int] = field(default_factory=dict)
     stall_lengths: list[float] = field(default_factory=list)  # as made: a busy machine stretches them
+    # The same length of time just before, with no stall: what this machine's load alone costs.
+    control_expected: int = 0
+    control_delivered: int = 0
+
+    @property
+    def control_lost(self) -> int:
+        return max(0, self.control_expected - self.control_delivered)
 
     @property
     def lost(self) -> int:
@@ -132,9 +139,14 @@ def run(folder: Path, *, devices: int = 6, interval: float = 0.2, stalls: int = 
             return all(got.count(d) >= n for d in names)
 
         col.wait_for(lambda: each_has(3), timeout=60, what="first readings of every device")
-        t0 = time.time()
-        for _ in range(stalls):
-            time.sleep(rng.uniform(*gap_s))  # fault injection timing, not synchronization
+        gaps = [rng.uniform(*gap_s) for _ in range(stalls)]
+        # A control window as long as the stalled one, with no stall: on a loaded machine the gateway
+        # misses slots by itself, and only what the stalls add is theirs.
+        c0 = time.time()
+        time.sleep(sum(gaps) + stalls * stall_s + gap_s[1])  # the control window's length, not a wait
+        c1 = t0 = time.time()
+        for gap in gaps:
+            time.sleep(gap)  # fault injection timing, not synchronization
             proc.send_signal(signal.SIGSTOP)
             frozen = time.monotonic()
             time.sleep(stall_s)  # the stall itself
@@ -155,6 +167,8 @@ def run(folder: Path, *, devices: int = 6, interval: float = 0.2, stalls: int = 
             fig.per_device[d] = n
             fig.delivered += n
         fig.expected = devices * round(fig.window_s / interval)
+        fig.control_expected = devices * round((c1 - c0) / interval)
+        fig.control_delivered = sum(1 for r in readings if c0 <= _ts(r["ts"]) < c1)
         for d in names:
             for s in col.statuses(f"fieldgate/{GW}/{d}/status"):
                 if s.get("state") != "online" and t0 <= _ts(s["ts"]) < t1 + 1:
@@ -178,5 +192,6 @@ def describe(fig: Figures) -> str:
     return (f"{fig.devices} devices every {fig.interval:g}s, {fig.stalls} stalls of {fig.stall_s * 1000:.0f} ms in "
             f"{fig.window_s:.1f}s (longest {max(fig.stall_lengths, default=0) * 1000:.0f} ms): polls expected "
             f"{fig.expected}, delivered {fig.delivered}, lost {fig.lost} (unavoidable {fig.unavoidable}), "
-            f"degraded/offline statuses {fig.degraded}, timeout lines logged {fig.timeouts_logged} "
+            f"degraded/offline statuses {fig.degraded}, timeout lines logged {fig.timeouts_logged}; with no stall "
+            f"{fig.control_lost} of {fig.control_expected} lost "
             f"(load average {load})")

@@ -27,9 +27,11 @@ def test_a_stall_as_long_as_the_interval_costs_no_poll(tmp_path: Path) -> None:
     print("\n" + describe(fig))
     assert fig.degraded == 0 and fig.timeouts_logged == 0, describe(fig)
     # Readings may fall either side of the window's edges, a loaded machine delays the odd poll past its
-    # slot (measured: up to 6 of 384 at load 11), and a stall the machine stretched past two intervals
-    # spans slots no frozen process can poll. Before the fix: 54 of 384 lost, 13 degraded statuses.
-    assert fig.lost <= max(2 * fig.devices, fig.expected // 20) + fig.unavoidable, describe(fig)
+    # slot (measured: up to 6 of 384 at load 11; at load 20, 48 of 318 with no stall at all, hence the
+    # control window of equal length), and a stall the machine stretched past two intervals spans slots
+    # no frozen process can poll. Before the fix: 54 of 384 lost, 13 degraded statuses, at load below 1.
+    allowed = max(2 * fig.devices, fig.expected // 20) + fig.unavoidable + fig.control_lost
+    assert fig.lost <= allowed, describe(fig)
     assert all(n > 0 for n in fig.per_device.values()), fig.per_device
 
 
