@@ -80,8 +80,9 @@ def open_hint(port: str, exc: BaseException, lost: bool = False) -> str:
     if code == errno.ENOENT:
         return f"{port} does not exist: is the adapter plugged in? `ls -l /dev/serial/by-id/` lists ports{stable}"
     if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(exc).lower():
-        return ("another program holds the port (a second gateway, ModemManager, screen, minicom): "
-                "stop it, or set exclusive: false")
+        # Not "set exclusive: false": two programs reading one port each get part of its bytes.
+        return (f"another program holds the port: find it with `fuser -v {port}` (a second gateway, "
+                "ModemManager, screen, minicom) and stop it; the lock keeps it from taking the device's frames")
     if lost:
         return ("the adapter was unplugged or reset; the gateway reopens the port when it returns"
                 f"{stable or ' (a /dev/serial/by-id/... name survives replugging)'}")
@@ -154,7 +155,8 @@ class SerialDriver:
                 f"cannot set {port} to {line.baudrate} {line.bytesize}{line.parity}{_stop(line.stopbits)}: {exc}",
                 hint="the adapter does not support these settings; a pty (simulator) supports only 8N1") from exc
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise DeviceUnreachable(f"cannot open {port}: {_short(exc)}", hint=open_hint(port, exc)) from exc
+            what = "another program holds its lock" if _locked(exc) else _short(exc)
+            raise DeviceUnreachable(f"cannot open {port}: {what}", hint=open_hint(port, exc)) from exc
         self._transport, self._proto = transport, proto
         self.framer.reset()
         self.ctx.log.info("opened %s at %d %d%s%s (%s mode)", port, line.baudrate, line.bytesize, line.parity,
@@ -362,8 +364,17 @@ def _mean(window: list[dict[str, Any]], numeric: set[str]) -> dict[str, Any]:
     return out
 
 
+def _locked(exc: BaseException) -> bool:
+    """pyserial's failed ``flock`` of an exclusive open (another process holds the port's lock)."""
+    return getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK) and "lock" in str(exc).lower()
+
+
+_ERRNO_TAG = re.compile(r"\[Errno -?\d+\] ")
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    # pyserial wraps the OSError's text, "[Errno N] ..." included, in its own "[Errno N] ...": once is enough.
+    text = _ERRNO_TAG.sub("", str(exc)) or type(exc).__name__
     return text.splitlines()[0][:200]
 
 
