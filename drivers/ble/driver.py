@@ -29,7 +29,7 @@ import struct
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from fieldgate.checks import DoctorDevice, Finding
 from fieldgate.driver import DeviceContext, ReadingSink
@@ -67,11 +67,22 @@ def read_bind_key(conn: BleConnection) -> bytes | None:
 
 
 class _HubMember:
-    """A device on its adapter's shared ``ScannerHub``: joins it on open, leaves (closing it last) on close."""
+    """A device on its adapter's shared ``ScannerHub``: joins it on open, leaves (closing it last) on close.
+
+    It joins as a ``Subscriber`` (scanner.py), so it declares what one has; each driver defines them.
+    """
 
     ctx: DeviceContext[BleProfile, BleConnection]
     conn: BleConnection
     hub: ScannerHub | None
+    address: str | None
+
+    if TYPE_CHECKING:  # declared for the type checker only: each driver below defines them
+        def deliver(self, advert: Advert) -> None:
+            """Take one advert (see ``Subscriber.deliver``)."""
+
+        def hub_event(self, kind: str, message: str, error: DriverError | None) -> None:
+            """The hub started, failed or went silent (see ``Subscriber.hub_event``)."""
 
     async def _join(self) -> ScannerHub:
         hub = self.ctx.shared.acquire(self.conn.hub_key, lambda: ScannerHub(self.conn))

@@ -116,7 +116,7 @@ class SerialDriver:
         )
         self.numeric = {p.name for p in self.profile.points if p.value_type not in ("str", "bool")}
         self.unmatched = 0  # lines no pattern matched (other NMEA sentences, prompts, echoes)
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._proto: _PortProtocol | None = None
         self._bad_run = 0
         self._bad_reported = False
@@ -182,7 +182,7 @@ class SerialDriver:
 
     def _write(self, data: bytes) -> None:
         assert self._transport is not None
-        self._transport.write(data)  # type: ignore[attr-defined]
+        self._transport.write(data)
 
     # --- reading ------------------------------------------------------------
 
