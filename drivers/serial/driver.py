@@ -19,7 +19,7 @@ import errno
 import re
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import serial
@@ -95,6 +95,13 @@ class SerialDriver:
     name: ClassVar[str] = "serial"
     Profile: ClassVar[type[SerialProfile]] = SerialProfile
     Connection: ClassVar[type[SerialConnection]] = SerialConnection
+
+    @staticmethod
+    def decode_vector(profile: SerialProfile, vector: Mapping[str, Any]) -> dict[str, Any]:
+        """Conformance hook (``DecodesVectors``): one datasheet test vector → raw values, see vectors.py."""
+        from .vectors import decode_vector
+
+        return decode_vector(profile, vector)
 
     @classmethod
     def create(cls, ctx: DeviceContext[SerialProfile, SerialConnection]) -> SerialDriver:
