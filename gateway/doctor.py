@@ -473,7 +473,8 @@ class Doctor:
     async def _probe(self, spec: DeviceSpec) -> Finding:
         from .app import DeviceLog
         from .driver import DeviceContext, SharedResources, create_driver, is_passive
-        from .probe import RecordingSink, endpoint_of, read_once
+        from .probe import endpoint_of, read_once
+        from .testing.sink import RecordingSink
 
         dev_id = spec.config.id
         check = f"device:{dev_id}"
