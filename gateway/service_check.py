@@ -86,6 +86,17 @@ def _walk(value: Any, where: Path_, field_name: str = "") -> Iterator[Ref]:
             yield from _walk(item, (*where, str(key)), field_name)
 
 
+def _secrets(value: Any, where: Path_) -> Iterator[tuple[Path_, Secret]]:
+    if isinstance(value, Secret):
+        yield where, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secrets(getattr(value, name), (*where, name))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _secrets(item, (*where, i))
+
+
 def referenced_files(loaded: LoadedConfig) -> list[Ref]:
     """Every file and folder a configuration names, its devices' connections and profiles included.
 
@@ -192,6 +203,8 @@ class Sandbox:
     state_dirs: tuple[PurePosixPath, ...]
     hidden: tuple[tuple[PurePosixPath, str], ...]
     can_bind_low_ports: bool
+    environment: frozenset[str] = frozenset()
+    environment_files: bool = False
 
     @classmethod
     def of_unit(cls, root: Path = Path("/")) -> Sandbox:
@@ -221,7 +234,8 @@ class Sandbox:
         caps = settings.get("CapabilityBoundingSet", [])
         ambient = " ".join(settings.get("AmbientCapabilities", []))
         low = "CAP_NET_BIND_SERVICE" in ambient and not (caps and caps[-1] == "")
-        return cls(writable, state, tuple(hidden), low)
+        names = {item.partition("=")[0].strip('"') for v in settings.get("Environment", []) for item in v.split()}
+        return cls(writable, state, tuple(hidden), low, frozenset(names), bool(settings.get("EnvironmentFile")))
 
 
 def _service_settings(text: str) -> Iterator[tuple[str, str]]:
@@ -299,6 +313,7 @@ class ServiceCheck:
         for ref in referenced_files(self.loaded):
             if not self.exempt(ref.path):
                 self.check_file(ref.where, ref.path, ref.kind)
+        self.check_environment()
         self.check_data_dir()
         self.check_web()
         return self.out
@@ -361,6 +376,21 @@ class ServiceCheck:
                 self.add(where, f"the service user {self.account.name} cannot reach {seen}: folder {parent} is "
                          f"{_owner(st)} with mode {stat.S_IMODE(st.st_mode):04o}")
                 return
+
+    def check_environment(self) -> None:
+        """Secrets read from the environment: the service has only what its unit gives it."""
+        if self.sandbox.environment_files:
+            return  # an EnvironmentFile= may hold anything: not ours to read
+        found = list(_secrets(self.loaded.config, ()))
+        by_id = {spec.config.id: spec for spec in self.loaded.devices}
+        for i, dev in enumerate(self.loaded.config.devices):
+            if dev.id in by_id:  # the connection's secrets (a BLE bind key) live in the driver's model
+                found += _secrets(by_id[dev.id].connection, ("devices", i, "connection"))
+        for where, secret in found:
+            if secret.env is not None and secret.env not in self.sandbox.environment:
+                self.add((*where, "env"), f"the service's environment has no {secret.env} (its unit sets none): add "
+                         f"it in a drop-in, `systemctl edit fieldgate`: [Service] Environment={secret.env}=... or "
+                         "EnvironmentFile=/etc/fieldgate/env (mode 0640), or use {file: ...}", "warning")
 
     def check_data_dir(self) -> None:
         """``gateway.data_dir``: where the unit lets the service write, and writable by its user."""

@@ -174,3 +174,19 @@ def test_for_service_needs_a_configuration(root: Path) -> None:
                          capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
     assert res.returncode == 2
     assert "--for-service checks a configuration" in res.stderr
+
+
+def test_a_secret_from_the_environment_needs_it_in_the_unit(root: Path) -> None:
+    text = GOOD.replace("password: {file: mqtt-password}", "password: {env: FG_MQTT_PASSWORD}")
+    _write(root / "etc/fieldgate/fieldgate.yaml", text, 0o640)
+    res = _validate(root)
+    assert res.returncode == 0, res.stderr  # a warning: the variable may come from elsewhere
+    line = next(ln for ln in res.stderr.splitlines() if "mqtt.password.env" in ln)
+    assert "warning:" in line and "FG_MQTT_PASSWORD" in line and "systemctl edit fieldgate" in line, line
+
+    dropin = root / "etc/systemd/system/fieldgate.service.d"
+    dropin.mkdir(parents=True)
+    (dropin / "secrets.conf").write_text("[Service]\nEnvironment=FG_MQTT_PASSWORD=from-the-drop-in\n")
+    res = _validate(root)
+    assert res.returncode == 0 and "FG_MQTT_PASSWORD" not in res.stderr, res.stderr
+    assert "from-the-drop-in" not in res.stderr + res.stdout
