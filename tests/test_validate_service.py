@@ -190,3 +190,13 @@ def test_a_secret_from_the_environment_needs_it_in_the_unit(root: Path) -> None:
     res = _validate(root)
     assert res.returncode == 0 and "FG_MQTT_PASSWORD" not in res.stderr, res.stderr
     assert "from-the-drop-in" not in res.stderr + res.stdout
+
+
+def test_a_status_page_off_loopback_without_a_password_is_refused(root: Path) -> None:
+    text = GOOD + "web: {listen: '0.0.0.0:8080'}\n"
+    _write(root / "etc/fieldgate/fieldgate.yaml", text, 0o640)
+    res = _validate(root)
+    assert res.returncode == 1
+    line = next(ln for ln in res.stderr.splitlines() if ": web" in ln)
+    assert line.startswith(f"{root}/etc/fieldgate/fieldgate.yaml:{_line_of(text, 'web:')}:"), line
+    assert "set web.password" in line, line
