@@ -393,6 +393,7 @@ class DeviceRunner:
         """A push driver delivered data: the device is online and its failures are over."""
         s = self.stats
         s.polls += 1
+        self._recovered(ONLINE)
         s.consecutive_failures = 0
         if s.state != ONLINE:
             self._set_state(ONLINE, None)
@@ -402,6 +403,7 @@ class DeviceRunner:
         s.polls += 1
         s.last_latency_s = time.monotonic() - started
         s.latency_sum_s += s.last_latency_s
+        self._recovered(DEGRADED if sink.errors else ONLINE)
         s.consecutive_failures = 0
         if sink.errors:
             self._set_state(DEGRADED, str(sink.errors[-1]))
@@ -414,13 +416,20 @@ class DeviceRunner:
         s.failures += 1
         s.consecutive_failures += 1
         state = OFFLINE if s.consecutive_failures >= self.cfg.offline_after else DEGRADED
-        if s.consecutive_failures == 1 or state != s.state:
-            self.log.warning("%s (%s); %s", error, reason, state)
-        else:
-            self.log.debug("%s (%s)", error, reason)
+        delay = max(self.cfg.poll_interval if s.consecutive_failures == 1 else 0.0,
+                    backoff_delay(s.consecutive_failures, self.cfg.poll_interval, self.cfg.backoff_max, self.rng))
+        # The retry time said is the one this runner sleeps: drivers' own pauses are theirs to word.
+        n = s.consecutive_failures
+        polls = "1 failed poll" if n == 1 else f"{n} failed polls in a row"
+        level = logging.WARNING if n == 1 or state != s.state else logging.DEBUG
+        self.log.log(level, "%s (%s); %s after %s; next try in %.1fs", error, reason, state, polls, delay)
         self._set_state(state, error)
-        return max(self.cfg.poll_interval if s.consecutive_failures == 1 else 0.0,
-                   backoff_delay(s.consecutive_failures, self.cfg.poll_interval, self.cfg.backoff_max, self.rng))
+        return delay
+
+    def _recovered(self, state: str) -> None:
+        n = self.stats.consecutive_failures
+        if n:
+            self.log.info("answering again after %d failed poll%s: %s", n, "" if n == 1 else "s", state)
 
     def _describe(self, exc: BaseException) -> tuple[str, str]:
         if isinstance(exc, DriverError):

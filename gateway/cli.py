@@ -54,6 +54,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             loaded = load_config(Path(args.config))
             diags.extend(loaded.warnings)
             ok_devices = len(loaded.devices)
+            if args.for_service:
+                from .service_check import service_diagnostics
+
+                diags.extend(service_diagnostics(loaded, root=Path(args.root), user=args.service_user))
         except ConfigError as exc:
             diags.extend(d for d in exc.diagnostics if isinstance(d, Diagnostic))
     for p in args.profiles:
@@ -65,7 +69,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{errors} error(s), {warnings} warning(s) in {', '.join(files)}", file=sys.stderr)
         return EXIT_INVALID
     what = f"{ok_devices} device(s)" if args.config else f"{len(args.profiles)} profile(s)"
-    print(f"valid: {', '.join(files)} ({what}, {warnings} warning(s))")
+    ready = "; ready for fieldgate.service" if args.for_service else ""
+    print(f"valid: {', '.join(files)} ({what}, {warnings} warning(s)){ready}")
     return EXIT_OK
 
 
@@ -185,10 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a configuration and/or profiles",
                        description="Validate a configuration (with the profiles it uses) and/or profile files. "
-                       "Prints every error as file:line:col: key.path: message.")
+                       "Prints every error as file:line:col: key.path: message.",
+                       epilog="exit codes: 0 valid (and, with --for-service, ready for the service), 1 an error "
+                       "was found (every one is printed), 2 usage error")
     p.add_argument("config", nargs="?", help="configuration file (omit with --profile)")
     p.add_argument("profiles", nargs="*", help="profile files to check on their own")
     p.add_argument("--profile", dest="only_profiles", action="append", default=[], help="profile to check (repeatable)")
+    p.add_argument("--for-service", action="store_true",
+                   help="also check what fieldgate.service needs: the files named exist, are regular files the "
+                        "service user may read, secrets are not readable by every user, the mqtt section is "
+                        "there, data_dir is writable, the status page's port can be bound (docs/validate.md)")
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="with --for-service: check the system whose / is DIR (an image); default: this one")
+    p.add_argument("--service-user", default="fieldgate", metavar="USER",
+                   help="with --for-service: the user the service runs as (default: %(default)s)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the configuration or of profiles",
@@ -251,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config = None
         if not args.config and not args.profiles:
             parser.error("validate needs a configuration file or profile files")
+        if args.for_service and not args.config:
+            parser.error("--for-service checks a configuration: name the configuration file")
     try:
         return int(args.func(args))
     except BrokenPipeError:

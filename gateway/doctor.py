@@ -20,9 +20,12 @@ with its gateway id; doctor then reads each device's state from it ("held by
 the running service, which reports it online") instead of opening ports the
 service holds, and a device the service reports offline is still a FAIL. The
 status API was chosen over a pid file: it answers only while the service
-runs, names the gateway, and carries the states. Without the status page
-(``web.enabled: false`` or port 0) the devices are probed directly, and a port
-the service holds is reported as busy with the stop-the-service hint.
+runs, names the gateway, and carries the states. The service is also found by
+its process (a ``fieldgate run`` of this configuration in ``/proc``, however the
+path was written): a page on port 0 is then asked at the port that process
+listens on, and with the page off its devices are named as held by it (pid)
+and not opened a second time. With no service running the devices are probed
+directly, and a port another program holds is reported as busy.
 
 Statuses: ``ok``, ``n/a`` (not applicable), ``warn`` (works, needs attention)
 and ``fail`` (broken). Exit code: 0 nothing failed (warnings are printed;
@@ -38,13 +41,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ from .clock import clock_synced
 from .config import DEFAULT_CONFIG, DeviceSpec, LoadedConfig, load_config, load_profile_file
 from .driver import HasDoctor, available_drivers, load_driver
 from .errors import ConfigError, DeviceBusy, DriverError, DriverUnavailable, GatewayError
+from .listen import ListenAddress
 from .schema import PointError
 from .yamlsrc import Diagnostic
 
@@ -117,6 +122,7 @@ class Doctor:
         self.poll_devices = devices
         self.findings: list[Finding] = []
         self.loaded: LoadedConfig | None = None
+        self.service: ServiceProcess | None = None
 
     def _on_root(self, path: Path) -> Path:
         return self.root / path.relative_to("/")
@@ -141,6 +147,8 @@ class Doctor:
             service = await self.check_running_service(self.loaded)
             if service is not None:
                 self.check_devices_of_service(self.loaded, service)
+            elif self.service is not None:
+                self.check_devices_held(self.loaded, self.service)
             elif self.poll_devices:
                 await self.check_devices(self.loaded)
             else:
@@ -388,15 +396,37 @@ class Doctor:
         (the devices are then probed directly).
         """
         web = loaded.config.web
-        if not web.enabled:
-            return None
-        host, _, port = web.listen.rpartition(":")
-        host = host.strip("[]")
-        if not port.isdigit() or int(port) == 0:
-            return None  # a port picked at start cannot be known from the file
+        self.service = find_service(self.config_path)
+        pid = f"pid {self.service.pid}, " if self.service else ""
+        if web.enabled:
+            addr = ListenAddress.parse(web.listen)
+            # Port 0: the page took a free port at start, which only the running process knows.
+            ports = [addr.port] if addr.port else (listening_ports(self.service.pid) if self.service else [])
+            for port in ports[:MAX_PAGE_PORTS]:
+                found = await self._ask_page(loaded, addr.host, port)
+                if found is not None:
+                    status, base, by_id = found
+                    self.add("service.running", "ok", f"fieldgate {status.get('version', '')} is running this "
+                             f"configuration ({pid}up {_age(float(status.get('uptime_s') or 0))}); its devices "
+                             f"are read from its status page {base.removesuffix('/api/v1')}/, not opened a second "
+                             "time", url=base, uptime_s=status.get("uptime_s"),
+                             pid=self.service.pid if self.service else None)
+                    return by_id
+        if self.service is not None:
+            why = ("its status page is off (web.enabled: false)" if not web.enabled else
+                   "its status page did not answer here")
+            self.add("service.running", "ok", f"fieldgate is running this configuration ({pid}up "
+                     f"{_age(self.service.uptime_s)}); {why}, so the state of its devices cannot be read from it, "
+                     "and they are not opened a second time", pid=self.service.pid, uptime_s=self.service.uptime_s)
+        return None
+
+    async def _ask_page(self, loaded: LoadedConfig, host: str,
+                        port: int) -> tuple[dict[str, Any], str, dict[str, dict[str, Any]]] | None:
+        """(status, API base, devices by id) from the status page at host:port if it is this gateway's."""
+        web = loaded.config.web
         # The page may listen on every address; it is asked on loopback, which it always serves.
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-        base = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v1"
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        base = f"http://{ListenAddress(host, port)}/api/v1"
         headers = {"Accept": "application/json"}
         if web.password is not None:
             try:
@@ -413,11 +443,17 @@ class Doctor:
             return None
         docs = devices.get("devices", devices) if isinstance(devices, dict) else devices
         by_id = {str(d["id"]): d for d in docs if isinstance(d, dict) and "id" in d} if isinstance(docs, list) else {}
-        self.add("service.running", "ok", f"fieldgate {status.get('version', '')} is running this configuration "
-                 f"(up {_age(float(status.get('uptime_s') or 0))}); its devices are read from its status page "
-                 f"{base.removesuffix('/api/v1')}/, not opened a second time", url=base,
-                 uptime_s=status.get("uptime_s"))
-        return by_id
+        return status, base, by_id
+
+    def check_devices_held(self, loaded: LoadedConfig, service: ServiceProcess) -> None:
+        """Devices of a service found by its process, with no status page to ask: named, not opened."""
+        for spec in loaded.devices:
+            if spec.config.enabled:
+                self.add(f"device:{spec.config.id}", "n/a", f"device {spec.config.id}: held by the running service "
+                         f"(pid {service.pid}); not opened a second time",
+                         "to see its state here, turn the status page on (web.enabled, on 127.0.0.1 it needs no "
+                         "password), or stop the service for a direct check (`sudo systemctl stop fieldgate`)",
+                         driver=spec.driver.name, pid=service.pid)
 
     def check_devices_of_service(self, loaded: LoadedConfig, service: dict[str, dict[str, Any]]) -> None:
         """One finding per enabled device from what the running service reports about it."""
@@ -473,7 +509,8 @@ class Doctor:
     async def _probe(self, spec: DeviceSpec) -> Finding:
         from .app import DeviceLog
         from .driver import DeviceContext, SharedResources, create_driver, is_passive
-        from .probe import RecordingSink, endpoint_of, read_once
+        from .probe import endpoint_of, read_once
+        from .testing.sink import RecordingSink
 
         dev_id = spec.config.id
         check = f"device:{dev_id}"
@@ -556,6 +593,99 @@ def _read_buffer(db: Path) -> tuple[int, int, int]:
     finally:
         conn.close()
     return depth, int(row[0]) if row and row[0] is not None else 0, int(seq[0]) if seq else 0
+
+
+# --- the running service, found by its process ---------------------------------------------
+
+#: Listening ports of the service tried for its status page (it has one, and CoAP listens on UDP).
+MAX_PAGE_PORTS = 8
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceProcess:
+    """A ``fieldgate run`` of the configuration doctor checks."""
+
+    pid: int
+    uptime_s: float
+
+
+def _run_config(argv: list[str]) -> str | None:
+    """The configuration a ``fieldgate run`` command line names (its default if none), else None."""
+    for i, arg in enumerate(argv):
+        # `.../bin/fieldgate run ...` (the unit's ExecStart) or `python -m fieldgate.cli run ...`
+        if arg == "run" and i > 0 and (Path(argv[i - 1]).name == "fieldgate" or argv[i - 1] == "fieldgate.cli"):
+            rest = argv[i + 1:]
+            for j, opt in enumerate(rest):
+                if opt in ("-c", "--config") and j + 1 < len(rest):
+                    return rest[j + 1]
+                if opt.startswith("--config="):
+                    return opt.partition("=")[2]
+                if opt.startswith("-c") and len(opt) > 2:
+                    return opt[2:]
+            return str(DEFAULT_CONFIG)
+    return None
+
+
+def find_service(config_path: Path, proc: Path = PROC) -> ServiceProcess | None:
+    """The oldest ``fieldgate run`` process of ``config_path`` (however the path was written), or None.
+
+    Read from ``/proc``: a process of another user is seen where ``/proc`` lets this one see it
+    (doctor runs with sudo on a gateway; the unit's ProtectProc hides nothing from root).
+    """
+    want = os.path.realpath(config_path)
+    found: list[ServiceProcess] = []
+    try:
+        entries = [e for e in os.listdir(proc) if e.isdigit() and int(e) != os.getpid()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            argv = (proc / entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            named = _run_config([a for a in argv if a])
+            if named is None:
+                continue
+            if not os.path.isabs(named):
+                named = os.path.join(os.readlink(proc / entry / "cwd"), named)
+            if os.path.realpath(named) != want:
+                continue
+            found.append(ServiceProcess(int(entry), _process_uptime(proc, entry)))
+        except OSError:
+            continue  # gone meanwhile, or not ours to look at
+    return max(found, key=lambda p: p.uptime_s) if found else None
+
+
+def _process_uptime(proc: Path, pid: str) -> float:
+    stat_text = (proc / pid / "stat").read_text()
+    fields = stat_text.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5): start time after boot
+    return max(0.0, float((proc / "uptime").read_text().split()[0]) - started)
+
+
+def listening_ports(pid: int, proc: Path = PROC) -> list[int]:
+    """TCP ports process ``pid`` listens on, from its sockets and /proc/net/tcp{,6}."""
+    inodes: set[str] = set()
+    try:
+        for fd in os.listdir(proc / str(pid) / "fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(proc / str(pid) / "fd" / fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return []
+    ports: list[int] = []
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / str(pid) / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                port = int(cols[1].rpartition(":")[2], 16)
+                if port not in ports:
+                    ports.append(port)
+    return ports
 
 
 def _get_json(url: str, headers: dict[str, str], timeout: float) -> Any:

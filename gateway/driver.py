@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, PackageNotFoundError, distribution, entry_points, requires
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, runtime_checkable
@@ -240,6 +240,18 @@ class HasDoctor(Protocol):
 
     @classmethod
     async def doctor(cls, devices: Sequence[DoctorDevice], timeout: float) -> list[Finding]: ...
+
+
+@runtime_checkable
+class DecodesVectors(Protocol):
+    """Class hook: a profile's datasheet test vector (its registers, bytes or text) → raw values by point.
+
+    The conformance suite (``fieldgate.testing.conformance``) decodes every library profile's
+    vectors through it and checks ``raw`` and, normalized, ``value`` / ``expect``. Pure: no I/O.
+    """
+
+    @staticmethod
+    def decode_vector(profile: Any, vector: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 #: Entry point group of the demo's (and tests') simulated devices: ``name = "pkg.module:Class"``.

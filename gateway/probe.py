@@ -27,29 +27,13 @@ from .driver import (
 )
 from .errors import DriverError
 from .normalize import Normalizer
-from .schema import PointError, RawReading
+from .schema import PointError
+from .testing.sink import RecordingSink  # the one recording sink, also what third parties test with
 
 #: How long to wait for a device that reports on its own (BLE adverts, CoAP observe) ...
 PUSH_WAIT_S = 30.0
 #: ... and for one that sleeps between reports (an NB-IoT device pushing): long enough to wake it by hand.
 PASSIVE_WAIT_S = 300.0
-
-
-class RecordingSink:
-    """Keeps what a driver hands over; ``first`` is set by the first reading or error."""
-
-    def __init__(self) -> None:
-        self.readings: list[RawReading] = []
-        self.errors: list[DriverError] = []
-        self.first = asyncio.Event()
-
-    def add(self, reading: RawReading) -> None:
-        self.readings.append(reading)
-        self.first.set()
-
-    def add_error(self, error: DriverError) -> None:
-        self.errors.append(error)
-        self.first.set()
 
 
 def endpoint_of(driver: object) -> str:

@@ -9,7 +9,10 @@ runs ``fieldgate provision`` before ``fieldgate.service`` starts:
 1. find ``fieldgate.yaml`` in ``/boot/firmware`` (Raspberry Pi OS since
    Bookworm), else in ``/boot``; none: nothing to do (exit 0);
 2. validate it with the same loader as ``fieldgate run`` (all errors at once),
-   and check that every file it names exists; the loader refuses hostile files
+   check that every file it names exists, and run the checks of ``fieldgate
+   validate --for-service`` (gateway/service_check.py) on what it names on the
+   gateway: regular files the service user may read, no secret readable by
+   every user, an ``mqtt`` section, a ``data_dir`` the service may write; the loader refuses hostile files
    (a billion laughs, a FIFO, binary junk) by name, and the whole reading and
    validation has a time limit (``--time-limit``), so no file holds up the boot;
    symbolic links (the source, a companion, or inside a companion folder) are
@@ -39,15 +42,13 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from .config import LoadedConfig, load_config_text
+from .config import load_config_text
 from .errors import ConfigError
+from .service_check import ServiceAccount, ServiceCheck, referenced_files
 from .yamlsrc import (
     DEFAULT_TIME_LIMIT,
     Budget,
@@ -71,7 +72,7 @@ APPLIED_INFIX = ".applied-"
 PREVIOUS_SUFFIX = ".previous"
 BOOT_DIRS = (Path("/boot/firmware"), Path("/boot"))
 ETC_DIR = Path("/etc/fieldgate")
-SERVICE_GROUP = "fieldgate"
+SERVICE_GROUP = SERVICE_USER = "fieldgate"
 
 
 @dataclass(slots=True)
@@ -112,42 +113,6 @@ def find_source(boot_dirs: list[Path]) -> Path | None:
         if os.path.lexists(candidate):
             return candidate
     return None
-
-
-def _model_paths(model: BaseModel, prefix: Path_ = ()) -> Iterator[tuple[Path_, Path]]:
-    """Every ``Path`` value in a validated model, with its key path."""
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        yield from _value_paths(value, (*prefix, name))
-
-
-def _value_paths(value: Any, where: Path_) -> Iterator[tuple[Path_, Path]]:
-    if isinstance(value, Path):
-        yield where, value
-    elif isinstance(value, BaseModel):
-        yield from _model_paths(value, where)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from _value_paths(item, (*where, i))
-
-
-def referenced_files(loaded: LoadedConfig) -> list[tuple[Path_, Path, bool]]:
-    """Files and folders a configuration names: (key path, absolute path, is a folder).
-
-    ``gateway.data_dir`` is state, not a companion; it is left out.
-    """
-    out: list[tuple[Path_, Path, bool]] = []
-    for where, path in _model_paths(loaded.config):
-        if where == ("gateway", "data_dir"):
-            continue
-        out.append((where, path, where[:2] == ("gateway", "profile_dirs")))
-    base = loaded.path.parent
-    for i, spec in enumerate(loaded.config.devices):
-        ref = spec.profile
-        if isinstance(ref, str) and (ref.endswith((".yaml", ".yml")) or ref.startswith((".", "/"))):
-            p = Path(ref)
-            out.append((("devices", i, "profile"), p if p.is_absolute() else base / p, False))
-    return out
 
 
 def _raw_at(data: Any, where: Path_) -> Any:
@@ -232,25 +197,30 @@ class Provisioner:
         # Parsed once more (it was valid, so this is quick) for the raw values and positions.
         raw, smap, _ = load_yaml(text, str(source), Budget(budget.limits, time_limit=None))
         companions: list[tuple[Path, bool]] = []
-        for where, path, is_dir in referenced_files(loaded):
+        for where, path, kind in referenced_files(loaded):
             inside = path.is_relative_to(boot)
-            target = path if inside else self._on_target(path)
+            if not inside:
+                continue  # on the gateway already: the service checks below judge it where it is
+            is_dir = kind == "folder"
             written = _raw_at(raw, where)
             if inside and isinstance(written, str) and Path(written).is_absolute():
                 # The copy on the boot partition is deleted once applied; an absolute name would then dangle.
                 rel = path.relative_to(boot).as_posix()
                 diags.append(_diag(source, smap, where, f"{written} points into the boot partition, which is "
                                    f"cleared after provisioning: write it relative to {source.name}, as {rel!r}"))
-            elif not (target.is_dir() if is_dir else target.is_file()):
+            elif not (path.is_dir() if is_dir else path.is_file()):
                 what = "folder" if is_dir else "file"
-                hint = (f"copy it next to {source.name} on the boot partition" if inside
-                        else f"it must exist on the gateway, or put it next to {source.name} and name it relatively")
-                diags.append(_diag(source, smap, where, f"{what} not found: {path} ({hint})"))
-            elif inside and (link := _link_at_or_below(path, boot, is_dir)) is not None:
+                diags.append(_diag(source, smap, where, f"{what} not found: {path} "
+                                   f"(copy it next to {source.name} on the boot partition)"))
+            elif (link := _link_at_or_below(path, boot, is_dir)) is not None:
                 diags.append(_diag(source, smap, where, f"{link} is a symbolic link: put the file itself next to "
                                    f"{source.name} (a link could copy any file of the gateway into {self.etc_dir})"))
-            elif inside:
+            else:
                 companions.append((path.relative_to(boot), is_dir))
+        # What the service needs, as `validate --for-service` checks it, of everything that is not a
+        # companion: provision installs those itself, with the service's group and mode 0640.
+        diags += ServiceCheck(loaded, smap, root=self.root, account=ServiceAccount.lookup(SERVICE_USER, self.root),
+                              exempt=lambda p: p.is_relative_to(boot)).run()
         return diags, companions
 
     def _refuse(self, source: Path, errors_file: Path, diags: list[Diagnostic]) -> Outcome:

@@ -28,6 +28,7 @@ import json
 import random
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +60,44 @@ _FLAG_NAMES = {"open", "closed", "alarm", "present", "occupied", "leak", "tamper
 _TEXT_NAMES = {"label", "name", "state", "status_text"}
 
 
+def _is_clock(p: Any) -> bool:
+    """A point that carries the device's own time (Unix seconds)."""
+    return p.unit == "s" and ("time" in p.name or "timestamp" in p.name)
+
+
 class Model:
-    """Plausible values for a profile's points, drifting a little on each ``step``."""
+    """Plausible values for a profile's points, drifting a little on each ``step``.
+
+    Measurements wander around what such a quantity usually reads; a device's clock is the
+    wall clock; a count (unit ``count``) only grows; and a number with neither unit nor range
+    (a mode, a firmware version) is a constant, taken from the profile's test vector when it
+    has one: the datasheet's example is what such a device reports.
+    """
 
     def __init__(self, profile: CoapProfile, seed: int | None = None) -> None:
         self.profile = profile
         self.rng = random.Random(seed)
         self.values: dict[str, Any] = {}
         self.home: dict[str, float] = {}
+        self.clocks = {p.name for p in profile.points if _is_clock(p)}
+        self.counts = {p.name for p in profile.points if p.unit == "count"}
+        self.constants: set[str] = set()
+        example: dict[str, Any] = {}
+        for vector in profile.test_vectors or []:
+            if isinstance(vector, dict) and isinstance(vector.get("expect"), dict):
+                example = {**vector["expect"], **example}
         for p in profile.points:
             if p.type == "bool" or (p.bits is not None and p.bits[1] == 1) or p.name in _FLAG_NAMES:
                 self.values[p.name] = False
             elif p.name in _TEXT_NAMES:
                 self.values[p.name] = f"{profile.model} sim"
+            elif p.name in self.clocks:
+                self.values[p.name] = float(int(time.time()))
+            elif p.name in self.counts:
+                self.values[p.name] = float(example.get(p.name, 0))
+            elif p.unit is None and not p.range and isinstance(example.get(p.name), int | float):
+                self.constants.add(p.name)
+                self.values[p.name] = float(example[p.name])
             else:
                 typical = _TYPICAL.get(p.unit or "")
                 if p.name.startswith("batt") and p.unit == "V":
@@ -89,7 +115,13 @@ class Model:
         """Move every value a little: flags flip now and then, numbers wander around their usual value."""
         for p in self.profile.points:
             v = self.values[p.name]
-            if isinstance(v, bool):
+            if p.name in self.constants:
+                continue
+            if p.name in self.clocks:
+                self.values[p.name] = float(int(time.time()))
+            elif p.name in self.counts:
+                self.values[p.name] = v + (1 if self.rng.random() < 0.3 else 0)
+            elif isinstance(v, bool):
                 self.values[p.name] = self.rng.random() < 0.2
             elif isinstance(v, int | float):
                 home = self.home[p.name]

@@ -49,6 +49,7 @@ import functools
 import math
 import os
 import random
+import re
 import struct
 import sys
 import time
@@ -87,6 +88,36 @@ _DEFAULT_RANGE = {
     "deg": (-30.0, 30.0), "/": (0.9, 1.0),
 }
 _COUNTER_UNITS = {"Wh", "kWh", "varh", "kvarh", "VAh", "kVAh", "m3", "l"}
+#: Setting registers that hold the unit's own Modbus address: they read back the unit that answers.
+_ADDRESS_NAMES = {"device_address", "meter_id", "unit_id", "slave_id", "slave_address", "modbus_address"}
+#: "0 = 2400 (default)" or "(default 60)" in a point's description: what a device fresh from the box holds.
+_DEFAULT_IN_TEXT = re.compile(r"(-?\d+(?:\.\d+)?)\s*=[^,;(]*\(default\)|\(default (-?\d+(?:\.\d+)?)\)")
+#: A building's load: mostly resistive, a little inductive (motors, power supplies).
+_PF_MID, _PF_AMP = 0.93, 0.05
+
+
+def _is_setting(p: ModbusPoint) -> bool:
+    """A configuration register (a holding register read rarely): a constant, not a measurement."""
+    return p.table == "holding" and p.every >= 60
+
+
+def _single_phase_roles(points: Sequence[ModbusPoint]) -> dict[str, str]:
+    """Point name → role (v, i, p, s, q, pf, angle) of a single-phase meter's instantaneous values, or {}.
+
+    Only a profile with exactly one voltage, current, active and apparent power and power factor
+    (demand and maximum values left out) is modelled as one circuit, so that P = V·I·PF holds.
+    """
+    by_role: dict[str, list[str]] = {}
+    units = {"V": "v", "A": "i", "W": "p", "VA": "s", "var": "q", "deg": "angle"}
+    for p in points:
+        if "demand" in p.name or p.name.endswith("_max") or p.kind in ("bit", "bool", "string"):
+            continue
+        role = "pf" if p.unit is None and "power_factor" in p.name else units.get(p.unit or "")
+        if role:
+            by_role.setdefault(role, []).append(p.name)
+    if any(len(by_role.get(r, [])) != 1 for r in ("v", "i", "p", "s", "pf")):
+        return {}
+    return {names[0]: role for role, names in by_role.items() if len(names) == 1}
 
 
 def load_modbus_profile(ref: str | Path) -> ModbusProfile:
@@ -118,10 +149,12 @@ class DeviceModel:
         seed: for reproducible values.
         strict: implement only the points' own addresses, so merged reads
             spanning gaps get exception 02 (like many real devices).
+        unit: the unit id it answers as (its address registers read it back).
     """
 
-    def __init__(self, profile: ModbusProfile, seed: int = 0, strict: bool = False) -> None:
+    def __init__(self, profile: ModbusProfile, seed: int = 0, strict: bool = False, unit: int | None = None) -> None:
         self.profile = profile
+        self.unit = unit
         self.rng = random.Random(seed)
         self.phase = self.rng.uniform(0, 2 * math.pi)
         self.t0 = time.monotonic()
@@ -141,6 +174,8 @@ class DeviceModel:
         # Scale factors, identity strings and markers are constants on a real device: serve the datasheet's.
         self._fixed = {p.name: vectors[p.name]["raw"] for p in points if p.name in vectors
                        and "raw" in vectors[p.name] and (p.name in self._sf_of or p.kind == "string" or not p.report)}
+        self._roles = _single_phase_roles(points)
+        self._circuit: dict[str, float] = {}
         holes = [(r.table, r.start, r.end) for r in profile.unreadable]
         for p in points:
             self.implemented[p.table].update(range(p.address, p.address + p.width))
@@ -158,8 +193,31 @@ class DeviceModel:
         """Move every value to its next plausible state."""
         self.steps += 1
         t = time.monotonic() - self.t0
+        self._circuit = self._next_circuit(t) if self._roles else {}
         for p in sorted(self.profile.points, key=lambda p: p.name not in self._sf_of):  # scale factors first
             self.set_raw(p.name, self._next(p, t))
+
+    def _next_circuit(self, t: float) -> dict[str, float]:
+        """One circuit's V, I and PF, and what follows from them: P = V·I·PF, S = V·I, Q = √(S² - P²)."""
+        by_role = {role: next(p for p in self.profile.points if p.name == name) for name, role in self._roles.items()}
+        v, i = self._drift(by_role["v"], t), self._drift(by_role["i"], t)
+        pf = _PF_MID + _PF_AMP * math.sin(self.phase * 1.7 + t / 90.0 + self.steps * 0.03)
+        pf = min(0.99, max(0.5, pf + self.rng.uniform(-0.005, 0.005)))
+        s = v * i
+        p = s * pf
+        return {"v": v, "i": i, "pf": pf, "s": s, "p": p, "q": math.sqrt(max(0.0, s * s - p * p)),
+                "angle": math.degrees(math.acos(pf))}
+
+    def _setting(self, p: ModbusPoint) -> float:
+        """What a configuration register holds: the unit's address, the documented default, else the low end."""
+        if p.name in _ADDRESS_NAMES:
+            return float(self.unit if self.unit is not None else 1)
+        m = _DEFAULT_IN_TEXT.search(p.description or "")
+        if m:
+            return float(m.group(1) or m.group(2))
+        if p.range and p.range[0] <= 0.0 <= p.range[1]:
+            return 0.0  # a correction or offset register: none, as delivered
+        return float(p.range[0]) if p.range else 0.0
 
     def _next(self, p: ModbusPoint, t: float) -> Any:
         kind = p.kind
@@ -171,23 +229,31 @@ class DeviceModel:
             return (self.steps + p.address + (p.bit or 0)) % 3 == 0
         if kind == "string":
             return f"FG{self.profile.model}"[: (p.count or 1) * 2]
-        if p.unit in _COUNTER_UNITS and p.range is None:
+        if p.name in self._roles:
+            eng = self._circuit[self._roles[p.name]]
+        elif _is_setting(p):
+            eng = self._setting(p)
+        elif p.unit in _COUNTER_UNITS and p.range is None:
             eng = 1000.0 + 0.5 * self.steps + self.rng.uniform(0, 0.01)
         else:
-            typical = _DEFAULT_RANGE.get(p.unit or "")
-            if typical and (p.range is None or (p.range[0] <= typical[0] and typical[1] <= p.range[1])):
-                lo, hi, share = typical[0], typical[1], 0.4  # what such a quantity usually reads
-            else:
-                lo, hi = (p.range[0], p.range[1]) if p.range else (0.0, 100.0)
-                share = 0.08
-            # a slow drift with a little noise: a sensor, not a random number generator
-            mid, amp = (lo + hi) / 2, (hi - lo) * share
-            eng = (mid + amp * math.sin(self.phase + t / 60.0 + self.steps * 0.05)
-                   + self.rng.uniform(-0.01, 0.01) * (hi - lo))
+            eng = self._drift(p, t)
         raw = (eng - p.offset) / p.scale
         if p.scale_factor_point:
             raw /= 10.0 ** self.raw.get(p.scale_factor_point, 0)
         return raw
+
+    def _drift(self, p: ModbusPoint, t: float) -> float:
+        """A measurement: a slow drift with a little noise around what such a quantity usually reads."""
+        typical = _DEFAULT_RANGE.get(p.unit or "")
+        if typical and (p.range is None or (p.range[0] <= typical[0] and typical[1] <= p.range[1])):
+            lo, hi, share = typical[0], typical[1], 0.4  # what such a quantity usually reads
+        else:
+            lo, hi = (p.range[0], p.range[1]) if p.range else (0.0, 100.0)
+            share = 0.08
+        # a slow drift with a little noise: a sensor, not a random number generator
+        mid, amp = (lo + hi) / 2, (hi - lo) * share
+        return (mid + amp * math.sin(self.phase + t / 60.0 + self.steps * 0.05)
+                + self.rng.uniform(-0.01, 0.01) * (hi - lo))
 
     def set_raw(self, name: str, value: Any) -> None:
         """Put a raw value (before scale/offset, before a scale factor) into the registers."""
@@ -297,7 +363,7 @@ class ModbusSim:
 
     def __init__(self, devices: dict[int, ModbusProfile], *, animate: bool = True, strict: bool = False,
                  seed: int = 0) -> None:
-        self.models = {u: DeviceModel(p, seed=seed + u, strict=strict) for u, p in devices.items()}
+        self.models = {u: DeviceModel(p, seed=seed + u, strict=strict, unit=u) for u, p in devices.items()}
         self.animate = animate
         self.writes = 0
         self.wrote = asyncio.Event()  # set on every write (a test clears it and waits)

@@ -28,15 +28,15 @@ import contextlib
 import struct
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any, ClassVar, Self
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from fieldgate.checks import DoctorDevice, Finding
 from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceUnreachable, DriverError
 from fieldgate.schema import PointError, RawReading
 
-from .decode import DECODERS, DecodeError
+from .decode import DECODERS, DecodeError, uuid16
 from .profile import BleConnection, BlePoint, BleProfile
 from .scanner import Advert, ScannerHub, load_backend, mask_address, scan_error
 
@@ -67,11 +67,22 @@ def read_bind_key(conn: BleConnection) -> bytes | None:
 
 
 class _HubMember:
-    """A device on its adapter's shared ``ScannerHub``: joins it on open, leaves (closing it last) on close."""
+    """A device on its adapter's shared ``ScannerHub``: joins it on open, leaves (closing it last) on close.
+
+    It joins as a ``Subscriber`` (scanner.py), so it declares what one has; each driver defines them.
+    """
 
     ctx: DeviceContext[BleProfile, BleConnection]
     conn: BleConnection
     hub: ScannerHub | None
+    address: str | None
+
+    if TYPE_CHECKING:  # declared for the type checker only: each driver below defines them
+        def deliver(self, advert: Advert) -> None:
+            """Take one advert (see ``Subscriber.deliver``)."""
+
+        def hub_event(self, kind: str, message: str, error: DriverError | None) -> None:
+            """The hub started, failed or went silent (see ``Subscriber.hub_event``)."""
 
     async def _join(self) -> ScannerHub:
         hub = self.ctx.shared.acquire(self.conn.hub_key, lambda: ScannerHub(self.conn))
@@ -103,6 +114,30 @@ class BleDriver(_HubMember):
     name: ClassVar[str] = "ble"
     Profile: ClassVar[type[BleProfile]] = BleProfile
     Connection: ClassVar[type[BleConnection]] = BleConnection
+
+    @staticmethod
+    def decode_vector(profile: BleProfile, vector: Mapping[str, Any]) -> dict[str, Any]:
+        """Conformance hook (``DecodesVectors``): one datasheet test vector → raw values by point.
+
+        An advertisement vector (``address``, ``service_data: {uuid16: hex}`` or
+        ``manufacturer_data: {company: hex}``, ``bind_key``) goes through the profile's decoder as an
+        advert does; a GATT one (``characteristics: {uuid16: hex}``) through ``unpack_point``.
+        ``rssi`` comes from the radio, not from a vector: it is left out.
+        """
+        if profile.decoder is None:
+            chars = {str(k).lower(): bytes.fromhex(v) for k, v in vector["characteristics"].items()}
+            # Kept as 128-bit UUIDs; a SIG one is 0000xxxx-..., and vectors name the xxxx.
+            return {p.name: unpack_point(p, chars[p.characteristic[4:8]])
+                    for p in profile.points if p.characteristic is not None}
+        decoder = DECODERS[profile.decoder]
+        service = {uuid16(int(k, 16)): bytes.fromhex(v) for k, v in (vector.get("service_data") or {}).items()}
+        maker = {int(k, 16): bytes.fromhex(v) for k, v in (vector.get("manufacturer_data") or {}).items()}
+        payload = decoder.payload(service, maker)
+        if payload is None:
+            raise DecodeError(f"the vector carries no {decoder.name} data")
+        key = bytes.fromhex(vector["bind_key"]) if vector.get("bind_key") else None
+        values = decoder.decode(payload, vector.get("address"), key)
+        return {p.name: values[p.source] for p in profile.points if p.source != "rssi" and p.source in values}
 
     @classmethod
     def create(cls, ctx: DeviceContext[BleProfile, BleConnection]) -> BleDriver | BleGattDriver:

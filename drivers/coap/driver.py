@@ -29,6 +29,7 @@ import ipaddress
 import math
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
 import aiocoap
@@ -86,6 +87,13 @@ class CoapDriver:
     name: ClassVar[str] = "coap"
     Profile: ClassVar[type[CoapProfile]] = CoapProfile
     Connection: ClassVar[type[CoapConnection]] = CoapConnection
+
+    @staticmethod
+    def decode_vector(profile: CoapProfile, vector: Mapping[str, Any]) -> dict[str, Any]:
+        """Conformance hook (``DecodesVectors``): one datasheet test vector → raw values, see vectors.py."""
+        from .vectors import decode_vector
+
+        return decode_vector(profile, vector)
 
     @classmethod
     def create(cls, ctx: DeviceContext[CoapProfile, CoapConnection]) -> CoapDriver:

@@ -13,7 +13,7 @@ it fails only that block's points, with the reason as their quality reason.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 from fieldgate.checks import DoctorDevice, Finding, serial_port_findings
@@ -36,6 +36,13 @@ class ModbusDriver:
     name: ClassVar[str] = "modbus"
     Profile: ClassVar[type[ModbusProfile]] = ModbusProfile
     Connection: ClassVar[type[ModbusConnection]] = ModbusConnection
+
+    @staticmethod
+    def decode_vector(profile: ModbusProfile, vector: Mapping[str, Any]) -> dict[str, Any]:
+        """Conformance hook (``DecodesVectors``): one datasheet test vector → raw values, see vectors.py."""
+        from .vectors import decode_vector
+
+        return decode_vector(profile, vector)
 
     @classmethod
     def bus_of(cls, connection: ModbusConnection) -> str:

@@ -19,7 +19,7 @@ import errno
 import re
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import serial
@@ -80,8 +80,9 @@ def open_hint(port: str, exc: BaseException, lost: bool = False) -> str:
     if code == errno.ENOENT:
         return f"{port} does not exist: is the adapter plugged in? `ls -l /dev/serial/by-id/` lists ports{stable}"
     if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(exc).lower():
-        return ("another program holds the port (a second gateway, ModemManager, screen, minicom): "
-                "stop it, or set exclusive: false")
+        # Not "set exclusive: false": two programs reading one port each get part of its bytes.
+        return (f"another program holds the port: find it with `fuser -v {port}` (a second gateway, "
+                "ModemManager, screen, minicom) and stop it; the lock keeps it from taking the device's frames")
     if lost:
         return ("the adapter was unplugged or reset; the gateway reopens the port when it returns"
                 f"{stable or ' (a /dev/serial/by-id/... name survives replugging)'}")
@@ -94,6 +95,13 @@ class SerialDriver:
     name: ClassVar[str] = "serial"
     Profile: ClassVar[type[SerialProfile]] = SerialProfile
     Connection: ClassVar[type[SerialConnection]] = SerialConnection
+
+    @staticmethod
+    def decode_vector(profile: SerialProfile, vector: Mapping[str, Any]) -> dict[str, Any]:
+        """Conformance hook (``DecodesVectors``): one datasheet test vector → raw values, see vectors.py."""
+        from .vectors import decode_vector
+
+        return decode_vector(profile, vector)
 
     @classmethod
     def create(cls, ctx: DeviceContext[SerialProfile, SerialConnection]) -> SerialDriver:
@@ -115,7 +123,7 @@ class SerialDriver:
         )
         self.numeric = {p.name for p in self.profile.points if p.value_type not in ("str", "bool")}
         self.unmatched = 0  # lines no pattern matched (other NMEA sentences, prompts, echoes)
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._proto: _PortProtocol | None = None
         self._bad_run = 0
         self._bad_reported = False
@@ -154,7 +162,8 @@ class SerialDriver:
                 f"cannot set {port} to {line.baudrate} {line.bytesize}{line.parity}{_stop(line.stopbits)}: {exc}",
                 hint="the adapter does not support these settings; a pty (simulator) supports only 8N1") from exc
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise DeviceUnreachable(f"cannot open {port}: {_short(exc)}", hint=open_hint(port, exc)) from exc
+            what = "another program holds its lock" if _locked(exc) else _short(exc)
+            raise DeviceUnreachable(f"cannot open {port}: {what}", hint=open_hint(port, exc)) from exc
         self._transport, self._proto = transport, proto
         self.framer.reset()
         self.ctx.log.info("opened %s at %d %d%s%s (%s mode)", port, line.baudrate, line.bytesize, line.parity,
@@ -180,7 +189,7 @@ class SerialDriver:
 
     def _write(self, data: bytes) -> None:
         assert self._transport is not None
-        self._transport.write(data)  # type: ignore[attr-defined]
+        self._transport.write(data)
 
     # --- reading ------------------------------------------------------------
 
@@ -362,8 +371,17 @@ def _mean(window: list[dict[str, Any]], numeric: set[str]) -> dict[str, Any]:
     return out
 
 
+def _locked(exc: BaseException) -> bool:
+    """pyserial's failed ``flock`` of an exclusive open (another process holds the port's lock)."""
+    return getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK) and "lock" in str(exc).lower()
+
+
+_ERRNO_TAG = re.compile(r"\[Errno -?\d+\] ")
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    # pyserial wraps the OSError's text, "[Errno N] ..." included, in its own "[Errno N] ...": once is enough.
+    text = _ERRNO_TAG.sub("", str(exc)) or type(exc).__name__
     return text.splitlines()[0][:200]
 
 

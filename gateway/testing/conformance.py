@@ -14,8 +14,12 @@ as the gateway finds it. The checks:
 * the driver's ``README.md`` has the sections a field technician looks for:
   profile reference, what it produces, troubleshooting;
 * every library profile for the driver (shipped or from a ``fieldgate.profiles``
-  entry point) validates, and its test vectors name its points; a driver that
-  offers ``decode_vector`` (``VectorDecoder``) must decode each to its ``raw``;
+  entry point) validates, and each of its test vectors is decoded through the
+  driver's ``decode_vector`` hook (``fieldgate.driver.DecodesVectors``): the
+  point's value must be the vector's ``raw``, and normalized (scale, offset,
+  decimals), its ``value`` and every value in ``expect``. A vector with nothing
+  to decode (``point``, ``raw``, ``value``) is normalized as it stands; one that
+  carries data (registers, bytes, text) for a driver without the hook is an error;
 * opening and closing a device of the example leaves no task and no file
   descriptor behind (a refusal with ``DriverError`` is fine: no peer is there).
 
@@ -27,16 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 from ..config import DeviceSpec, library_profiles, load_config, load_profile_file
-from ..driver import DeviceContext, DriverClass, SharedResources, create_driver, load_driver
+from ..driver import DecodesVectors, DeviceContext, DriverClass, SharedResources, create_driver, load_driver
 from ..errors import DriverError
+from ..normalize import Normalizer
 from ..profile import BaseProfile
+from ..schema import RawReading
 
 #: README headings (``## ...``, case-insensitive, by prefix) a driver's README must have.
 README_SECTIONS = ("profile reference", "what it produces", "troubleshooting")
@@ -44,13 +51,71 @@ README_SECTIONS = ("profile reference", "what it produces", "troubleshooting")
 OPEN_CLOSE_TIMEOUT_S = 10.0
 
 
-@runtime_checkable
-class VectorDecoder(Protocol):
-    """Optional: a driver that can decode its profiles' datasheet test vectors."""
+#: The hook's former name here; it is declared with the other optional hooks in fieldgate.driver.
+VectorDecoder = DecodesVectors
+#: Keys of a vector that say what it should decode to (the rest is data to decode).
+_VECTOR_CLAIMS = frozenset({"point", "raw", "value", "expect", "description"})
+#: The measurement time vectors are normalized at (a fixed one: vectors carry none).
+_VECTOR_TS = 1.7e9
 
-    @classmethod
-    def decode_vector(cls, profile: Any, vector: dict[str, Any]) -> Any:
-        """The raw value ``vector`` decodes to (compared with ``vector["raw"]``)."""
+
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, float) and isinstance(got, int | float) and not isinstance(got, bool):
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-6)
+    return bool(got == want)
+
+
+def vector_problems(driver: DriverClass, path: Path) -> tuple[list[str], int]:
+    """What is wrong with one profile's test vectors, and how many were checked.
+
+    Each vector is decoded through the driver's ``decode_vector`` hook (see the module
+    docstring), then normalized as a reading would be, and compared with what it claims.
+    """
+    profile, diags = load_profile_file(path, driver)
+    if profile is None:
+        return [str(d) for d in diags if d.severity == "error"] or [f"{path}: does not load"], 0
+    points = {p.name for p in profile.points}
+    normalizer = Normalizer("conformance", "vectors", profile)
+    problems: list[str] = []
+    checked = 0
+    for i, vector in enumerate(profile.test_vectors or []):
+        where = f"{path}: test_vectors[{i}]"
+        point = vector.get("point")
+        if point is not None and point not in points:
+            problems.append(f"{where}: names unknown point {point!r}")
+            continue
+        data = sorted(set(vector) - _VECTOR_CLAIMS) + (["raw"] if isinstance(vector.get("raw"), dict) else [])
+        if isinstance(driver, DecodesVectors):
+            try:
+                raw = driver.decode_vector(profile, vector)
+            except Exception as exc:  # a vector that does not decode is the finding, whatever it raises
+                problems.append(f"{where}: does not decode: {exc!r}")
+                continue
+        elif data:
+            problems.append(f"{where}: carries data to decode ({', '.join(data)}) but driver {driver.name!r} has "
+                            "no decode_vector hook (fieldgate.driver.DecodesVectors)")
+            continue
+        elif point is not None and "raw" in vector:
+            raw = {point: vector["raw"]}
+        else:
+            continue
+        checked += 1
+        claimed = vector.get("raw")
+        if point is not None and "raw" in vector and not isinstance(claimed, dict) and not (
+                point in raw and _same(raw[point], claimed)):
+            problems.append(f"{where}: {point} decodes to raw {raw.get(point)!r}, the vector says {claimed!r}")
+        expected = dict(vector.get("expect") or {})
+        if point is not None and "value" in vector:
+            expected[point] = vector["value"]
+        if not expected:
+            continue
+        msg = normalizer.normalize(RawReading(dict(raw), ts=_VECTOR_TS))
+        metrics = msg["metrics"] if msg is not None else {}
+        for key, want in expected.items():
+            got = metrics.get(key, {}).get("value") if key in metrics else None
+            if key not in metrics or not _same(got, want):
+                problems.append(f"{where}: {key} is {got!r}, the vector expects {want!r}")
+    return problems, checked
 
 
 def driver_folder(cls: DriverClass | type[Any]) -> Path:
@@ -160,15 +225,8 @@ def suite(name: str, example: Path | None = None, readme: Path | None = None) ->
 
         def test_library_profiles_and_vectors(self) -> None:
             cls = _driver()
-            for path in library_profiles_of(name):
-                profile, diags = load_profile_file(path, cls)
-                assert profile is not None, "\n".join(map(str, diags))
-                points = {p.name for p in getattr(profile, "points", [])}
-                for vector in profile.test_vectors or []:
-                    if "point" in vector:
-                        assert vector["point"] in points, f"{path}: test vector names unknown point {vector!r}"
-                    if isinstance(cls, VectorDecoder) and "raw" in vector:
-                        assert cls.decode_vector(profile, vector) == vector["raw"], f"{path}: {vector!r}"
+            problems = [p for path in library_profiles_of(name) for p in vector_problems(cls, path)[0]]
+            assert not problems, "\n".join(problems)
 
         def test_open_close_leaves_nothing_behind(self) -> None:
             loaded = load_config(_example())
@@ -183,4 +241,4 @@ def suite(name: str, example: Path | None = None, readme: Path | None = None) ->
     return DriverConformance
 
 
-__all__ = ["README_SECTIONS", "VectorDecoder", "missing_sections", "open_close_leaks", "suite"]
+__all__ = ["README_SECTIONS", "VectorDecoder", "missing_sections", "open_close_leaks", "suite", "vector_problems"]

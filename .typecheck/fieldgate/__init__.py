@@ -1,0 +1,1 @@
+../../gateway/__init__.py

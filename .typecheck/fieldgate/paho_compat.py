@@ -1,0 +1,1 @@
+../../gateway/paho_compat.py
