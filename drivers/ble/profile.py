@@ -58,6 +58,17 @@ class BlePoint(BasePoint):
     format: str | None = Field(
         None, description="GATT profiles: Python struct format of the value, e.g. '<h' (int16 little endian)")
     index: int = Field(0, ge=0, description="GATT profiles: which value of the unpacked format this point takes")
+    write_characteristic: str | None = Field(
+        None, description="GATT profiles, writable points: the characteristic writes go to, when the device "
+                          "takes them elsewhere than where the value is read; default: 'characteristic'")
+    write_response: bool = Field(
+        True, description="GATT profiles, writable points: write with response (the device acknowledges; "
+                          "false: a write command, for characteristics that only offer write-without-response)")
+
+    @field_validator("write_characteristic")
+    @classmethod
+    def _write_uuid(cls, v: str | None) -> str | None:
+        return normalize_uuid(v) if v is not None else None
 
     @field_validator("characteristic")
     @classmethod
