@@ -16,20 +16,35 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import __version__
 from .backoff import backoff_delay
 from .clock import ClockMonitor
 from .config import DeviceSpec, GatewayConfig, LoadedConfig
-from .driver import AnyDriver, DeviceContext, Driver, ServiceDriver, SharedResources, create_driver, driver_status
+from .driver import (
+    AnyDriver,
+    DeviceContext,
+    Driver,
+    PointWrite,
+    ServiceDriver,
+    SharedResources,
+    Writes,
+    can_write,
+    create_driver,
+    driver_status,
+)
 from .errors import DriverError
 from .normalize import Normalizer
 from .reload import RELOAD_TIME_LIMIT_S, ReloadPlan, plan_reload
 from .schema import RawReading, iso_ms
 from .sdnotify import notify, watchdog_task
+
+if TYPE_CHECKING:
+    from .commands import CommandExecutor
+    from .profile import BaseProfile
 
 log = logging.getLogger(__name__)
 
@@ -199,15 +214,17 @@ class DeviceStats:
 
 
 class _Sink:
-    __slots__ = ("errors", "readings", "runner")
+    __slots__ = ("errors", "last", "readings", "runner")
 
     def __init__(self, runner: DeviceRunner) -> None:
         self.runner = runner
         self.readings = 0
         self.errors: list[DriverError] = []
+        self.last: RawReading | None = None  # a command's read-back compares it
 
     def add(self, reading: RawReading) -> None:
         self.readings += 1
+        self.last = reading
         self.runner.emit(reading)
         if self.runner.pushing:
             self.runner.pushed_ok()
@@ -280,6 +297,10 @@ class DeviceRunner:
         self._reported: tuple[str, str | None] | None = None
         self.pushing = False  # a push driver's run() is active
         self.driver: AnyDriver | None = None  # the open driver instance, while it is open
+        # Held around every poll and every command: a command's write and read-back never interleave
+        # with a poll of this device (the bus lock keeps them apart from the line's other devices).
+        self.io_lock = asyncio.Lock()
+        self._open = asyncio.Event()  # set while ``driver`` is open
 
     def driver_status(self) -> dict[str, Any] | None:
         """What the open driver says about itself (its optional ``status()``), JSON-safe, or None."""
@@ -291,6 +312,66 @@ class DeviceRunner:
             self.log.debug("driver status() failed: %r", exc)
             return None
         return _json_safe(doc) if isinstance(doc, dict) else None
+
+    @property
+    def profile(self) -> BaseProfile:
+        """The device's profile (what a command may write)."""
+        return self.spec.profile
+
+    def writable(self) -> bool | None:
+        """Whether the open driver offers the ``write`` hook; None while no driver is open."""
+        return None if self.driver is None else can_write(self.driver)
+
+    async def run_command(self, writes: Sequence[PointWrite]) -> tuple[RawReading | None, str | None]:
+        """Write ``writes`` (if any), then poll now, between two polls of the schedule (which goes on).
+
+        A write failure counts as a failed poll (device state, log) and the driver's own per-unit
+        backoff applies to it as to a read. The read-back poll is an extra poll: its reading is
+        published as usual.
+
+        Returns:
+            The read-back raw reading (None for a push driver, which cannot be polled) and the
+            reason when the read-back failed after a successful write.
+
+        Raises:
+            DriverError: the write did not happen or failed (reason ``offline`` when the device is
+                not open within its poll timeout, ``not_supported`` without a write hook).
+        """
+        if self.driver is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.poll_timeout):
+                    await self._open.wait()
+        async with self.io_lock, (self.bus_lock if self.bus_lock is not None else contextlib.nullcontext()):
+            driver = self.driver
+            if driver is None:
+                raise DriverError(f"{self.cfg.id} is not connected", reason="offline")
+            if writes:
+                if not isinstance(driver, Writes):
+                    raise DriverError(f"driver {self.spec.driver.name!r} cannot write", reason="not_supported")
+                try:
+                    async with poll_deadline(self.cfg.poll_timeout):
+                        await driver.write(writes)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    error, reason = self._describe(exc)
+                    self._failed(f"write: {error}", reason)
+                    raise DriverError(error, reason=reason) from exc
+            if isinstance(driver, ServiceDriver) or not isinstance(driver, Driver):
+                return None, None
+            sink = _Sink(self)
+            started = time.monotonic()
+            try:
+                async with poll_deadline(self.cfg.poll_timeout):
+                    await driver.poll(sink)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error, reason = self._describe(exc)
+                self._failed(error, reason)
+                return None, reason
+            self._ok(sink, started)
+            return sink.last, None
 
     def emit(self, raw: RawReading) -> None:
         """Normalize a raw reading and hand it to the output."""
@@ -364,6 +445,7 @@ class DeviceRunner:
                     await driver.__aenter__()
                 opened = True
                 self.driver = driver
+                self._open.set()
                 if isinstance(driver, ServiceDriver):
                     # Online on the first data, not when the port opens.
                     self.pushing = True
@@ -380,6 +462,7 @@ class DeviceRunner:
                 delay = self._failed(error, reason)
             finally:
                 self.driver = None
+                self._open.clear()
                 if opened:
                     await self._close(driver)
             await asyncio.sleep(delay)
@@ -401,10 +484,10 @@ class DeviceRunner:
             sink = _Sink(self)
             started = time.monotonic()
             if self.bus_lock is not None:
-                async with self.bus_lock, poll_deadline(self.cfg.poll_timeout):
+                async with self.io_lock, self.bus_lock, poll_deadline(self.cfg.poll_timeout):
                     await driver.poll(sink)
             else:
-                async with poll_deadline(self.cfg.poll_timeout):
+                async with self.io_lock, poll_deadline(self.cfg.poll_timeout):
                     await driver.poll(sink)
             self._ok(sink, started)
             k += 1
@@ -443,6 +526,8 @@ class Gateway:
         self._tg: asyncio.TaskGroup | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._next_config: LoadedConfig | None = None  # read by a reload, waiting for the apply
+        #: The command executor (runtime.build sets it when ``commands.enabled``); None: commands are off.
+        self.commands: CommandExecutor | None = None
 
     def request_stop(self) -> None:
         """Ask for a clean shutdown (SIGTERM)."""
@@ -610,6 +695,10 @@ class Gateway:
                 log.critical("shutdown time limit (%.0fs) exceeded; still busy: %s; exiting anyway", limit, names)
                 logging.shutdown()
                 os._exit(3)
+
+    def announce(self, kind: str, **fields: Any) -> None:
+        """Put an event on the events topic (and tell the listeners), as the gateway's own events go."""
+        self._out.event(kind, **fields)
 
     def subscribe(self, listener: GatewayListener) -> Callable[[], None]:
         """Follow device states, readings and events from now on; returns the unsubscribe function."""

@@ -157,6 +157,35 @@ class WebConfig(Model):
         return self
 
 
+class CommandRate(Model):
+    """How many commands one device takes: a token bucket (``rate`` per second, at most ``burst`` at once)."""
+
+    rate: float = Field(0.5, gt=0, le=100, description="commands per second a device takes, on average")
+    burst: int = Field(5, ge=1, le=1000, description="commands a device takes at once after a quiet spell")
+
+
+class CommandsConfig(Model):
+    """Downlink commands (writes, read-now) on ``{prefix}/{gw}/{dev}/cmd``: off unless enabled.
+
+    Only the devices in ``allow`` take commands; every other device answers ``rejected``
+    (``not_allowed``). See docs/commands.md for the safety rules and the broker ACL.
+    """
+
+    enabled: bool = Field(False, description="subscribe the command topics and execute commands")
+    allow: list[Identifier] = Field(default_factory=list, description="ids of the devices that take commands")
+    rate: CommandRate = Field(default_factory=CommandRate, description="per-device rate limit (default)")
+    devices: dict[Identifier, CommandRate] = Field(
+        default_factory=dict, description="per-device rate limits that differ from the default")
+    max_queued: int = Field(4, ge=1, le=100, description="commands one device may have waiting; more are refused")
+    remember: PositiveDuration = Field(
+        7 * 86400.0, description="how long a command id is remembered (a repeat in this time is a duplicate)")
+    remember_max: int = Field(100_000, ge=100, description="most command ids remembered; the oldest go first")
+
+    def rate_of(self, device: str) -> CommandRate:
+        """The rate limit of one device."""
+        return self.devices.get(device, self.rate)
+
+
 class GatewaySection(Model):
     """Who this gateway is and where it keeps its state."""
 
@@ -209,6 +238,17 @@ class GatewayConfig(Model):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
+
+    @model_validator(mode="after")
+    def _commands_name_devices(self) -> GatewayConfig:
+        ids = {d.id for d in self.devices}
+        named = [*self.commands.allow, *self.commands.devices]
+        unknown = [i for i in named if i not in ids]
+        if unknown:
+            raise ValueError(f"commands: no device {unknown[0]!r}{did_you_mean(unknown[0], ids)} "
+                             "(commands.allow and commands.devices name configured device ids)")
+        return self
 
 
 @dataclass(slots=True)

@@ -185,6 +185,27 @@ class SharesBus(Protocol):
     def bus_of(cls, connection: Any) -> str | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PointWrite:
+    """One point to set, as the command executor hands it to a driver's ``write``."""
+
+    name: str  # the profile point's name
+    value: float | int | bool  # the engineering value, already validated against write_range
+
+
+@runtime_checkable
+class Writes(Protocol):
+    """Instance hook: write these points in one go; raise DriverError (its reason: 'timeout',
+    'exception:02', ...) on failure.
+
+    Everything that can be refused without touching the device (a value the register type cannot
+    hold) is refused before the first frame. The executor serializes ``write`` with the device's
+    polls (and with the other devices of a shared bus), so a driver need not lock.
+    """
+
+    async def write(self, writes: Sequence[PointWrite]) -> None: ...
+
+
 @runtime_checkable
 class Reports(Protocol):
     """Instance hook: a JSON-able ``dict`` about the open driver for the status page and ``probe``."""
@@ -278,6 +299,11 @@ def driver_status(driver: object) -> dict[str, Any] | None:
 def raw_values(driver: object) -> dict[str, str]:
     """The instance's last raw values as text by point, empty when it offers none."""
     return dict(driver.last_raw()) if isinstance(driver, ShowsRaw) else {}
+
+
+def can_write(driver: object) -> bool:
+    """Whether an open driver instance offers the ``write`` hook (without it commands answer ``not_supported``)."""
+    return isinstance(driver, Writes)
 
 
 def bus_key(driver: DriverClass | type, connection: BaseModel) -> str | None:

@@ -8,6 +8,7 @@ addressing and raw type, and ``BaseProfile`` with its own ``points`` list.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -46,12 +47,51 @@ class BasePoint(Model):
         None, description="with deadband: report at least this often even without change"
     )
 
-    @field_validator("range")
+    writable: bool = Field(False, description="commands (fieldgate.command/1 write) may set this point")
+    write_range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = Field(
+        None, description="[min, max] of the engineering values a command may write; default: range"
+    )
+
+    @field_validator("range", "write_range")
     @classmethod
     def _range_ordered(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and v[0] > v[1]:
             raise ValueError(f"range minimum {v[0]} is above its maximum {v[1]}")
         return v
+
+    @property
+    def write_limits(self) -> tuple[float, float] | None:
+        """The ``[min, max]`` a command may write (``write_range``, else ``range``), or None for no bound."""
+        r = self.write_range or self.range
+        return (r[0], r[1]) if r is not None else None
+
+    def write_problem(self, value: object) -> str | None:
+        """Why a command may not write ``value`` to this point, as a reason word; None when it may.
+
+        Reasons: ``read_only``, ``bad_value`` (not a finite number or a boolean), ``out_of_range``.
+        Drivers extend this with what their raw type can hold (``not_supported`` for a type they
+        cannot write); it runs before any device I/O.
+        """
+        if not self.writable:
+            return "read_only"
+        if isinstance(value, bool):
+            return None
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return "bad_value"
+        limits = self.write_limits
+        if limits is not None and not limits[0] <= value <= limits[1]:
+            return "out_of_range"
+        return None
+
+    def readback_tolerance(self, value: float) -> float:
+        """How far a value read back may lie from ``value`` written and still be equal: the resolution.
+
+        The base knows only the rounding of ``decimals``; drivers add their raw type's step.
+        """
+        tol = 1e-9 * max(1.0, abs(value))
+        if self.decimals is not None:
+            tol += 0.5 * 10.0 ** -self.decimals
+        return tol
 
 
 class BaseProfile(Model):
@@ -82,6 +122,9 @@ class BaseProfile(Model):
             first.setdefault(point.name, i)
             if point.unit is not None and (problem := unit_warning(point.unit)) is not None:
                 out.append((("points", i, "unit"), problem, "warning"))
+            if point.write_range is not None and not point.writable:
+                out.append((("points", i, "write_range"), "write_range has no effect without writable: true",
+                            "warning"))
             if point.heartbeat is not None and point.deadband is None:
                 out.append((("points", i, "heartbeat"), "heartbeat has no effect without deadband",
                             "warning"))

@@ -21,6 +21,8 @@ from .config import GatewayConfig, LoadedConfig
 from .errors import GatewayError
 
 if TYPE_CHECKING:
+    from .commands import CommandExecutor
+    from .commands.mqtt import CommandListener
     from .web.app import WebServer
 
 log = logging.getLogger("fieldgate")
@@ -70,6 +72,37 @@ async def start_status_page(gw: Gateway, output: Output, cfg: GatewayConfig) -> 
     return server
 
 
+async def start_commands(gw: Gateway, output: Output,
+                         cfg: GatewayConfig) -> tuple[CommandExecutor | None, CommandListener | None]:
+    """The command executor (and its MQTT listener) when ``commands.enabled``; sets ``gw.commands``.
+
+    Fails closed: a store that cannot be opened leaves commands off (logged), since without it
+    "at most once" could not be kept.
+    """
+    if not cfg.commands.enabled:
+        return None, None
+    from .commands import CommandExecutor, CommandStore, StoreUnavailable
+    from .commands.mqtt import CommandListener
+    from .uplink import BufferedUplink
+
+    store = CommandStore(cfg.gateway.data_dir, remember=cfg.commands.remember,
+                         remember_max=cfg.commands.remember_max)
+    try:
+        unfinished = await asyncio.to_thread(store.open)
+    except StoreUnavailable as exc:
+        log.error("%s; commands are off", exc)
+        return None, None
+    executor = CommandExecutor(cfg.gateway.id, cfg.commands, store, gw.runners.get, gw.announce)
+    executor.settle_unfinished(unfinished)
+    gw.commands = executor
+    listener = None
+    if isinstance(output, BufferedUplink):
+        listener = CommandListener(executor, output)
+        listener.start()
+    log.info("commands enabled for %d device(s): %s", len(cfg.commands.allow), ", ".join(cfg.commands.allow) or "none")
+    return executor, listener
+
+
 @dataclass(slots=True)
 class Runtime:
     """A built gateway: its supervisor, its output and (when enabled and startable) its status page."""
@@ -77,12 +110,18 @@ class Runtime:
     gateway: Gateway
     output: Output
     web: WebServer | None = None
+    commands: CommandExecutor | None = None
+    listener: CommandListener | None = None
 
     async def run(self) -> None:
-        """Run the gateway until it is asked to stop; the status page closes with it."""
+        """Run the gateway until it is asked to stop; the status page and commands close with it."""
         try:
             await self.gateway.run()
         finally:
+            if self.listener is not None:
+                await self.listener.close()
+            if self.commands is not None:
+                self.commands.store.close()
             if self.web is not None:
                 await self.web.close()
 
@@ -103,8 +142,9 @@ async def build(loaded: LoadedConfig, *, output: Output | None = None, stdout: b
     """
     out = output if output is not None else await make_output(loaded.config, stdout=stdout, file=str(loaded.path))
     gw = Gateway(loaded, out, loader=loader)
+    commands, listener = await start_commands(gw, out, loaded.config)
     server = await start_status_page(gw, out, loaded.config) if web else None
-    return Runtime(gw, out, server)
+    return Runtime(gw, out, server, commands, listener)
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,9 @@ unit id), ``wrong-transaction`` (Modbus TCP: another transaction id; RTU has
 none, so it is served normally there), ``bad-length`` (the byte count
 contradicts the data that follows), ``wrong-function`` (FC3 answered as FC4,
 FC1 as FC2 and back), ``slow-loris`` (the answer trickles out a byte every
-0.1 s and its last byte never comes). A byte-level fault may name one
+0.1 s and its last byte never comes), ``slow-write:S`` (a write is applied at
+once but answered after S seconds: a device that took it while its answer is
+late or lost). A byte-level fault may name one
 function code, ``junk@3``: then only answers to FC3 are hit.
 
 Design choices:
@@ -65,12 +67,13 @@ from pymodbus.server import ModbusTcpServer
 
 #: Faults ``ModbusSim.set_fault`` accepts (``exception:NN`` and ``slow:SECONDS`` take a value).
 FAULTS = ("silent", "crc", "junk", "wrong-unit", "wrong-transaction", "bad-length", "wrong-function",
-          "slow-loris", "exception:NN", "slow:SECONDS")
+          "slow-loris", "exception:NN", "slow:SECONDS", "slow-write:SECONDS")
 _BYTE_FAULTS = {"crc", "junk", "wrong-unit", "wrong-transaction", "bad-length", "wrong-function", "slow-loris"}
 #: Seconds between the bytes of a ``slow-loris`` answer.
 TRICKLE = 0.1
 
-_FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 6: "holding", 16: "holding"}
+_FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil", 6: "holding", 15: "coil",
+             16: "holding"}
 _LIMITS = {
     "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
     "uint32": (0, 2**32 - 1), "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1),
@@ -125,6 +128,10 @@ class DeviceModel:
         self.implemented: dict[str, set[int]] = {t: set() for t in self.image}
         self.raw: dict[str, Any] = {}
         self.reads = 0
+        #: Every request that reached this unit (reads and writes, answered or not): "zero frames" checks.
+        self.requests = 0
+        #: Every write applied, in order: (function code, address, values).
+        self.writes: list[tuple[int, int, list[int]]] = []
         self.fault: str | None = None
         points = profile.points
         self._sf_of = {p.scale_factor_point: p for p in points if p.scale_factor_point}
@@ -246,18 +253,32 @@ class _Context(ModbusServerContext):
 
     async def async_getValues(self, device_id: int, func_code: int, address: int,
                               count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        if func_code in (5, 6):
+            # pymodbus reads the written value back to build a single write's echo: part of that write.
+            echo = self.sim.models[device_id].image[_FC_TABLE[func_code]]
+            return [echo[a] if func_code == 6 else bool(echo[a]) for a in range(address, address + count)]
+        self.sim.count_request(device_id)
         model = await self.sim.answering(device_id)
         return model.read(_FC_TABLE.get(func_code, "holding"), address, count)
 
     async def async_setValues(self, device_id: int, func_code: int, address: int,
                               values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:
+        self.sim.count_request(device_id)
         model = self.sim.models.get(device_id)
-        if model is None:
+        if model is None or model.fault == "silent":
             raise NoSuchIdException(f"no unit {device_id}")
+        if (model.fault or "").startswith("exception:"):
+            return ExcCodes(int(model.fault[10:], 16))  # type: ignore[index]
         table = _FC_TABLE.get(func_code, "holding")
+        if any(a not in model.implemented[table] for a in range(address, address + len(values))):
+            return ExcCodes.ILLEGAL_ADDRESS
         for i, v in enumerate(values):
             model.image[table][address + i] = int(v)
+        model.writes.append((func_code, address, [int(v) for v in values]))
         self.sim.writes += 1
+        self.sim.wrote.set()
+        if (model.fault or "").startswith("slow-write:"):
+            await asyncio.sleep(float(model.fault[11:]))  # type: ignore[index]  # the fault's own pace
         return None
 
 
@@ -277,6 +298,8 @@ class ModbusSim:
         self.models = {u: DeviceModel(p, seed=seed + u, strict=strict) for u, p in devices.items()}
         self.animate = animate
         self.writes = 0
+        self.wrote = asyncio.Event()  # set on every write (a test clears it and waits)
+        self.requests: dict[int, int] = {}  # requests by unit id, served or not
         self._last_step = time.monotonic()
         self._servers: list[ModbusTcpServer] = []
         self._bridges: list[_PtyBridge] = []
@@ -301,11 +324,20 @@ class ModbusSim:
                     ok = int(fault[10:], 16) in {int(c) for c in ExcCodes}  # what pymodbus can send
                 elif fault.startswith("slow:"):
                     ok = float(fault[5:]) >= 0
+                elif fault.startswith("slow-write:"):
+                    ok = float(fault[11:]) >= 0
             except ValueError:
                 ok = False
             if not ok:
                 raise ValueError(f"unknown fault {fault!r}: one of {', '.join(FAULTS)}")
         self.models[unit].fault = fault
+
+    def count_request(self, unit: int) -> None:
+        """Count a request for ``unit`` (units not served are counted too: their frames went out)."""
+        model = self.models.get(unit)
+        if model is not None:
+            model.requests += 1
+        self.requests[unit] = self.requests.get(unit, 0) + 1
 
     def step(self) -> None:
         """Move all values once."""

@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,18 +313,22 @@ class ModbusBus:
         hint = _HINTS.get(reason, ("", ""))[1 if self.rtu_framing else 0] or None
         return cls(f"unit {expect.unit} on {self.key}: {detail}", reason=reason, hint=hint)
 
-    async def _request(self, unit: int, table: str, start: int, count: int, timeout: float) -> Any:
+    async def _request(self, unit: int, table: str, start: int, count: int, timeout: float, *,
+                       send: tuple[int, Callable[[], Awaitable[Any]]] | None = None) -> Any:
+        """One exchange; ``send`` (function code, the client call) makes it a write (drivers/modbus/write.py)."""
         from pymodbus.exceptions import ConnectionException, ModbusIOException
 
         await self._wait_silence()
         loop = asyncio.get_running_loop()
         # pymodbus's own timer is only a backstop: the answer is timed here, from the write.
         compat.set_answer_timeout(self.client, timeout * 2 + 1.0)
-        p = _Pending(frames.Expect(unit, frames.READ_FUNCTIONS[table], count), loop)
+        function = send[0] if send is not None else frames.READ_FUNCTIONS[table]
+        p = _Pending(frames.Expect(unit, function, count), loop)
         self._pending = p
         self.requests += 1
         created = loop.time()
-        call = asyncio.ensure_future(getattr(self.client, _READERS[table])(start, count=count, device_id=unit))
+        call = asyncio.ensure_future(send[1]() if send is not None else
+                                     getattr(self.client, _READERS[table])(start, count=count, device_id=unit))
         try:
             while True:
                 left = (p.sent_at if p.sent_at is not None else created) + timeout - loop.time()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 from fieldgate.checks import DoctorDevice, Finding, serial_port_findings
-from fieldgate.driver import DeviceContext, ReadingSink
+from fieldgate.driver import DeviceContext, PointWrite, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DriverError
 from fieldgate.schema import PointError, RawReading
 
@@ -25,6 +25,7 @@ from .bus import ExceptionResponse, FrameError, ModbusBus
 from .decode import DecodeError, decode, hex_words
 from .plan import BIT_TABLES, Block, Item, plan_reads, split
 from .profile import ModbusConnection, ModbusPoint, ModbusProfile
+from .write import WriteRefused, plan_write, write_points
 
 ILLEGAL_ADDRESS = 2
 
@@ -113,6 +114,18 @@ class ModbusDriver:
 
     def _rejected(self, block: Block) -> bool:
         return (block.table, block.start, block.count) in self._split
+
+    # -- writing (drivers/modbus/write.py) ----------------------------------------------------
+
+    async def write(self, writes: Sequence[PointWrite]) -> None:
+        """Write points: every value is encoded first (a refusal sends nothing), then one request each."""
+        if self.bus is None:
+            raise DriverError("driver used outside `async with`")
+        try:
+            requests = [plan_write(self.profile, self.points[w.name], w.value) for w in writes]
+        except (WriteRefused, KeyError) as exc:
+            raise DriverError(f"cannot write: {exc}", reason=getattr(exc, "reason", "unknown_point")) from exc
+        await write_points(self.bus, self.conn, requests)
 
     # -- polling ------------------------------------------------------------------------------
 

@@ -34,6 +34,9 @@ TIMEOUT = "timeout"
 
 #: Function codes of the reads, and the tables they read.
 READ_FUNCTIONS = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+#: Function codes of the writes (single coil, single register, coils, registers): the answer echoes
+#: the address and the value or quantity, 4 bytes after the function code, with no byte count.
+WRITE_FUNCTIONS = (5, 6, 15, 16)
 _BIT_FUNCTIONS = (1, 2)
 _MAX_MBAP_LENGTH = 254  # unit id + the largest PDU (253 bytes)
 
@@ -121,6 +124,8 @@ def _pdu_fault(expect: Expect, pdu: bytes) -> tuple[str, str] | None:
         return None if len(pdu) == 2 else (BAD_LENGTH, f"exception answer of {len(pdu)} bytes, not 2")
     if fc != expect.function:
         return WRONG_FUNCTION, f"answer with function code {fc} to a request with function code {expect.function}"
+    if fc in WRITE_FUNCTIONS:
+        return None if len(pdu) == 5 else (BAD_LENGTH, f"write answer of {len(pdu)} bytes, not 5")
     if len(pdu) < 2 or len(pdu) != 2 + pdu[1]:
         return BAD_LENGTH, f"byte count {pdu[1] if len(pdu) > 1 else 'missing'} but {len(pdu) - 2} data byte(s)"
     if pdu[1] != expect.byte_count:
@@ -182,8 +187,10 @@ def _short_tcp(expect: Expect, frame: bytes, total: int) -> tuple[str, str]:
 def _rtu_size(frame: bytes) -> int | None:
     """Bytes of the read answer or exception ``frame`` starts with (by its byte count), None if unknown yet."""
     fc = frame[1]
-    if fc & 0x80 and fc & 0x7F in READ_FUNCTIONS.values():
+    if fc & 0x80 and (fc & 0x7F in READ_FUNCTIONS.values() or fc & 0x7F in WRITE_FUNCTIONS):
         return 5
+    if fc in WRITE_FUNCTIONS:
+        return 8
     if fc in READ_FUNCTIONS.values():
         return 5 + frame[2] if len(frame) >= 3 else None
     return None

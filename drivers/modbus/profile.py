@@ -66,6 +66,22 @@ class ModbusPoint(BasePoint):
         description="points this one deliberately shares registers with (one register read as two types); "
                     "any other overlap is an error")
 
+    write_function: Literal[5, 6, 15, 16] | None = Field(
+        None, description="writable points: FC 6 or 16 for holding registers (default 6 for one register, 16 for "
+                          "more), FC 5 or 15 for coils (default 5)")
+
+    def write_problem(self, value: object) -> str | None:
+        """The core's checks, then what the register type holds (drivers/modbus/write.py)."""
+        from .writeplan import write_problem
+
+        return super().write_problem(value) or write_problem(self, value)
+
+    def readback_tolerance(self, value: float) -> float:
+        """The core's tolerance plus the raw type's step (half a step of the inverse scaling's rounding)."""
+        from .writeplan import readback_tolerance
+
+        return super().readback_tolerance(value) + readback_tolerance(self, value)
+
     @model_validator(mode="before")
     @classmethod
     def _one_overlap(cls, data: Any) -> Any:
@@ -147,6 +163,7 @@ class ModbusProfile(BaseProfile):
                 if r.table == p.table and p.address <= r.end and p.address + p.width - 1 >= r.start:
                     out.append((("points", i, "address"),
                                 f"{p.table} {p.address} lies in an unreadable range {r.start}..{r.end}", "error"))
+            out.extend((("points", i, key), message, "error") for key, message in _write_checks(p))
             if p.scale_factor_point is not None:
                 sf = names.get(p.scale_factor_point)
                 if sf is None or sf.kind != "int16":
@@ -221,6 +238,34 @@ class ModbusProfile(BaseProfile):
                             "subtract 1 (profiles use 0-based PDU addresses); if 1 is right, set "
                             "addressing_verified: true", "warning"))
         return out
+
+
+def _write_checks(p: ModbusPoint) -> list[tuple[str, str]]:
+    """What makes a point's write settings wrong: (key, message)."""
+    from .writeplan import WRITABLE_TYPES
+
+    out: list[tuple[str, str]] = []
+    fc = p.write_function
+    if fc is not None and not p.writable:
+        out.append(("write_function", "write_function has no effect without writable: true"))
+    if not p.writable:
+        return out
+    if p.table not in ("holding", "coil"):
+        out.append(("writable", f"{p.table} points cannot be written: only holding registers and coils"))
+    elif p.kind not in WRITABLE_TYPES:
+        out.append(("writable", f"type {p.kind} points cannot be written (strings and register bits are "
+                                "not supported: a bit needs a read-modify-write another master could race)"))
+    elif p.scale_factor_point is not None:
+        out.append(("writable", "points with a scale_factor_point cannot be written (the factor may change)"))
+    elif p.kind != "bool" and p.write_limits is None:
+        out.append(("write_range", "a writable number needs write_range (or range): the values a command may set"))
+    if fc is not None and p.table == "coil" and fc not in (5, 15):
+        out.append(("write_function", "coils are written with FC 5 or 15"))
+    if fc is not None and p.table == "holding" and fc not in (6, 16):
+        out.append(("write_function", "holding registers are written with FC 6 or 16"))
+    if fc == 6 and p.width != 1:
+        out.append(("write_function", f"FC 6 writes one register; {p.kind} takes {p.width}: use 16"))
+    return out
 
 
 def _span(p: ModbusPoint) -> str:

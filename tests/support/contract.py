@@ -2,7 +2,8 @@
 
 The reading message is checked against the JSON Schema the package ships
 (``gateway/contract/reading.schema.json``), which must stay identical to the shared contract's copy
-(``../shared/contract/reading.schema.json`` beside the repository) when that is present. The other
+(``../shared/contract/reading.schema.json`` beside the repository) when that is present; commands and
+their results likewise against ``command.schema.json`` (one schema, one alternative each). The other
 messages (statuses, events, batches) have no shipped schema; the small schemas here follow the
 contract's topic table. Every validator raises ``AssertionError`` listing *all* problems at once.
 """
@@ -24,9 +25,13 @@ __all__ = [
     "SHARED_SCHEMA",
     "SHIPPED_SCHEMA",
     "TS_PATTERN",
+    "command_schema",
     "reading_schema",
+    "shipped_command_schema_matches_shared",
     "shipped_schema_matches_shared",
     "validate_batch",
+    "validate_command",
+    "validate_command_result",
     "validate_event",
     "validate_gateway_status",
     "validate_message",
@@ -37,6 +42,8 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_SCHEMA = REPO / "gateway" / "contract" / "reading.schema.json"
 SHARED_SCHEMA = REPO.parent / "shared" / "contract" / "reading.schema.json"
+SHIPPED_COMMAND_SCHEMA = REPO / "gateway" / "contract" / "command.schema.json"
+SHARED_COMMAND_SCHEMA = REPO.parent / "shared" / "contract" / "command.schema.json"
 
 # The contract's id and timestamp formats, as the reading schema spells them.
 ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -100,9 +107,26 @@ def reading_schema() -> dict[str, Any]:
 
 
 @functools.cache
+def command_schema() -> dict[str, Any]:
+    """The shipped command schema (its ``oneOf``: the command, then the result)."""
+    schema: dict[str, Any] = json.loads(SHIPPED_COMMAND_SCHEMA.read_text())
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def _command_part(title: str) -> dict[str, Any]:
+    """One alternative of the command schema as a schema of its own (errors then name its keys)."""
+    schema = command_schema()
+    part = next(p for p in schema["oneOf"] if p.get("title") == title)
+    return {"$schema": schema["$schema"], **part}
+
+
+@functools.cache
 def _validator(name: str) -> Draft202012Validator:
     schemas: dict[str, Callable[[], dict[str, Any]]] = {
         "reading": reading_schema,
+        "command": lambda: _command_part("command"),
+        "command result": lambda: _command_part("command result"),
         "status": lambda: STATUS_SCHEMA,
         "gateway status": lambda: GATEWAY_STATUS_SCHEMA,
         "event": lambda: EVENT_SCHEMA,
@@ -166,6 +190,32 @@ def validate_event(msg: dict[str, Any]) -> None:
     _raise("event", msg, _errors("event", msg))
 
 
+def validate_command(msg: dict[str, Any]) -> None:
+    """Validate a command (``{prefix}/{gw}/{dev}/cmd``) against the shipped ``command.schema.json``.
+
+    Raises:
+        AssertionError: listing every error.
+    """
+    errors = _errors("command", msg) or _errors_whole(msg)
+    _raise("command", msg, errors)
+
+
+def validate_command_result(msg: dict[str, Any]) -> None:
+    """Validate a command result (``{prefix}/{gw}/{dev}/cmd/result``) against ``command.schema.json``.
+
+    Raises:
+        AssertionError: listing every error.
+    """
+    errors = _errors("command result", msg) or _errors_whole(msg)
+    _raise("command result", msg, errors)
+
+
+def _errors_whole(msg: Any) -> list[str]:
+    """Errors against the whole schema (its oneOf: a message must match exactly one alternative)."""
+    validator = Draft202012Validator(command_schema(), format_checker=FormatChecker())
+    return [e.message for e in validator.iter_errors(msg)]
+
+
 def validate_batch(msg: dict[str, Any]) -> None:
     """Validate a batch (``{prefix}/{gw}/readings``) and every reading in it.
 
@@ -189,7 +239,8 @@ def validate_message(topic: str, payload: bytes | str | dict[str, Any], prefix: 
         prefix: the configured topic prefix.
 
     Returns:
-        The message kind: ``reading``, ``batch``, ``gateway status``, ``device status`` or ``event``.
+        The message kind: ``reading``, ``batch``, ``gateway status``, ``device status``, ``event``,
+        ``command`` or ``command result``.
 
     Raises:
         AssertionError: the topic is not in the contract, or the payload breaks it.
@@ -228,7 +279,28 @@ def validate_message(topic: str, payload: bytes | str | dict[str, Any], prefix: 
         case [_, "events"]:
             validate_event(msg)
             return "event"
+        case [_, _, "cmd"]:
+            validate_command(msg)
+            return "command"
+        case [gw, dev, "cmd", "result"]:
+            validate_command_result(msg)
+            if (msg.get("gateway"), msg.get("device")) != (gw, dev):
+                raise AssertionError(f"{topic}: carries gateway={msg.get('gateway')!r} device={msg.get('device')!r}")
+            return "command result"
     raise AssertionError(f"{topic}: not a topic of the contract")
+
+
+def shipped_command_schema_matches_shared() -> bool | None:
+    """Whether the shipped command schema is byte-identical to the shared contract's (None: no shared copy).
+
+    Raises:
+        AssertionError: the copies differ.
+    """
+    if not SHARED_COMMAND_SCHEMA.is_file():
+        return None
+    if SHIPPED_COMMAND_SCHEMA.read_text() != SHARED_COMMAND_SCHEMA.read_text():
+        raise AssertionError(f"{SHIPPED_COMMAND_SCHEMA} differs from {SHARED_COMMAND_SCHEMA}")
+    return True
 
 
 def shipped_schema_matches_shared() -> bool | None:

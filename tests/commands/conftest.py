@@ -1,0 +1,75 @@
+"""Fixtures of the command tests: a writable Modbus profile, simulators on free ports and ptys, configs."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
+
+#: A boiler controller: a float32 setpoint, an int16 setpoint with scale, an int32, a relay coil,
+#: and read-only points (an input register, a holding register not marked writable).
+PROFILE = """\
+schema_version: 1
+driver: modbus
+vendor: test
+model: boiler
+points:
+  - {name: setpoint, table: holding, address: 0, type: float32, unit: Cel, writable: true, write_range: [5, 80]}
+  - {name: flow_setpoint, table: holding, address: 2, type: int16, scale: 0.1, unit: Cel, writable: true,
+     range: [-20, 90]}
+  - {name: counter_preset, table: holding, address: 3, type: int32, word_order: little, writable: true,
+     write_range: [0, 1000000], write_function: 16}
+  - {name: relay, table: coil, address: 0, writable: true}
+  - {name: pump, table: coil, address: 1, writable: true, write_function: 15}
+  - {name: temperature, table: input, address: 0, type: float32, unit: Cel}
+  - {name: mode, table: holding, address: 5, type: uint16}
+"""
+
+
+@pytest.fixture
+def profile_path(tmp_path: Path) -> Path:
+    path = tmp_path / "boiler.yaml"
+    path.write_text(PROFILE)
+    return path
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[list[ModbusSim]]:
+    """Simulators a test starts go here; all are stopped at the end."""
+    started: list[ModbusSim] = []
+    yield started
+    for sim in started:
+        await sim.stop()
+
+
+async def start_sim(sims: list[ModbusSim], profile_path: Path, transport: str = "tcp",
+                    units: tuple[int, ...] = (1,), baudrate: int = 38400) -> tuple[ModbusSim, dict[str, Any]]:
+    """A simulator serving ``units`` over ``transport``; returns it and the connection settings."""
+    sim = ModbusSim(dict.fromkeys(units, load_modbus_profile(profile_path)), animate=False)
+    sims.append(sim)
+    if transport == "tcp":
+        return sim, {"transport": "tcp", "host": "127.0.0.1", "port": await sim.start_tcp()}
+    return sim, {"transport": "rtu", "serial_port": await sim.start_rtu(baudrate), "baudrate": baudrate}
+
+
+def config(data_dir: Path, profile_path: Path, devices: dict[str, dict[str, Any]], *, mqtt_port: int | None = None,
+           enabled: bool = True, allow: list[str] | None = None, rate: float = 50.0, burst: int = 50,
+           interval: str = "1s", extra: str = "") -> str:
+    """A configuration with ``devices`` (id → connection) on the boiler profile and commands on."""
+    lines = [f"gateway: {{id: gw-t, data_dir: {data_dir}}}", "web: {enabled: false}"]
+    if mqtt_port is not None:
+        lines.append(f"mqtt: {{host: 127.0.0.1, port: {mqtt_port}, reconnect_min: 0.1, reconnect_max: 0.5}}")
+        lines.append("buffer: {flush_interval: 0.05}")
+    allow_list = list(devices) if allow is None else allow
+    lines.append(f"commands: {{enabled: {str(enabled).lower()}, allow: [{', '.join(allow_list)}], "
+                 f"rate: {{rate: {rate}, burst: {burst}}}}}")
+    lines.append("devices:")
+    for dev, conn in devices.items():
+        conn_text = ", ".join(f"{k}: {v}" for k, v in conn.items())
+        lines.append(f"  - {{id: {dev}, driver: modbus, profile: {profile_path}, poll_interval: {interval}, "
+                     f"connection: {{{conn_text}}}}}")
+    return "\n".join(lines) + "\n" + textwrap.dedent(extra)
