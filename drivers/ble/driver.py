@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachab
 from fieldgate.schema import PointError, RawReading
 
 from .decode import DECODERS, DecodeError
+from .gatt import pack_point, unpack_point
 from .profile import BleConnection, BlePoint, BleProfile
 from .scanner import Advert, ScannerHub, load_backend, mask_address, scan_error
 
@@ -79,6 +79,14 @@ class _HubMember:
     ctx: DeviceContext[BleProfile, BleConnection]
     conn: BleConnection
     hub: ScannerHub | None
+    address: str | None
+
+    # what the hub calls (scanner.Subscriber); each kind of device says what adverts mean to it
+    def deliver(self, advert: Advert) -> None:
+        raise NotImplementedError
+
+    def hub_event(self, kind: str, message: str, error: DriverError | None) -> None:
+        raise NotImplementedError
 
     async def _join(self) -> ScannerHub:
         hub = self.ctx.shared.acquire(self.conn.hub_key, lambda: ScannerHub(self.conn))
@@ -426,54 +434,3 @@ class BleGattDriver(_HubMember):
 
 def _written(done: list[str]) -> str:
     return f" (already written: {', '.join(done)})" if done else ""
-
-
-_INT_CODES = "bBhHiIlLqQnN"
-_FLOAT_CODES = "efd"
-
-
-def pack_point(point: BlePoint, value: float | bool) -> bytes:
-    """The characteristic's bytes for one point's engineering value: the inverse of ``unpack_point``.
-
-    Numbers are unscaled (``(value - offset) / scale``) and, for integer formats, rounded to the
-    nearest step.
-
-    Raises:
-        DriverError: reason ``not_supported`` (a format of several values: writing one would need
-            the others), or ``encode_error`` (the value does not fit the format).
-    """
-    fmt = point.format
-    assert fmt is not None
-    codes = fmt[1:]
-    if len(struct.unpack(fmt, bytes(struct.calcsize(fmt)))) != 1:
-        raise DriverError(f"{point.name!r}: format {fmt!r} holds several values; a write of one would need "
-                          "the others", reason="not_supported")
-    code = codes[-1]
-    if code == "?":
-        if not isinstance(value, bool):
-            raise DriverError(f"{point.name!r} takes true or false, not {value!r}", reason="encode_error")
-        return struct.pack(fmt, value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DriverError(f"{point.name!r} takes a number, not {value!r}", reason="encode_error")
-    raw: float = (value - point.offset) / point.scale
-    try:
-        if code in _FLOAT_CODES:
-            data = struct.pack(fmt, raw)
-            if struct.unpack(fmt, data)[0] in (float("inf"), float("-inf")):  # 'e' packs 1e6 as inf
-                raise OverflowError
-            return data
-        if code in _INT_CODES:
-            return struct.pack(fmt, round(raw))
-    except (struct.error, OverflowError):
-        raise DriverError(f"{point.name!r}: {value!r} is {raw:g} raw, beyond what format {fmt!r} holds",
-                          reason="encode_error") from None
-    raise DriverError(f"{point.name!r}: format {fmt!r} cannot be written", reason="not_supported")
-
-
-def unpack_point(point: BlePoint, data: bytes) -> Any:
-    """One point's raw value from a characteristic's bytes, or ``PointError('decode_error')``."""
-    assert point.format is not None
-    size = struct.calcsize(point.format)
-    if len(data) < size:
-        return PointError("decode_error")
-    return struct.unpack_from(point.format, data)[point.index]

@@ -122,6 +122,10 @@ class CoapProfile(BaseProfile):
                 problems.append(f"{where}: 'path' applies to json/cbor payloads")
         if fmt != "binary" and (self.payload.checksum is not None):
             problems.append("payload.checksum applies to binary payloads")
+        writable = [pt.name for pt in self.points if pt.writable]
+        if writable and self.write is None:
+            problems.append(f"points {', '.join(writable)} are writable but the profile declares no writable "
+                            "resource: add write: {resource: /path, method: put}")
         if fmt == "binary" and self.write is not None:
             problems.append("write: a binary payload cannot be written (a frame needs every field); "
                             "writes take senml, json or cbor")

@@ -188,3 +188,29 @@ def test_pack_point_refuses_what_the_format_cannot_hold(fmt: str, value: Any, wh
     with pytest.raises(DriverError, match=why) as info:
         pack_point(prof.points[0], value)
     assert info.value.reason in ("encode_error", "not_supported")
+
+
+def test_profile_checks_of_writable_points() -> None:
+    def checks(points: list[dict[str, Any]], decoder: str | None = None) -> list[tuple[Any, str, str]]:
+        doc: dict[str, Any] = {"schema_version": 1, "driver": "ble", "vendor": "T", "model": "m", "points": points}
+        if decoder:
+            doc["decoder"] = decoder
+        return BleProfile.model_validate(doc).checks()
+
+    [(where, message, severity)] = checks([{"name": "t", "characteristic": "fe01", "format": "<hh", "writable": True}])
+    assert where == ("points", 0, "writable") and "several values" in message and severity == "error"
+    [(where, message, severity)] = checks([{"name": "temperature", "writable": True}], decoder="bthome")
+    assert "advertisement values cannot be written" in message and severity == "error"
+    [(where, _, severity)] = checks([{"name": "t", "characteristic": "fe01", "format": "<h",
+                                      "write_response": False}])
+    assert where == ("points", 0, "write_response") and severity == "warning"
+
+
+def test_write_problem_refuses_what_the_format_cannot_hold_before_any_io() -> None:
+    prof = thermostat_profile()
+    setpoint, mode, lock, temperature = prof.points
+    assert setpoint.write_problem(21.5) is None and setpoint.write_problem(31) == "out_of_range"
+    assert mode.write_problem(300) == "encode_error" and mode.write_problem(True) == "encode_error"
+    assert lock.write_problem(True) is None and lock.write_problem(1) == "encode_error"
+    assert temperature.write_problem(20) == "read_only"
+    assert setpoint.readback_tolerance(21.5) == pytest.approx(0.005, rel=1e-3)  # half of 0.01 per raw step

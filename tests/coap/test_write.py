@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import cbor2
@@ -17,26 +18,11 @@ from fieldgate.driver import PointWrite, SharedResources, Writes
 from fieldgate.drivers.coap.driver import CoapDriver
 from fieldgate.drivers.coap.payload import CF_CBOR, CF_JSON, CF_SENML_JSON, PayloadDecoder, encode_writes
 from fieldgate.drivers.coap.profile import CoapProfile
-from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DriverError
+from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable, DriverError
 from fieldgate.testing import RecordingSink
 from fieldgate_hwsim.coap_sim import ObservableSensor, free_udp_port
 
-from .conftest import make_ctx
-
-
-def valve_profile(fmt: str = "senml", **write: Any) -> CoapProfile:
-    """An NB-IoT valve controller: a writable setpoint (0.1 % steps) and relay, a read-only level."""
-    points: list[dict[str, Any]] = [
-        {"name": "setpoint", "unit": "%", "scale": 0.1, "range": [0, 100], "writable": True},
-        {"name": "relay", "writable": True},
-        {"name": "level", "unit": "%", "range": [0, 100]},
-    ]
-    if fmt in ("json", "cbor"):
-        for p, path in zip(points, ("ctl.setpoint", "ctl.relay", "level"), strict=True):
-            p["path"] = path
-    return CoapProfile.model_validate({
-        "schema_version": 1, "driver": "coap", "vendor": "Test", "model": "valve", "resource": "/valve",
-        "payload": {"format": fmt}, "points": points, "write": write or {"resource": "/valve/ctl"}})
+from .conftest import make_ctx, valve_profile
 
 
 async def _driver(prof: CoapProfile, port: int, **conn: Any) -> CoapDriver:
@@ -90,13 +76,34 @@ async def test_write_refused_by_the_device_names_its_code() -> None:
 
 async def test_write_to_a_silent_device_times_out() -> None:
     prof = valve_profile()
-    drv = await _driver(prof, free_udp_port(), ack_timeout=0.1, max_retransmit=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # takes datagrams, never answers
+        silent.bind(("127.0.0.1", 0))
+        drv = await _driver(prof, silent.getsockname()[1], ack_timeout=0.1, max_retransmit=1)
+        try:
+            with pytest.raises(DeviceTimeout) as info:
+                await asyncio.wait_for(drv.write([PointWrite("setpoint", 10.0)]), 10)
+        finally:
+            await drv.__aexit__(None, None, None)
+        silent.setblocking(False)
+        sent = 0
+        while True:
+            try:
+                silent.recv(2048)
+            except BlockingIOError:
+                break
+            sent += 1
+    assert info.value.reason == "timeout"
+    assert sent == 2  # the PUT and its one retransmission (the same message), nothing more
+
+
+async def test_write_to_a_closed_port_is_unreachable() -> None:
+    drv = await _driver(valve_profile(), free_udp_port(), ack_timeout=0.1, max_retransmit=1)
     try:
-        with pytest.raises(DeviceTimeout) as info:
+        with pytest.raises(DeviceUnreachable) as info:
             await asyncio.wait_for(drv.write([PointWrite("setpoint", 10.0)]), 10)
     finally:
         await drv.__aexit__(None, None, None)
-    assert info.value.reason == "timeout"
+    assert info.value.reason == "unreachable"
 
 
 async def test_a_write_that_cannot_be_encoded_sends_nothing() -> None:
