@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("assignments", nargs="+", metavar="POINT=VALUE", help="e.g. setpoint=21.5 relay=on")
     p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="configuration file (default: %(default)s)")
     p.add_argument("--wait", type=float, default=None, metavar="S",
-                   help="how long to wait for the write and its read-back (default: 60 s through the service, "
-                        "3 poll timeouts or at least 30 s directly)")
+                   help="through the service: how long to wait for its answer (default: 60 s); opened directly, "
+                        "the device's poll timeout bounds the write and the read-back")
     p.set_defaults(func=cmd_write)
 
     p = sub.add_parser("scan", help="find devices on a bus (e.g. scan modbus --port /dev/ttyUSB0)",

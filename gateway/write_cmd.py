@@ -12,8 +12,11 @@ For a technician at the cabinet. Two ways to reach the device, chosen on their o
   one, loopback is the rule, as for every page route. The service must take commands
   there (``commands.enabled``, the device in ``commands.allow``, ``web.commands``).
 * **Opening the device itself** when nothing listens there (the service is stopped): the
-  same driver, profile and checks as the service (``fieldgate probe`` opens it this way),
-  then one write and a read-back. Nothing is persisted and nothing is published.
+  same driver and profile (``fieldgate probe`` opens it this way) and the gateway's own
+  executor (origin ``cli``): the same checks, write and read-back, recorded in the service's
+  command store (``<data_dir>/commands.db``) so an id is never executed twice; nothing is
+  published (no uplink). The profile's writable points may be written this way whether or
+  not the remote downlink (``commands.enabled``) is on: it is the technician at the device.
 
 Before any device I/O the values are checked against the profile (writable point, number
 or boolean, inside ``write_range``); a refused write touches nothing.
@@ -257,69 +260,97 @@ def check_values(loaded: LoadedConfig, device: str, values: dict[str, float | in
     return None
 
 
-async def direct(loaded: LoadedConfig, device: str, values: dict[str, float | int | bool],
-                 command_id: str, wait: float | None = None) -> dict[str, Any]:
-    """Open the device, write, read back: a result message shaped as the executor's (not persisted).
+class _DirectTarget:
+    """The executor's view of a device this process opened itself (the supervisor's runner, without one)."""
 
-    The caller has run ``check_values``.
+    def __init__(self, spec: Any, driver: Any) -> None:
+        self.spec = spec
+        self.driver = driver
+
+    @property
+    def profile(self) -> Any:
+        return self.spec.profile
+
+    def writable(self) -> bool | None:
+        from .driver import can_write
+
+        return can_write(self.driver)
+
+    async def run_command(self, writes: Sequence[Any]) -> tuple[Any, str | None]:
+        from .driver import ServiceDriver, Writes
+        from .errors import DeviceTimeout, DriverError
+        from .probe import RecordingSink
+
+        timeout = self.spec.config.poll_timeout
+        if writes:
+            if not isinstance(self.driver, Writes):
+                raise DriverError(f"driver {self.spec.driver.name!r} cannot write", reason="not_supported")
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.driver.write(writes)
+            except TimeoutError:
+                raise DeviceTimeout(f"no answer to the write within {timeout:g} s; it may have happened") from None
+        if isinstance(self.driver, ServiceDriver):
+            return None, None  # a push driver: its next report tells
+        sink = RecordingSink()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.driver.poll(sink)
+        except TimeoutError:
+            return None, "timeout"
+        except DriverError as exc:
+            return None, exc.reason
+        return (sink.readings[-1] if sink.readings else None), None
+
+
+async def direct(loaded: LoadedConfig, device: str, message: dict[str, Any], err: TextIO) -> dict[str, Any]:
+    """Open the device and run the command through the gateway's own executor (origin ``cli``).
+
+    The same checks, write and read-back as in the service; the command is recorded in the
+    service's command store (``<data_dir>/commands.db``: at most once per id, listed under the
+    device's recent commands once the service runs again), but not announced on the events topic
+    (no uplink here).
+
+    Raises:
+        ServiceError: the command store cannot be opened (permissions: run as the service's user).
     """
     from .app import DeviceLog
+    from .commands import CommandExecutor, CommandStore, StoreUnavailable
     from .commands.message import result
-    from .driver import DeviceContext, PointWrite, SharedResources, can_write, create_driver
+    from .driver import DeviceContext, SharedResources, create_driver
     from .errors import DriverError
-    from .normalize import Normalizer
-    from .probe import RecordingSink, read_once
 
+    cfg = loaded.config
     spec = next(d for d in loaded.devices if d.config.id == device)
-    gw_id = loaded.config.gateway.id
-    dlog = DeviceLog(logging.getLogger(f"fieldgate.device.{device}"), {"device": device})
-    ctx = DeviceContext(device, spec.profile, spec.connection, spec.config.poll_timeout, dlog, SharedResources())
-    driver = create_driver(spec.driver, ctx)
-    if not can_write(driver):
-        return result(gw_id, device, command_id, "rejected", time.time(), reason="not_supported")
-    wait = wait if wait is not None else max(spec.config.poll_timeout * 3, 30.0)
-    sink = RecordingSink()
+    store = CommandStore(cfg.gateway.data_dir, remember=cfg.commands.remember, remember_max=cfg.commands.remember_max)
     try:
-        async with asyncio.timeout(wait):
-            await driver.__aenter__()
-            try:
-                try:
-                    await driver.write([PointWrite(n, v) for n, v in values.items()])  # type: ignore[union-attr]
-                except DriverError as exc:
-                    return result(gw_id, device, command_id, "failed", time.time(), reason=exc.reason,
-                                  metrics=None) | {"message": str(exc)}
-                await read_once(driver, sink)
-            finally:
-                await driver.__aexit__(None, None, None)
-    except TimeoutError:
-        return result(gw_id, device, command_id, "failed", time.time(), reason="timeout") | {
-            "message": f"no answer within {wait:g} s"}
-    except DriverError as exc:  # opening failed: nothing was written
-        return result(gw_id, device, command_id, "failed", time.time(), reason=exc.reason) | {"message": str(exc)}
-    norm = Normalizer(gw_id, device, spec.profile)
-    read: dict[str, Any] = {}
-    for reading in sink.readings:
-        msg = norm.normalize(reading) or {"metrics": {}}
-        read.update(msg["metrics"])
-    points = {p.name: p for p in spec.profile.points}
-    metrics = {n: read[n] for n in values if n in read}
-    missing = [n for n in values if n not in read]
-    if missing:
-        return result(gw_id, device, command_id, "mismatch", time.time(), reason="no_readback",
-                      metrics=metrics or None) | {"message": f"no value read back for {', '.join(missing)}"}
-    differ = [n for n, v in values.items() if not _equal(points[n], v, metrics[n].get("value"))]
-    if differ:
-        return result(gw_id, device, command_id, "mismatch", time.time(), reason="readback_differs",
-                      metrics=metrics)
-    return result(gw_id, device, command_id, "ok", time.time(), metrics=metrics)
-
-
-def _equal(point: Any, wrote: float | bool, read: Any) -> bool:
-    if isinstance(wrote, bool) or isinstance(read, bool):
-        return bool(read) is bool(wrote) if isinstance(read, bool | int) else False
-    if not isinstance(read, int | float):
-        return False
-    return abs(read - wrote) <= point.readback_tolerance(wrote)
+        unfinished = await asyncio.to_thread(store.open)
+    except StoreUnavailable as exc:
+        raise ServiceError(f"{exc}: run fieldgate write as the service's user (or root)") from exc
+    try:
+        dlog = DeviceLog(logging.getLogger(f"fieldgate.device.{device}"), {"device": device})
+        ctx = DeviceContext(device, spec.profile, spec.connection, spec.config.poll_timeout, dlog, SharedResources())
+        driver = create_driver(spec.driver, ctx)
+        target = _DirectTarget(spec, driver)
+        # The technician's own write at the device: the profile's writable points whether or not the
+        # remote downlink (commands.enabled / allow) is on; the rate limit and the store still apply.
+        local = cfg.commands.model_copy(update={"enabled": True, "allow": [device]})
+        executor = CommandExecutor(cfg.gateway.id, local, store, lambda d: target if d == device else None,
+                                   lambda kind, **fields: None)
+        executor.settle_unfinished(unfinished)
+        try:
+            async with asyncio.timeout(spec.config.poll_timeout * 2):
+                await driver.__aenter__()
+        except (TimeoutError, DriverError) as exc:
+            reason = exc.reason if isinstance(exc, DriverError) else "timeout"
+            print(f"{device}: cannot open it: {exc or 'no answer'}", file=err)
+            return result(cfg.gateway.id, device, message["id"], "failed", time.time(), reason=reason)
+        try:
+            return await executor.execute(device, message, origin="cli")
+        finally:
+            await driver.__aexit__(None, None, None)
+    finally:
+        await asyncio.to_thread(store.close)
 
 
 # --- printing ----------------------------------------------------------------------------------------
@@ -384,7 +415,11 @@ def run_write(loaded: LoadedConfig, device: str, items: Sequence[str], out: Text
         return print_result(res, values, f"the running service at {api.label}", out)
     if isinstance(api, str):
         print(f"note: {api}; opening {device} directly (stop the service first if it runs)", file=err)
-    res = asyncio.run(direct(loaded, device, values, message["id"], wait))
+    try:
+        res = asyncio.run(direct(loaded, device, message, err))
+    except ServiceError as exc:
+        print(f"fieldgate write: {exc}", file=err)
+        return exc.code
     return print_result(res, values, "the device directly", out)
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MAX_COMMAND_BYTES = 16 * 1024
 
 ENABLED = web.AppKey("fieldgate_web_commands", bool)
-_RUNNING = web.AppKey("fieldgate_web_command_tasks", set)
+_RUNNING: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("fieldgate_web_command_tasks", set)
 
 
 def web_commands_setting(cfg: Any) -> bool:
@@ -49,7 +49,7 @@ def web_commands_setting(cfg: Any) -> bool:
 def _executor(request: web.Request) -> Any:
     from .app import CTX
 
-    return getattr(request.app[CTX].gateway, "commands", None)
+    return request.app[CTX].gateway.commands  # None: commands are off in this gateway
 
 
 def _error(status: int, error: str, message: str) -> web.Response:
@@ -77,7 +77,7 @@ def writable_points(spec: Any, latest: dict[str, Any]) -> list[dict[str, Any]]:
     """The points a command may write, with what the form shows: unit, allowed range, current value."""
     out: list[dict[str, Any]] = []
     for p in spec.profile.points:
-        if not getattr(p, "writable", False):
+        if not p.writable:
             continue
         limits = p.write_limits
         m = latest.get(p.name) or {}
@@ -98,7 +98,7 @@ async def api_commands(request: web.Request) -> web.Response:
         return _error(404, "not_found", f"no device {dev_id!r} in the configuration")
     executor = _executor(request)
     off = _off_reason(request)
-    allowed = dev_id in getattr(getattr(ctx.gateway.loaded.config, "commands", None), "allow", ())
+    allowed = dev_id in ctx.gateway.loaded.config.commands.allow
     recent = executor.recent(dev_id, 20) if executor is not None else []
     return web.json_response({
         "device": dev_id, "enabled": off is None and allowed,
@@ -149,9 +149,9 @@ def setup(app: web.Application, enabled: bool) -> None:
 
     async def finish_commands(app: web.Application) -> None:
         # a command the page started finishes (and is recorded) before the page goes away
-        running = list(app[_RUNNING])
-        if running:
-            await asyncio.wait(running, timeout=30.0)
+        tasks: set[asyncio.Task[Any]] = app[_RUNNING]
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=30.0)
 
     app.on_shutdown.append(finish_commands)
 
