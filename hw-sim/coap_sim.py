@@ -60,7 +60,7 @@ def load_coap_profile(name: str | Path) -> CoapProfile:
 
 # What a quantity usually reads, by unit (a simulated building, not the full sensor range).
 _TYPICAL = {"Cel": 21.0, "%RH": 45.0, "V": 230.0, "A": 1.5, "%": 40.0, "hPa": 1013.0, "ppm": 600.0, "mm": 1200.0}
-_FLAG_NAMES = {"open", "closed", "alarm", "present", "occupied", "leak", "tamper"}
+_FLAG_NAMES = {"open", "closed", "alarm", "present", "occupied", "leak", "tamper", "relay", "pump"}
 _TEXT_NAMES = {"label", "name", "state", "status_text"}
 
 

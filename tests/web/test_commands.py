@@ -7,25 +7,17 @@ reached it, so a refused command is seen to send nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from fieldgate.config import load_config_text
-from fieldgate.outputs import MemoryOutput
-from fieldgate.runtime import running as running_gateway
 from fieldgate.web.app import create_app
 from fieldgate.web.auth import PasswordHash
 from fieldgate.web.logring import LogRing
-from fieldgate_hwsim.coap_sim import ObservableSensor
 
-from tests.coap.conftest import valve_profile, write_valve_profile
 from tests.support.contract import validate_command_result
 
-from .conftest import PASSWORD, MakeClient
+from .conftest import PASSWORD, MakeClient, Valve
 
 WRITE = {"schema": "fieldgate.command/1", "id": "t-1", "op": "write", "metrics": {"setpoint": 42.5}}
 
@@ -82,34 +74,6 @@ async def test_commands_route_is_off_when_the_gateway_takes_no_commands(make_cli
 
 
 # --- a gateway that takes commands --------------------------------------------------------------------
-
-
-@dataclass
-class Valve:
-    """A gateway with a CoAP valve controller (commands on for it) and its simulator."""
-
-    gw: Any
-    out: MemoryOutput
-    sensor: ObservableSensor
-
-
-def valve_yaml(folder: Path, port: int, *, allow: bool = True) -> str:
-    profile = write_valve_profile(folder / "profiles")
-    return (f"gateway: {{id: gw-web, clock_check: off, data_dir: {folder / 'data'}}}\n"
-            f"commands: {{enabled: true, allow: [{'valve-1' if allow else ''}]}}\n"
-            "devices:\n"
-            f"  - {{id: valve-1, driver: coap, profile: {profile}, poll_interval: 0.5s, "
-            f"connection: {{host: 127.0.0.1, port: {port}, ack_timeout: 0.5s}}}}\n")
-
-
-@pytest.fixture
-async def valve(tmp_path: Path) -> AsyncIterator[Valve]:
-    async with ObservableSensor(valve_profile(), seed=7) as sensor:
-        out = MemoryOutput()
-        loaded = load_config_text(valve_yaml(tmp_path, sensor.port), str(tmp_path / "fieldgate.yaml"))
-        async with running_gateway(loaded, output=out) as rt:
-            assert rt.gateway.commands is not None
-            yield Valve(rt.gateway, out, sensor)
 
 
 async def _client(valve: Valve, *, commands: bool = True,

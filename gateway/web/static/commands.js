@@ -31,7 +31,8 @@
   }
 
   function rangeText(p) {
-    if (!p.write_range) return "no range limit";
+    if (isFlag(p)) return "on or off";
+    if (!p.write_range) return "any value";
     return `${p.write_range[0]} to ${p.write_range[1]}${p.unit ? ` ${p.unit}` : ""}`;
   }
 
