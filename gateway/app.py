@@ -615,6 +615,8 @@ class Gateway:
                 self._start_device(fresh[dev_id])
         if isinstance(self.output, Reconfigurable):
             self.output.reconfigure(new.config)
+        if self.commands is not None:
+            self.commands.reconfigure(new.config.commands)
         if plan.restart_required:
             log.warning("reload: %s changed but take(s) effect only after a restart "
                         "(`sudo systemctl restart fieldgate`)", ", ".join(plan.restart_required))

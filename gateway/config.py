@@ -240,16 +240,6 @@ class GatewayConfig(Model):
     devices: list[DeviceConfig] = Field(default_factory=list)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
 
-    @model_validator(mode="after")
-    def _commands_name_devices(self) -> GatewayConfig:
-        ids = {d.id for d in self.devices}
-        named = [*self.commands.allow, *self.commands.devices]
-        unknown = [i for i in named if i not in ids]
-        if unknown:
-            raise ValueError(f"commands: no device {unknown[0]!r}{did_you_mean(unknown[0], ids)} "
-                             "(commands.allow and commands.devices name configured device ids)")
-        return self
-
 
 @dataclass(slots=True)
 class DeviceSpec:
@@ -482,11 +472,25 @@ def load_config_text(text: str, file: str, budget: Budget | None = None) -> Load
             devices.append(DeviceSpec(cfg.devices[i], *spec))
     for i, problem in load.library_problems:
         out.add(smap, ("gateway", "profile_dirs", i) if i >= 0 else (), problem)
+    if cfg is not None:
+        _check_command_devices(cfg, smap, out)
     if budget.over_time():
         out.add(smap, (), budget.timeout_message())
     if out.errors or cfg is None:
         raise ConfigError(out.items)
     return LoadedConfig(Path(file), cfg, devices, warnings=out.items)
+
+
+def _check_command_devices(cfg: GatewayConfig, smap: SourceMap, out: _Collector) -> None:
+    """``commands.allow`` and ``commands.devices`` name configured devices (each wrong one at its line)."""
+    ids = {d.id for d in cfg.devices}
+    for i, dev in enumerate(cfg.commands.allow):
+        if dev not in ids:
+            out.add(smap, ("commands", "allow", i), f"no device {dev!r}{did_you_mean(dev, ids)}")
+    for dev in cfg.commands.devices:
+        if dev not in ids:
+            out.add(smap, ("commands", "devices", dev), f"no device {dev!r}{did_you_mean(dev, ids)}",
+                    prefer_key=True)
 
 
 def _resolve_device(raw: dict[str, Any], i: int, smap: SourceMap, base: Path, load: _Load,

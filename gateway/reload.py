@@ -24,6 +24,10 @@ Why each key is where it is:
   start; it is not worth a window without a status page to swap them live.
 * ``mqtt`` added or removed: the kind of output (buffer and MQTT, or none) is
   chosen at start.
+* ``commands.allow``, ``rate``, ``devices``, ``max_queued``: read by the executor
+  for every command, so revoking a device stops its writes at once.
+* ``commands.enabled``, ``remember``, ``remember_max``: the store and the command
+  subscription are opened at start.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ from .secret import Secret
 LIVE_KEYS = frozenset({
     "gateway.profile_dirs", "gateway.shutdown_timeout",
     "buffer.flush_interval", "buffer.max_pending",
+    "commands.allow", "commands.rate", "commands.devices", "commands.max_queued",
 })
 LIVE_SECTIONS = frozenset({"mqtt", "devices"})
 RESTART_KEYS = frozenset({
     "gateway.id", "gateway.data_dir", "gateway.clock_check",
     "buffer.max_bytes", "buffer.max_age", "buffer.durability", "buffer.spill_max",
     "web.enabled", "web.listen", "web.password", "web.allowed_hosts", "web.history_max_bytes",
+    "commands.enabled", "commands.remember", "commands.remember_max",
 })
 
 RELOAD_TIME_LIMIT_S = 15.0
@@ -83,7 +89,7 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
     elif old.mqtt is not None:
         before, after = _leaves(old.mqtt, "mqtt"), _leaves(new.mqtt, "mqtt")
         plan.applied += [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
-    for section in ("gateway", "buffer", "web"):
+    for section in ("gateway", "buffer", "web", "commands"):
         before = _leaves(getattr(old, section), section)
         after = _leaves(getattr(new, section), section)
         for key in sorted(before.keys() | after.keys()):

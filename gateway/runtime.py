@@ -92,7 +92,8 @@ async def start_commands(gw: Gateway, output: Output,
     except StoreUnavailable as exc:
         log.error("%s; commands are off", exc)
         return None, None
-    executor = CommandExecutor(cfg.gateway.id, cfg.commands, store, gw.runners.get, gw.announce)
+    executor = CommandExecutor(cfg.gateway.id, cfg.commands, store, gw.runners.get, gw.announce,
+                               clock_synced=lambda: gw.clock.synced)
     executor.settle_unfinished(unfinished)
     gw.commands = executor
     listener = None

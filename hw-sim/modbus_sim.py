@@ -13,9 +13,10 @@ unit id), ``wrong-transaction`` (Modbus TCP: another transaction id; RTU has
 none, so it is served normally there), ``bad-length`` (the byte count
 contradicts the data that follows), ``wrong-function`` (FC3 answered as FC4,
 FC1 as FC2 and back), ``slow-loris`` (the answer trickles out a byte every
-0.1 s and its last byte never comes), ``slow-write:S`` (a write is applied at
-once but answered after S seconds: a device that took it while its answer is
-late or lost). A byte-level fault may name one
+0.1 s and its last byte never comes), ``hold-write`` (a write is applied at once
+but its answer waits until the fault is changed or cleared: a device that
+took it while its answer is late or lost, e.g. for killing the gateway
+between the write and its result). A byte-level fault may name one
 function code, ``junk@3``: then only answers to FC3 are hit.
 
 Design choices:
@@ -67,7 +68,7 @@ from pymodbus.server import ModbusTcpServer
 
 #: Faults ``ModbusSim.set_fault`` accepts (``exception:NN`` and ``slow:SECONDS`` take a value).
 FAULTS = ("silent", "crc", "junk", "wrong-unit", "wrong-transaction", "bad-length", "wrong-function",
-          "slow-loris", "exception:NN", "slow:SECONDS", "slow-write:SECONDS")
+          "slow-loris", "exception:NN", "slow:SECONDS", "hold-write")
 _BYTE_FAULTS = {"crc", "junk", "wrong-unit", "wrong-transaction", "bad-length", "wrong-function", "slow-loris"}
 #: Seconds between the bytes of a ``slow-loris`` answer.
 TRICKLE = 0.1
@@ -277,8 +278,8 @@ class _Context(ModbusServerContext):
         model.writes.append((func_code, address, [int(v) for v in values]))
         self.sim.writes += 1
         self.sim.wrote.set()
-        if (model.fault or "").startswith("slow-write:"):
-            await asyncio.sleep(float(model.fault[11:]))  # type: ignore[index]  # the fault's own pace
+        while model.fault == "hold-write":
+            await self.sim.fault_changed.wait()
         return None
 
 
@@ -299,6 +300,7 @@ class ModbusSim:
         self.animate = animate
         self.writes = 0
         self.wrote = asyncio.Event()  # set on every write (a test clears it and waits)
+        self.fault_changed = asyncio.Event()
         self.requests: dict[int, int] = {}  # requests by unit id, served or not
         self._last_step = time.monotonic()
         self._servers: list[ModbusTcpServer] = []
@@ -324,13 +326,16 @@ class ModbusSim:
                     ok = int(fault[10:], 16) in {int(c) for c in ExcCodes}  # what pymodbus can send
                 elif fault.startswith("slow:"):
                     ok = float(fault[5:]) >= 0
-                elif fault.startswith("slow-write:"):
-                    ok = float(fault[11:]) >= 0
+                elif fault == "hold-write":
+                    ok = True
             except ValueError:
                 ok = False
             if not ok:
                 raise ValueError(f"unknown fault {fault!r}: one of {', '.join(FAULTS)}")
         self.models[unit].fault = fault
+        # Wake what waits on a fault (a held write), then start a new wait.
+        self.fault_changed.set()
+        self.fault_changed = asyncio.Event()
 
     def count_request(self, unit: int) -> None:
         """Count a request for ``unit`` (units not served are counted too: their frames went out)."""
@@ -414,7 +419,11 @@ class ModbusSim:
         return bridge.path
 
     async def stop(self) -> None:
-        """Stop every server and bridge."""
+        """Stop every server and bridge (held writes are answered first)."""
+        for m in self.models.values():
+            if m.fault == "hold-write":
+                m.fault = None
+        self.fault_changed.set()
         for t in self._trickles:
             t.cancel()
         for t in self._trickles:

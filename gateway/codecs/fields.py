@@ -148,6 +148,68 @@ class BinaryDecoder:
         return out
 
 
+class EncodeError(ValueError):
+    """A raw value does not fit its field (wrong kind, outside the type or its bits)."""
+
+
+class BinaryEncoder:
+    """The inverse of ``BinaryDecoder``: raw values into a binary frame (a CoAP PUT body, a GATT write).
+
+    Built from the same ``(point name, field)`` pairs, so one description reads and writes a frame
+    and the two are tested against each other (tests/commands/test_codecs_roundtrip.py). Fields
+    with ``bits`` are merged into the bytes already there (a template, e.g. the last frame read),
+    so writing one flag keeps the other bits of its byte.
+
+    Args:
+        points: (point name, field) pairs; every field has ``at``.
+        byte_order: default byte order of the frame's fields.
+    """
+
+    def __init__(self, points: Sequence[tuple[str, FieldSpec]], byte_order: ByteOrder = "big") -> None:
+        self._items: dict[str, tuple[struct.Struct, int, int, int, str]] = {}
+        for name, spec in points:
+            if spec.at is None:
+                raise ValueError(f"point {name!r} has no byte offset 'at'")
+            order = ">" if (spec.byte_order or byte_order) == "big" else "<"
+            kind = spec.value_type
+            shift, mask = (spec.bits[0], (1 << spec.bits[1]) - 1) if spec.bits is not None else (0, 0)
+            self._items[name] = (struct.Struct(order + BINARY_TYPES[kind]), spec.at, shift, mask, kind)
+
+    @property
+    def size(self) -> int:
+        """The shortest frame that holds every field."""
+        return max((at + st.size for st, at, _s, _m, _k in self._items.values()), default=0)
+
+    def encode(self, values: dict[str, Any], template: bytes | None = None) -> bytes:
+        """A frame holding ``values`` (point name → raw value); bytes no field names come from ``template``.
+
+        Raises:
+            EncodeError: an unknown point, or a value its field cannot hold.
+        """
+        frame = bytearray(template or b"")
+        if len(frame) < self.size:
+            frame.extend(bytes(self.size - len(frame)))
+        for name, value in values.items():
+            item = self._items.get(name)
+            if item is None:
+                raise EncodeError(f"no field for point {name!r}")
+            st, at, shift, mask, kind = item
+            try:
+                if mask:
+                    if isinstance(value, float) or not 0 <= int(value) <= mask:
+                        raise EncodeError(f"{name}: {value!r} does not fit {mask.bit_length()} bit(s)")
+                    word = st.unpack_from(frame, at)[0]
+                    value = (word & ~(mask << shift)) | (int(value) << shift)
+                elif kind in _INT_TYPES and (isinstance(value, float) or isinstance(value, bool)):
+                    raise EncodeError(f"{name}: {kind} takes an integer, not {value!r}")
+                elif kind == "bool" and not isinstance(value, bool):
+                    raise EncodeError(f"{name}: bool takes true or false, not {value!r}")
+                st.pack_into(frame, at, value)
+            except (struct.error, OverflowError, TypeError) as exc:
+                raise EncodeError(f"{name}: {value!r} does not fit {kind}: {exc}") from exc
+        return bytes(frame)
+
+
 # --- text -------------------------------------------------------------------
 
 def nmea_degrees(text: str) -> float:

@@ -5,7 +5,7 @@ The order of the checks is the safety story (docs/commands.md):
 1. the message (``bad_message``), commands on for the device (``not_allowed``),
    the device known (``unknown_device``), not retained (``retained``);
 2. a repeated id answers the stored result with ``duplicate: true``;
-3. ``expires`` passed: ``expired``;
+3. ``expires`` passed: ``expired`` (``clock_unsynced`` while the clock cannot tell);
 4. every point known (``unknown_point``), writable (``read_only``), its value
    valid and inside ``write_range`` (``bad_value``, ``out_of_range``), the
    driver able to write (``not_supported``);
@@ -76,17 +76,21 @@ class CommandExecutor:
         target: device id → its running device, or None when it does not run.
         event: the audit trail (``output.event``).
         clock: monotonic seconds for the rate limit (tests may drive it).
+        clock_synced: whether the system clock is synchronized; while it is not, a command with
+            ``expires`` is refused (``clock_unsynced``): its deadline cannot be judged.
     """
 
     def __init__(self, gateway_id: str, cfg: CommandsConfig, store: CommandStore,
                  target: Callable[[str], CommandTarget | None], event: Callable[..., None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 clock_synced: Callable[[], bool] = lambda: True) -> None:
         self.gateway_id = gateway_id
         self.cfg = cfg
         self.store = store
         self._target = target
         self._event = event
         self._clock = clock
+        self._clock_synced = clock_synced
         self._buckets: dict[str, TokenBucket] = {}
         self._queued: dict[str, int] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
@@ -112,6 +116,19 @@ class CommandExecutor:
             out = self._result(device, command_id_of(command), "failed", reason="internal_error")
             self._remember(device, origin, command, out)
             return out
+
+    def reconfigure(self, cfg: CommandsConfig) -> None:
+        """Take a reloaded ``commands`` section: allow list, rates and queue bound apply to the next command.
+
+        ``enabled`` and the store's bounds are kept (they need a restart; the reload says so).
+        """
+        old = self.cfg
+        self.cfg = cfg.model_copy(update={"enabled": old.enabled, "remember": old.remember,
+                                          "remember_max": old.remember_max})
+        # A device whose rate changed starts a new bucket; the others keep theirs (a reload must not
+        # refill every bucket, or reloading would lift the limit).
+        for device in [d for d in self._buckets if old.rate_of(d) != self.cfg.rate_of(d)]:
+            del self._buckets[device]
 
     def refuse(self, device: str, reason: str, *, origin: str, command_id: str = "") -> dict[str, Any]:
         """Answer ``rejected`` to a message that never became a command (not JSON, too large, a flood),
@@ -205,6 +222,9 @@ class CommandExecutor:
             _state, stored = known  # executing without a result: a start that failed to settle it
             previous = stored or self._result(device, cmd.id, "failed", reason="unknown_outcome")
             return self._answer(device, origin, command, {**previous, "duplicate": True})
+        if cmd.expires is not None and not self._clock_synced():
+            return self._answer(device, origin, command, self._result(device, cmd.id, "rejected",
+                                                                      reason="clock_unsynced"))
         if cmd.expires is not None and time.time() > cmd.expires:
             return self._answer(device, origin, command, self._result(device, cmd.id, "expired", reason="expired"))
         target = self._target(device)

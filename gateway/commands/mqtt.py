@@ -56,6 +56,11 @@ class CommandListener:
         if len(parts) < 2 or parts[-1] != "cmd":
             return
         device = parts[-2]
+        if not msg.payload:
+            # An empty message is how a retained command is deleted at the broker (subscribers get it
+            # too): nothing was asked, so nothing is answered.
+            log.debug("empty message on %s ignored", msg.topic)
+            return
         reply = _reply_topic(msg.response_topic)
         if len(self._tasks) >= MAX_TASKS:
             out = self.executor.refuse(device, "busy", origin="mqtt")

@@ -58,18 +58,19 @@ async def start_sim(sims: list[ModbusSim], profile_path: Path, transport: str = 
 
 def config(data_dir: Path, profile_path: Path, devices: dict[str, dict[str, Any]], *, mqtt_port: int | None = None,
            enabled: bool = True, allow: list[str] | None = None, rate: float = 50.0, burst: int = 50,
-           interval: str = "1s", extra: str = "") -> str:
+           max_queued: int = 4, interval: str = "1s", device_extra: str = "", extra: str = "") -> str:
     """A configuration with ``devices`` (id → connection) on the boiler profile and commands on."""
-    lines = [f"gateway: {{id: gw-t, data_dir: {data_dir}}}", "web: {enabled: false}"]
+    # clock_check off: this host may have no NTP; the clock test sets the monitor itself.
+    lines = [f"gateway: {{id: gw-t, data_dir: {data_dir}, clock_check: off}}", "web: {enabled: false}"]
     if mqtt_port is not None:
         lines.append(f"mqtt: {{host: 127.0.0.1, port: {mqtt_port}, reconnect_min: 0.1, reconnect_max: 0.5}}")
         lines.append("buffer: {flush_interval: 0.05}")
     allow_list = list(devices) if allow is None else allow
     lines.append(f"commands: {{enabled: {str(enabled).lower()}, allow: [{', '.join(allow_list)}], "
-                 f"rate: {{rate: {rate}, burst: {burst}}}}}")
+                 f"rate: {{rate: {rate}, burst: {burst}}}, max_queued: {max_queued}}}")
     lines.append("devices:")
     for dev, conn in devices.items():
         conn_text = ", ".join(f"{k}: {v}" for k, v in conn.items())
         lines.append(f"  - {{id: {dev}, driver: modbus, profile: {profile_path}, poll_interval: {interval}, "
-                     f"connection: {{{conn_text}}}}}")
+                     f"{device_extra}connection: {{{conn_text}}}}}")
     return "\n".join(lines) + "\n" + textwrap.dedent(extra)
