@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fieldgate.errors import DriverError
 from fieldgate.schema import PointError
 
-if TYPE_CHECKING:
-    from .profile import BlePoint
+
+class BlePoint(Protocol):
+    """What the codec reads of a GATT point (``profile.BlePoint``; named here so profile.py can ask the codec)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def format(self) -> str | None: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def offset(self) -> float: ...
 
 _INT_CODES = "bBhHiIlLqQnN"
 _FLOAT_CODES = "efd"

@@ -594,7 +594,7 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
     app.router.add_get("/api/v1/openapi.json", api_openapi)
     from . import commands as _commands
 
-    _commands.setup(app, commands)
+    _commands.setup(app, commands, ctx, AUTH)
 
     async def on_startup(app: web.Application) -> None:
         ctx.untap = gateway.subscribe(_PageListener(events, hub))

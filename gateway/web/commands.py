@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 MAX_COMMAND_BYTES = 16 * 1024
 
 ENABLED = web.AppKey("fieldgate_web_commands", bool)
+#: The page's shared context (``app.WebContext``: ``gateway``, ``hub``) and its request key of how the
+#: request was authenticated, handed over by ``setup`` (this module does not import app.py: app imports it).
+_CONTEXT: web.AppKey[Any] = web.AppKey("fieldgate_web_commands_context", object)
+_AUTH: web.AppKey[Any] = web.AppKey("fieldgate_web_commands_auth", object)
 _RUNNING: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("fieldgate_web_command_tasks", set)
 
 
@@ -47,9 +51,7 @@ def web_commands_setting(cfg: Any) -> bool:
 
 
 def _executor(request: web.Request) -> Any:
-    from .app import CTX
-
-    return request.app[CTX].gateway.commands  # None: commands are off in this gateway
+    return request.app[_CONTEXT].gateway.commands  # None: commands are off in this gateway
 
 
 def _error(status: int, error: str, message: str) -> web.Response:
@@ -67,9 +69,7 @@ def _off_reason(request: web.Request) -> str | None:
 
 
 def _device_spec(request: web.Request, dev_id: str) -> Any:
-    from .app import CTX
-
-    gw = request.app[CTX].gateway
+    gw = request.app[_CONTEXT].gateway
     return next((s for s in gw.loaded.devices if s.config.id == dev_id), None)
 
 
@@ -88,9 +88,7 @@ def writable_points(spec: Any, latest: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def api_commands(request: web.Request) -> web.Response:
     """GET /api/v1/devices/{id}/commands: whether commands are on, the writable points, the recent commands."""
-    from .app import CTX
-
-    ctx = request.app[CTX]
+    ctx = request.app[_CONTEXT]
     dev_id = request.match_info["id"]
     spec = _device_spec(request, dev_id)
     doc = ctx.hub.device(dev_id)
@@ -108,9 +106,7 @@ async def api_commands(request: web.Request) -> web.Response:
 
 async def post_command(request: web.Request) -> web.Response:
     """POST /api/v1/devices/{id}/commands: execute one command message and answer its result."""
-    from .app import AUTH, CTX
-
-    ctx = request.app[CTX]
+    ctx = request.app[_CONTEXT]
     dev_id = request.match_info["id"]
     if _device_spec(request, dev_id) is None:
         return _error(404, "not_found", f"no device {dev_id!r} in the configuration")
@@ -130,7 +126,7 @@ async def post_command(request: web.Request) -> web.Response:
     # the message itself is checked by the executor, which answers a bad one with a rejected result
     log.info("status page: command %r for %s from %s (%s)",
              str(body.get("id"))[:64] if isinstance(body, dict) else None, dev_id, request.remote,
-             request.get(AUTH) or "public")
+             request.get(request.app[_AUTH]) or "public")
     task = asyncio.get_running_loop().create_task(
         ctx.gateway.commands.execute(dev_id, body, origin="local-api"), name=f"command[{dev_id}]")
     running: set[asyncio.Task[Any]] = request.app[_RUNNING]
@@ -140,9 +136,17 @@ async def post_command(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-def setup(app: web.Application, enabled: bool) -> None:
-    """Add the command routes to the page's application; ``enabled`` is ``web.commands``."""
+def setup(app: web.Application, enabled: bool, context: Any, auth: Any) -> None:
+    """Add the command routes to the page's application.
+
+    Args:
+        enabled: ``web.commands``.
+        context: the page's ``WebContext`` (its ``gateway`` and ``hub``).
+        auth: the request key saying how a request was authenticated (for the log line).
+    """
     app[ENABLED] = enabled
+    app[_CONTEXT] = context
+    app[_AUTH] = auth
     app[_RUNNING] = set()
     app.router.add_get("/api/v1/devices/{id}/commands", api_commands)
     app.router.add_post("/api/v1/devices/{id}/commands", post_command)

@@ -157,3 +157,17 @@ async def test_bad_bodies_get_a_named_error(valve: Valve) -> None:
     assert huge.status == 413
     assert bad.status == 200 and bad_result["status"] == "rejected" and "bad_message" in bad_result["reason"]
     assert valve.sensor.writes == []
+
+
+async def test_a_write_the_device_refuses_is_failed_with_its_reason(valve: Valve) -> None:
+    valve.sensor.refuse_writes = "4.03"
+    client = await _client(valve)
+    try:
+        resp = await client.post("/api/v1/devices/valve-1/commands", headers=await browser(client),
+                                 json={**WRITE, "id": "t-refused"})
+        result = await resp.json()
+    finally:
+        await client.close()
+    validate_command_result(result)
+    assert result["status"] == "failed" and result["reason"] == "coap_4.03"
+    assert len(valve.sensor.writes) == 1  # it reached the device once, which said no
