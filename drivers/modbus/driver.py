@@ -66,6 +66,7 @@ class ModbusDriver:
         self._split: set[tuple[str, int, int]] = set()  # merged reads the device rejected
         self._raw: list[tuple[str, str]] = []
         self._unreadable = [(r.table, r.start, r.end) for r in self.profile.unreadable]
+        self._read_all = False  # after a write: the read-back poll reads every point, `every: N` or not
 
     async def __aenter__(self) -> Self:
         bus = self.ctx.shared.acquire(self.key, lambda: ModbusBus(self.key, self.conn))
@@ -125,6 +126,7 @@ class ModbusDriver:
             requests = [plan_write(self.profile, self.points[w.name], w.value) for w in writes]
         except (WriteRefused, KeyError) as exc:
             raise DriverError(f"cannot write: {exc}", reason=getattr(exc, "reason", "unknown_point")) from exc
+        self._read_all = True  # even a failed write may have changed a point: read them all
         await write_points(self.bus, self.conn, requests)
 
     # -- polling ------------------------------------------------------------------------------
@@ -133,7 +135,8 @@ class ModbusDriver:
         """Read the due points once and hand their raw values to ``sink``."""
         if self.bus is None:
             raise DriverError("driver used outside `async with`")
-        names = self.due(self.polls)
+        names = self.due(0) if self._read_all else self.due(self.polls)  # poll 0 reads every point
+        self._read_all = False
         self.polls += 1
         ts = time.time()
         words: dict[str, list[Any]] = {}

@@ -182,7 +182,7 @@ class CommandExecutor:
 
     def _remember(self, device: str, origin: str, command: Any, out: dict[str, Any]) -> None:
         q = self._recent.setdefault(device, collections.deque(maxlen=RECENT_KEEP))
-        cmd = dict(command) if isinstance(command, Mapping) else None
+        cmd = _audit_copy(command)
         q.appendleft({"origin": origin, "received": time.time(), "command": cmd, "result": out})
 
     def _answer(self, device: str, origin: str, command: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -197,8 +197,7 @@ class CommandExecutor:
     async def _execute(self, device: str, command: Mapping[str, Any], origin: str,
                        retained: bool) -> dict[str, Any]:
         cid = command_id_of(command)
-        self._event("command", stage="command", origin=origin, device=device, id=cid,
-                    command=dict(command) if isinstance(command, Mapping) else repr(command)[:200])
+        self._event("command", stage="command", origin=origin, device=device, id=cid, command=_audit_copy(command))
         try:
             cmd = parse(command)
         except BadCommand as exc:
@@ -210,7 +209,14 @@ class CommandExecutor:
         running = self._inflight.get(key)
         if running is not None:
             # The same id again while it runs (a QoS 1 redelivery): the first one's result, once.
-            first = await asyncio.shield(running)
+            try:
+                first = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are stopping too
+                # The first one ended without a result (a bug, logged there): its row stays executing.
+                first = self._result(device, cmd.id, "failed", reason="unknown_outcome")
             return self._answer(device, origin, command, {**first, "duplicate": True})
         try:
             known = self.store.lookup(device, cmd.id)
@@ -376,6 +382,20 @@ def _equal(read: Any, wanted: float | int | bool, tolerance: Callable[[float], f
     if not isinstance(read, int | float) or not math.isfinite(read):
         return False
     return abs(read - wanted) <= tolerance(float(wanted))
+
+
+def _audit_copy(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of what arrived, for the audit trail and the page: Python's parser takes
+    ``NaN`` and ``Infinity``, which JSON (and the events topic) does not; deep nesting is cut."""
+    if depth > 8:
+        return "..."
+    if isinstance(value, Mapping):
+        return {str(k)[:64]: _audit_copy(v, depth + 1) for k, v in list(value.items())[:64]}
+    if isinstance(value, list | tuple):
+        return [_audit_copy(v, depth + 1) for v in value[:64]]
+    if isinstance(value, str):
+        return value[:256]
+    return _json_value(value)
 
 
 def _json_value(value: Any) -> Any:

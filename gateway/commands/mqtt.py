@@ -77,7 +77,7 @@ class CommandListener:
         else:
             try:
                 command = json.loads(msg.payload)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
                 problem = "bad_message: the payload is not JSON"
         if problem is not None:
             out = self.executor.refuse(device, problem, origin="mqtt")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
+
+from ..modbus.conftest import sims, start
+
+__all__ = ["PROFILE", "config", "sims", "start_sim"]  # sims: the Modbus suite's fixture, shared
 
 #: A boiler controller: a float32 setpoint, an int16 setpoint with scale, an int32, a relay coil,
 #: and read-only points (an input register, a holding register not marked writable).
@@ -37,23 +40,10 @@ def profile_path(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-async def sims() -> AsyncIterator[list[ModbusSim]]:
-    """Simulators a test starts go here; all are stopped at the end."""
-    started: list[ModbusSim] = []
-    yield started
-    for sim in started:
-        await sim.stop()
-
-
 async def start_sim(sims: list[ModbusSim], profile_path: Path, transport: str = "tcp",
                     units: tuple[int, ...] = (1,), baudrate: int = 38400) -> tuple[ModbusSim, dict[str, Any]]:
-    """A simulator serving ``units`` over ``transport``; returns it and the connection settings."""
-    sim = ModbusSim(dict.fromkeys(units, load_modbus_profile(profile_path)), animate=False)
-    sims.append(sim)
-    if transport == "tcp":
-        return sim, {"transport": "tcp", "host": "127.0.0.1", "port": await sim.start_tcp()}
-    return sim, {"transport": "rtu", "serial_port": await sim.start_rtu(baudrate), "baudrate": baudrate}
+    """A simulator serving ``units`` over ``transport`` (the Modbus suite's ``start``), values held still."""
+    return await start(sims, transport, dict.fromkeys(units, load_modbus_profile(profile_path)), baudrate)
 
 
 def config(data_dir: Path, profile_path: Path, devices: dict[str, dict[str, Any]], *, mqtt_port: int | None = None,

@@ -271,3 +271,40 @@ async def test_an_expiring_command_is_refused_while_the_clock_is_not_synchronize
         assert sim.requests == frames
         # Without expires there is nothing to judge: it runs.
         assert (await run(ex, "boiler", write("clk-2", setpoint=25.0)))["status"] == "ok"
+
+
+async def test_a_point_read_every_nth_poll_is_read_back_after_its_write(tmp_path: Path, sims: list[ModbusSim]) -> None:
+    profile = tmp_path / "slow.yaml"
+    profile.write_text("schema_version: 1\ndriver: modbus\nvendor: t\nmodel: slow\npoints:\n"
+                       "  - {name: temperature, table: input, address: 0, type: float32}\n"
+                       "  - {name: limit, table: holding, address: 0, type: uint16, every: 10, writable: true, "
+                       "write_range: [0, 500]}\n")
+    _sim, conn = await start_sim(sims, profile)
+    out = MemoryOutput()
+    text = config(tmp_path / "data", profile, {"tank": conn}, interval="3600s")
+    async with running(load_config_text(text, str(tmp_path / "c.yaml")), output=out) as rt:
+        await out.wait_for(lambda o: len(o.by_device("tank")) >= 1)  # poll 0 reads every point; poll 1 would not
+        assert rt.gateway.commands is not None
+        res = await run(rt.gateway.commands, "tank", write("slow-1", limit=300))
+        assert res["status"] == "ok", res
+        assert res["metrics"]["limit"]["value"] == 300
+
+
+async def test_a_driver_without_the_write_hook_answers_not_supported(tmp_path: Path) -> None:
+    sim_profile = tmp_path / "sim.yaml"
+    sim_profile.write_text("schema_version: 1\ndriver: sim\nvendor: t\nmodel: t\npoints:\n"
+                           "  - {name: voltage, writable: true, range: [0, 300], sim: {shape: random, min: 1, max: 2}}"
+                           "\n"
+                           "  - {name: current, sim: {shape: random, min: 1, max: 2}}\n")
+    text = (f"gateway: {{id: gw-t, data_dir: {tmp_path / 'data'}, clock_check: off}}\nweb: {{enabled: false}}\n"
+            "commands: {enabled: true, allow: [m1]}\n"
+            f"devices:\n  - {{id: m1, driver: sim, profile: {sim_profile}, poll_interval: 3600s}}\n")
+    out = MemoryOutput()
+    async with running(load_config_text(text, str(tmp_path / "c.yaml")), output=out) as rt:
+        await out.wait_for(lambda o: len(o.by_device("m1")) >= 1)
+        assert rt.gateway.commands is not None
+        res = await run(rt.gateway.commands, "m1", write("ns-1", voltage=230.0))
+        assert (res["status"], res["reason"]) == ("rejected", "not_supported")
+        read = await run(rt.gateway.commands, "m1", {"schema": CMD, "id": "ns-2", "op": "read",
+                                                     "metrics": ["voltage"]})
+        assert read["status"] == "ok" and set(read["metrics"]) == {"voltage"}  # a read needs no write hook

@@ -76,13 +76,20 @@ async def test_commands_over_mqtt(tmp_path: Path, profile_path: Path, sims: list
             assert sim.models[1].writes == [(16, 0, [0x41F0, 0x0000])]
             await asyncio.to_thread(pub.publish, TOPIC, command("late", expires="2021-01-01T00:00:00Z"))
             await asyncio.to_thread(pub.publish, TOPIC, b"{not json")
-            got = await asyncio.to_thread(col.wait_for, lambda: results(col, "late") and results(col, ""), 20,
-                                          "the expired and the unreadable answers")
+            await asyncio.to_thread(pub.publish, TOPIC, b"[" * 10_000)  # nesting deeper than the parser goes
+            # Python's parser takes NaN (not JSON): refused as a value, and the audit trail still written.
+            await asyncio.to_thread(pub.publish, TOPIC, b'{"schema": "fieldgate.command/1", "id": "nan", '
+                                                        b'"op": "write", "metrics": {"setpoint": NaN}}')
+            got = await asyncio.to_thread(col.wait_for, lambda: results(col, "late") and len(results(col, "")) >= 2,
+                                          20, "the expired and the unreadable answers")
             assert [(r["status"], r["reason"]) for r in results(col, "late")] == [("expired", "expired")]
-            # One: the empty message that deleted the retained command was no command and got no answer.
-            assert [r["reason"] for r in results(col, "")] == ["bad_message: the payload is not JSON"]
+            nan = await asyncio.to_thread(col.wait_for, lambda: results(col, "nan"), 20, "the NaN answer")
+            assert [(r["status"], r["reason"]) for r in nan] == [("rejected", "bad_message: metrics.setpoint: "
+                                                                  "not a finite number")]
+            # Two: the empty message that deleted the retained command was no command and got no answer.
+            assert [r["reason"] for r in results(col, "")] == ["bad_message: the payload is not JSON"] * 2
             assert len(sim.models[1].writes) == 1
-            trail = await asyncio.to_thread(col.wait_for, lambda: len(audit(col)) >= 12 and audit(col), 20,
+            trail = await asyncio.to_thread(col.wait_for, lambda: len(audit(col)) >= 16 and audit(col), 20,
                                             "the audit trail")
             assert {(e["stage"], e["id"]) for e in trail} >= {("command", "thrice"), ("result", "thrice"),
                                                               ("result", "kept"), ("result", "late")}
