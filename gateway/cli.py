@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .config import (
     DEFAULT_CONFIG,
+    LoadedConfig,
     config_json_schema,
     load_config,
     load_profile_file,
@@ -124,13 +125,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .probe import probe
 
     setup_logging("WARNING")
-    try:
-        loaded = load_config(Path(args.config))
-    except ConfigError as exc:
-        errors, _ = _print_diagnostics([d for d in exc.diagnostics if isinstance(d, Diagnostic)])
-        print(f"{errors} error(s) in {args.config}", file=sys.stderr)
+    loaded = _load_or_report(args.config)
+    if loaded is None:
         return EXIT_INVALID
     return asyncio.run(probe(loaded, args.device, sys.stdout, wait=args.wait))
+
+
+def _load_or_report(path: str) -> LoadedConfig | None:
+    """The configuration, or None after printing every error in it (exit 1 for the caller)."""
+    try:
+        return load_config(Path(path))
+    except ConfigError as exc:
+        errors, _ = _print_diagnostics([d for d in exc.diagnostics if isinstance(d, Diagnostic)])
+        print(f"{errors} error(s) in {path}", file=sys.stderr)
+        return None
 
 
 def cmd_write(args: argparse.Namespace) -> int:
@@ -138,11 +146,8 @@ def cmd_write(args: argparse.Namespace) -> int:
     from .write_cmd import run_write
 
     setup_logging("WARNING")
-    try:
-        loaded = load_config(Path(args.config))
-    except ConfigError as exc:
-        errors, _ = _print_diagnostics([d for d in exc.diagnostics if isinstance(d, Diagnostic)])
-        print(f"{errors} error(s) in {args.config}", file=sys.stderr)
+    loaded = _load_or_report(args.config)
+    if loaded is None:
         return EXIT_INVALID
     return run_write(loaded, args.device, args.assignments, wait=args.wait)
 

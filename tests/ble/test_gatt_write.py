@@ -8,7 +8,6 @@ refused before I/O sent nothing at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from fieldgate.errors import DeviceProtocolError, DeviceUnreachable, DriverError
 from fieldgate_hwsim.ble_sim import Recording
 
 from .conftest import context
-from .test_bluez import BLUEZ, FakeBluez, dbus, dbusmock
+from .test_bluez import BLUEZ, FakeBluez, bluez, dbus, dbusmock  # noqa: F401  # bluez: its module fixture
 
 THERMOSTAT = "D4:7C:44:00:20:01"
 SETPOINT = "0000fe01-0000-1000-8000-00805f9b34fb"   # vendor characteristic: sint16, 0.01 degC
@@ -31,16 +30,6 @@ _CONNECT = ("self.UpdateProperties('org.bluez.Device1', {'Connected': dbus.Boole
             "'ServicesResolved': dbus.Boolean(True)})")
 _DISCONNECT = ("self.UpdateProperties('org.bluez.Device1', {'Connected': dbus.Boolean(False), "
                "'ServicesResolved': dbus.Boolean(False)})")
-
-
-@pytest.fixture(scope="module")
-def bluez() -> Iterator[FakeBluez]:
-    """BlueZ on a private bus for this module's tests (as in test_bluez)."""
-    fake = FakeBluez()
-    try:
-        yield fake
-    finally:
-        fake.close()
 
 
 def thermostat_profile(**extra: Any) -> BleProfile:
@@ -102,7 +91,7 @@ async def _opened(bz: FakeBluez, address: str, **conn: Any) -> BleGattDriver:
     return drv
 
 
-async def test_gatt_write_reaches_the_peer_with_the_right_bytes(bluez: FakeBluez) -> None:
+async def test_gatt_write_reaches_the_peer_with_the_right_bytes(bluez: FakeBluez) -> None:  # noqa: F811
     paths = add_thermostat(bluez)
     drv = await _opened(bluez, THERMOSTAT)
     try:
@@ -121,7 +110,7 @@ async def test_gatt_write_reaches_the_peer_with_the_right_bytes(bluez: FakeBluez
     assert sink.readings[0].values["setpoint"] == 2150 and sink.readings[0].values["mode"] == 2
 
 
-async def test_gatt_write_refused_by_the_device_names_the_att_error(bluez: FakeBluez) -> None:
+async def test_gatt_write_refused_by_the_device_names_the_att_error(bluez: FakeBluez) -> None:  # noqa: F811
     paths = add_thermostat(bluez, "D4:7C:44:00:20:02")
     drv = await _opened(bluez, "D4:7C:44:00:20:02")
     try:
@@ -134,7 +123,7 @@ async def test_gatt_write_refused_by_the_device_names_the_att_error(bluez: FakeB
     assert writes_at(bluez, paths[LOCKED]) == [(b"\x01", "request")]  # it was sent once, never retried
 
 
-async def test_gatt_write_of_an_unencodable_value_sends_nothing(bluez: FakeBluez) -> None:
+async def test_gatt_write_of_an_unencodable_value_sends_nothing(bluez: FakeBluez) -> None:  # noqa: F811
     paths = add_thermostat(bluez, "D4:7C:44:00:20:03")
     drv = await _opened(bluez, "D4:7C:44:00:20:03")
     try:
@@ -146,7 +135,7 @@ async def test_gatt_write_of_an_unencodable_value_sends_nothing(bluez: FakeBluez
     assert writes_at(bluez, paths[SETPOINT]) == [] and writes_at(bluez, paths[MODE]) == []
 
 
-async def test_gatt_write_to_an_unreachable_device_fails_after_the_connection_attempts(bluez: FakeBluez) -> None:
+async def test_gatt_write_to_an_unreachable_device_fails_after_the_connection_attempts(bluez: FakeBluez) -> None:  # noqa: F811
     refuse = "raise dbus.exceptions.DBusException('Page Timeout', name='org.bluez.Error.Failed')"
     paths = add_thermostat(bluez, "D4:7C:44:00:20:04", connect=refuse)
     drv = await _opened(bluez, "D4:7C:44:00:20:04", connect_attempts=2)

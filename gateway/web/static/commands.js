@@ -7,22 +7,9 @@
 "use strict";
 
 (() => {
-  const panel = { device: null, doc: null, csrf: "", timer: null, pending: null, result: null };
-
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === null || v === undefined || v === false) continue;
-      if (k === "class") node.className = v;
-      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-      else node.setAttribute(k, v === true ? "" : String(v));
-    }
-    for (const c of children.flat(Infinity)) {
-      if (c === null || c === undefined || c === false) continue;
-      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-    }
-    return node;
-  }
+  // h() and api() are app.js's (loaded first): the same element builder and the same fetch, with the
+  // page's CSRF token and its redirect to the login page
+  const panel = { device: null, doc: null, timer: null, pending: null, result: null };
 
   function show(v, unit) {
     if (v === null || v === undefined) return "–";
@@ -39,22 +26,6 @@
   // a point whose value reads as true/false is set with on/off; any other with a number
   function isFlag(p) { return typeof p.value === "boolean"; }
 
-  async function call(path, options) {
-    const opts = Object.assign({ headers: {} }, options || {});
-    if (opts.method === "POST") {
-      opts.headers["X-CSRF-Token"] = panel.csrf;
-      opts.headers["Content-Type"] = "application/json";
-    }
-    const resp = await fetch(path, opts);
-    const body = await resp.json().catch(() => ({}));
-    if (!resp.ok) {
-      const err = new Error(body.message || `HTTP ${resp.status}`);
-      err.status = resp.status;
-      throw err;
-    }
-    return body;
-  }
-
   function commandId() {
     const b = new Uint8Array(6);
     crypto.getRandomValues(b);
@@ -65,16 +36,16 @@
 
   function pointRow(p) {
     const input = isFlag(p)
-      ? el("select", { id: `cmd-value-${p.name}`, "aria-label": `new value of ${p.name}` },
-        el("option", { value: "true" }, "on"), el("option", { value: "false" }, "off"))
-      : el("input", { id: `cmd-value-${p.name}`, type: "number", inputmode: "decimal", step: "any",
+      ? h("select", { id: `cmd-value-${p.name}`, "aria-label": `new value of ${p.name}` },
+        h("option", { value: "true" }, "on"), h("option", { value: "false" }, "off"))
+      : h("input", { id: `cmd-value-${p.name}`, type: "number", inputmode: "decimal", step: "any",
         min: p.write_range ? p.write_range[0] : null, max: p.write_range ? p.write_range[1] : null,
         "aria-label": `new value of ${p.name}`, placeholder: p.value === null || p.value === undefined ? "" : String(p.value) });
-    return el("div", { class: "cmd-point", "data-point": p.name },
-      el("div", { class: "cmd-label" }, el("strong", {}, p.name), " ",
-        el("span", { class: "muted small" }, `now ${show(p.value, p.unit)} · allowed ${rangeText(p)}`)),
-      el("div", { class: "cmd-input" }, input,
-        el("button", { class: "primary", id: `cmd-set-${p.name}`, onclick: () => ask(p.name, input) }, "Set…")));
+    return h("div", { class: "cmd-point", "data-point": p.name },
+      h("div", { class: "cmd-label" }, h("strong", {}, p.name), " ",
+        h("span", { class: "muted small" }, `now ${show(p.value, p.unit)} · allowed ${rangeText(p)}`)),
+      h("div", { class: "cmd-input" }, input,
+        h("button", { class: "primary", id: `cmd-set-${p.name}`, onclick: () => ask(p.name, input) }, "Set…")));
   }
 
   function ask(name, input) {
@@ -101,14 +72,14 @@
     const c = panel.pending;
     if (!c) return null;
     const p = c.point;
-    return el("div", { id: "cmd-confirm-box", class: "alert cmd-confirm", role: "alertdialog", "aria-labelledby": "cmd-confirm-title" },
-      el("p", { id: "cmd-confirm-title" }, el("strong", {}, `Write ${p.name} on ${panel.device}?`)),
-      el("p", { class: "cmd-change", id: "cmd-change" },
-        el("span", { class: "cmd-old" }, show(p.value, p.unit)), " → ", el("strong", { class: "cmd-new" }, show(c.value, p.unit))),
-      el("p", { class: "muted small", id: "cmd-range" }, `allowed ${rangeText(p)}; the gateway checks it again and reads the value back`),
-      el("div", { class: "row" },
-        el("button", { id: "cmd-confirm", class: "primary", onclick: send }, "Confirm write"),
-        el("button", { id: "cmd-cancel", onclick: () => { panel.pending = null; draw(); } }, "Cancel")));
+    return h("div", { id: "cmd-confirm-box", class: "alert cmd-confirm", role: "alertdialog", "aria-labelledby": "cmd-confirm-title" },
+      h("p", { id: "cmd-confirm-title" }, h("strong", {}, `Write ${p.name} on ${panel.device}?`)),
+      h("p", { class: "cmd-change", id: "cmd-change" },
+        h("span", { class: "cmd-old" }, show(p.value, p.unit)), " → ", h("strong", { class: "cmd-new" }, show(c.value, p.unit))),
+      h("p", { class: "muted small", id: "cmd-range" }, `allowed ${rangeText(p)}; the gateway checks it again and reads the value back`),
+      h("div", { class: "row" },
+        h("button", { id: "cmd-confirm", class: "primary", onclick: send }, "Confirm write"),
+        h("button", { id: "cmd-cancel", onclick: () => { panel.pending = null; draw(); } }, "Cancel")));
   }
 
   async function send() {
@@ -118,7 +89,7 @@
     if (button) { button.disabled = true; button.textContent = "Writing…"; }
     const msg = { schema: "fieldgate.command/1", id: commandId(), op: "write", metrics: { [c.point.name]: c.value } };
     try {
-      const r = await call(`/api/v1/devices/${encodeURIComponent(panel.device)}/commands`, { method: "POST", body: JSON.stringify(msg) });
+      const r = await api(`/api/v1/devices/${encodeURIComponent(panel.device)}/commands`, { method: "POST", body: JSON.stringify(msg) });
       const m = (r.metrics || {})[c.point.name];
       const back = m ? `read back ${show(m.value, m.unit || c.point.unit)}` : "";
       say(r.status === "ok", `${c.point.name}: ${r.status}${r.reason ? ` (${r.reason})` : ""}${back ? `, ${back}` : ""}`);
@@ -137,10 +108,10 @@
   // --- recent commands ------------------------------------------------------------------------
 
   function recentTable(entries) {
-    if (!entries.length) return el("p", { class: "muted", id: "cmd-none" }, "No commands yet.");
-    return el("table", { class: "cmd-recent", id: "cmd-recent" },
-      el("thead", {}, el("tr", {}, el("th", {}, "When"), el("th", {}, "Command"), el("th", {}, "Result"), el("th", {}, "From"))),
-      el("tbody", {}, entries.map((e) => {
+    if (!entries.length) return h("p", { class: "muted", id: "cmd-none" }, "No commands yet.");
+    return h("table", { class: "cmd-recent", id: "cmd-recent" },
+      h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Command"), h("th", {}, "Result"), h("th", {}, "From"))),
+      h("tbody", {}, entries.map((e) => {
         const cmd = e.command || {}, res = e.result || {};
         const what = cmd.metrics && !Array.isArray(cmd.metrics)
           ? Object.entries(cmd.metrics).map(([k, v]) => `${k} = ${show(v)}`).join(", ")
@@ -148,13 +119,13 @@
         const status = res.status || "running";
         const cls = status === "ok" ? "ok" : status === "running" ? "idle" : "bad";
         const when = new Date(e.received * 1000);
-        return el("tr", { "data-id": res.id || cmd.id || "", "data-status": status },
-          el("td", { "data-label": "When", title: when.toISOString() }, when.toLocaleTimeString()),
-          el("td", { "data-label": "Command" }, what, el("div", { class: "muted small" }, res.id || cmd.id || "")),
-          el("td", { "data-label": "Result" }, el("span", { class: `badge ${cls}` }, status),
-            res.reason ? el("span", { class: "muted small" }, ` ${res.reason}`) : null,
-            res.duplicate ? el("span", { class: "muted small" }, " (repeat)") : null),
-          el("td", { "data-label": "From" }, e.origin || ""));
+        return h("tr", { "data-id": res.id || cmd.id || "", "data-status": status },
+          h("td", { "data-label": "When", title: when.toISOString() }, when.toLocaleTimeString()),
+          h("td", { "data-label": "Command" }, what, h("div", { class: "muted small" }, res.id || cmd.id || "")),
+          h("td", { "data-label": "Result" }, h("span", { class: `badge ${cls}` }, status),
+            res.reason ? h("span", { class: "muted small" }, ` ${res.reason}`) : null,
+            res.duplicate ? h("span", { class: "muted small" }, " (repeat)") : null),
+          h("td", { "data-label": "From" }, e.origin || ""));
       })));
   }
 
@@ -162,11 +133,11 @@
   // from a value being typed, nor the value itself.
   function slots(root) {
     if (!panel.slots) {
-      panel.slots = { form: el("div", { class: "cmd-form", id: "cmd-form" }), off: el("p", { class: "muted", id: "cmd-off" }),
-        confirm: el("div"), result: el("div"), recent: el("div") };
+      panel.slots = { form: h("div", { class: "cmd-form", id: "cmd-form" }), off: h("p", { class: "muted", id: "cmd-off" }),
+        confirm: h("div"), result: h("div"), recent: h("div") };
       panel.rows = new Map();
-      root.replaceChildren(el("h2", {}, "Commands"), panel.slots.off, panel.slots.form, panel.slots.confirm,
-        panel.slots.result, el("h3", {}, "Recent commands"), panel.slots.recent);
+      root.replaceChildren(h("h2", {}, "Commands"), panel.slots.off, panel.slots.form, panel.slots.confirm,
+        panel.slots.result, h("h3", {}, "Recent commands"), panel.slots.recent);
     }
     return panel.slots;
   }
@@ -189,7 +160,7 @@
       }
     }
     s.confirm.replaceChildren(...[confirmBox()].filter(Boolean));
-    s.result.replaceChildren(...(panel.result ? [el("p", { id: "cmd-result", class: panel.result.ok ? "alert ok" : "alert",
+    s.result.replaceChildren(...(panel.result ? [h("p", { id: "cmd-result", class: panel.result.ok ? "alert ok" : "alert",
       role: "status" }, panel.result.text)] : []));
     s.recent.replaceChildren(recentTable(d.recent || []));
     root.hidden = false;
@@ -197,7 +168,7 @@
 
   async function refresh() {
     try {
-      panel.doc = await call(`/api/v1/devices/${encodeURIComponent(panel.device)}/commands`);
+      panel.doc = await api(`/api/v1/devices/${encodeURIComponent(panel.device)}/commands`);
     } catch (e) {
       if (e.status === 404 || e.status === 401) return;
     }
@@ -209,8 +180,8 @@
     if (!path.startsWith("/devices/")) return;
     panel.device = decodeURIComponent(path.slice(9));
     try {
-      const s = await call("/api/v1/session");
-      panel.csrf = s.csrf_token;
+      const s = await api("/api/v1/session");
+      if (!state.csrf) state.csrf = s.csrf_token;  // app.js's boot() may not have set it yet
     } catch (e) { return; }
     await refresh();
     // the recent list follows commands from MQTT and other operators; not while a confirmation is open
