@@ -204,7 +204,13 @@ def via_service(api: LocalApi, gateway_id: str, device: str, message: dict[str, 
         ServiceError: the page is another gateway's, refuses the login, or takes no commands.
         OSError: the connection failed or timed out.
     """
-    status, doc, _ = _request(api, "GET", "/api/v1/status", timeout=10.0)
+    try:
+        status, doc, _ = _request(api, "GET", "/api/v1/status", timeout=10.0)
+    except http.client.HTTPException as exc:  # nothing was sent to the device yet
+        raise ServiceError(f"{api.label} does not answer HTTP ({type(exc).__name__}: {exc}): another program "
+                           "on the status page's port?") from exc
+    except OSError as exc:
+        raise ServiceError(f"cannot reach the service at {api.label}: {exc}; nothing was sent") from exc
     if status == 401:
         raise ServiceError(f"the service at {api.label} refused the login: "
                            + ("the web.password read from the configuration is not the service's"
@@ -408,7 +414,7 @@ def run_write(loaded: LoadedConfig, device: str, items: Sequence[str], out: Text
         except ServiceError as exc:
             print(f"fieldgate write: {exc}", file=err)
             return exc.code
-        except OSError as exc:  # the service went away or did not answer in time: the outcome is unknown
+        except (OSError, http.client.HTTPException) as exc:  # went away, no answer in time, not HTTP: unknown
             print(f"fieldgate write: the service at {api.label} did not answer ({exc}); command {message['id']} "
                   "may have run: see the device's recent commands on the status page", file=err)
             return EXIT_FAILED

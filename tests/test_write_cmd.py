@@ -174,3 +174,33 @@ async def test_write_with_a_wrong_password_file_is_refused_by_the_service(servic
     done = await fieldgate("write", "boiler-1", "relay=on", "-c", str(service.config))
     assert done.rc == 3 and "refused the login" in done.err, done
     assert service.sim.models[1].writes == []
+
+
+async def test_an_unreadable_password_file_is_named(tmp_path: Path, profile_path: Path) -> None:  # noqa: F811
+    cfg = tmp_path / "fieldgate.yaml"
+    text = config(tmp_path / "data", profile_path, {"boiler-1": {"host": "127.0.0.1", "port": 1}})
+    web = f"web: {{listen: '127.0.0.1:{free_tcp_port()}', password: {{file: {tmp_path / 'gone'}}}}}"
+    cfg.write_text(text.replace("web: {enabled: false}", web))
+    done = await fieldgate("write", "boiler-1", "relay=on", "-c", str(cfg))
+    assert done.rc == 3 and "cannot read web.password" in done.err and "service's user" in done.err, done
+
+
+async def test_another_program_on_the_page_port_is_not_taken_for_the_service(tmp_path: Path,
+                                                                              profile_path: Path) -> None:  # noqa: F811
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")  # something else owns the port
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cfg = tmp_path / "fieldgate.yaml"
+        text = config(tmp_path / "data", profile_path, {"boiler-1": {"host": "127.0.0.1", "port": 1}})
+        cfg.write_text(text.replace("web: {enabled: false}", f"web: {{listen: '127.0.0.1:{port}'}}"))
+        done = await fieldgate("write", "boiler-1", "relay=on", "-c", str(cfg))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert done.rc == 3 and f"127.0.0.1:{port} does not answer HTTP" in done.err, done
+    assert "may have run" not in done.err  # it failed before any command was sent
