@@ -368,7 +368,8 @@ def print_result(res: dict[str, Any], values: dict[str, float | int | bool], via
     for name, wrote in values.items():
         m = metrics.get(name)
         if m is None:
-            print(f"{name}: {_fmt(wrote)} (not read back)", file=out)
+            refused = res.get("status") in ("rejected", "expired")
+            print(f"{name}: {_fmt(wrote)} ({'not written' if refused else 'not read back'})", file=out)
             continue
         unit = f" {m['unit']}" if m.get("unit") else ""
         quality = m.get("quality", "")
