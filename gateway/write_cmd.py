@@ -365,11 +365,15 @@ async def direct(loaded: LoadedConfig, device: str, message: dict[str, Any], err
 def print_result(res: dict[str, Any], values: dict[str, float | int | bool], via: str, out: TextIO) -> int:
     """One line per point (written → read back), then the status; returns the exit code."""
     metrics = res.get("metrics") or {}
+    refused = res.get("status") in ("rejected", "expired")
     for name, wrote in values.items():
         m = metrics.get(name)
+        if refused:  # a rejected result's metrics are the refused values, with why
+            why = f": {m['reason']}" if m and m.get("reason") else ""
+            print(f"{name}: {_fmt(wrote)} not written{why}", file=out)
+            continue
         if m is None:
-            refused = res.get("status") in ("rejected", "expired")
-            print(f"{name}: {_fmt(wrote)} ({'not written' if refused else 'not read back'})", file=out)
+            print(f"{name}: {_fmt(wrote)} (not read back)", file=out)
             continue
         unit = f" {m['unit']}" if m.get("unit") else ""
         quality = m.get("quality", "")

@@ -142,7 +142,7 @@ async def service(tmp_path: Path, profile_path: Path, sims: list[ModbusSim]) -> 
     secret.write_text(SECRET + "\n")
     port = free_tcp_port()
     cfg = tmp_path / "fieldgate.yaml"
-    text = config(tmp_path / "data", profile_path, {"boiler-1": conn}, interval="0.5s")
+    text = config(tmp_path / "data", profile_path, {"boiler-1": conn}, interval="0.5s", rate=0.01, burst=1)
     cfg.write_text(text.replace("web: {enabled: false}",
                                 f"web: {{listen: '127.0.0.1:{port}', password: {{file: {secret}}}}}"))
     loaded = load_config(cfg)
@@ -166,6 +166,11 @@ async def test_write_through_the_running_service_uses_its_local_api(service: Ser
     # refused by the service's executor: the answer says so, and the device saw no write
     done = await fieldgate("write", "boiler-1", "setpoint=99", "-c", str(service.config))
     assert done.rc == 4 and "out_of_range" in done.err + done.out, done
+    assert len(service.sim.models[1].writes) == 1
+    # refused by the service itself (the CLI's own check passes): its rate limit (1 command, then 1 per 100 s)
+    done = await fieldgate("write", "boiler-1", "setpoint=60", "-c", str(service.config))
+    assert done.rc == 4 and "setpoint: 60 not written" in done.out, done
+    assert "boiler-1: rejected: rate_limited" in done.out, done
     assert len(service.sim.models[1].writes) == 1
 
 
