@@ -144,7 +144,7 @@ class CommandExecutor:
         """
         def key(e: dict[str, Any]) -> tuple[Any, ...]:
             res = e.get("result") or {}
-            return res.get("id"), res.get("ts"), res.get("status")
+            return res.get("id"), res.get("ts"), res.get("status"), res.get("duplicate", False)
 
         entries = list(self._recent.get(device, ()))
         seen = {key(e) for e in entries}

@@ -67,3 +67,26 @@ async def test_without_its_store_the_gateway_runs_with_commands_off(tmp_path: Pa
             await out.wait_for(lambda o: len(o.by_device("m1")) >= 1)
             assert rt.gateway.commands is None
     assert any("commands are off" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_finished_command_repeated_after_a_restart_gets_its_first_result(tmp_path: Path) -> None:
+    profile = tmp_path / "sim.yaml"
+    profile.write_text("schema_version: 1\ndriver: sim\nvendor: t\nmodel: t\npoints:\n"
+                       "  - {name: v, range: [0, 9], sim: {shape: random, min: 1, max: 2}}\n")
+    text = (f"gateway: {{id: g, data_dir: {tmp_path / 'data'}, clock_check: off}}\nweb: {{enabled: false}}\n"
+            "commands: {enabled: true, allow: [m1]}\n"
+            f"devices:\n  - {{id: m1, driver: sim, profile: {profile}, poll_interval: 3600s}}\n")
+    read = {"schema": "fieldgate.command/1", "id": "again", "op": "read"}
+    answers = []
+    for _ in range(2):
+        out = MemoryOutput()
+        async with running(load_config_text(text, "t.yaml"), output=out) as rt:
+            await out.wait_for(lambda o: len(o.by_device("m1")) >= 1)  # this run's output
+            assert rt.gateway.commands is not None
+            answers.append(await rt.gateway.commands.execute("m1", read, origin="cli"))
+            recent = rt.gateway.commands.recent("m1")
+    first, second = answers
+    assert first["status"] == "ok" and "duplicate" not in first
+    assert second == {**first, "duplicate": True}
+    # The page's list has both: the first run's from the store, this run's from memory.
+    assert [e["result"].get("duplicate", False) for e in recent] == [True, False]
