@@ -150,3 +150,14 @@ def test_encode_writes_is_read_back_by_the_decoder(fmt: str) -> None:
     assert reading.values["setpoint"] * 0.1 == pytest.approx(33.3) and reading.values["relay"] is False
     if fmt == "cbor":
         assert cf == CF_CBOR and cbor2.loads(payload) == {"ctl": {"setpoint": 333, "relay": False}}
+
+
+def test_writable_points_need_the_profiles_writable_resource() -> None:
+    doc = valve_profile().model_dump(exclude_none=True)
+    doc.pop("write")
+    with pytest.raises(ValueError, match="writable but the profile declares no writable resource"):
+        CoapProfile.model_validate(doc)
+    # the point's own checks run before any device I/O (the executor asks them)
+    setpoint, relay, level = valve_profile().points
+    assert setpoint.write_problem(101) == "out_of_range" and level.write_problem(5) == "read_only"
+    assert relay.write_problem(True) is None and setpoint.write_problem(float("inf")) == "bad_value"
