@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .decode import encode
 
 
-class ModbusPoint(Protocol):
+class PointLike(Protocol):
     """What planning reads of a point (``profile.ModbusPoint``; a protocol: the profile imports this module)."""
 
     @property
@@ -43,10 +43,10 @@ class ModbusPoint(Protocol):
     def width(self) -> int: ...
 
 
-class ModbusProfile(Protocol):
+class ProfileLike(Protocol):
     """What planning reads of a profile: the byte and word order of a point."""
 
-    def order_of(self, point: ModbusPoint) -> tuple[str, str]: ...
+    def order_of(self, point: Any) -> tuple[str, str]: ...  # Any: the profile's own point class
 
 #: Integer types and the raw values they hold.
 INT_LIMITS: dict[str, tuple[int, int]] = {
@@ -77,7 +77,7 @@ class WriteRequest:
     values: tuple[int, ...] | tuple[bool, ...]
 
 
-def default_function(point: ModbusPoint) -> int:
+def default_function(point: PointLike) -> int:
     """FC 5 for a coil, FC 6 for a one-register value, FC 16 for wider ones (unless the point names one)."""
     if point.write_function is not None:
         return point.write_function
@@ -86,7 +86,7 @@ def default_function(point: ModbusPoint) -> int:
     return 6 if point.width == 1 else 16
 
 
-def raw_value(point: ModbusPoint, value: float | int | bool) -> int | float | bool:
+def raw_value(point: PointLike, value: float | int | bool) -> int | float | bool:
     """The raw register value that the read path turns back into ``value``.
 
     Raises:
@@ -113,7 +113,7 @@ def raw_value(point: ModbusPoint, value: float | int | bool) -> int | float | bo
     raise WriteRefused("not_supported", f"{point.name}: type {kind} cannot be written")
 
 
-def plan_write(profile: ModbusProfile, point: ModbusPoint, value: float | int | bool) -> WriteRequest:
+def plan_write(profile: ProfileLike, point: PointLike, value: float | int | bool) -> WriteRequest:
     """The request that writes ``value`` to ``point``.
 
     Raises:
@@ -127,7 +127,7 @@ def plan_write(profile: ModbusProfile, point: ModbusPoint, value: float | int | 
     return WriteRequest(point.name, fc, point.address, tuple(encode(raw, point.kind, byte_order, word_order)))
 
 
-def write_problem(point: ModbusPoint, value: object) -> str | None:
+def write_problem(point: PointLike, value: object) -> str | None:
     """What the Modbus point adds to the core's check of a written value (None: it can be written)."""
     if point.kind not in WRITABLE_TYPES or point.scale_factor_point is not None:
         return "not_supported"
@@ -140,7 +140,7 @@ def write_problem(point: ModbusPoint, value: object) -> str | None:
     return None
 
 
-def readback_tolerance(point: ModbusPoint, value: float) -> float:
+def readback_tolerance(point: PointLike, value: float) -> float:
     """How far the read-back may lie from the written value: half a raw step of integer types (the
     rounding of the inverse scaling), the float type's own resolution for floats."""
     if point.kind in INT_LIMITS:
