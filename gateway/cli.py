@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .config import (
     DEFAULT_CONFIG,
+    LoadedConfig,
     config_json_schema,
     load_config,
     load_profile_file,
@@ -129,13 +130,31 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from .probe import probe
 
     setup_logging("WARNING")
-    try:
-        loaded = load_config(Path(args.config))
-    except ConfigError as exc:
-        errors, _ = _print_diagnostics([d for d in exc.diagnostics if isinstance(d, Diagnostic)])
-        print(f"{errors} error(s) in {args.config}", file=sys.stderr)
+    loaded = _load_or_report(args.config)
+    if loaded is None:
         return EXIT_INVALID
     return asyncio.run(probe(loaded, args.device, sys.stdout, wait=args.wait))
+
+
+def _load_or_report(path: str) -> LoadedConfig | None:
+    """The configuration, or None after printing every error in it (exit 1 for the caller)."""
+    try:
+        return load_config(Path(path))
+    except ConfigError as exc:
+        errors, _ = _print_diagnostics([d for d in exc.diagnostics if isinstance(d, Diagnostic)])
+        print(f"{errors} error(s) in {path}", file=sys.stderr)
+        return None
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+    from .write_cmd import run_write
+
+    setup_logging("WARNING")
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return EXIT_INVALID
+    return run_write(loaded, args.device, args.assignments, wait=args.wait)
 
 
 #: Entry point group of bus scanners: ``name = "pkg.module:main"``, ``main(argv) -> exit code``.
@@ -221,6 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "report (default: twice the poll timeout; 30 s for BLE and CoAP observe; 300 s for "
                         "sleeping push devices)")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("write", help="set points of a device (POINT=VALUE ...) and print the read-back",
+                       description="Write writable points of one configured device and read them back: through "
+                       "the running service's status page on this machine when it answers, else by opening the "
+                       "device directly.",
+                       epilog="exit codes: 0 ok, 1 invalid config, 2 usage (no such device/point), 3 failed, "
+                       "4 refused before any device I/O, 5 read back different (mismatch)")
+    p.add_argument("device", help="device id from the configuration")
+    p.add_argument("assignments", nargs="+", metavar="POINT=VALUE", help="e.g. setpoint=21.5 relay=on")
+    p.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="configuration file (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=None, metavar="S",
+                   help="through the service: how long to wait for its answer (default: 60 s); opened directly, "
+                        "the device's poll timeout bounds the write and the read-back")
+    p.set_defaults(func=cmd_write)
 
     p = sub.add_parser("scan", help="find devices on a bus (e.g. scan modbus --port /dev/ttyUSB0)",
                        description="Find responding devices; see `fieldgate scan PROTOCOL --help`.",

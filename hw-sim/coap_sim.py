@@ -13,7 +13,11 @@ instead.
 ``ObservableSensor`` is an aiocoap server with an observable resource
 (RFC 7641) serving a profile's payload; ``forget_observers`` drops its
 observers without telling them, as a device does after a reboot, so the
-gateway must notice the silence and re-register.
+gateway must notice the silence and re-register. When the profile declares
+a writable resource (``write:``), it takes PUT/POST there: every request is
+recorded in ``writes`` (method, payload bytes, Content-Format) and the values
+it carries become the sensor's own, so a read-back shows them;
+``refuse_writes = "4.03"`` answers that code instead (a device that refuses).
 
 Payloads come from the profile: binary layouts are packed from the points'
 ``at``/``type``, SenML from their names and units, JSON/CBOR from their
@@ -35,6 +39,7 @@ from typing import Any
 import aiocoap
 import aiocoap.resource
 from aiocoap.numbers import CON, NON
+from aiocoap.numbers.codes import Code
 from fieldgate.codecs.fields import BINARY_TYPES
 from fieldgate.drivers.coap.payload import CF_CBOR, CF_JSON, CF_OCTETS, CF_SENML_CBOR, CF_SENML_JSON
 from fieldgate.drivers.coap.profile import CoapProfile
@@ -56,7 +61,7 @@ def load_coap_profile(name: str | Path) -> CoapProfile:
 
 # What a quantity usually reads, by unit (a simulated building, not the full sensor range).
 _TYPICAL = {"Cel": 21.0, "%RH": 45.0, "V": 230.0, "A": 1.5, "%": 40.0, "hPa": 1013.0, "ppm": 600.0, "mm": 1200.0}
-_FLAG_NAMES = {"open", "closed", "alarm", "present", "occupied", "leak", "tamper"}
+_FLAG_NAMES = {"open", "closed", "alarm", "present", "occupied", "leak", "tamper", "relay", "pump"}
 _TEXT_NAMES = {"label", "name", "state", "status_text"}
 
 
@@ -403,6 +408,56 @@ class _Observable(aiocoap.resource.ObservableResource):
         await super().add_observation(request, serverobservation)
 
 
+def _apply_write(sensor: ObservableSensor, payload: bytes, content_format: int | None) -> None:
+    """Take the raw values a write carries as the sensor's (engineering = raw * scale + offset)."""
+    prof = sensor.profile
+    raws: dict[str, Any] = {}
+    if prof.payload.format == "senml":
+        names = {(p.senml or p.name): p.name for p in prof.points}
+        for rec in json.loads(payload):
+            value = rec.get("v", rec.get("vb", rec.get("vs")))
+            if rec.get("n") in names:
+                raws[names[rec["n"]]] = value
+    else:
+        import cbor2
+
+        doc = cbor2.loads(payload) if content_format == CF_CBOR else json.loads(payload)
+        for p in prof.points:
+            node: Any = doc
+            for part in (p.path or "").split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                raws[p.name] = node
+    for p in prof.points:
+        if p.name in raws:
+            raw = raws[p.name]
+            sensor.model.values[p.name] = raw if isinstance(raw, bool | str) else raw * p.scale + p.offset
+
+
+class _Writable(aiocoap.resource.Resource):
+    """The profile's writable resource (when it is not the observed one)."""
+
+    def __init__(self, sensor: ObservableSensor) -> None:
+        super().__init__()
+        self.sensor = sensor
+
+    async def render_put(self, request: aiocoap.Message) -> aiocoap.Message:
+        return self.sensor.written("PUT", request)
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        return self.sensor.written("POST", request)
+
+
+class _ObservableWritable(_Observable):
+    """The observed resource also takes writes (a profile whose write resource is its data resource)."""
+
+    async def render_put(self, request: aiocoap.Message) -> aiocoap.Message:
+        return self.sensor.written("PUT", request)
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        return self.sensor.written("POST", request)
+
+
 class ObservableSensor:
     """A CoAP server with one observable resource serving a profile's payload (plain UDP or DTLS-PSK).
 
@@ -417,16 +472,36 @@ class ObservableSensor:
         self.profile, self.host, self.port, self.max_age = profile, host, port, max_age
         self.model = Model(profile, seed)
         self.psk, self.fmt = psk, fmt
-        self.resource = _Observable(self)
+        path = tuple(p for p in (profile.resource or "/data").split("/") if p)
+        spec = profile.write
+        self.write_path = tuple(p for p in (spec.resource or "").split("/") if p) if spec is not None else None
+        same = self.write_path is not None and self.write_path in ((), path)
+        self.resource = _ObservableWritable(self) if same else _Observable(self)
         self.ctx: aiocoap.Context | None = None
         self.gets = 0
         self.registrations = 0
         self.silent = False
+        self.writes: list[tuple[str, bytes, int | None]] = []
+        self.refuse_writes: str | None = None
+        self.written_event = asyncio.Event()
+
+    def written(self, method: str, request: aiocoap.Message) -> aiocoap.Message:
+        """Record a write and take its values (or refuse it with ``refuse_writes``)."""
+        self.writes.append((method, bytes(request.payload), request.opt.content_format))
+        self.written_event.set()
+        if self.refuse_writes is not None:
+            major, minor = (int(x) for x in self.refuse_writes.split("."))
+            return aiocoap.Message(code=Code((major << 5) | minor), payload=b"refused")
+        _apply_write(self, bytes(request.payload), request.opt.content_format)
+        self.resource.updated_state()
+        return aiocoap.Message(code=aiocoap.CHANGED)
 
     async def start(self) -> int:
         site = aiocoap.resource.Site()
         path = tuple(p for p in (self.profile.resource or "/data").split("/") if p)
         site.add_resource(path, self.resource)
+        if self.write_path and self.write_path != path:
+            site.add_resource(self.write_path, _Writable(self))
         if self.psk is not None:
             from aiocoap.credentials import DTLS, CredentialsMap
 

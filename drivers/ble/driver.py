@@ -18,14 +18,17 @@ hub's failure does (as a ``DriverError``), so the supervisor reopens.
 GATT: each poll connects, reads the profile's characteristics, and
 disconnects (a sensor serves one connection at a time, and holding it
 drains its battery), with ``connect_attempts`` tries per poll because the
-first connection attempt to a sleepy sensor often fails.
+first connection attempt to a sleepy sensor often fails. A command's write
+(``write``, the seam's write hook) does the same: every value is encoded
+before any radio traffic (a value the format cannot hold sends nothing),
+the connection is retried, the writes are not: a write whose answer was
+lost may have happened, so it is reported, never repeated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -33,12 +36,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from fieldgate.checks import DoctorDevice, Finding
 from fieldgate.driver import DeviceContext, ReadingSink
-from fieldgate.errors import DeviceProtocolError, DeviceUnreachable, DriverError
+from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable, DriverError
 from fieldgate.schema import PointError, RawReading
 
 from .decode import DECODERS, DecodeError, uuid16
+from .gatt import pack_point, unpack_point
 from .profile import BleConnection, BlePoint, BleProfile
 from .scanner import Advert, ScannerHub, load_backend, mask_address, scan_error
+
+if TYPE_CHECKING:
+    from fieldgate.driver import PointWrite
 
 _QUEUE = 64  # adverts waiting for this device; beyond, the oldest are dropped (a stalled device)
 
@@ -355,14 +362,90 @@ class BleGattDriver(_HubMember):
             hint="the sensor may be out of range, asleep, or connected to a phone app; "
                  "check `bluetoothctl info <address>`") from last
 
-    async def _read_once(self) -> dict[str, Any]:
+    def _client(self) -> Any:
         from bleak import BleakClient
-        from bleak.exc import BleakCharacteristicNotFoundError
 
         assert self.address is not None
         target = self.hub.devices.get(self.address) if self.hub is not None else None
-        client = BleakClient(target or self.address, timeout=self.ctx.timeout, backend=self.client_backend,
-                             bluez={"adapter": self.conn.adapter})
+        return BleakClient(target or self.address, timeout=self.ctx.timeout, backend=self.client_backend,
+                           bluez={"adapter": self.conn.adapter})
+
+    async def write(self, writes: Sequence[PointWrite]) -> None:
+        """Connect and write each point's characteristic, in order; then disconnect.
+
+        Raises:
+            DriverError: reason ``encode_error`` / ``not_supported`` (nothing was sent), or the
+                characteristic is not on the device (``no_characteristic``).
+            DeviceUnreachable: no connection after ``connect_attempts`` tries (nothing was sent).
+            DeviceProtocolError: the device refused a write (reason ``att_error:XX``, the ATT error code).
+            DeviceTimeout: no answer to a write within the device timeout (it may have happened).
+        """
+        by_name = {p.name: p for p in self.profile.points}
+        planned: list[tuple[str, str, bytes, bool]] = []
+        for w in writes:
+            point = by_name.get(w.name)
+            if point is None:
+                raise DriverError(f"no point {w.name!r} in the profile", reason="unknown_point")
+            uuid = point.write_characteristic or point.characteristic
+            assert uuid is not None
+            planned.append((w.name, uuid, pack_point(point, w.value), point.write_response))
+        from bleak.exc import BleakCharacteristicNotFoundError, BleakGATTProtocolError
+
+        last: BaseException | None = None
+        for attempt in range(self.conn.connect_attempts):
+            if attempt:
+                await asyncio.sleep(self.conn.retry_delay)  # a pause between tries, not a synchronization
+            client = self._client()
+            try:
+                await client.connect()
+            except FileNotFoundError as exc:
+                raise scan_error(self.conn.adapter, exc) from exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # BleakError, BleakDBusError, TimeoutError, OSError: nothing written yet
+                last = exc
+                self.ctx.log.debug("GATT connect %d to %s for a write failed: %r", attempt + 1, self.label, exc)
+                continue
+            done: list[str] = []
+            try:
+                for name, uuid, data, response in planned:
+                    try:
+                        async with asyncio.timeout(self.ctx.timeout):
+                            await client.write_gatt_char(uuid, data, response=response)
+                    except BleakGATTProtocolError as exc:
+                        raise DeviceProtocolError(
+                            f"{self.label} refused the write of {name!r}: {exc.code.name.lower()}"
+                            + _written(done), reason=f"att_error:{int(exc.code):02x}") from exc
+                    except BleakCharacteristicNotFoundError as exc:
+                        raise DriverError(f"{self.label} has no characteristic {uuid} for {name!r}" + _written(done),
+                                          reason="no_characteristic",
+                                          hint="check the profile's characteristic UUIDs against the device's "
+                                               "services (bluetoothctl: menu gatt, list-attributes)") from exc
+                    except TimeoutError as exc:
+                        raise DeviceTimeout(f"no answer from {self.label} to the write of {name!r} within "
+                                            f"{self.ctx.timeout:g}s; it may have happened" + _written(done)) from exc
+                    except DriverError:
+                        raise
+                    except Exception as exc:  # the link dropped mid-write: the outcome of this one is unknown
+                        raise DeviceUnreachable(f"the connection to {self.label} failed during the write of "
+                                                f"{name!r}: {type(exc).__name__}: {exc}" + _written(done)) from exc
+                    done.append(name)
+            finally:
+                try:
+                    await client.disconnect()
+                except Exception as exc:  # a disconnect failure does not undo the writes
+                    self.ctx.log.debug("GATT disconnect from %s: %r", self.label, exc)
+            self.ctx.log.info("wrote %s to %s over GATT", ", ".join(done), self.label)
+            return
+        raise DeviceUnreachable(
+            f"cannot connect to {self.label} to write after {self.conn.connect_attempts} attempt(s): "
+            f"{type(last).__name__}: {last}",
+            hint="the device may be out of range, asleep, or connected to a phone app") from last
+
+    async def _read_once(self) -> dict[str, Any]:
+        from bleak.exc import BleakCharacteristicNotFoundError
+
+        client = self._client()
         out: dict[str, Any] = {}
         async with client:
             for uuid, points in self.by_char.items():
@@ -376,10 +459,5 @@ class BleGattDriver(_HubMember):
         return out
 
 
-def unpack_point(point: BlePoint, data: bytes) -> Any:
-    """One point's raw value from a characteristic's bytes, or ``PointError('decode_error')``."""
-    assert point.format is not None
-    size = struct.calcsize(point.format)
-    if len(data) < size:
-        return PointError("decode_error")
-    return struct.unpack_from(point.format, data)[point.index]
+def _written(done: list[str]) -> str:
+    return f" (already written: {', '.join(done)})" if done else ""

@@ -58,6 +58,17 @@ class BlePoint(BasePoint):
     format: str | None = Field(
         None, description="GATT profiles: Python struct format of the value, e.g. '<h' (int16 little endian)")
     index: int = Field(0, ge=0, description="GATT profiles: which value of the unpacked format this point takes")
+    write_characteristic: str | None = Field(
+        None, description="GATT profiles, writable points: the characteristic writes go to, when the device "
+                          "takes them elsewhere than where the value is read; default: 'characteristic'")
+    write_response: bool = Field(
+        True, description="GATT profiles, writable points: write with response (the device acknowledges; "
+                          "false: a write command, for characteristics that only offer write-without-response)")
+
+    @field_validator("write_characteristic")
+    @classmethod
+    def _write_uuid(cls, v: str | None) -> str | None:
+        return normalize_uuid(v) if v is not None else None
 
     @field_validator("characteristic")
     @classmethod
@@ -89,6 +100,29 @@ class BlePoint(BasePoint):
         """The decoder field this point reads."""
         return self.field or self.name
 
+    def write_problem(self, value: object) -> str | None:
+        """The core's checks, then whether the point's GATT format can hold the value (no radio traffic)."""
+        problem = super().write_problem(value)
+        if problem is not None:
+            return problem
+        if self.characteristic is None or self.format is None:
+            return "not_supported"  # an advertisement value: adverts are broadcast, nothing to write to
+        from fieldgate.errors import DriverError
+
+        from .gatt import pack_point
+
+        try:
+            pack_point(self, value)  # type: ignore[arg-type]  # the core checked: a number or a boolean
+        except DriverError as exc:
+            return exc.reason
+        return None
+
+    def readback_tolerance(self, value: float) -> float:
+        """The core's tolerance plus half a raw step of the point's format."""
+        from .gatt import resolution
+
+        return super().readback_tolerance(value) + resolution(self, value)
+
 
 class BleProfile(BaseProfile):
     """A profile for the ``ble`` driver: advertisements (``decoder``) or GATT reads (no decoder)."""
@@ -112,7 +146,17 @@ class BleProfile(BaseProfile):
                 if p.characteristic is None or p.format is None:
                     out.append((("points", i), "a profile without 'decoder' is read over GATT: every point "
                                 "needs 'characteristic' and 'format' (or set the profile's decoder)", "error"))
+                elif p.writable and len(struct.unpack(p.format, bytes(struct.calcsize(p.format)))) != 1:
+                    out.append((("points", i, "writable"), f"format {p.format!r} holds several values: writing one "
+                                "would need the others (give the written value its own characteristic)", "error"))
+                if not p.writable and (p.write_characteristic is not None or not p.write_response):
+                    key = "write_characteristic" if p.write_characteristic is not None else "write_response"
+                    out.append((("points", i, key), f"{key} has no effect without writable: true", "warning"))
             return out
+        for i, p in enumerate(self.points):
+            if p.writable:
+                out.append((("points", i, "writable"), "advertisement values cannot be written (adverts are "
+                            "broadcast); a writable point needs a GATT profile", "error"))
         known = DECODERS[self.decoder].fields | RADIO_FIELDS
         for i, p in enumerate(self.points):
             if p.characteristic is not None or p.format is not None:

@@ -13,6 +13,13 @@ One instance serves one device, in one of three modes (``connection.mode``):
   (``CoapPushDriver``, a push driver), through the ``PushServer`` shared by
   every push device on the same listen address.
 
+A polled or observed device whose profile declares a writable resource
+(``write:``) takes commands' writes (``write``, the seam's write hook): one
+confirmable PUT (or POST) with every written point. A retransmission is the
+same message (same message ID), which the device's deduplication answers
+without acting twice. A push device sleeps between reports and cannot be
+written to: it has no ``write`` (commands answer ``not_supported``).
+
 Clients bind UDP explicitly (``udp6``, or ``tinydtls`` for coaps://) rather
 than aiocoap's default transport list, and every request carries the
 device's own retransmission timing: aiocoap's RFC defaults give up on a
@@ -29,8 +36,8 @@ import ipaddress
 import math
 import time
 import traceback
-from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import aiocoap
 import aiocoap.error
@@ -39,9 +46,12 @@ from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable, DriverError
 from fieldgate.schema import IMPLAUSIBLE_TIME
 
-from .payload import PayloadDecoder, PayloadError
+from .payload import PayloadDecoder, PayloadError, encode_writes
 from .profile import CoapConnection, CoapProfile, parse_listen, parse_path
 from .server import PushServer, Route
+
+if TYPE_CHECKING:
+    from fieldgate.driver import PointWrite
 
 DEFAULT_MAX_AGE = 60.0  # RFC 7252 section 5.10.5: Max-Age when the option is absent
 _CLIENT_KEY = "coap:client:udp6"
@@ -211,7 +221,8 @@ class _ClientDriver(CoapDriver):
         except Exception:  # aiocoap internals: best effort only
             return None
 
-    async def _first(self, request: Any) -> aiocoap.Message:
+    async def _first(self, request: Any, uri: str | None = None) -> aiocoap.Message:
+        uri = uri or self.uri
         waited = self.ctx.timeout * 0.95  # leave the supervisor's timeout a moment to see our error instead
         try:
             async with asyncio.timeout(waited):
@@ -220,15 +231,43 @@ class _ClientDriver(CoapDriver):
             request.response.cancel()
             raise self._timeout_error(waited) from None
         except aiocoap.error.ConRetransmitsExceeded as exc:
-            raise DeviceTimeout(f"no answer from {self.uri} after {self.conn.max_retransmit} retransmissions",
+            raise DeviceTimeout(f"no answer from {uri} after {self.conn.max_retransmit} retransmissions",
                                 hint=_SILENT_HINT) from exc
         except aiocoap.error.ResolutionError as exc:
             raise DeviceUnreachable(f"cannot resolve {self.conn.host!r}: {exc}", hint="check connection.host") from exc
         except aiocoap.error.NetworkError as exc:
-            raise DeviceUnreachable(f"{self.uri}: {exc}", hint=_network_hint(exc)) from exc
+            raise DeviceUnreachable(f"{uri}: {exc}", hint=_network_hint(exc)) from exc
         except aiocoap.error.Error as exc:
-            raise DeviceProtocolError(f"{self.uri}: {type(exc).__name__}: {exc}") from exc
+            raise DeviceProtocolError(f"{uri}: {type(exc).__name__}: {exc}") from exc
         return response
+
+    async def write(self, writes: Sequence[PointWrite]) -> None:
+        """One confirmable PUT (or POST) of every written point to the profile's writable resource.
+
+        Raises:
+            DriverError: reason ``not_supported`` (no writable resource, or a binary payload),
+                ``encode_error`` or ``unknown_point``; nothing was sent.
+            DeviceTimeout / DeviceUnreachable: no answer (the write may have happened).
+            DeviceProtocolError: the device answered an error code (reason ``coap_4.00`` ...).
+        """
+        uri = self.conn.write_uri(self.profile)
+        if uri is None:
+            raise DriverError(f"profile {self.profile.vendor} {self.profile.model} declares no writable resource",
+                              reason="not_supported", hint="add 'write: {resource: /path}' to the profile")
+        try:
+            payload, content_format = encode_writes(self.profile, {w.name: w.value for w in writes})
+        except PayloadError as exc:
+            raise DriverError(f"{uri}: {exc}", reason=exc.reason) from None
+        assert self._client is not None and self.profile.write is not None
+        code = aiocoap.PUT if self.profile.write.method == "put" else aiocoap.POST
+        msg = aiocoap.Message(code=code, uri=uri, payload=payload, content_format=content_format,
+                              transport_tuning=self.tuning)
+        response = await self._first(self._client.request(msg), uri)
+        if not response.code.is_successful():
+            raise DeviceProtocolError(f"{uri} refused the write: {response.code}",
+                                      reason=f"coap_{_dotted(response.code)}",
+                                      hint="the device did not take the value; its answer's payload may say why")
+        self.ctx.log.info("wrote %s to %s (%s)", ", ".join(w.name for w in writes), uri, response.code)
 
     def status(self) -> dict[str, Any]:
         """For the status page: the resource and, observed, how often it was (re-)registered."""

@@ -20,6 +20,11 @@ The values are kept (a device with a flat RTC battery still measures), and
 
 Everything a device can send either decodes or raises ``PayloadError`` (a
 ``ValueError``) with a reason; the fuzz tests hold this line.
+
+``encode_writes`` is the other direction, for a command's write: the points'
+engineering values, unscaled, in the same format (SenML records by the same
+names, a JSON/CBOR document by the same paths), so what the decoder reads is
+what the encoder wrote; the tests run both ways.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fieldgate.codecs.checksums import CHECKSUMS
@@ -229,3 +234,54 @@ def _plain(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return False
+
+
+def _raw(point: CoapPoint, value: float | bool) -> float | int | bool:
+    """The value the device holds for an engineering value: ``(value - offset) / scale``, whole when it is."""
+    if isinstance(value, bool) or (point.scale == 1.0 and point.offset == 0.0):
+        return value
+    raw = (value - point.offset) / point.scale
+    nearest = round(raw)
+    # 21.5 / 0.1 is 214.99999999999997 in binary floating point: a device scaled by 0.1 holds 215
+    return nearest if abs(raw - nearest) <= 1e-9 * max(1.0, abs(raw)) else raw
+
+
+def encode_writes(profile: CoapProfile, values: Mapping[str, float | bool]) -> tuple[bytes, int]:
+    """(payload, Content-Format) of a write of ``values`` (point name → engineering value).
+
+    Raises:
+        PayloadError: reason ``not_supported`` (a binary payload), ``unknown_point``, or
+            ``encode_error`` (a value that is not a finite number or a boolean).
+    """
+    fmt = profile.payload.format
+    if fmt == "binary":
+        raise PayloadError("a binary payload cannot be written (a frame needs every field)", "not_supported")
+    by_name = {p.name: p for p in profile.points}
+    raws: list[tuple[CoapPoint, float | int | bool]] = []
+    for name, value in values.items():
+        point = by_name.get(name)
+        if point is None:
+            raise PayloadError(f"no point {name!r} in the profile", "unknown_point")
+        if not isinstance(value, bool | int | float) or (isinstance(value, float) and not math.isfinite(value)):
+            raise PayloadError(f"{name!r}: {value!r} is not a number or a boolean", "encode_error")
+        raws.append((point, _raw(point, value)))
+    if fmt == "senml":
+        # RFC 8428 section 4.3: v for numbers, vb for booleans; the record name the decoder matches
+        records = [{"n": p.senml or p.name, ("vb" if isinstance(raw, bool) else "v"): raw} for p, raw in raws]
+        return json.dumps(records, separators=(",", ":")).encode(), CF_SENML_JSON
+    doc: dict[str, Any] = {}
+    for p, raw in raws:
+        assert p.path is not None
+        *parents, leaf = p.path.split(".")
+        node = doc
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise PayloadError(f"{p.name!r}: path {p.path!r} runs through another point's value", "encode_error")
+            node = child
+        node[leaf] = raw
+    if fmt == "cbor":
+        import cbor2
+
+        return cbor2.dumps(doc), CF_CBOR
+    return json.dumps(doc, separators=(",", ":")).encode(), CF_JSON

@@ -65,6 +65,26 @@ class PayloadSpec(Model):
         None, description="binary: {type, over, at}; 'at' defaults to the last bytes, 'over' to all bytes before")
 
 
+class WriteSpec(Model):
+    """Where a device takes commands' writes: one request carries every point of a command.
+
+    The payload is in the profile's ``payload.format`` (SenML records by the points' names, or a
+    JSON/CBOR document built from their paths); binary payloads cannot be written (a frame would
+    need every field, not only the written ones).
+    """
+
+    resource: str | None = Field(None, description="path the writes go to, e.g. /actuators/setpoint; "
+                                                   "default: the profile's resource")
+    method: Literal["put", "post"] = Field("put", description="put (RFC 7252: replace the state, idempotent) "
+                                                              "or post (for devices that take writes as POST)")
+
+    @model_validator(mode="after")
+    def _path(self) -> WriteSpec:
+        if self.resource is not None:
+            parse_path(self.resource)
+        return self
+
+
 class CoapProfile(BaseProfile):
     """A profile for the ``coap`` driver."""
 
@@ -72,6 +92,9 @@ class CoapProfile(BaseProfile):
     resource: str | None = Field(None, description="poll/observe: path of the resource holding the data, e.g. "
                                                    "/sensors/level")
     payload: PayloadSpec
+    write: WriteSpec | None = Field(
+        None, description="the writable resource: commands set the points marked writable with one "
+                          "PUT (or POST) there; absent: the device takes no writes")
     points: list[CoapPoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
 
     @model_validator(mode="after")
@@ -99,6 +122,13 @@ class CoapProfile(BaseProfile):
                 problems.append(f"{where}: 'path' applies to json/cbor payloads")
         if fmt != "binary" and (self.payload.checksum is not None):
             problems.append("payload.checksum applies to binary payloads")
+        writable = [pt.name for pt in self.points if pt.writable]
+        if writable and self.write is None:
+            problems.append(f"points {', '.join(writable)} are writable but the profile declares no writable "
+                            "resource: add write: {resource: /path, method: put}")
+        if fmt == "binary" and self.write is not None:
+            problems.append("write: a binary payload cannot be written (a frame needs every field); "
+                            "writes take senml, json or cbor")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -197,11 +227,19 @@ class CoapConnection(Model):
 
     def uri(self, profile: CoapProfile) -> str:
         """coap(s)://host:port/resource of a polled or observed device."""
+        return self._uri(self.resource or profile.resource or "/")
+
+    def write_uri(self, profile: CoapProfile) -> str | None:
+        """coap(s)://host:port/resource that takes the profile's writes; None when it declares none."""
+        if profile.write is None:
+            return None
+        return self._uri(profile.write.resource or self.resource or profile.resource or "/")
+
+    def _uri(self, res: str) -> str:
         assert self.host is not None
         scheme = "coaps" if self.dtls else "coap"
         port = self.port or (COAPS_PORT if self.dtls else COAP_PORT)
         host = f"[{self.host}]" if ":" in self.host else self.host
-        res = self.resource or profile.resource or "/"
         return f"{scheme}://{host}:{port}/{res.lstrip('/')}"
 
 

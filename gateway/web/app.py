@@ -545,7 +545,7 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
                log_ring: LogRing | None = None, interval: float = 1.0,
                sessions: SessionStore | None = None, limiter: LoginLimiter | None = None,
                redact: Redactor | None = None, hosts: HostPolicy | None = None,
-               history_max_bytes: int = 5_000_000) -> web.Application:
+               history_max_bytes: int = 5_000_000, commands: bool = False) -> web.Application:
     """The aiohttp application (not yet serving); :func:`start_web` is the usual entry point.
 
     Args:
@@ -559,6 +559,8 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
         redact: secret remover shared with the log ring.
         hosts: the names the page answers to (default: loopback only).
         history_max_bytes: the memory cap of the trends (``web.history_max_bytes``).
+        commands: ``web.commands``: the local API (and the page's write form) takes commands
+            (``commands.py``; the gateway's commands must be enabled too).
     """
     ring = log_ring if log_ring is not None else current_log_ring()
     redactor = redact or (ring.redact if ring is not None else Redactor())
@@ -590,6 +592,9 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
     app.router.add_post("/api/v1/login", api_login)
     app.router.add_post("/api/v1/logout", api_logout)
     app.router.add_get("/api/v1/openapi.json", api_openapi)
+    from . import commands as _commands
+
+    _commands.setup(app, commands, ctx, AUTH)
 
     async def on_startup(app: web.Application) -> None:
         ctx.untap = gateway.subscribe(_PageListener(events, hub))
@@ -641,7 +646,7 @@ class WebServer:
 
 
 async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: float = 1.0,
-                    log_ring: LogRing | None = None) -> WebServer:
+                    log_ring: LogRing | None = None, commands: bool | None = None) -> WebServer:
     """Serve the status page on ``cfg.listen`` (port 0 picks a free port; see ``.url``).
 
     Raises:
@@ -663,8 +668,11 @@ async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: f
         ring.redact.add(secret)
         password_hash = await asyncio.to_thread(hash_password, secret)
         del secret
+    from .commands import web_commands_setting
+
     app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval,
-                     hosts=HostPolicy.build(host, cfg.allowed_hosts), history_max_bytes=cfg.history_max_bytes)
+                     hosts=HostPolicy.build(host, cfg.allowed_hosts), history_max_bytes=cfg.history_max_bytes,
+                     commands=web_commands_setting(cfg) if commands is None else commands)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -95,6 +95,32 @@ _CHECK_RESULT = _obj({
 })
 
 
+_COMMAND_RESULT = {
+    "type": "object", "required": ["schema", "gateway", "device", "id", "status", "ts"],
+    "description": "a fieldgate.command-result/1 message (contract/command.schema.json)",
+    "properties": {
+        "schema": {"const": "fieldgate.command-result/1"}, "gateway": {"type": "string"},
+        "device": {"type": "string"}, "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["ok", "mismatch", "rejected", "expired", "failed"]},
+        "duplicate": {"type": "boolean"}, "reason": {"type": "string"}, "ts": _TS,
+        "metrics": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+}
+_COMMANDS = _obj({
+    "device": {"type": "string"},
+    "enabled": {"type": "boolean", "description": "this device takes commands from the local API now"},
+    "reason": {**_STR_OR_NULL, "description": "why not, when not"},
+    "writable": {"type": "array", "items": _obj({
+        "name": {"type": "string"}, "unit": _STR_OR_NULL,
+        "write_range": {"type": ["array", "null"], "items": {"type": "number"},
+                        "description": "[min, max] a command may write (write_range, else range)"},
+        "value": {"type": ["number", "boolean", "string", "null"], "description": "the latest value read"},
+        "quality": _STR_OR_NULL, "decimals": _INT_OR_NULL})},
+    "recent": {"type": "array", "items": {"type": "object"},
+               "description": "the device's recent commands and their results, newest first"},
+})
+
+
 _SERIES = _obj({"t": {"type": "array", "items": {"type": "number"}, "description": "epoch seconds (UTC)"},
                 "v": {"type": "array", "items": _NUM_OR_NULL, "description": "null: no value (bad quality)"}})
 _STATE_CHANGE = _obj({"t": {"type": "number"}, "state": {"type": "string"}, "error": _STR_OR_NULL})
@@ -175,6 +201,22 @@ def openapi_spec() -> dict[str, Any]:
                 "summary": "One device with configuration, profile points and its recent events",
                 "operationId": "getDevice", "parameters": [_DEVICE_ID],
                 "responses": {**_ok(_ref("DeviceDetail")), **_errors(404)}}},
+            "/api/v1/devices/{id}/commands": {
+                "get": {
+                    "summary": "Whether the device takes commands from the local API, its writable points (range, "
+                               "current value) and its recent commands with their results",
+                    "operationId": "getDeviceCommands", "parameters": [_DEVICE_ID],
+                    "responses": {**_ok(_ref("Commands")), **_errors(404)}},
+                "post": {
+                    "summary": "Send a command (fieldgate.command/1) to the device, as the MQTT command topic "
+                               "does; answers its result. Needs commands.enabled, the device in commands.allow "
+                               "and web.commands",
+                    "operationId": "sendCommand", "parameters": [_DEVICE_ID, _CSRF],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "description": "a fieldgate.command/1 message; a bad one is answered "
+                                                         "with a rejected result"}}}},
+                    "responses": {**_ok(_COMMAND_RESULT, "The command's result (also for rejected ones)"),
+                                  **_errors(400, 403, 404, 409, 413)}}},
             "/api/v1/devices/{id}/stream": {"get": {
                 "summary": "Live values of one device (Server-Sent Events, event `device`)",
                 "operationId": "streamDevice", "parameters": [_DEVICE_ID], "responses": {**_SSE, **_errors(404)}}},
@@ -271,7 +313,8 @@ def openapi_spec() -> dict[str, Any]:
         "components": {
             "schemas": {"Error": _ERROR, "Metric": _METRIC, "Device": _DEVICE, "DeviceDetail": _DEVICE_DETAIL,
                         "Event": _EVENT, "Uplink": _UPLINK, "Buffer": _BUFFER, "Status": _STATUS,
-                        "CheckResult": _CHECK_RESULT, "MetricHistory": _METRIC_HISTORY, "Quality": _QUALITY},
+                        "CheckResult": _CHECK_RESULT, "MetricHistory": _METRIC_HISTORY, "Quality": _QUALITY,
+                        "Commands": _COMMANDS},
             "securitySchemes": {
                 "session": {"type": "apiKey", "in": "cookie", "name": "fg_session"},
                 "bearer": {"type": "http", "scheme": "bearer", "description": "the status page password"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,3 +35,30 @@ def validate_reading() -> Callable[[dict[str, Any]], None]:
         _validate(msg if "seq" in msg else {**msg, "seq": 1})
 
     return check
+
+
+def valve_profile(fmt: str = "senml", **write: Any) -> CoapProfile:
+    """An NB-IoT valve controller: a writable setpoint (0.1 % steps, 0 to 100 %) and relay, a read-only level."""
+    return CoapProfile.model_validate(valve_profile_doc(fmt, **write))
+
+
+def valve_profile_doc(fmt: str = "senml", **write: Any) -> dict[str, Any]:
+    """The valve profile as the YAML document holds it (``write``: the writable resource, default /valve/ctl)."""
+    points: list[dict[str, Any]] = [
+        {"name": "setpoint", "unit": "%", "scale": 0.1, "range": [0, 100], "writable": True},
+        {"name": "relay", "writable": True},
+        {"name": "level", "unit": "%", "range": [0, 100]},
+    ]
+    if fmt in ("json", "cbor"):
+        for p, path in zip(points, ("ctl.setpoint", "ctl.relay", "level"), strict=True):
+            p["path"] = path
+    return {"schema_version": 1, "driver": "coap", "vendor": "Test", "model": "valve", "resource": "/valve",
+            "payload": {"format": fmt}, "points": points, "write": write or {"resource": "/valve/ctl"}}
+
+
+def write_valve_profile(folder: Path) -> Path:
+    """The valve profile as a file (for configurations: ``profile: <path>``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "valve.yaml"
+    path.write_text(yaml.safe_dump(valve_profile_doc(), sort_keys=False))
+    return path

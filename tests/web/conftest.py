@@ -21,7 +21,9 @@ from fieldgate.web.app import CTX, create_app
 from fieldgate.web.auth import LoginLimiter, PasswordHash, hash_password
 from fieldgate.web.logring import LogRing
 from fieldgate.web.state import StateHub
+from fieldgate_hwsim.coap_sim import ObservableSensor
 
+from ..coap.conftest import valve_profile, write_valve_profile
 from ..conftest import REPO, Proc, sim_device
 
 ARTIFACTS = REPO / "test-artifacts" / "web"
@@ -209,3 +211,34 @@ def start_gateway_process(start: Callable[..., Proc], folder: Path, text: str, *
     line = proc.wait_stderr("status page on http", timeout=30)
     url = line.split("status page on ", 1)[1].split()[0].rstrip("/")
     return GatewayProcess(proc, url, config, folder / "meter-1.fault")
+
+
+# --- a gateway that takes commands (the Commands panel, the local API route) ------------------------
+
+
+@dataclass
+class Valve:
+    """A gateway with a CoAP valve controller (commands on for it) and its simulator."""
+
+    gw: Any
+    out: MemoryOutput
+    sensor: ObservableSensor
+
+
+def valve_yaml(folder: Path, port: int, *, allow: bool = True) -> str:
+    profile = write_valve_profile(folder / "profiles")
+    return (f"gateway: {{id: gw-web, clock_check: off, data_dir: {folder / 'data'}}}\n"
+            f"commands: {{enabled: true, allow: [{'valve-1' if allow else ''}]}}\n"
+            "devices:\n"
+            f"  - {{id: valve-1, driver: coap, profile: {profile}, poll_interval: 0.5s, "
+            f"connection: {{host: 127.0.0.1, port: {port}, ack_timeout: 0.5s}}}}\n")
+
+
+@pytest.fixture
+async def valve(tmp_path: Path) -> AsyncIterator[Valve]:
+    async with ObservableSensor(valve_profile(), seed=7) as sensor:
+        out = MemoryOutput()
+        loaded = load_config_text(valve_yaml(tmp_path, sensor.port), str(tmp_path / "fieldgate.yaml"))
+        async with running_gateway(loaded, output=out) as rt:
+            assert rt.gateway.commands is not None
+            yield Valve(rt.gateway, out, sensor)

@@ -1,0 +1,1 @@
+../../gateway/write_cmd.py
