@@ -131,6 +131,11 @@ class WebConfig(Model):
         "'*.example.org' allows subdomains. Loopback and the listen address are always allowed",
     )
 
+    commands: bool = Field(
+        False,
+        description="the local API takes commands (the page's write form, `fieldgate write` through the "
+        "service); needs commands.enabled and the device's allow as well",
+    )
     history_max_bytes: ByteSize = Field(
         5_000_000,
         description="memory for the page's trends (about 5 KiB per metric for the hour and the day; "

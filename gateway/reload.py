@@ -49,7 +49,7 @@ LIVE_SECTIONS = frozenset({"mqtt", "devices"})
 RESTART_KEYS = frozenset({
     "gateway.id", "gateway.data_dir", "gateway.clock_check",
     "buffer.max_bytes", "buffer.max_age", "buffer.durability", "buffer.spill_max",
-    "web.enabled", "web.listen", "web.password", "web.allowed_hosts", "web.history_max_bytes",
+    "web.enabled", "web.listen", "web.password", "web.allowed_hosts", "web.history_max_bytes", "web.commands",
     "commands.enabled", "commands.remember", "commands.remember_max",
 })
 

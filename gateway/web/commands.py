@@ -28,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import WebConfig
+
 log = logging.getLogger(__name__)
 
 #: A command names a few points; the body of one is far below this.
@@ -41,13 +43,9 @@ _AUTH: web.AppKey[Any] = web.AppKey("fieldgate_web_commands_auth", object)
 _RUNNING: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("fieldgate_web_command_tasks", set)
 
 
-def web_commands_setting(cfg: Any) -> bool:
-    """``web.commands`` of a ``WebConfig``: whether the local API (page form, ``fieldgate write``) takes commands.
-
-    The key belongs to the configuration's ``WebConfig``; until that model carries it, this is the one
-    place that reads it, and it reads as off.
-    """
-    return bool(getattr(cfg, "commands", False))
+def web_commands_setting(cfg: WebConfig) -> bool:
+    """``web.commands``: whether the local API (page form, ``fieldgate write``) takes commands."""
+    return cfg.commands
 
 
 def _executor(request: web.Request) -> Any:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.support.contract import validate_reading
+from tests.support.contract import validate_command, validate_command_result, validate_reading
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "drivers" / "sim" / "README.md"]
 FENCE = re.compile(r"(?:<!-- docs: (?P<mark>[\w-]+) -->\n)?^```(?P<lang>\w*)\n(?P<body>.*?)^```", re.S | re.M)
@@ -87,8 +87,10 @@ def test_yaml_block_is_valid(tmp_path: Path, where: str, mark: str | None, body:
 @pytest.mark.parametrize(("where", "mark", "body"), [pytest.param(*b, id=b[0]) for b in _blocks("json")])
 def test_json_block_is_a_contract_message(where: str, mark: str | None, body: str) -> None:
     msg = json.loads(body)
-    assert msg["schema"] == "fieldgate.reading/1", where
-    validate_reading(msg)
+    check = {"fieldgate.reading/1": validate_reading, "fieldgate.command/1": validate_command,
+             "fieldgate.command-result/1": validate_command_result}.get(msg.get("schema"))
+    assert check is not None, f"{where}: a JSON block in the docs is a contract message ({msg.get('schema')!r})"
+    check(msg)
 
 
 # --- commands -------------------------------------------------------------------------------------------

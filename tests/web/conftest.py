@@ -42,7 +42,8 @@ class Running:
 
 def gateway_yaml(control: Path) -> str:
     """Two sim devices: ``meter-1`` (breakable through ``control``) and ``air-1``."""
-    return ("gateway: {id: gw-web, clock_check: off}\ndevices:\n"
+    # data_dir in the test's folder: nothing a test starts may write to /var/lib/fieldgate
+    return (f"gateway: {{id: gw-web, clock_check: off, data_dir: {control.parent / 'data'}}}\ndevices:\n"
             + sim_device("meter-1", poll_interval="0.1s", offline_after=2, backoff_max="0.2s",
                          connection=f"{{control_file: {control}}}", tags="{site: depot}")
             + sim_device("air-1", profile="air-quality", poll_interval="0.2s"))
