@@ -14,8 +14,10 @@ The setup (issue 16, "What it must show"):
 
 Over the window after warm-up it prints: values/s delivered (metrics of received readings),
 the gateway's CPU % of one core (utime+stime from /proc), CPU seconds per 1000 values, VmHWM,
-p50/p99 latency (clock registers vs receive time), polls lost (gaps in register 0), duplicate
-seqs, and the 1-minute load average at the window's end (the machine may be shared: compare
+p50/p99 latency (clock registers vs receive time), polls lost (gaps in register 0), polls missed
+(expected polls of the window the gateway never made: late or skipped), duplicate seqs, the
+simulator's CPU % (a starved simulator slows the fleet, not the gateway), and the 1-minute load
+average at the window's end (the machine may be shared: compare
 runs of one invocation, which alternate when ``--against`` is given).
 
 ``--against REV`` checks REV out into a temporary git worktree and runs its gateway with the
@@ -236,13 +238,13 @@ def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | N
                     raise RuntimeError(f"only {len(tally.last_r0)}/{devices} devices delivered within 60 s")
                 time.sleep(0.2)  # a bench's sampling pace, not a synchronization
             time.sleep(warmup)
-            cpu0, t0 = proc_cpu(gw.pid), time.monotonic()
+            cpu0, sim0, t0 = proc_cpu(gw.pid), proc_cpu(sim.pid), time.monotonic()
             with tally.lock:
                 tally.counting = True
             time.sleep(seconds)
             with tally.lock:
                 tally.counting = False
-            cpu1, t1 = proc_cpu(gw.pid), time.monotonic()
+            cpu1, sim1, t1 = proc_cpu(gw.pid), proc_cpu(sim.pid), time.monotonic()
             hwm, rss = proc_status(gw.pid, "VmHWM"), proc_status(gw.pid, "VmRSS")
             load = os.getloadavg()[0]
         finally:
@@ -276,13 +278,23 @@ def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | N
             "p50_ms": 1000 * statistics.median(lat) if lat else float("nan"),
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
             "polls_lost": tally.lost,
+            # polls the gateway never made (late, skipped): the devices count only the reads they saw
+            "polls_missed": max(0, round(devices * dt / interval - tally.readings - tally.lost)),
+            "sim_cpu_pct": 100 * (sim1 - sim0) / dt,
             "duplicates": tally.duplicates,
             "load1": load,
         }
 
 
 FIGURES = ("offered_vps", "values_per_s", "cpu_pct", "cpu_s_per_1000", "vmhwm_mib", "rss_mib", "p50_ms",
-           "p99_ms", "polls_lost", "duplicates", "load1")
+           "p99_ms", "polls_lost", "polls_missed", "duplicates", "sim_cpu_pct", "load1")
+
+
+def _ratio(a: float, b: float) -> float:
+    """a/b; 0/0 (no loss either way) is 1, x/0 is infinite."""
+    if b == 0:
+        return 1.0 if a == 0 else float("inf")
+    return a / b
 
 
 def show(label: str, r: dict[str, float]) -> None:
@@ -322,8 +334,8 @@ def main() -> int:
                     mine.append(run_once(name, args.seconds, args.warmup, web, None))
                     show("this", mine[-1])
                 if theirs:
-                    ratio = {k: statistics.mean(m[k] for m in mine) / statistics.mean(t[k] for t in theirs)
-                             if statistics.mean(t[k] for t in theirs) else float("nan") for k in FIGURES}
+                    ratio = {k: _ratio(statistics.mean(m[k] for m in mine), statistics.mean(t[k] for t in theirs))
+                             for k in FIGURES}
                     show("ratio", ratio)
     finally:
         if tree is not None:
