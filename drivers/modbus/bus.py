@@ -179,6 +179,7 @@ class ModbusBus:
         from pymodbus.framer import FramerType
 
         compat.check_version()
+        compat.lazy_pdu_text()
         c = self.conn
         if self.client is not None:
             self.client.close()

@@ -6,8 +6,10 @@ takes the compiled plan of that set (merged reads, each with a
 order; built once per set of due points), reads block by block through the
 ``ModbusBus`` that owns the port or endpoint and hands the raw values to the
 sink. The raw registers for ``fieldgate probe`` are formatted only when it
-asks (``last_raw``): a poll keeps the blocks it read, nothing more. An exception response fails only the points of its block (the poll
-goes on); a merged read the device rejects with exception 02 is retried as
+asks (``last_raw``): a poll keeps the blocks it read, nothing more.
+
+An exception response fails only the points of its block (the poll goes
+on); a merged read the device rejects with exception 02 is retried as
 smaller reads and remembered. A timeout or a bad answer (``FrameError``:
 junk, wrong unit, ...) on the first request fails the poll; on a later one
 it fails only that block's points, with the reason as their quality reason.
