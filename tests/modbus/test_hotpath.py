@@ -106,3 +106,23 @@ async def test_polls_format_no_raw_hex_until_probe_asks(monkeypatch: pytest.Monk
     assert raw["voltage"] == "0x4366 0x0000"
     assert set(raw) == set(last)  # the third poll's points (the demand values come every 6th)
     assert sink.readings[0].values == sim.models[1].expected()  # the first poll reads every point
+
+
+async def test_the_reading_keeps_profile_order_whatever_the_request_order() -> None:
+    """Points listed out of address order still come in profile order (the message's metric order)."""
+    from fieldgate.drivers.modbus.profile import ModbusProfile
+    from fieldgate_hwsim.fleet_sim import FleetSim
+
+    sim = FleetSim(1, 8)
+    ports = await sim.start()
+    try:
+        for order in ([0, 1, 2, 3], [3, 0, 2, 1]):
+            prof = ModbusProfile.model_validate({
+                "schema_version": 1, "driver": "modbus", "vendor": "b", "model": "f", "addressing_verified": True,
+                "points": [{"name": f"r{a}", "address": a} for a in order]})
+            sink = Sink()
+            async with ModbusDriver(make_ctx(prof, host="127.0.0.1", port=ports[0])) as drv:
+                await drv.poll(sink)
+            assert list(sink.readings[0].values) == [f"r{a}" for a in order]
+    finally:
+        await sim.stop()
