@@ -73,14 +73,15 @@ def profile_yaml(registers: int) -> str:
 
 
 def config_yaml(folder: Path, broker_port: int, ports: list[int], interval: float, web: bool,
-                web_port: int) -> str:
+                web_port: int, durability: str | None = None) -> str:
     prof = folder / "fleet.yaml"
     devs = "".join(
         f"  - {{id: d{i:03d}, driver: modbus, profile: {prof}, poll_interval: {interval}, "
         f"connection: {{host: 127.0.0.1, port: {p}, timeout: 2}}}}\n" for i, p in enumerate(ports))
     web_cfg = f"web: {{listen: '127.0.0.1:{web_port}'}}\n" if web else "web: {enabled: false}\n"
+    buffer = f"buffer: {{durability: {durability}}}\n" if durability else ""  # None: the default (full)
     return (f"gateway: {{id: {GATEWAY}, data_dir: {folder / 'data'}, clock_check: off}}\n"
-            f"mqtt: {{host: 127.0.0.1, port: {broker_port}}}\n{web_cfg}devices:\n{devs}")
+            f"mqtt: {{host: 127.0.0.1, port: {broker_port}}}\n{web_cfg}{buffer}devices:\n{devs}")
 
 
 def free_port() -> int:
@@ -208,7 +209,8 @@ def drop_rev(tree: Path) -> None:
     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
 
 
-def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | None) -> dict[str, float]:
+def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | None,
+             durability: str | None = None) -> dict[str, float]:
     devices, registers, interval = SCENARIOS[name]
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
         folder = Path(tmp)
@@ -225,7 +227,7 @@ def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | N
             tally = Tally()
             sub = Subscriber(broker.port, tally)
             cfg = folder / "gw.yaml"
-            cfg.write_text(config_yaml(folder, broker.port, ports, interval, web, free_port()))
+            cfg.write_text(config_yaml(folder, broker.port, ports, interval, web, free_port(), durability))
             cmd, env = gateway_command(tree, cfg)
             with open(folder / "gw.log", "wb") as log:  # the child keeps its own copy of the descriptor
                 gw = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -309,6 +311,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds after every device delivered")
     ap.add_argument("--no-web", action="store_true", help="status page off (to measure what it costs)")
     ap.add_argument("--web-both", action="store_true", help="run each scenario with the page on and off")
+    ap.add_argument("--durability", choices=("full", "normal"),
+                    help="buffer.durability (default: the gateway's own default, full); to tell fsync from CPU")
     ap.add_argument("--against", metavar="REV", help="alternate with a worktree of REV and print ratios")
     ap.add_argument("--rounds", type=int, default=1, help="alternations with --against")
     args = ap.parse_args()
@@ -329,9 +333,9 @@ def main() -> int:
                 theirs: list[dict[str, float]] = []
                 for _ in range(args.rounds if tree else 1):
                     if tree is not None:
-                        theirs.append(run_once(name, args.seconds, args.warmup, web, tree))
+                        theirs.append(run_once(name, args.seconds, args.warmup, web, tree, args.durability))
                         show(args.against[:10], theirs[-1])
-                    mine.append(run_once(name, args.seconds, args.warmup, web, None))
+                    mine.append(run_once(name, args.seconds, args.warmup, web, None, args.durability))
                     show("this", mine[-1])
                 if theirs:
                     ratio = {k: _ratio(statistics.mean(m[k] for m in mine), statistics.mean(t[k] for t in theirs))
