@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import time
@@ -179,6 +180,7 @@ class ModbusBus:
         from pymodbus.framer import FramerType
 
         compat.check_version()
+        compat.lazy_pdu_text()
         c = self.conn
         if self.client is not None:
             self.client.close()
@@ -277,7 +279,7 @@ class ModbusBus:
                     code = int(getattr(resp, "exception_code", 0) or 0)
                     raise ExceptionResponse(code, f"unit {unit} answered {table} {start}+{count} with "
                                                   f"exception {code:02d}")
-                return list(resp.bits if table in ("coil", "discrete") else resp.registers)[:count]
+                return (resp.bits if table in ("coil", "discrete") else resp.registers)[:count]  # type: ignore[no-any-return]  # pymodbus is untyped here
 
     # -- one exchange -------------------------------------------------------------------------
 
@@ -316,9 +318,11 @@ class ModbusBus:
     async def _request(self, unit: int, table: str, start: int, count: int, timeout: float, *,
                        send: tuple[int, Callable[[], Awaitable[Any]]] | None = None) -> Any:
         """One exchange; ``send`` (function code, the client call) makes it a write (drivers/modbus/write.py)."""
-        from pymodbus.exceptions import ConnectionException, ModbusIOException
+        # Imported per request before: an import statement costs microseconds even when cached (issue 16).
+        ConnectionException, ModbusIOException = _pymodbus_errors()  # exception classes
 
-        await self._wait_silence()
+        if self.silence:
+            await self._wait_silence()
         loop = asyncio.get_running_loop()
         # pymodbus's own timer is only a backstop: the answer is timed here, from the write.
         compat.set_answer_timeout(self.client, timeout * 2 + 1.0)
@@ -333,7 +337,7 @@ class ModbusBus:
             while True:
                 left = (p.sent_at if p.sent_at is not None else created) + timeout - loop.time()
                 if left > 0:
-                    await asyncio.wait((call, p.failed), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                    await _first_of(loop, call, p.failed, left)
                 else:
                     # The time is up, but the loop may have been busy elsewhere (a host stall) while the
                     # answer sat in the socket: let it read what is there before calling it a timeout.
@@ -385,6 +389,35 @@ class ModbusBus:
             wait = self._quiet_from + self.silence - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+
+
+async def _first_of(loop: asyncio.AbstractEventLoop, a: asyncio.Future[Any], b: asyncio.Future[Any],
+                    timeout: float) -> None:
+    """Wait until ``a`` or ``b`` is done or ``timeout`` passed: ``asyncio.wait(FIRST_COMPLETED)`` without
+    its sets and per-call checks (it runs once per request; issue 16 measured it)."""
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_f: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
+
+
+@functools.cache
+def _pymodbus_errors() -> tuple[type[Exception], type[Exception]]:
+    """pymodbus's (ConnectionException, ModbusIOException), imported once (drivers import pymodbus lazily)."""
+    from pymodbus.exceptions import ConnectionException, ModbusIOException
+
+    return ConnectionException, ModbusIOException
 
 
 def _check_serial_port(path: str) -> None:

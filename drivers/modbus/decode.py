@@ -6,13 +6,17 @@ registers of a 32/64-bit value (``big``: most significant register first,
 as Eastron and SunSpec devices do; ``little``: least significant first, as
 Carlo Gavazzi and many PLCs do). The four combinations are the ABCD / CDAB /
 BADC / DCBA orders of datasheets. ``encode`` is the exact inverse and feeds
-the simulators and the table tests.
+the simulators, the table tests (and a write path). ``BlockDecoder`` is the
+poll loop's form of ``decode``: compiled once per merged read, it decodes
+every point of the block in a few C calls instead of a Python call per point.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import Any
 
 _STRUCT = {
     "int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "int64": "q", "uint64": "Q",
@@ -84,6 +88,93 @@ def encode(
     fmt = _STRUCT[kind]
     data = struct.pack(">" + fmt, float(value) if fmt in "fd" else int(value))
     return _from_bytes(data, byte_order, word_order)
+
+
+#: One point of a block for ``BlockDecoder``: (offset in the block, type, byte order, word order, bit, width).
+PointLayout = tuple[int, str, str, str, int | None, int]
+
+
+class BlockDecoder:
+    """Decodes all points of one merged read at once; same results as ``decode`` point by point.
+
+    Built once per block of a poll plan. Numeric points in big-endian byte
+    order (word order big, or one register) that do not overlap are read by
+    one ``struct`` format spanning the whole block (pad bytes over gaps); a
+    block of nothing but such 16-bit points skips even that and picks the
+    registers by index. Everything else (strings, bits, swapped orders,
+    shared registers) gets its own small reader, compiled here too.
+
+    Args:
+        layout: the block's points, in the order ``decode`` returns their values.
+    """
+
+    __slots__ = ("_direct", "_fast", "_fast_at", "_need", "_pack", "_readers", "_slots")
+
+    def __init__(self, layout: Sequence[PointLayout]) -> None:
+        self._need = max((at + width for at, _k, _b, _w, _bit, width in layout), default=0)
+        self._pack = struct.Struct(f">{self._need}H").pack
+        plain: list[tuple[int, int, str]] = []  # (offset, position in the output, struct code)
+        readers: list[tuple[int, Callable[[Sequence[int], bytes], Any]]] = []
+        end = 0
+        for pos, (at, kind, bo, wo, bit, width) in enumerate(layout):
+            code = _STRUCT.get(kind)
+            if code is not None and bo == "big" and (wo == "big" or width == 1) and at >= end:
+                plain.append((at, pos, code))
+                end = at + width
+            else:
+                readers.append((pos, _reader(at, kind, bo, wo, bit, width)))
+        self._readers = readers
+        self._slots = len(layout)
+        # 16-bit points only, all plain: the registers are the values (int16 needs its sign).
+        self._direct: Callable[[Sequence[int]], Any] | None = None
+        if not readers and plain and all(code == "H" for _a, _p, code in plain):
+            offsets = [a for a, _p, _c in plain]
+            self._direct = itemgetter(*offsets) if len(offsets) > 1 else (lambda w, _a=offsets[0]: (w[_a],))
+        fmt, at = [">"], 0
+        for a, _pos, code in plain:
+            if a > at:
+                fmt.append(f"{2 * (a - at)}x")
+            fmt.append(code)
+            at = a + struct.calcsize(code) // 2
+        self._fast = struct.Struct("".join(fmt)).unpack_from if plain else None
+        self._fast_at = [pos for _a, pos, _c in plain]
+
+    def decode(self, words: Sequence[int]) -> list[Any]:
+        """The values of the block's points, in layout order.
+
+        Raises:
+            DecodeError: fewer registers than the layout covers.
+        """
+        if len(words) < self._need:
+            raise DecodeError(f"the block needs {self._need} registers, got {len(words)}")
+        if self._direct is not None:
+            return list(self._direct(words))
+        out: list[Any] = [None] * self._slots
+        buf = b""
+        if self._fast is not None or self._readers:
+            buf = self._pack(*words[:self._need])
+        if self._fast is not None:
+            for pos, value in zip(self._fast_at, self._fast(buf), strict=True):
+                out[pos] = value
+        for pos, read in self._readers:
+            out[pos] = read(words, buf)
+        return out
+
+
+def _reader(at: int, kind: str, bo: str, wo: str, bit: int | None,
+            width: int) -> Callable[[Sequence[int], bytes], Any]:
+    """A compiled reader of one point that the block's shared format cannot take."""
+    if kind == "bit":
+        b = bit or 0
+        return lambda w, _buf: bool((w[at] >> b) & 1)
+    if kind == "bool":
+        return lambda w, _buf: bool(w[at])
+    code = _STRUCT.get(kind)
+    if code is not None and (wo == bo or width == 1):
+        # ABCD and DCBA: the value's bytes are in one endianness on the wire, read in place.
+        unpack = struct.Struct((">" if bo == "big" else "<") + code).unpack_from
+        return lambda _w, buf: unpack(buf, 2 * at)[0]
+    return lambda w, _buf: decode(w[at:at + width], kind, bo, wo, bit)
 
 
 def hex_words(words: Sequence[int]) -> str:

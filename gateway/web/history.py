@@ -75,7 +75,8 @@ class Series:
         min_step: seconds between kept readings (the hour divided by the slots, or the poll interval).
     """
 
-    __slots__ = ("_cur", "day", "day_idx", "hour", "hour_points", "min_step", "n", "unit", "write")
+    __slots__ = ("_bucket", "_count", "_max", "_min", "_sum", "day", "day_idx", "hour", "hour_points", "last_t",
+                 "min_step", "n", "unit", "write")
 
     def __init__(self, hour_points: int, min_step: float) -> None:
         self.hour_points = hour_points
@@ -83,44 +84,48 @@ class Series:
         self.hour = array("d", bytes(16 * hour_points))  # interleaved t (epoch s), v; NaN = no value
         self.write = 0
         self.n = 0
+        self.last_t = -math.inf  # time of the newest hour slot (the rate limit's reference)
         self.day = array("f", bytes(12 * DAY_BUCKETS))  # mean, min, max per bucket
         self.day_idx = array("i", [-1]) * DAY_BUCKETS  # which 15-minute bucket of time a slot holds
-        self._cur: list[float] = [-1.0, 0.0, 0.0, math.inf, -math.inf]  # bucket, sum, count, min, max
+        # the current 15-minute bucket, as plain attributes: this runs for every value the gateway reads
+        self._bucket = -1
+        self._sum = 0.0
+        self._count = 0
+        self._min = math.inf
+        self._max = -math.inf
         self.unit: str | None = None
 
     def add(self, ts: float, value: float | None) -> bool:
         """Record a reading at ``ts`` (epoch seconds); False when skipped for the rate limit."""
         if value is not None:
-            self._to_day(ts, value)
-        if self.n:
-            last = self.hour[2 * ((self.write - 1) % self.hour_points)]
-            if ts - last < self.min_step:
-                return False
+            bucket = int(ts // DAY_BUCKET)
+            if bucket != self._bucket:
+                self._flush()
+                self._bucket, self._sum, self._count, self._min, self._max = bucket, value, 1, value, value
+            else:
+                self._sum += value
+                self._count += 1
+                if value < self._min:
+                    self._min = value
+                elif value > self._max:
+                    self._max = value
+        if ts - self.last_t < self.min_step:
+            return False
         i = 2 * self.write
         self.hour[i] = ts
         self.hour[i + 1] = _NAN if value is None else value
+        self.last_t = ts
         self.write = (self.write + 1) % self.hour_points
-        self.n = min(self.n + 1, self.hour_points)
+        if self.n < self.hour_points:
+            self.n += 1
         return True
 
-    def _to_day(self, ts: float, value: float) -> None:
-        bucket = int(ts // DAY_BUCKET)
-        cur = self._cur
-        if bucket != cur[0]:
-            self._flush()
-            cur[:] = [bucket, 0.0, 0.0, math.inf, -math.inf]
-        cur[1] += value
-        cur[2] += 1
-        cur[3] = min(cur[3], value)
-        cur[4] = max(cur[4], value)
-
     def _flush(self) -> None:
-        cur = self._cur
-        if cur[0] < 0 or not cur[2]:
+        if self._bucket < 0 or not self._count:
             return
-        slot = int(cur[0]) % DAY_BUCKETS
-        self.day_idx[slot] = int(cur[0])
-        self.day[3 * slot:3 * slot + 3] = array("f", [cur[1] / cur[2], cur[3], cur[4]])
+        slot = self._bucket % DAY_BUCKETS
+        self.day_idx[slot] = self._bucket
+        self.day[3 * slot:3 * slot + 3] = array("f", [self._sum / self._count, self._min, self._max])
 
     def points(self, since: float) -> tuple[list[float], list[float | None]]:
         """The hour's readings at or after ``since``, oldest first: (times in epoch s, values)."""
@@ -197,6 +202,7 @@ class History:
     def __init__(self, max_bytes: int = 5_000_000) -> None:
         self.max_bytes = max_bytes
         self.series: dict[tuple[str, str], Series] = {}
+        self._of: dict[str, dict[str, Series]] = {}  # the same series by device, then metric name
         self.allocated = GATEWAY_BYTES
         self.refused = 0
         self.quality: dict[str, DeviceQuality] = {}
@@ -226,33 +232,55 @@ class History:
         return q
 
     def add_reading(self, device: str, message: dict[str, Any]) -> None:
-        """Record a reading message as it goes to the output (the hot path: no allocation but new series)."""
+        """Record a reading message as it goes to the output (the hot path: no allocation but new series).
+
+        This runs for every value the gateway reads, whether or not anyone looks at the page, so the
+        loop is written for speed: the device's series by name (no tuple key per metric), the value's
+        type tested by identity, the common good-quality number with no further checks.
+        """
         ts = _epoch(message.get("ts"))
         q = self._quality(device, ts)
         q.slots.add(ts, 0)
         if message.get("clock") == "unsynced":
             q.slots.add(ts, 3)
         bad = uncertain = False
+        mine = self._of.get(device)
+        if mine is None:
+            mine = self._of[device] = {}
+        last_seen = q.last_seen
         for name, m in (message.get("metrics") or {}).items():
-            if not isinstance(m, dict):
+            if type(m) is not dict:
                 continue
+            raw: Any = m.get("value")
+            t = type(raw)
+            if t is int:
+                value: float | None = float(raw)
+            elif t is float:
+                if raw - raw != 0.0:
+                    continue  # NaN and infinities are not charted
+                value = raw
+            elif raw is None:
+                value = None
+            else:
+                value = _number(raw)
+                if value is None:
+                    continue  # a string: shown as the latest value, not charted
             quality = m.get("quality", "good")
             if quality != "good":
                 bad |= quality == "bad"
                 uncertain |= quality == "uncertain"
                 if len(q.reasons) < 64 or m.get("reason") in q.reasons:
                     q.reasons[f"{quality}:{m.get('reason') or 'unknown'}"] += 1
-            value = _number(m.get("value"))
-            if value is None and m.get("value") is not None:
-                continue  # a string: shown as the latest value, not charted
-            q.last_seen[name] = ts
-            s = self.series.get((device, name))
+                if quality == "bad":
+                    value = None
+            last_seen[name] = ts
+            s = mine.get(name)
             if s is None:
                 s = self._new_series(device, name)
                 if s is None:
                     continue
                 s.unit = m.get("unit")
-            s.add(ts, value if quality != "bad" else None)
+            s.add(ts, value)
         if bad:
             q.slots.add(ts, 1)
         elif uncertain:
@@ -268,7 +296,7 @@ class History:
                 self.refused += 1
                 return None
         self.allocated += cost
-        s = self.series[(device, name)] = Series(points, step)
+        s = self.series[(device, name)] = self._of.setdefault(device, {})[name] = Series(points, step)
         return s
 
     def add_state(self, device: str, state: str, error: str | None, ts: float | None = None) -> None:

@@ -151,9 +151,17 @@ class StateHub:
     def _specs(self) -> list[Any]:
         return list(self.gateway.loaded.devices)
 
-    def device(self, dev_id: str, *, detail: bool = False) -> dict[str, Any] | None:
-        """One device's document, or None when no such device is configured."""
-        spec = next((s for s in self._specs() if s.config.id == dev_id), None)
+    def device(self, dev_id: str, *, detail: bool = False, spec: Any = None) -> dict[str, Any] | None:
+        """One device's document, or None when no such device is configured.
+
+        Args:
+            dev_id: the device.
+            detail: add the driver's status, the config and the profile.
+            spec: its configured spec when the caller looked it up already (``devices``: one map, not a
+                scan of every spec per device).
+        """
+        if spec is None:
+            spec = next((s for s in self._specs() if s.config.id == dev_id), None)
         runner = self.gateway.device_snapshot(dev_id)
         if spec is None and runner is not None:
             spec = runner.spec
@@ -218,9 +226,11 @@ class StateHub:
 
     def devices(self) -> list[dict[str, Any]]:
         """Every configured device (and any still running from before a reload)."""
-        ids = [s.config.id for s in self._specs()]
-        ids += [i for i in self.gateway.device_snapshots() if i not in ids]
-        return [d for d in (self.device(i) for i in ids) if d is not None]
+        specs: dict[str, Any] = {}
+        for spec in self._specs():
+            specs.setdefault(spec.config.id, spec)
+        ids = list(specs) + [i for i in self.gateway.device_snapshots() if i not in specs]
+        return [d for d in (self.device(i, spec=specs.get(i)) for i in ids) if d is not None]
 
     def uplink(self) -> dict[str, Any]:
         """The uplink document (a stand-in when the output has no uplink)."""
@@ -253,10 +263,11 @@ class StateHub:
             out["oldest_age_s"] = round(max(0.0, time.time() - ts), 1)
         return out
 
-    def status(self) -> dict[str, Any]:
-        """The overview document."""
+    def status(self, devices: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The overview document (``devices``: their documents, when the caller built them already)."""
         gw = self.gateway
-        devices = self.devices()
+        if devices is None:
+            devices = self.devices()
         counts = {k: 0 for k in (*_STATES, "other")}
         for d in devices:
             counts[d["state"] if d["state"] in _STATES else "other"] += 1
@@ -271,7 +282,8 @@ class StateHub:
 
     def live(self) -> dict[str, Any]:
         """What a live stream sends each second: the overview and every device."""
-        return {"status": self.status(), "devices": self.devices()}
+        devices = self.devices()  # once: the overview counts the same documents the stream sends
+        return {"status": self.status(devices), "devices": devices}
 
     # --- the loop ------------------------------------------------------------
 

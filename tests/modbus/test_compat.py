@@ -61,3 +61,25 @@ async def test_the_receive_hook_sees_the_whole_buffer_and_decides_what_is_parsed
         await asyncio.wait_for(served.wait(), 10)  # the handler is done with its writer before the loop ends
         server.close()
         await server.wait_closed()
+
+
+def test_decoded_answers_are_not_formatted_as_text_unless_pymodbus_logs_debug() -> None:
+    """pymodbus 3.16 formats every decoded answer with ``str(pdu)`` for a debug line, logged or not
+    (pdu/decoders.py): 35 us for 100 registers, a third of its own cost per request (issue 16). Once
+    the bus set up pymodbus, that text is built only when pymodbus's logger is enabled for DEBUG."""
+    import logging
+
+    from pymodbus.pdu.decoders import DecodePDU
+    from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
+
+    compat.lazy_pdu_text()
+    answer = ReadHoldingRegistersResponse(registers=list(range(100)))
+    assert "99" not in str(answer)  # the canary: this text is what pymodbus's decoder builds per answer
+    assert "str(pdu)" in __import__("inspect").getsource(DecodePDU.decode), "pymodbus stopped formatting; drop it"
+    pm = logging.getLogger("pymodbus.logging")
+    before = pm.level
+    pm.setLevel(logging.DEBUG)
+    try:
+        assert "99" in str(answer)  # with pymodbus debugging on, the whole text as before
+    finally:
+        pm.setLevel(before)

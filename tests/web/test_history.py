@@ -161,3 +161,23 @@ async def test_history_api_values_are_the_published_readings(
             status, err = await asyncio.to_thread(_get, gp, path)
             assert status == code and err["message"], (path, status, err)
         assert "Traceback" not in gp.lines()
+
+
+def test_every_kind_of_value_lands_as_before_on_the_fast_path() -> None:
+    """Ints and floats are charted, bools as 0/1, bad values as gaps, NaN and strings not at all; the day's
+    buckets hold mean/min/max of every reading, the hour ring one reading per min_step (issue 16's fast path)."""
+    hist = History()
+    hist.plan([("m", 60.0, 6)])
+    t0 = 1_800_000_000.0 // DAY_BUCKET * DAY_BUCKET
+    for k, v in enumerate([3, 1.5, 7, -2.0]):
+        bad = {"value": None, "quality": "bad", "reason": "timeout"}
+        hist.add_reading("m", _reading(t0 + k * 60.0, i=v, b=bool(k % 2), s="text", n=math.nan, x=bad))
+    hist.add_reading("m", _reading(t0 + DAY_BUCKET, i=10))  # the next 15-minute bucket
+    s = hist.series["m", "i"]
+    assert s.points(0.0) == ([t0 + k * 60.0 for k in range(4)] + [t0 + DAY_BUCKET], [3.0, 1.5, 7.0, -2.0, 10.0])
+    assert s.buckets(0.0) == {"t": [t0, t0 + DAY_BUCKET], "mean": [2.375, 10.0], "min": [-2.0, 10.0],
+                              "max": [7.0, 10.0]}
+    assert hist.series["m", "b"].points(0.0)[1] == [0.0, 1.0, 0.0, 1.0]
+    assert hist.series["m", "x"].points(0.0)[1] == [None] * 4
+    assert ("m", "s") not in hist.series and ("m", "n") not in hist.series
+    assert hist.quality["m"].reasons == {"bad:timeout": 4}
