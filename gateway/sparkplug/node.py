@@ -199,14 +199,21 @@ class EdgeNode:
         return self.topic("NDEATH"), node_death(ts_ms, self.bdseq)
 
     def birth(self, ts_ms: int) -> list[Message]:
-        """NBIRTH (seq 0) and the DBIRTH of every known device that is not offline."""
+        """NBIRTH (seq 0), the DBIRTH of every known device, then DDEATH for those that are offline.
+
+        Every device is born right after the NBIRTH ([tck-id-payloads-dbirth-order]), also one that
+        is offline now: its backlog may still be sent, and a DBIRTH later in the session is then
+        what a host expects after a DDEATH (a device that came back).
+        """
         self._seq = 0
         self.born = True
         self.born_devices.clear()
         out = [(self.topic("NBIRTH"), node_birth(ts_ms, self.bdseq))]
+        out += [self._device_birth(dev, ts_ms) for dev in self.catalogue.devices]
         for dev in self.catalogue.devices:
-            if self.device_state.get(dev) != "offline":
-                out.append(self._device_birth(dev, ts_ms))
+            if self.device_state.get(dev) == "offline":
+                self.born_devices.discard(dev)
+                out.append((self.topic("DDEATH", dev), device_death(ts_ms, self.next_seq())))
         return out
 
     def _device_birth(self, device: str, ts_ms: int) -> Message:
