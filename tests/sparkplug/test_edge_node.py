@@ -13,6 +13,7 @@ import signal
 import time
 
 from tests.conftest import Proc
+from tests.support.collector import Collector
 from tests.support.sparkplug_host import SparkplugHost
 from tests.test_uplink import committed_max_seq
 
@@ -197,3 +198,19 @@ def test_device_offline_is_ddeath_and_back_is_dbirth(rig: Rig) -> None:
     rebirth = next(m for m in h.of("DBIRTH", "meter-1") if m.index > death).index
     h.wait_for(lambda h: any(m.index > rebirth for m in h.of("DDATA", "meter-1")), what="DDATA of meter-1 again")
     h.check()
+
+
+def test_damaged_state_files_are_announced_and_the_node_starts_afresh(rig: Rig) -> None:
+    data = rig.folder / "data"
+    data.mkdir(parents=True)
+    (data / "sparkplug-bdseq").write_bytes(b"\x00\xffgarbage")
+    (data / "sparkplug-metrics.json").write_text('{"devices": {"meter-1": 7}}')
+    with Collector(rig.broker.host, rig.broker.port) as col:
+        gw = rig.gateway()
+        h = rig.host
+        h.wait_for(_births_done, what="births despite the damaged files")
+        assert h.nbirths[0].bdseq == 0
+        col.wait_for(lambda: len([e for e in col.events() if e["kind"] == "sparkplug_state_reset"]) >= 2,
+                     what="both damaged files announced on the events topic")
+        gw.wait_stderr("not a bdSeq", timeout=10)
+        h.check()
