@@ -113,7 +113,8 @@ _SPARKPLUG_ID = r"^[^/+#]+$"  # no "/", "+" or "#" ([tck-id-topic-structure-name
 class SparkplugConfig(Model):
     """The Sparkplug B edge node (with ``mqtt.format: sparkplug``)."""
 
-    group_id: str = Field(pattern=_SPARKPLUG_ID, description="the Sparkplug group of this edge node")
+    group_id: str | None = Field(None, pattern=_SPARKPLUG_ID,
+                                 description="the Sparkplug group of this edge node (required by format sparkplug)")
     edge_node_id: str | None = Field(None, pattern=_SPARKPLUG_ID, description="default: the gateway id")
     primary_host_id: str | None = Field(
         None, pattern=_SPARKPLUG_ID, description="wait for this host application's STATE online before "
@@ -225,11 +226,11 @@ class GatewayConfig(Model):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
-    sparkplug: SparkplugConfig | None = None
+    sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
 
     @model_validator(mode="after")
     def _sparkplug_section(self) -> GatewayConfig:
-        if self.mqtt is not None and self.mqtt.format == "sparkplug" and self.sparkplug is None:
+        if self.mqtt is not None and self.mqtt.format == "sparkplug" and self.sparkplug.group_id is None:
             raise ValueError("mqtt.format is sparkplug: add a sparkplug section with at least group_id")
         return self
 

@@ -95,8 +95,8 @@ class SparkplugUplink(BufferedUplink):
     def __init__(self, cfg: GatewayConfig, **kw: Any) -> None:
         super().__init__(cfg, **kw)
         spb = cfg.sparkplug
-        if spb is None:
-            raise ValueError("SparkplugUplink needs a sparkplug section")
+        if spb.group_id is None:
+            raise ValueError("SparkplugUplink needs sparkplug.group_id")
         self.spb: SparkplugConfig = spb
         data_dir = cfg.gateway.data_dir
         self._bdseq_store = BdSeqStore(data_dir)

@@ -34,7 +34,7 @@ def test_ids_cannot_hold_topic_characters(key: str, value: str) -> None:
 
 def test_json_stays_the_default() -> None:
     cfg = load_config_text("gateway: {id: gw-1, data_dir: /tmp/x}\nmqtt: {host: h}\n", "f.yaml").config
-    assert cfg.mqtt is not None and cfg.mqtt.format == "json" and cfg.sparkplug is None
+    assert cfg.mqtt is not None and cfg.mqtt.format == "json" and cfg.sparkplug.group_id is None
 
 
 async def test_a_missing_extra_is_an_actionable_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,3 +43,16 @@ async def test_a_missing_extra_is_an_actionable_error(monkeypatch: pytest.Monkey
     with pytest.raises(GatewayError) as info:
         await make_output(cfg)
     assert "pip install 'fieldgate[sparkplug]'" in str(info.value)
+
+
+def test_a_reload_names_the_sparkplug_settings_as_restart_only() -> None:
+    """The output is chosen and the edge node named at start: a reload must not claim to apply them."""
+    from fieldgate.reload import plan_reload
+
+    def cfg(fmt: str, group: str) -> object:
+        return load_config_text(f"gateway: {{id: gw-1, data_dir: /tmp/x}}\nmqtt: {{host: h, format: {fmt}}}\n"
+                                f"sparkplug: {{group_id: {group}}}\n", "f.yaml").config
+
+    plan = plan_reload(cfg("json", "a"), cfg("sparkplug", "b"))  # type: ignore[arg-type]
+    assert "mqtt.format" in plan.restart_required and "mqtt.format" not in plan.applied, plan
+    assert "sparkplug.group_id" in plan.restart_required, plan
