@@ -135,9 +135,10 @@ class Catalogue:
             return
         self.devices = devices
         self.next_alias = max(aliases, default=0) + 1
-        self._index()
+        self.reindex()
 
-    def _index(self) -> None:
+    def reindex(self) -> None:
+        """Rebuild the alias index after devices were dropped."""
         self.by_alias = {d.alias: (dev, d.name) for dev, m in self.devices.items() for d in m.values()}
 
     def save(self) -> None:
@@ -182,6 +183,7 @@ class EdgeNode:
         self.born = False  # NBIRTH sent on this connection
         self.born_devices: set[str] = set()
         self.device_state: dict[str, str] = {}  # online | degraded | offline, as the supervisor says
+        self.configured: set[str] | None = None  # device ids of the configuration (None: not told yet)
         # The last value published of each metric (value, ts_ms, quality, reason): a birth carries it.
         self.last: dict[str, dict[str, tuple[Any, int, str | None, str | None]]] = {}
 
@@ -209,9 +211,10 @@ class EdgeNode:
         self.born = True
         self.born_devices.clear()
         out = [(self.topic("NBIRTH"), node_birth(ts_ms, self.bdseq))]
-        out += [self._device_birth(dev, ts_ms) for dev in self.catalogue.devices]
-        for dev in self.catalogue.devices:
-            if self.device_state.get(dev) == "offline":
+        devices = [d for d in self.catalogue.devices if self.configured is None or d in self.configured]
+        out += [self._device_birth(dev, ts_ms) for dev in devices]
+        for dev in devices:
+            if self._away(dev):
                 self.born_devices.discard(dev)
                 out.append((self.topic("DDEATH", dev), device_death(ts_ms, self.next_seq())))
         return out
@@ -220,6 +223,31 @@ class EdgeNode:
         defs = sorted(self.catalogue.devices.get(device, {}).values(), key=lambda d: d.alias)
         self.born_devices.add(device)
         return self.topic("DBIRTH", device), device_birth(ts_ms, self.next_seq(), defs, self.last.get(device, {}))
+
+    def _away(self, device: str) -> bool:
+        """Offline now, or no longer in the configuration (its backlog may still be sent)."""
+        return self.device_state.get(device) == "offline" or (
+            self.configured is not None and device not in self.configured)
+
+    def keep_only(self, devices: set[str], ts_ms: int) -> list[Message]:
+        """The configuration's devices are ``devices``: the others are declared dead and forgotten.
+
+        Without this a device removed from the configuration would be born again from the
+        catalogue after every restart and shown alive, with stale values, for good.
+        """
+        self.configured = set(devices)
+        out: list[Message] = []
+        gone = [d for d in self.catalogue.devices if d not in devices]
+        for dev in gone:
+            if self.born and dev in self.born_devices:
+                out.append((self.topic("DDEATH", dev), device_death(ts_ms, self.next_seq())))
+            self.born_devices.discard(dev)
+            del self.catalogue.devices[dev]
+            self.last.pop(dev, None)
+            self.device_state.pop(dev, None)
+        if gone:
+            self.catalogue.reindex()
+        return out
 
     def session_over(self) -> None:
         self.born = False
@@ -257,8 +285,8 @@ class EdgeNode:
             last = self.last.setdefault(device, {})
             for name, point in metrics.items():
                 last[name] = (point.get("value"), ts_ms, point.get("quality"), point.get("reason"))
-        if self.device_state.get(device) == "offline":
-            # Its backlog went out; the device is still away: say so again.
+        if self._away(device):
+            # Its backlog went out; the device is still away (or gone from the configuration): say so again.
             self.born_devices.discard(device)
             out.append((self.topic("DDEATH", device), device_death(now_ms, self.next_seq())))
         return out

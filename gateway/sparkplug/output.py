@@ -107,6 +107,7 @@ class SparkplugUplink(BufferedUplink):
         self._host_changed = asyncio.Event()
         self._leaving: asyncio.Task[None] | None = None
         self.refused_commands = 0
+        self._configured = {d.id for d in cfg.devices if d.enabled}
         if spb.primary_host_id:
             self.listen(f"{NAMESPACE}/STATE/{spb.primary_host_id}", self._on_state, under_prefix=False)
         self.listen(self.node.topic("NCMD"), self._on_ncmd, under_prefix=False)
@@ -118,6 +119,23 @@ class SparkplugUplink(BufferedUplink):
         if self.node.catalogue.problem:
             self.event("sparkplug_state_reset", file=str(self.node.catalogue.path),
                        problem=self.node.catalogue.problem)
+        before = set(self.node.catalogue.devices)
+        self.node.keep_only(self._configured, _now_ms())  # not born yet: nothing to send
+        if set(self.node.catalogue.devices) != before:
+            await self._db(self.node.catalogue.save)
+
+    def reconfigure(self, cfg: GatewayConfig) -> None:
+        """A reload's device list: devices removed from it get DDEATH and are forgotten."""
+        super().reconfigure(cfg)
+        self._configured = {d.id for d in cfg.devices if d.enabled}
+        before = set(self.node.catalogue.devices)
+        messages = self.node.keep_only(self._configured, _now_ms())
+        link = self._link
+        if messages and isinstance(link, SparkplugLink) and link.connected.is_set():
+            for topic, payload in messages:
+                link.publish0(topic, payload)
+        if set(self.node.catalogue.devices) != before:
+            self.node.catalogue.save()
 
     # --- what the JSON output does differently -------------------------------
 

@@ -183,3 +183,14 @@ def test_the_catalogue_file_is_compact_json(tmp_path: Path) -> None:
     c.learn("a", {"v": {"value": 1, "unit": "V"}})
     c.save()
     assert json.loads((tmp_path / CATALOGUE_FILE).read_text()) == {"version": 1, "devices": {"a": {"v": [1, 4, "V"]}}}
+
+
+def test_forgetting_a_device_declares_it_dead_and_drops_its_metrics(tmp_path: Path) -> None:
+    n = EdgeNode("g", "n", Catalogue(tmp_path))
+    n.catalogue.learn("a", {"v": {"value": 1}})
+    n.catalogue.learn("b", {"v": {"value": 1}})
+    n.birth(0)
+    msgs = n.keep_only({"a"}, 5)
+    assert [t for t, _p in msgs] == ["spBv1.0/g/DDEATH/n/b"]
+    assert set(n.catalogue.devices) == {"a"} and all(dev == "a" for dev, _ in n.catalogue.by_alias.values())
+    assert n.keep_only({"a"}, 6) == []

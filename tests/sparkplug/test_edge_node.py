@@ -9,6 +9,7 @@ fieldgate seq lost across an outage, historical flags).
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -17,7 +18,7 @@ from tests.support.collector import Collector
 from tests.support.sparkplug_host import SparkplugHost
 from tests.test_uplink import committed_max_seq
 
-from .conftest import Rig
+from .conftest import Rig, spb_config
 
 DEVICES = {"meter-1", "meter-2"}
 
@@ -214,3 +215,29 @@ def test_damaged_state_files_are_announced_and_the_node_starts_afresh(rig: Rig) 
                      what="both damaged files announced on the events topic")
         gw.wait_stderr("not a bdSeq", timeout=10)
         h.check()
+
+
+def test_a_device_no_longer_configured_is_not_born_again(rig: Rig) -> None:
+    """The catalogue remembers devices across restarts; one removed from the config must not come back alive."""
+    data = rig.folder / "data"
+    data.mkdir(parents=True)
+    (data / "sparkplug-metrics.json").write_text(json.dumps(
+        {"version": 1, "devices": {"meter-9": {"voltage": [1, 10, "V"]}, "meter-1": {"voltage": [2, 10, "V"]}}}))
+    rig.gateway()
+    h = rig.host
+    h.wait_for(_births_done, what="births")
+    assert not h.of("DBIRTH", "meter-9"), "a device removed from the config was born (shown alive) again"
+    h.check()
+
+
+def test_a_reload_that_removes_a_device_declares_it_dead(rig: Rig) -> None:
+    h = rig.host
+    gw = rig.gateway(devices=2)
+    h.wait_for(_births_done, what="births")
+    rig.config.write_text(spb_config(rig.folder, rig.broker.port, devices=1))
+    gw.popen.send_signal(signal.SIGHUP)
+    h.wait_for(lambda h: bool(h.of("DDEATH", "meter-2")), what="DDEATH of the removed meter-2")
+    death = h.of("DDEATH", "meter-2")[-1].index
+    h.wait_for(lambda h: len([m for m in h.of("DDATA", "meter-1") if m.index > death]) >= 3, what="meter-1 goes on")
+    assert not [m for m in h.messages if m.index > death and m.device == "meter-2"]
+    h.check()
