@@ -211,9 +211,10 @@ class EdgeNode:
         self.born = True
         self.born_devices.clear()
         out = [(self.topic("NBIRTH"), node_birth(ts_ms, self.bdseq))]
-        devices = [d for d in self.catalogue.devices if self.configured is None or d in self.configured]
-        out += [self._device_birth(dev, ts_ms) for dev in devices]
-        for dev in devices:
+        # Also a device removed from the configuration whose readings are still being sent (re-learned
+        # from them after keep_only): born here and declared dead below, never born later mid-session.
+        out += [self._device_birth(dev, ts_ms) for dev in self.catalogue.devices]
+        for dev in self.catalogue.devices:
             if self._away(dev):
                 self.born_devices.discard(dev)
                 out.append((self.topic("DDEATH", dev), device_death(ts_ms, self.next_seq())))
