@@ -9,7 +9,7 @@ Mapping (docs/sparkplug.md has the table):
   property (good 192, bad 0, uncertain 500 = STALE: the specification's three codes, one for each
   of ours), ``reason`` → a ``reason`` String property, and the reading's ``seq`` → the
   ``fieldgate_seq`` UInt64 property, so a consumer dedupes on (edge node, fieldgate_seq) as on
-  (gateway, seq) with JSON.
+  (gateway, seq) with JSON; a reading's ``clock: unsynced`` → a ``clock`` String property.
 """
 
 from __future__ import annotations
@@ -162,8 +162,12 @@ def device_birth(ts_ms: int, seq: int, metrics: list[MetricDef],
 
 
 def device_data(ts_ms: int, seq: int, defs: dict[str, MetricDef], reading: dict[str, Any], fg_seq: int,
-                historical: bool) -> bytes:
-    """DDATA of one reading: its metrics by alias only, each with its timestamp, quality and seq."""
+                historical: bool, clock_unsynced: bool = False) -> bytes:
+    """DDATA of one reading: its metrics by alias only, each with its timestamp, quality and seq.
+
+    ``clock_unsynced`` (the reading's ``clock: unsynced``) adds the String property ``clock`` =
+    ``unsynced`` to each value: its timestamp may be wrong, which Sparkplug has no word for.
+    """
     p = Payload(timestamp=ts_ms, seq=seq)
     for name, point in reading.items():
         d = defs[name]
@@ -174,6 +178,8 @@ def device_data(ts_ms: int, seq: int, defs: dict[str, MetricDef], reading: dict[
         props = m.properties
         _quality_props(props, point.get("quality"), point.get("reason"))
         _prop(props, SEQ_PROPERTY, UINT64, fg_seq)
+        if clock_unsynced:
+            _prop(props, "clock", STRING, "unsynced")
     return p.SerializeToString()
 
 

@@ -274,14 +274,14 @@ class EdgeNode:
         return changed
 
     def data(self, device: str, metrics: dict[str, Any], ts_ms: int, fg_seq: int, historical: bool,
-             now_ms: int) -> list[Message]:
+             now_ms: int, clock_unsynced: bool = False) -> list[Message]:
         """DDATA of one reading (after a DBIRTH if the device is not born; a DDEATH after if it is offline)."""
         out: list[Message] = []
         if device not in self.born_devices:
             out.append(self._device_birth(device, now_ms))
         defs = self.catalogue.devices[device]
         out.append((self.topic("DDATA", device), device_data(ts_ms, self.next_seq(), defs, metrics, fg_seq,
-                                                              historical)))
+                                                              historical, clock_unsynced)))
         if not historical:
             last = self.last.setdefault(device, {})
             for name, point in metrics.items():

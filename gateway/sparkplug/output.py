@@ -36,6 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ..buffer import Row
 from ..config import GatewayConfig, MqttConfig, SparkplugConfig
 from ..mqtt import Inbound, InboundHandler, MqttLink
+from ..ratelimit import TokenBucket
 from ..uplink import BufferedUplink
 from . import NAMESPACE
 from .codec import SparkplugError, decode, metric_value, parse_state, rebirth_requested
@@ -44,6 +45,7 @@ from .node import BdSeqStore, Catalogue, EdgeNode
 log = logging.getLogger(__name__)
 
 _QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE)
+_REBIRTH_RATE, _REBIRTH_BURST = 1.0, 3  # rebirths per second after a burst of three
 
 
 def _now_ms() -> int:
@@ -108,6 +110,8 @@ class SparkplugUplink(BufferedUplink):
         self._leaving: asyncio.Task[None] | None = None
         self.refused_commands = 0
         self._configured = {d.id for d in cfg.devices if d.enabled}
+        self._rebirths = TokenBucket(_REBIRTH_RATE, _REBIRTH_BURST, time.monotonic())
+        self._rebirth_due: asyncio.TimerHandle | None = None
         if spb.primary_host_id:
             self.listen(f"{NAMESPACE}/STATE/{spb.primary_host_id}", self._on_state, under_prefix=False)
         self.listen(self.node.topic("NCMD"), self._on_ncmd, under_prefix=False)
@@ -191,10 +195,11 @@ class SparkplugUplink(BufferedUplink):
 
     def _publish_rows(self, link: MqttLink, rows: list[Row], batched: bool, per_message: int) -> None:
         assert isinstance(link, SparkplugLink)
-        parsed: list[tuple[Row, dict[str, Any]]] = []
+        parsed: list[tuple[Row, dict[str, Any], bool]] = []
         for r in rows:
             try:
-                metrics = json.loads(r.body)["metrics"]
+                obj = json.loads(r.body)
+                metrics = obj["metrics"]
                 if not isinstance(metrics, dict) or not all(isinstance(p, dict) for p in metrics.values()):
                     raise TypeError("metrics is not an object of objects")
             except (ValueError, KeyError, TypeError) as exc:
@@ -203,15 +208,16 @@ class SparkplugUplink(BufferedUplink):
                 log.error("sparkplug: reading seq %d of %s cannot be encoded (%s); dropped", r.seq, r.device, exc)
                 self.event("buffer_drop", reason="sparkplug_unencodable", seq=r.seq, device=r.device)
                 continue
-            parsed.append((r, metrics))
+            parsed.append((r, metrics, obj.get("clock") == "unsynced"))
         now = _now_ms()
-        if self.node.learn((r.device, m) for r, m in parsed):
+        if self.node.learn((r.device, m) for r, m, _c in parsed):
             # A new device, metric or datatype: births say every metric before any DDATA uses it
             # ([tck-id-operational-behavior-data-publish-dbirth]), so the whole birth sequence goes again.
             self.node.catalogue.save()
             self._birth(link)
-        for r, metrics in parsed:
-            for topic, payload in self.node.data(r.device, metrics, r.ts_ms, r.seq, r.seq <= self._live_from, now):
+        for r, metrics, unsynced in parsed:
+            for topic, payload in self.node.data(r.device, metrics, r.ts_ms, r.seq, r.seq <= self._live_from, now,
+                                                 unsynced):
                 link.publish0(topic, payload)
         # The PUBACK of this QoS 1 message acknowledges the DDATA before it (see the module docstring).
         mid = link.publish(f"{self.prefix}/sparkplug/delivered", str(rows[-1].seq))
@@ -263,14 +269,45 @@ class SparkplugUplink(BufferedUplink):
         except SparkplugError as exc:
             log.warning("sparkplug: ignoring NCMD on %s: %s", msg.topic, exc)
             return
-        link = self._link
         if rebirth_requested(payload):
-            if self.node.born and isinstance(link, SparkplugLink) and link.connected.is_set():
-                log.info("sparkplug: rebirth requested: NBIRTH and DBIRTHs again")
-                self._birth(link)
+            self._request_rebirth()
             return
         names = [m.name or f"alias {m.alias}" for m in payload.metrics]
         log.warning("sparkplug: NCMD with %s refused: only Node Control/Rebirth is supported", names)
+
+    def _request_rebirth(self) -> None:
+        """Rebirth at once, or, in a flood of requests, once the bucket allows (every request is covered).
+
+        Each rebirth re-sends every DBIRTH; anyone who may publish NCMD could otherwise keep the node
+        (and the link) busy with births alone.
+        """
+        if self._rebirth_due is not None:
+            return  # the scheduled one answers this request too
+        now = time.monotonic()
+        if self._rebirths.take(now):
+            self._rebirth_now()
+            return
+        delay = self._rebirths.wait(now)
+        log.warning("sparkplug: rebirth requests faster than %g/s (burst %d): the next birth in %.1f s",
+                    _REBIRTH_RATE, _REBIRTH_BURST, delay)
+        self._rebirth_due = asyncio.get_running_loop().call_later(delay, self._scheduled_rebirth)
+
+    def _scheduled_rebirth(self) -> None:
+        self._rebirth_due = None
+        self._rebirths.take(time.monotonic())
+        self._rebirth_now()
+
+    def _rebirth_now(self) -> None:
+        link = self._link
+        if self.node.born and isinstance(link, SparkplugLink) and link.connected.is_set():
+            log.info("sparkplug: rebirth requested: NBIRTH and DBIRTHs again")
+            self._birth(link)
+
+    async def close(self) -> None:
+        if self._rebirth_due is not None:
+            self._rebirth_due.cancel()
+            self._rebirth_due = None
+        await super().close()
 
     def _on_dcmd(self, msg: Inbound) -> None:
         device = msg.topic.rsplit("/", 1)[-1]

@@ -194,3 +194,9 @@ def test_forgetting_a_device_declares_it_dead_and_drops_its_metrics(tmp_path: Pa
     assert [t for t, _p in msgs] == ["spBv1.0/g/DDEATH/n/b"]
     assert set(n.catalogue.devices) == {"a"} and all(dev == "a" for dev, _ in n.catalogue.by_alias.values())
     assert n.keep_only({"a"}, 6) == []
+
+
+def test_an_unsynced_clock_is_said_on_every_value(tmp_path: Path) -> None:
+    raw = codec.device_data(1, 1, {"x": MetricDef("x", 7, DOUBLE)}, {"x": {"value": 1.0}}, fg_seq=3,
+                            historical=False, clock_unsynced=True)
+    assert _props(decode(raw).metrics[0])["clock"] == "unsynced"

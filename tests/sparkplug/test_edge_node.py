@@ -244,3 +244,20 @@ def test_a_reload_that_removes_a_device_declares_it_dead(rig: Rig) -> None:
     # accepted is lost), but it ends dead.
     assert [m for m in h.messages if m.device == "meter-2"][-1].kind == "DDEATH"
     h.check()
+
+
+def test_a_flood_of_rebirth_requests_is_coalesced_and_the_last_one_is_honoured(rig: Rig) -> None:
+    h = rig.host
+    gw = rig.gateway()
+    h.wait_for(_births_done, what="births")
+    mark, t0 = len(h.messages), time.monotonic()
+    for _ in range(30):
+        h.rebirth()
+    last_sent = time.monotonic()
+    gw.wait_stderr("rebirth requests faster than", timeout=10)
+    h.wait_for(lambda h: any(m.at > last_sent for m in h.of("NBIRTH")), what="a birth after the last request")
+    births = [m for m in h.of("NBIRTH") if m.index >= mark]
+    elapsed = births[-1].at - t0
+    # A burst of 3, then one a second: 30 requests are not 30 births (each is every DBIRTH again).
+    assert len(births) <= 3 + elapsed + 1, (len(births), elapsed)
+    h.check()
