@@ -187,7 +187,7 @@ def test_rebirth_request_resends_every_birth_and_bad_commands_are_refused(rig: R
 
 def test_device_offline_is_ddeath_and_back_is_dbirth(rig: Rig) -> None:
     h = rig.host
-    rig.gateway()
+    gw = rig.gateway(protocol="3.1.1")
     h.wait_for(_births_done, what="births")
     (rig.folder / "meter-1.fault").write_text("unreachable")
     h.wait_for(lambda h: bool(h.of("DDEATH", "meter-1")), what="DDEATH of meter-1")
@@ -198,6 +198,11 @@ def test_device_offline_is_ddeath_and_back_is_dbirth(rig: Rig) -> None:
     h.wait_for(lambda h: any(m.index > death for m in h.of("DBIRTH", "meter-1")), what="DBIRTH of meter-1 again")
     rebirth = next(m for m in h.of("DBIRTH", "meter-1") if m.index > death).index
     h.wait_for(lambda h: any(m.index > rebirth for m in h.of("DDATA", "meter-1")), what="DDATA of meter-1 again")
+    # MQTT 3.1.1 has no "disconnect with will": a clean stop publishes NDEATH before its DISCONNECT
+    # ([tck-id-payloads-ndeath-will-message-publisher-disconnect-mqtt311]).
+    assert _stop(gw) == 0
+    h.wait_for(lambda h: bool(h.ndeaths), what="NDEATH on a clean 3.1.1 stop")
+    assert h.ndeaths[-1].bdseq == h.nbirths[-1].bdseq
     h.check()
 
 
