@@ -160,8 +160,10 @@ class SparkplugUplink(BufferedUplink):
 
     async def _session(self, link: MqttLink) -> None:
         assert isinstance(link, SparkplugLink)
-        if self.spb.primary_host_id and not await self._wait_for_host(link):
-            return
+        if self.spb.primary_host_id:
+            await self._commit_acks()  # the last session's acknowledgements, before a wait that may be long
+            if not await self._wait_for_host(link):
+                return
         self._live_from = max(self._committed_max, self.stats.newest_seq if self.stats else 0)
         self._birth(link)
         log.info("sparkplug: NBIRTH as %s/%s (bdSeq %d), %d device(s) born", self.node.group_id,
