@@ -164,7 +164,7 @@ class SparkplugUplink(BufferedUplink):
             await self._commit_acks()  # the last session's acknowledgements, before a wait that may be long
             if not await self._wait_for_host(link):
                 return
-        self._live_from = max(self._committed_max, self.stats.newest_seq if self.stats else 0)
+        self._live_from = self._accepted_upto()
         self._birth(link)
         log.info("sparkplug: NBIRTH as %s/%s (bdSeq %d), %d device(s) born", self.node.group_id,
                  self.node.edge_node_id, self.node.bdseq, len(self.node.born_devices))
@@ -222,9 +222,18 @@ class SparkplugUplink(BufferedUplink):
                                                  unsynced):
                 link.publish0(topic, payload)
         # The PUBACK of this QoS 1 message acknowledges the DDATA before it (see the module docstring).
-        mid = link.publish(f"{self.prefix}/sparkplug/delivered", str(rows[-1].seq))
-        self._inflight[mid] = [r.seq for r in rows]
+        self._track(link.publish(f"{self.prefix}/sparkplug/delivered", str(rows[-1].seq)), [r.seq for r in rows])
         self.state.published += len(rows)
+
+    # The two places that touch BufferedUplink's bookkeeping (where its split by job moves it, only these change).
+
+    def _accepted_upto(self) -> int:
+        """The highest seq committed so far, by this process or found in the buffer at start."""
+        return max(self._committed_max, self.stats.newest_seq if self.stats else 0)
+
+    def _track(self, mid: int, seqs: list[int]) -> None:
+        """The PUBACK of ``mid`` acknowledges ``seqs``."""
+        self._inflight[mid] = seqs
 
     def device_status(self, device: str, state: str, error: str | None) -> None:
         link = self._link
