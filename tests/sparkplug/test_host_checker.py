@@ -74,3 +74,10 @@ def test_a_repeated_bdseq_after_death(tmp_path: Path) -> None:
     h, n = _host(), _node(tmp_path)
     _feed(h, [*n.birth(1), n.will(2), *n.birth(3)])
     assert any(v.startswith("[tck-id-topics-nbirth-bdseq-increment]") for v in h.violations), h.violations
+
+
+def test_a_device_message_without_a_device_id(tmp_path: Path) -> None:
+    h, n = _host(), _node(tmp_path)
+    (_, nbirth), (_, dbirth) = n.birth(1)
+    _feed(h, [("spBv1.0/g/NBIRTH/n", nbirth), ("spBv1.0/g/DBIRTH/n", dbirth)])
+    assert any(v.startswith("[tck-id-topic-structure]") for v in h.violations), h.violations

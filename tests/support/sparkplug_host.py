@@ -265,6 +265,12 @@ class SparkplugHost:
         if p is None:
             return
         k = m.kind
+        parts = m.topic.split("/")
+        if len(parts) != (5 if k.startswith("D") else 4) or not all(parts):
+            # spBv1.0/group/TYPE/node for node messages, .../node/device for device messages.
+            self._violate("tck-id-topic-structure", f"{m.topic}: not namespace/group_id/{k}/edge_node_id"
+                          + ("/device_id" if k.startswith("D") else ""))
+            return
         if self._resync and k != "NBIRTH":
             # We may have missed the birth of the session these belong to: keep the values (aliases
             # are those of the last birth seen), check nothing until the rebirth we asked for.
