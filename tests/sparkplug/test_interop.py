@@ -1,9 +1,10 @@
-"""Our payloads read by a Sparkplug library the project did not write (pysparkplug, LLNL/matteosox).
+"""Our payloads read by Sparkplug libraries the project did not write: pysparkplug and mqtt-spb-wrapper.
 
-pysparkplug declares ``paho-mqtt<2`` while fieldgate needs paho-mqtt 2, so it cannot be a
-dependency of the ``test`` extra (pip would refuse the set); install it beside, without its
-dependencies, to run this check: ``pip install --no-deps pysparkplug``. Only its payload
-classes are used (protobuf), never its client. Skipped when it is not installed.
+Both pin what fieldgate cannot have (pysparkplug ``paho-mqtt<2``; mqtt-spb-wrapper
+``paho_mqtt==1.6.1, protobuf==3.20.3``), so neither can be in the ``test`` extra (pip would
+refuse the set). Install them beside, without their dependencies, to run these checks:
+``pip install --no-deps pysparkplug mqtt-spb-wrapper``. Only their payload decoders are used
+(protobuf), never their MQTT clients. Each test skips when its library is not installed.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from pathlib import Path
 import pytest
 from fieldgate.sparkplug import codec
 from fieldgate.sparkplug.node import Catalogue, EdgeNode
-
-spb = pytest.importorskip("pysparkplug", reason="pip install --no-deps pysparkplug (see the module docstring)")
 
 
 def _node(tmp_path: Path) -> EdgeNode:
@@ -26,6 +25,7 @@ def _node(tmp_path: Path) -> EdgeNode:
 
 
 def test_pysparkplug_decodes_births_data_and_death(tmp_path: Path) -> None:
+    spb = pytest.importorskip("pysparkplug", reason="pip install --no-deps pysparkplug (see the module docstring)")
     node = _node(tmp_path)
     (_, nbirth), (_, dbirth_raw) = node.birth(1_700_000_000_000)
     nb = spb.NBirth.decode(nbirth)
@@ -48,3 +48,22 @@ def test_pysparkplug_decodes_births_data_and_death(tmp_path: Path) -> None:
     nd = spb.NDeath.decode(node.will(1_700_000_000_900)[1])
     assert nd.bd_seq_metric.name == "bdSeq" and nd.bd_seq_metric.value == 9
     assert codec.decode(node.will(1)[1]).metrics[0].name == "bdSeq"
+
+
+def test_mqtt_spb_wrapper_decodes_births_and_data_with_their_properties(tmp_path: Path) -> None:
+    wrapper = pytest.importorskip("mqtt_spb_wrapper",
+                                  reason="pip install --no-deps mqtt-spb-wrapper (see the module docstring)")
+    node = _node(tmp_path)
+    (_, nbirth), (_, dbirth) = node.birth(1_700_000_000_000)
+    nb = wrapper.SpbPayloadParser(nbirth).payload
+    assert nb["seq"] in (0, "0")
+    assert {m["name"]: m["value"] for m in nb["metrics"]} == {"bdSeq": 9, "Node Control/Rebirth": False}
+    db = wrapper.SpbPayloadParser(dbirth).payload
+    voltage = next(m for m in db["metrics"] if m["name"] == "voltage")
+    assert voltage["properties"]["key_value"] == {"engUnit": "V"} and voltage["datatype"] == codec.DOUBLE
+    reading = {"voltage": {"value": 230.1, "unit": "V", "quality": "uncertain", "reason": "stale"}}
+    (_, ddata), = node.data("m1", reading, 1_700_000_000_500, 77, False, 1_700_000_000_600)
+    dd = wrapper.SpbPayloadParser(ddata).payload
+    (m,) = dd["metrics"]
+    assert int(m["alias"]) == int(voltage["alias"]) and m["doubleValue"] == 230.1 and "name" not in m
+    assert m["properties"]["key_value"] == {"Quality": 500, "reason": "stale", "fieldgate_seq": 77}
