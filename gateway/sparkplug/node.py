@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -46,18 +47,23 @@ Message = tuple[str, bytes]
 def _read_small(path: Path) -> bytes | None:
     """The file's bytes, None when it does not exist.
 
+    Opened non-blocking and checked to be a regular file before any read: a FIFO put in its
+    place would otherwise block the open for good, and a device would never end.
+
     Raises:
         OSError: unreadable, not a regular file, or too large to be ours.
     """
     try:
-        with path.open("rb") as f:
-            if not os.path.isfile(path):
-                raise OSError(f"{path} is not a regular file")
-            data = f.read(_MAX_FILE + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    except IsADirectoryError as exc:
-        raise OSError(f"{path} is a directory") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(_MAX_FILE + 1)
+    finally:
+        os.close(fd)
     if len(data) > _MAX_FILE:
         raise OSError(f"{path} is larger than {_MAX_FILE} bytes")
     return data

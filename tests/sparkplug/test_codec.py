@@ -200,3 +200,23 @@ def test_an_unsynced_clock_is_said_on_every_value(tmp_path: Path) -> None:
     raw = codec.device_data(1, 1, {"x": MetricDef("x", 7, DOUBLE)}, {"x": {"value": 1.0}}, fg_seq=3,
                             historical=False, clock_unsynced=True)
     assert _props(decode(raw).metrics[0])["clock"] == "unsynced"
+
+
+@pytest.mark.parametrize("name", [BDSEQ_FILE, CATALOGUE_FILE])
+@pytest.mark.timeout(10)
+def test_a_fifo_or_device_in_place_of_a_state_file_does_not_hang(tmp_path: Path, name: str) -> None:
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / name)  # opening a FIFO for reading blocks until a writer comes: never
+    done = threading.Event()
+
+    def load() -> None:
+        if name == BDSEQ_FILE:
+            BdSeqStore(tmp_path).next()
+        else:
+            Catalogue(tmp_path).load()
+        done.set()
+
+    threading.Thread(target=load, daemon=True).start()
+    assert done.wait(2), f"reading {name} as a FIFO hangs"
