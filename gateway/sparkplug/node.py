@@ -135,8 +135,9 @@ class Catalogue:
             aliases = [d.alias for m in devices.values() for d in m.values()]
             if len(aliases) != len(set(aliases)) or any(a < 1 for a in aliases):
                 raise ValueError("aliases are not unique positive numbers")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            self.problem = f"{self.path} is not a metric catalogue ({exc.__class__.__name__}: {exc})"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # RecursionError: a file of deeply nested brackets (json.loads recurses per level).
+            self.problem = f"{self.path} is not a metric catalogue ({exc.__class__.__name__}: {str(exc)[:100]})"
             log.warning("sparkplug: %s; learning the metrics again from the readings", self.problem)
             return
         self.devices = devices
