@@ -26,6 +26,11 @@ from typing import Any
 from ..provision import _atomic_write
 from . import NAMESPACE
 from .codec import (
+    BOOLEAN,
+    DOUBLE,
+    INT64,
+    STRING,
+    UINT64,
     MetricDef,
     device_birth,
     device_data,
@@ -42,6 +47,7 @@ CATALOGUE_FILE = "sparkplug-metrics.json"
 _MAX_FILE = 4 * 1024 * 1024  # a catalogue is a few KiB; anything this large is not ours
 
 Message = tuple[str, bytes]
+_DATATYPES = frozenset((INT64, UINT64, DOUBLE, BOOLEAN, STRING))  # those merge_datatype gives
 
 
 def _read_small(path: Path) -> bytes | None:
@@ -129,12 +135,17 @@ class Catalogue:
             obj = json.loads(data)
             devices: dict[str, dict[str, MetricDef]] = {}
             for dev, metrics in obj["devices"].items():
-                devices[str(dev)] = {
-                    str(name): MetricDef(str(name), int(alias), int(dtype), None if unit is None else str(unit))
-                    for name, (alias, dtype, unit) in metrics.items()}
+                defs: dict[str, MetricDef] = {}
+                for name, (alias, dtype, unit) in metrics.items():
+                    # Only what this module writes: aliases 1..2^63-1, our datatypes, a unit string or null.
+                    if not (type(alias) is int and 1 <= alias < 2**63 and dtype in _DATATYPES
+                            and (unit is None or isinstance(unit, str))):
+                        raise ValueError(f"metric {name!r} of {dev!r}: {[alias, dtype, unit]!r}"[:120])
+                    defs[str(name)] = MetricDef(str(name), alias, dtype, unit)
+                devices[str(dev)] = defs
             aliases = [d.alias for m in devices.values() for d in m.values()]
-            if len(aliases) != len(set(aliases)) or any(a < 1 for a in aliases):
-                raise ValueError("aliases are not unique positive numbers")
+            if len(aliases) != len(set(aliases)):
+                raise ValueError("aliases are not unique")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             # RecursionError: a file of deeply nested brackets (json.loads recurses per level).
             self.problem = f"{self.path} is not a metric catalogue ({exc.__class__.__name__}: {str(exc)[:100]})"

@@ -145,7 +145,9 @@ def test_catalogue_learns_keeps_aliases_unique_and_survives_a_restart(tmp_path: 
 
 
 @pytest.mark.parametrize("text", ["{", "[]", "[" * 200_000, '{"devices": ' * 50_000, '{"devices": {"a": {"v": [1]}}}',
-                                  '{"devices": {"a": {"v": [1, 4, null]}, "b": {"w": [1, 4, null]}}}'])
+                                  '{"devices": {"a": {"v": [1, 4, null]}, "b": {"w": [1, 4, null]}}}',
+                                  '{"devices": {"a": {"v": [1180591620717411303424, 4, null]}}}',
+                                  '{"devices": {"a": {"v": [1, 99, null]}}}', '{"devices": {"a": {"v": [1, 4, 7]}}}'])
 def test_a_damaged_catalogue_is_learned_again(tmp_path: Path, text: str) -> None:
     (tmp_path / CATALOGUE_FILE).write_text(text)
     c = Catalogue(tmp_path)
