@@ -52,10 +52,16 @@ def fill(data: Path, rows: int, metrics: int, devices: int) -> None:
     buf.close()
 
 
-async def drain(fmt: str, port: int, folder: Path, rows: int) -> tuple[float, float]:
+SIM_PROFILE = Path(__file__).resolve().parents[1] / "drivers" / "sim" / "profiles" / "energy-meter.yaml"
+
+
+async def drain(fmt: str, port: int, folder: Path, rows: int, devices: int) -> tuple[float, float]:
+    # The devices are configured (an output treats readings of unconfigured devices as a removed
+    # device's backlog) but never polled: only the output is built, no supervisor.
+    devs = "".join(f"  - {{id: dev-{i}, driver: sim, profile: {SIM_PROFILE}}}\n" for i in range(devices))
     text = (f"gateway: {{id: gw-b, data_dir: {folder}}}\n"
             f"mqtt: {{host: 127.0.0.1, port: {port}, format: {fmt}}}\n"
-            "sparkplug: {group_id: bench}\nweb: {enabled: false}\n")
+            f"sparkplug: {{group_id: bench}}\nweb: {{enabled: false}}\ndevices:\n{devs}")
     out = await make_output(load_config_text(text, str(folder / "f.yaml")).config)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     task = asyncio.create_task(out.run())
@@ -103,7 +109,7 @@ def main() -> None:
         for fmt in ("json", "sparkplug"):
             folder = Path(tmp) / fmt
             fill(folder, args.rows, args.metrics, args.devices)
-            cpu, wall = asyncio.run(drain(fmt, broker.port, folder, args.rows))
+            cpu, wall = asyncio.run(drain(fmt, broker.port, folder, args.rows, args.devices))
             print(f"  {fmt:9s} {cpu / values * 1e6:6.2f} us CPU per value   {args.rows / wall:8,.0f} readings/s "
                   f"({cpu:.2f} s CPU, {wall:.2f} s wall)")
     t_json, t_spb, b_json, b_spb = encode_only(args.rows, args.metrics)

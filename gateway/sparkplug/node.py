@@ -293,7 +293,7 @@ class EdgeNode:
 
     def data(self, device: str, metrics: dict[str, Any], ts_ms: int, fg_seq: int, historical: bool,
              now_ms: int, clock_unsynced: bool = False) -> list[Message]:
-        """DDATA of one reading (after a DBIRTH if the device is not born; a DDEATH after if it is offline)."""
+        """DDATA of one reading, after a DBIRTH if the device is not born (:meth:`settle` ends a turn)."""
         out: list[Message] = []
         if device not in self.born_devices:
             out.append(self._device_birth(device, now_ms))
@@ -304,8 +304,15 @@ class EdgeNode:
             last = self.last.setdefault(device, {})
             for name, point in metrics.items():
                 last[name] = (point.get("value"), ts_ms, point.get("quality"), point.get("reason"))
-        if self._away(device):
-            # Its backlog went out; the device is still away (or gone from the configuration): say so again.
-            self.born_devices.discard(device)
-            out.append((self.topic("DDEATH", device), device_death(now_ms, self.next_seq())))
         return out
+
+    def settle(self, now_ms: int) -> list[Message]:
+        """After a publishing turn: DDEATH for each device born to send its backlog that is still away.
+
+        Once per turn, not per reading: a removed or offline device's backlog of thousands of readings
+        is one DBIRTH and one DDEATH per turn, not a pair around every reading.
+        """
+        away = [d for d in self.born_devices if self._away(d)]
+        for dev in away:
+            self.born_devices.discard(dev)
+        return [(self.topic("DDEATH", dev), device_death(now_ms, self.next_seq())) for dev in sorted(away)]

@@ -221,6 +221,8 @@ class SparkplugUplink(BufferedUplink):
             for topic, payload in self.node.data(r.device, metrics, r.ts_ms, r.seq, r.seq <= self._live_from, now,
                                                  unsynced):
                 link.publish0(topic, payload)
+        for topic, payload in self.node.settle(now):
+            link.publish0(topic, payload)
         # The PUBACK of this QoS 1 message acknowledges the DDATA before it (see the module docstring).
         self._track(link.publish(f"{self.prefix}/sparkplug/delivered", str(rows[-1].seq)), [r.seq for r in rows])
         self.state.published += len(rows)

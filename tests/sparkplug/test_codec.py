@@ -173,9 +173,11 @@ def test_an_offline_device_is_born_then_declared_dead(tmp_path: Path) -> None:
     n.status("d", "offline", 0)
     kinds = [t.split("/")[2] for t, _p in n.birth(0)]
     assert kinds == ["NBIRTH", "DBIRTH", "DDEATH"]
-    # its backlog: DBIRTH, DDATA, DDEATH again (it is still away)
-    kinds = [t.split("/")[2] for t, _p in n.data("d", {"v": {"value": 1}}, 0, 1, True, 0)]
-    assert kinds == ["DBIRTH", "DDATA", "DDEATH"]
+    # its backlog: DBIRTH, DDATA..., and one DDEATH when the turn ends (it is still away)
+    kinds = [t.split("/")[2] for i in range(3) for t, _p in n.data("d", {"v": {"value": i}}, 0, i, True, 0)]
+    kinds += [t.split("/")[2] for t, _p in n.settle(0)]
+    assert kinds == ["DBIRTH", "DDATA", "DDATA", "DDATA", "DDEATH"]
+    assert n.settle(0) == []
     assert [t.split("/")[2] for t, _p in n.status("d", "online", 0)] == ["DBIRTH"]
     assert n.status("d", "degraded", 0) == []
 
