@@ -197,6 +197,10 @@ class SparkplugUplink(BufferedUplink):
 
     def _publish_rows(self, link: MqttLink, rows: list[Row], batched: bool, per_message: int) -> None:
         assert isinstance(link, SparkplugLink)
+        if self._leaving is not None:
+            # The primary host went offline: nothing more before the NDEATH. These rows are not
+            # acknowledged, so the next session reads them from the buffer again.
+            return
         parsed: list[tuple[Row, dict[str, Any], bool]] = []
         for r in rows:
             try:

@@ -266,3 +266,21 @@ def test_a_flood_of_rebirth_requests_is_coalesced_and_the_last_one_is_honoured(r
     # A burst of 3, then one a second: 30 requests are not 30 births (each is every DBIRTH again).
     assert len(births) <= 3 + elapsed + 1, (len(births), elapsed)
     h.check()
+
+
+def test_a_host_that_crashes_is_seen_by_its_will_and_the_node_waits_for_it(rig: Rig) -> None:
+    h = rig.host
+    gw = rig.gateway()
+    h.wait_for(_births_done, what="births")
+    bd = h.nbirths[-1].bdseq
+    # A second host application watches: the first one dies (its will says STATE offline).
+    with SparkplugHost(rig.broker.host, rig.broker.port, host_id="watcher", group=h.group, node=h.node,
+                       joins_late=True) as w:
+        w.wait_for(lambda w: bool(w.nbirths), what="the rebirth the late watcher asked for")
+        h.crash()
+        w.wait_for(lambda w: any(d.bdseq == bd for d in w.ndeaths),
+                   what="[tck-id-operational-behavior-edge-node-termination-host-offline] NDEATH after the host's will")
+        _wait_log(gw, "waiting for primary host", 2)
+        h.connect()  # back, with a newer timestamp
+        w.wait_for(lambda w: any(b.bdseq == (bd + 1) % 256 for b in w.nbirths), what="NBIRTH when the host is back")
+        w.check()

@@ -15,6 +15,7 @@ paho's network thread receives; waits are on a condition variable with a deadlin
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -96,10 +97,11 @@ class SparkplugHost:
         host, port: the broker.
         host_id: the Sparkplug host id (the edge node's ``primary_host_id``).
         group, node: the edge node whose rules are checked (other nodes' messages are kept, not checked).
+        joins_late: the node may be in a session already: ask for a rebirth and check from its NBIRTH.
     """
 
     def __init__(self, host: str, port: int, *, host_id: str = "scada", group: str = "plant",
-                 node: str = "gw-1") -> None:
+                 node: str = "gw-1", joins_late: bool = False) -> None:
         self.host, self.port = host, port
         self.host_id, self.group, self.node = host_id, group, node
         self.messages: list[SpbMessage] = []
@@ -122,7 +124,10 @@ class SparkplugHost:
         self.nbirths: list[SpbMessage] = []
         self.ndeaths: list[SpbMessage] = []
         self.connects = 0
-        self._resync = False  # after a reconnect of ours: record, check again from the next NBIRTH
+        self._dead_seq: int | None = None  # the last seq of the session an NDEATH ended
+        self.late: list[SpbMessage] = []  # its messages that arrived after the NDEATH
+        self.joins_late = joins_late
+        self._resync = joins_late  # after a reconnect of ours: record, check again from the next NBIRTH
         self._subscribed = threading.Event()
 
     # --- connection and STATE ------------------------------------------------------------------
@@ -175,7 +180,7 @@ class SparkplugHost:
     def _on_subscribe(self, c: mqtt.Client, *_a: Any) -> None:
         # STATE after the subscription ([tck-id-payloads-state-subscribe], [tck-id-payloads-state-birth]).
         c.publish(self.state_topic, self._state(self.online), qos=1, retain=True)
-        if self.connects > 1:
+        if self.connects > 1 or self.joins_late:
             self.rebirth()
         self._subscribed.set()
 
@@ -198,6 +203,20 @@ class SparkplugHost:
             self._client.disconnect()
         self._client.loop_stop()
         self._client = None
+
+    def crash(self) -> None:
+        """Die without a word (a SCADA server that loses power): the broker sends our will, STATE offline."""
+        if self._client is None:
+            return
+        sock = self._client.socket()
+        self._client.loop_stop()
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)  # no DISCONNECT: the broker publishes the will
+            sock.close()
+        self._client = None
+        with self._cond:
+            self.online = False
+            self._offline_at = len(self.messages)
 
     def __enter__(self) -> Self:
         return self.connect()
@@ -299,6 +318,7 @@ class SparkplugHost:
             if self._born and m.bdseq == self._bdseq:
                 self._born = False
                 self._devices_alive.clear()
+                self._dead_seq = self._seq
             self._last_death_bdseq = m.bdseq
             return
         # Every other edge node message: QoS 0, not retained, a timestamp and a seq.
@@ -315,6 +335,13 @@ class SparkplugHost:
             return
         if k == "NBIRTH":
             self._check_nbirth(m, p)
+            return
+        if not self._born and self._dead_seq is not None and p.seq == (self._dead_seq + 1) % 256:
+            # A message of the session that just died, delivered after its NDEATH: the broker orders
+            # QoS 0 and QoS 1 messages independently, so a will may overtake DATA sent before it
+            # (a host reorders by seq). On the same connection, so not a message after death.
+            self._dead_seq = p.seq
+            self.late.append(m)
             return
         if not self._born:
             tck = ("tck-id-message-flow-device-birth-publish-nbirth-wait" if k == "DBIRTH"
@@ -363,6 +390,7 @@ class SparkplugHost:
             self._violate("tck-id-message-flow-edge-node-birth-publish-phid-wait",
                           "NBIRTH on a new connection while the primary host is offline")
         self._born, self._bdseq, self._seq, self._data_seen = True, bd, 0, False
+        self._dead_seq = None
         self._aliases = {}  # a birth defines the aliases of its session afresh
         self._devices_alive.clear()
         self._devices_dead.clear()
