@@ -69,7 +69,7 @@ $(VENV)/.installed-test: pyproject.toml
 	@touch $@ $(VENV)/.installed-demo
 
 lint: deps
-	$(PIP) install -q ruff mypy types-PyYAML
+	$(PIP) install -q ruff mypy types-PyYAML types-protobuf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
@@ -78,7 +78,7 @@ lint: deps
 # tree of links that mirrors the package (setuptools' editable install is an import hook mypy
 # cannot see); tests/test_typecheck_layout.py keeps the tree complete. Plain `mypy` does the same.
 typecheck:
-	$(PIP) install -q mypy types-PyYAML
+	$(PIP) install -q mypy types-PyYAML types-protobuf
 	$(VENV)/bin/mypy
 
 bench: deps

@@ -90,6 +90,9 @@ class MqttConfig(Model):
         None, gt=0, description="cap on messages/s while replaying a backlog (metered links)"
     )
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    format: Literal["json", "sparkplug"] = Field(
+        "json", description="json: the fieldgate contract; sparkplug: a Sparkplug B 3.0 edge node instead "
+        "(section sparkplug, docs/sparkplug.md)")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -102,6 +105,20 @@ class MqttConfig(Model):
     def effective_port(self) -> int:
         """The configured port, or the protocol default."""
         return self.port or (8883 if self.tls else 1883)
+
+
+_SPARKPLUG_ID = r"^[^/+#]+$"  # no "/", "+" or "#" ([tck-id-topic-structure-namespace-valid-group-id])
+
+
+class SparkplugConfig(Model):
+    """The Sparkplug B edge node (with ``mqtt.format: sparkplug``)."""
+
+    group_id: str | None = Field(None, pattern=_SPARKPLUG_ID,
+                                 description="the Sparkplug group of this edge node (required by format sparkplug)")
+    edge_node_id: str | None = Field(None, pattern=_SPARKPLUG_ID, description="default: the gateway id")
+    primary_host_id: str | None = Field(
+        None, pattern=_SPARKPLUG_ID, description="wait for this host application's STATE online before "
+        "NBIRTH, and leave when it goes offline (Ignition: its Primary Host ID); absent: do not wait")
 
 
 class BufferConfig(Model):
@@ -244,6 +261,13 @@ class GatewayConfig(Model):
     web: WebConfig = Field(default_factory=WebConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
+
+    @model_validator(mode="after")
+    def _sparkplug_section(self) -> GatewayConfig:
+        if self.mqtt is not None and self.mqtt.format == "sparkplug" and self.sparkplug.group_id is None:
+            raise ValueError("mqtt.format is sparkplug: add a sparkplug section with at least group_id")
+        return self
 
 
 @dataclass(slots=True)

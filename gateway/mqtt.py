@@ -221,14 +221,22 @@ class MqttLink:
             self.error = UplinkError(msg, hint=hint)
             return
         if self.subscriptions:
-            self.client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.subscriptions])
+            self._subscribe(list(self.subscriptions))
         self.connected.set()
 
     def subscribe(self, topic_filter: str, handler: InboundHandler) -> None:
         """Add a subscription: at once when connected, and again on every connect."""
         self.subscriptions[topic_filter] = handler
         if self.connected.is_set():
-            self.client.subscribe([(topic_filter, SubscribeOptions(qos=1))])
+            self._subscribe([topic_filter])
+
+    def _subscribe(self, filters: list[str]) -> None:
+        # paho takes SubscribeOptions under MQTT 5 only; under 3.1.1 it raised "Invalid QoS level"
+        # in the CONNACK callback, and a 3.1.1 gateway that listened never got its first connection.
+        if self.cfg.protocol == "5":
+            self.client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+        else:
+            self.client.subscribe([(f, 1) for f in filters])
 
     def unsubscribe(self, topic_filter: str) -> None:
         if self.subscriptions.pop(topic_filter, None) is not None and self.connected.is_set():

@@ -28,6 +28,8 @@ Why each key is where it is:
   for every command, so revoking a device stops its writes at once.
 * ``commands.enabled``, ``remember``, ``remember_max``: the store and the command
   subscription are opened at start.
+* ``mqtt.format`` and ``sparkplug.*``: the output (JSON or a Sparkplug edge node) and
+  the edge node's ids are chosen at start (a host pairs births and deaths by them).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ RESTART_KEYS = frozenset({
     "buffer.max_bytes", "buffer.max_age", "buffer.durability", "buffer.spill_max",
     "web.enabled", "web.listen", "web.password", "web.allowed_hosts", "web.history_max_bytes", "web.commands",
     "commands.enabled", "commands.remember", "commands.remember_max",
+    "mqtt.format", "sparkplug.group_id", "sparkplug.edge_node_id", "sparkplug.primary_host_id",
 })
 
 RELOAD_TIME_LIMIT_S = 15.0
@@ -88,8 +91,10 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
         plan.restart_required.append("mqtt")
     elif old.mqtt is not None:
         before, after = _leaves(old.mqtt, "mqtt"), _leaves(new.mqtt, "mqtt")
-        plan.applied += [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
-    for section in ("gateway", "buffer", "web", "commands"):
+        changed = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+        plan.applied += [k for k in changed if k not in RESTART_KEYS]
+        plan.restart_required += [k for k in changed if k in RESTART_KEYS]
+    for section in ("gateway", "buffer", "web", "commands", "sparkplug"):
         before = _leaves(getattr(old, section), section)
         after = _leaves(getattr(new, section), section)
         for key in sorted(before.keys() | after.keys()):

@@ -49,7 +49,16 @@ async def make_output(cfg: GatewayConfig, *, stdout: bool = False, file: str = "
         raise NoUplink(file)
     from .uplink import BufferedUplink
 
-    uplink = BufferedUplink(cfg)
+    uplink: BufferedUplink
+    if cfg.mqtt.format == "sparkplug":  # exclusive: the Sparkplug edge node replaces the JSON output
+        try:
+            from .sparkplug.output import SparkplugUplink
+        except ImportError as exc:
+            raise GatewayError(f"mqtt.format sparkplug needs the sparkplug extra ({exc})",
+                               hint="pip install 'fieldgate[sparkplug]'") from exc
+        uplink = SparkplugUplink(cfg)
+    else:
+        uplink = BufferedUplink(cfg)
     await uplink.start()
     return uplink
 

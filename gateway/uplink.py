@@ -414,14 +414,18 @@ class BufferedUplink:
         if event_id is not None:
             self._acked_events.append(event_id)
 
+    def _new_link(self) -> MqttLink:
+        """The connection of one attempt: its last will and the inbound subscriptions (a subclass's own will)."""
+        return MqttLink(self.mqtt, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
+                        (f"{self.prefix}/status", self._gateway_status("offline")), self._on_ack,
+                        {self._full_filter(f, under): h for (f, under), h in self._listening.items()})
+
     async def _connection_loop(self) -> None:
         failures = 0
         while True:
             self._reconnect.clear()
             self._take_new_settings()
-            link = MqttLink(self.mqtt, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
-                            (f"{self.prefix}/status", self._gateway_status("offline")), self._on_ack,
-                            {self._full_filter(f, under): h for (f, under), h in self._listening.items()})
+            link = self._new_link()
             self.state.state = "connecting"
             self._connecting = link
             try:
