@@ -58,6 +58,8 @@ async def test_a_listener_gets_messages_under_the_prefix_with_their_retain_flag_
             await asyncio.to_thread(_retry_publish, mosquitto, "fieldgate/gw-t/dev3/cmd", b"unheard", retain=True)
             await asyncio.to_thread(_retry_publish, mosquitto, "fieldgate/gw-t/probe", b"probe", retain=True)
             uplink.listen("probe", got.append)
+            # heard once now (the broker has the subscription), then again after the reconnect
+            await until(lambda: any(m.payload == b"probe" for m in got), what="the probe")
             await asyncio.to_thread(mosquitto.restart)
             await until(lambda: sum(m.payload == b"probe" for m in got) >= 2, what="the probe after a reconnect")
             assert [m.payload for m in got[n:] if m.payload != b"probe"] == []
