@@ -55,3 +55,12 @@ def test_unmatched_names_are_bounded() -> None:
     pack = "[" + ",".join(f'{{"n":"x{i}","v":{i}}}' for i in range(100)) + ',{"n":"humidity","v":1}]'
     dec.decode(pack.encode(), CF_SENML_JSON, now=NOW)
     assert len(dec.unmatched) <= 33 and sum(dec.unmatched.values()) == 100
+
+
+def test_two_points_for_one_record_name_are_refused() -> None:
+    """The decoder would feed only one of them: a profile error with both positions."""
+    import pytest
+
+    with pytest.raises(ValueError, match=r"points\[1\] \(temp\): matches the same SenML records as "
+                                         r"points\[0\] \(temperature, senml: temp\)"):
+        senml_profile({"name": "temperature", "senml": "temp"}, {"name": "temp"})
