@@ -40,8 +40,9 @@ from fieldgate_hwsim.modbus_sim import DeviceModel, ModbusSim, load_modbus_profi
 SECONDS_PER_STEP = 60.0
 
 #: Library profiles whose points this module derives from the site's state.
-SIMULATED = ("abb/b23", "carlo-gavazzi/em24", "janitza/umg604", "siemens/pac3200", "huawei/sun2000",
-             "victron/gx-system", "eastron/sdm630", "eastron/sdm120", "carlo-gavazzi/em111")
+SIMULATED = ("abb/b23", "carlo-gavazzi/em24", "janitza/umg604", "siemens/pac3200", "schneider/iem3155",
+             "huawei/sun2000", "kostal/plenticore", "growatt/tl3-x", "victron/gx-system", "eastron/sdm630",
+             "eastron/sdm120", "carlo-gavazzi/em111")
 
 # A value of the state is in its base unit; a profile may publish it in another one.
 _BASE = {"kW": ("W", 1e-3), "kvar": ("var", 1e-3), "kVA": ("VA", 1e-3), "Wh": ("kWh", 1e3),
@@ -121,12 +122,16 @@ class SiteModel(DeviceModel):
         st.update({"power_dc_total": dc, "efficiency": 100.0 * eff, "temperature_internal": 32.0 + 18.0 * irradiance,
                    "insulation_resistance": 3.0e6})
         if any(p.name == "power_dc_total" for p in self.profile.points):
-            # an inverter: its AC side carries the strings' power, not a load's
-            ac = dc * eff
-            st["power_total"] = ac
+            # an inverter: its AC side carries the strings' power (a third per phase), not a load's
+            ac, pf = dc * eff, 0.995
             for k in (1, 2, 3):
-                st[f"current_l{k}"] = ac / 3 / st.get(f"voltage_l{k}", 230.0) / max(st["power_factor_total"], 0.1)
-            st["reactive_power_total"] = ac * math.tan(math.acos(st["power_factor_total"]))
+                p_k = ac / 3
+                s_k = p_k / pf
+                st.update({f"power_l{k}": p_k, f"apparent_power_l{k}": s_k, f"power_factor_l{k}": pf,
+                           f"reactive_power_l{k}": s_k * math.sin(math.acos(pf)),
+                           f"current_l{k}": s_k / st.get(f"voltage_l{k}", 230.0)})
+            st.update({"power_total": ac, "apparent_power_total": ac / pf, "power_factor_total": pf,
+                       "reactive_power_total": ac / pf * math.sin(math.acos(pf))})
         # GX system: PV on the AC output, a DC-coupled charger, a battery, the grid makes up the rest
         soc = 60.0 + 25.0 * math.sin(self.phase + n * 0.01)
         v_bat = 51.2 + 0.02 * (soc - 50.0)
