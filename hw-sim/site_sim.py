@@ -40,9 +40,9 @@ from fieldgate_hwsim.modbus_sim import DeviceModel, ModbusSim, load_modbus_profi
 SECONDS_PER_STEP = 60.0
 
 #: Library profiles whose points this module derives from the site's state.
-SIMULATED = ("abb/b23", "carlo-gavazzi/em24", "janitza/umg604", "siemens/pac3200", "schneider/iem3155",
-             "huawei/sun2000", "kostal/plenticore", "growatt/tl3-x", "victron/gx-system", "eastron/sdm630",
-             "eastron/sdm120", "carlo-gavazzi/em111")
+SIMULATED = ("abb/b23", "carlo-gavazzi/em24", "carlo-gavazzi/em340", "janitza/umg604", "siemens/pac3200",
+             "schneider/iem3155", "huawei/sun2000", "kostal/plenticore", "growatt/tl3-x", "victron/gx-system",
+             "eastron/sdm630", "eastron/sdm120", "carlo-gavazzi/em111")
 
 # A value of the state is in its base unit; a profile may publish it in another one.
 _BASE = {"kW": ("W", 1e-3), "kvar": ("var", 1e-3), "kVA": ("VA", 1e-3), "Wh": ("kWh", 1e3),

@@ -23,8 +23,8 @@ from fieldgate_hwsim.site_sim import SIMULATED, SiteModel, SiteSim
 from tests.modbus.conftest import MODBUS_PROFILES, REPO, validate_reading
 
 #: The devices added for issue 20, each with a datasheet facts file beside its profile.
-NEW = ["abb/b23", "carlo-gavazzi/em24", "janitza/umg604", "siemens/pac3200", "schneider/iem3155", "huawei/sun2000",
-       "kostal/plenticore", "growatt/tl3-x", "victron/gx-system"]
+NEW = ["abb/b23", "carlo-gavazzi/em24", "carlo-gavazzi/em340", "janitza/umg604", "siemens/pac3200",
+       "schneider/iem3155", "huawei/sun2000", "kostal/plenticore", "growatt/tl3-x", "victron/gx-system"]
 FACTS = sorted(p.relative_to(REPO / "profiles").as_posix().removesuffix(".datasheet.toml")
                for p in (REPO / "profiles").rglob("*.datasheet.toml"))
 
@@ -94,8 +94,8 @@ def _values(name: str, steps: int) -> list[dict[str, float]]:
     return out
 
 
-@pytest.mark.parametrize("name", ["abb/b23", "carlo-gavazzi/em24", "janitza/umg604", "siemens/pac3200",
-                                  "eastron/sdm630", "schneider/iem3155"])
+@pytest.mark.parametrize("name", ["abb/b23", "carlo-gavazzi/em24", "carlo-gavazzi/em340", "janitza/umg604",
+                                  "siemens/pac3200", "eastron/sdm630", "schneider/iem3155"])
 def test_meter_simulator_is_physically_consistent(name: str) -> None:
     for v in _values(name, 5):
         for k in (1, 2, 3):
