@@ -227,9 +227,8 @@ class SiteModel(DeviceModel):
         value = self.state.get(p.name)
         if value is None:
             return None
-        base, factor = _BASE.get(p.unit or "", (p.unit, 1.0))
-        del base  # the state keeps each quantity in its base unit; only the factor matters
-        return value * factor
+        # the state keeps each quantity in its base unit (W, kWh, ...); a profile may publish another
+        return value * _BASE.get(p.unit or "", ("", 1.0))[1]
 
     def covered(self) -> set[str]:
         """The profile's points this model derives from the site (the rest are DeviceModel's)."""
