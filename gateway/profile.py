@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from .units import Duration, MetricName, unit_warning
 
@@ -46,12 +46,6 @@ class BasePoint(Model):
         None, description="with deadband: report at least this often even without change"
     )
 
-    @field_validator("range")
-    @classmethod
-    def _range_ordered(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and v[0] > v[1]:
-            raise ValueError(f"range minimum {v[0]} is above its maximum {v[1]}")
-        return v
 
 
 class BaseProfile(Model):
@@ -80,9 +74,37 @@ class BaseProfile(Model):
                 out.append(((("points", i, "name")), f"point name {point.name!r} is already used by "
                             f"points[{first[point.name]}]", "error"))
             first.setdefault(point.name, i)
-            if point.unit is not None and (problem := unit_warning(point.unit)) is not None:
-                out.append((("points", i, "unit"), problem, "warning"))
+            out.extend(point_field_checks(i, point.range, point.unit))
             if point.heartbeat is not None and point.deadband is None:
                 out.append((("points", i, "heartbeat"), "heartbeat has no effect without deadband",
                             "warning"))
         return out
+
+
+Check = tuple[tuple[str | int, ...], str, str]
+
+
+def point_field_checks(i: int, value_range: Any, unit: Any) -> list[Check]:
+    """Checks of a point's shared fields that need no validated model: ``(key path, message, severity)``.
+
+    A reversed range is checked here, not by a field validator: a schema error stops validation
+    before the semantic checks and would hide every other problem, so that errors arrived in
+    stages. The same checks run on the raw points when the schema fails (``raw_point_checks``).
+    """
+    out: list[Check] = []
+    if (isinstance(value_range, list | tuple) and len(value_range) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value_range)
+            and value_range[0] > value_range[1]):
+        out.append((("points", i, "range"), f"range minimum {float(value_range[0])} is above its maximum "
+                    f"{float(value_range[1])}", "error"))
+    if isinstance(unit, str) and (problem := unit_warning(unit)) is not None:
+        out.append((("points", i, "unit"), problem, "warning"))
+    return out
+
+
+def raw_point_checks(points: Any) -> list[Check]:
+    """``point_field_checks`` of unvalidated points, for a profile whose schema failed."""
+    if not isinstance(points, list):
+        return []
+    return [c for i, p in enumerate(points) if isinstance(p, dict)
+            for c in point_field_checks(i, p.get("range"), p.get("unit"))]
