@@ -48,6 +48,18 @@ class BasePoint(Model):
 
 
 
+class DerivedPoint(Model):
+    """A point computed from others of the same reading (``expr``, see ``fieldgate.expr``)."""
+
+    name: MetricName = Field(description="metric name in the reading message")
+    expr: str = Field(description="arithmetic over point names: + - * /, parentheses, abs min max sqrt")
+    unit: str | None = Field(None, description="SenML unit symbol")
+    description: str | None = None
+    decimals: int | None = Field(None, ge=0, le=12, description="round the value")
+    range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = Field(
+        None, description="[min, max] of plausible values; outside: quality bad, reason out_of_range")
+
+
 class BaseProfile(Model):
     """A device model's description, shared by all drivers."""
 
@@ -58,6 +70,8 @@ class BaseProfile(Model):
     description: str | None = None
     datasheet: str | None = Field(None, description="document and table the addresses come from")
     points: list[BasePoint] = Field(min_length=1)
+    derived: list[DerivedPoint] = Field(
+        default_factory=list, description="points computed from the others of each reading (sum of phases, ...)")
     test_vectors: list[dict[str, Any]] | None = Field(
         None, description="datasheet examples: raw input and expected values, used by tests"
     )
@@ -78,6 +92,26 @@ class BaseProfile(Model):
             if point.heartbeat is not None and point.deadband is None:
                 out.append((("points", i, "heartbeat"), "heartbeat has no effect without deadband",
                             "warning"))
+        out.extend(self._derived_checks(set(first)))
+        return out
+
+    def _derived_checks(self, points: set[str]) -> list[tuple[tuple[str | int, ...], str, str]]:
+        """Each derived point reads only points and derived points defined before it."""
+        from .expr import ExpressionError, parse
+
+        out: list[tuple[tuple[str | int, ...], str, str]] = []
+        known = set(points)
+        for i, d in enumerate(self.derived):
+            if d.name in known:
+                what = "a point" if d.name in points else "a derived point"
+                out.append((("derived", i, "name"), f"{d.name!r} is already {what} of this profile", "error"))
+            try:
+                parse(d.expr, frozenset(known))
+            except ExpressionError as exc:
+                out.append((("derived", i, "expr"), str(exc), "error"))
+            out.extend(((("derived", *path[1:]), message, severity)
+                        for path, message, severity in point_field_checks(i, d.range, d.unit)))
+            known.add(d.name)
         return out
 
 

@@ -142,6 +142,9 @@ def test_gx_simulator_balances() -> None:
         for k in (1, 2, 3):
             supply = v[f"power_grid_l{k}"] + v[f"power_pv_ac_output_l{k}"] + battery_to_ac / 3
             assert v[f"power_consumption_l{k}"] == pytest.approx(supply, abs=2.0)
+        # the profile's derived totals, computed by the normalizer from the same reading
+        assert v["power_consumption_total"] == sum(v[f"power_consumption_l{k}"] for k in (1, 2, 3))
+        assert v["power_grid_total"] == sum(v[f"power_grid_l{k}"] for k in (1, 2, 3))
         assert v["power_battery"] == pytest.approx(v["voltage_battery"] * v["current_battery"], rel=0.01)
         assert v["battery_state"] == (1 if v["power_battery"] > 0 else 2)
 
@@ -193,7 +196,8 @@ def test_every_new_device_through_the_gateway_process(tmp_path: Path, mosquitto:
     try:
         def full(dev: str) -> list[dict[str, Any]]:
             # the readings that carry the every-6th-poll counters too
-            size = len(load_modbus_profile(NEW[ids.index(dev)]).points)
+            prof = load_modbus_profile(NEW[ids.index(dev)])
+            size = len(prof.points) + len(prof.derived)
             return [r for r in col.readings() if r["device"] == dev and len(r["metrics"]) == size]
 
         col.wait_for(lambda: all(len(full(d)) >= 2 for d in ids), timeout=60, what="two full readings per device")
