@@ -149,9 +149,9 @@ class Normalizer:
             worst = [u for u in used if u is not None and u[1] != _GOOD]
             value: Any = None
             quality, reason = _GOOD, None
-            if any(u[1] == _BAD or not isinstance(u[0], int | float) or isinstance(u[0], bool) for u in worst) \
-                    or any(isinstance(u[0], bool) or not isinstance(u[0], int | float) for u in used if u):
-                quality, reason = _BAD, "input_bad"
+            if any(u is not None and (u[1] == _BAD or isinstance(u[0], bool) or not isinstance(u[0], int | float))
+                   for u in used):
+                quality, reason = _BAD, "input_bad"  # bad, or not a number (a flag, a text)
             else:
                 try:
                     value = d.expr.evaluate({n: inputs[n][0] for n in d.expr.names})
