@@ -274,11 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     # The installer's path: each module registers its own subcommand(s) and handler.
-    from . import doctor, install, provision
+    from . import doctor, install, profiles_cmd, provision
 
     install.add_parser(sub)
     provision.add_parser(sub)
     doctor.add_parser(sub)
+    profiles_cmd.add_parser(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .driver import DriverClass, available_drivers, bus_key, connection_model, load_driver
 from .errors import ConfigError, DriverUnavailable
 from .listen import ListenAddress, is_loopback
-from .profile import BaseProfile, Model
+from .profile import BaseProfile, Model, raw_point_checks
 from .secret import Secret  # also importable from here, as before the move
 from .units import ByteSize, Duration, Identifier, PositiveDuration, RelPath
 from .validation import did_you_mean, internal_error, validate_model
@@ -396,6 +396,11 @@ def load_profile(
             out.add(smap, prefix, internal_error(f"{driver.name} profile checks", exc))
             return None, out.items
         for path, message, severity in checks:
+            out.add(smap, (*prefix, *path), message, severity)
+    else:
+        # the schema failed, so the model's checks cannot run: the field checks still can, so one
+        # pass reports them with the schema's errors instead of after the next edit
+        for path, message, severity in raw_point_checks(data.get("points")):
             out.add(smap, (*prefix, *path), message, severity)
     return profile, out.items
 

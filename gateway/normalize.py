@@ -12,11 +12,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .profile import BasePoint, BaseProfile
+from .expr import Expression, parse
+from .profile import BasePoint, BaseProfile, DerivedPoint
 from .schema import READING_SCHEMA, PointError, Quality, RawReading, iso_ms
 
 _GOOD = Quality.GOOD.value
 _BAD = Quality.BAD.value
+
+
+class _Derived:
+    __slots__ = ("decimals", "expr", "hi", "lo", "name", "unit")
+
+    def __init__(self, d: DerivedPoint) -> None:
+        self.name = d.name
+        self.unit = d.unit
+        self.decimals = d.decimals
+        self.lo, self.hi = (d.range[0], d.range[1]) if d.range else (-math.inf, math.inf)
+        self.expr: Expression = parse(d.expr)  # checked against the profile's names when it loaded
 
 
 class _Point:
@@ -51,6 +63,7 @@ class Normalizer:
         self.gateway = gateway
         self.device = device
         self.points = {p.name: _Point(p) for p in profile.points}
+        self.derived = [_Derived(d) for d in profile.derived]
         self.meta = meta
         # report-by-exception state: name -> (last reported value, last report ts)
         self._last: dict[str, tuple[Any, float]] = {}
@@ -66,6 +79,8 @@ class Normalizer:
         points = self.points
         overrides = raw.quality
         ts = raw.ts
+        # what derived points may read: name -> (value, quality, reason), before report-by-exception
+        inputs: dict[str, tuple[Any, str, str | None]] | None = {} if self.derived else None
         for name, value in raw.values.items():
             pt = points.get(name)
             if pt is None:
@@ -95,6 +110,8 @@ class Normalizer:
                     m["unit"] = pt.unit
                 metrics[name] = m
                 self._last.pop(name, None)
+                if inputs is not None:
+                    inputs[name] = (None, _BAD, value.reason)
                 continue
             elif isinstance(value, bool | str):
                 quality, reason = _GOOD, None
@@ -123,6 +140,8 @@ class Normalizer:
             if overrides and name in overrides and quality == _GOOD:
                 q, reason = overrides[name]
                 quality = q.value
+            if inputs is not None:
+                inputs[name] = (value, quality, reason)
             if pt.deadband is not None and quality == _GOOD and not self._changed(pt, value, ts):
                 continue
             m = {"value": value, "quality": quality}
@@ -131,6 +150,8 @@ class Normalizer:
             if reason:
                 m["reason"] = reason
             metrics[name] = m
+        if inputs is not None:
+            self._derive(inputs, metrics)
         if not metrics:
             return None
         msg: dict[str, Any] = {
@@ -145,6 +166,40 @@ class Normalizer:
         if self.meta:
             msg["meta"] = self.meta
         return msg
+
+    def _derive(self, inputs: dict[str, tuple[Any, str, str | None]], metrics: dict[str, dict[str, Any]]) -> None:
+        """Compute the derived points whose inputs are all in this reading (in profile order)."""
+        for d in self.derived:
+            used = [inputs.get(n) for n in d.expr.names]
+            if any(u is None for u in used):
+                continue  # an input not read this poll (every: N): nothing is made up
+            worst = [u for u in used if u is not None and u[1] != _GOOD]
+            value: Any = None
+            quality, reason = _GOOD, None
+            if any(u is not None and (u[1] == _BAD or isinstance(u[0], bool) or not isinstance(u[0], int | float))
+                   for u in used):
+                quality, reason = _BAD, "input_bad"  # bad, or not a number (a flag, a text)
+            else:
+                try:
+                    value = d.expr.evaluate({n: inputs[n][0] for n in d.expr.names})
+                except (ArithmeticError, ValueError):
+                    value = math.nan
+                if value != value or value in (math.inf, -math.inf):
+                    value, quality, reason = None, _BAD, "math_error"
+                else:
+                    if d.decimals is not None:
+                        value = round(value, d.decimals)
+                    if value < d.lo or value > d.hi:
+                        quality, reason = _BAD, "out_of_range"
+                    elif worst:  # an uncertain input makes the result as uncertain, for its reason
+                        quality, reason = worst[0][1], worst[0][2]
+            m: dict[str, Any] = {"value": value, "quality": quality}
+            if d.unit:
+                m["unit"] = d.unit
+            if reason:
+                m["reason"] = reason
+            metrics[d.name] = m
+            inputs[d.name] = (value, quality, reason)
 
     def _changed(self, pt: _Point, value: Any, ts: float) -> bool:
         last = self._last.get(pt.name)

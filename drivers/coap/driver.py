@@ -117,6 +117,8 @@ class CoapDriver:
         self.profile = ctx.profile
         self.conn = ctx.connection
         self.decoder = PayloadDecoder(self.profile)
+        # SenML records no point takes, and two records for one point, go to the events topic
+        self.decoder.on_event = lambda kind, **fields: ctx.event(kind, device=ctx.device_id, **fields)
 
     @staticmethod
     def bus_of(connection: Any) -> str | None:
@@ -272,6 +274,8 @@ class _ClientDriver(CoapDriver):
     def status(self) -> dict[str, Any]:
         """For the status page: the resource and, observed, how often it was (re-)registered."""
         doc: dict[str, Any] = {"uri": self.uri}
+        if self.decoder.unmatched or self.decoder.duplicates:
+            doc.update(unmatched_records=dict(self.decoder.unmatched), duplicate_records=self.decoder.duplicates)
         if isinstance(self, CoapObserveDriver):
             doc.update(registrations=self.registrations, lapses=self.lapses)
         return doc
@@ -427,6 +431,7 @@ class CoapPushDriver(CoapDriver):
             doc.update(accepted=route.accepted, dropped=route.dropped, refused=dict(route.refused),
                        flagged={IMPLAUSIBLE_TIME: route.decoder.flagged} if route.decoder.flagged else {},
                        failed=self.failed,
+                       unmatched_records=dict(route.decoder.unmatched), duplicate_records=route.decoder.duplicates,
                        last_report_age_s=round(time.monotonic() - route.last_report, 1)
                        if route.last_report is not None else None)
         if server is not None:

@@ -4,7 +4,9 @@ Four formats, chosen by the profile (``payload.format``):
 
 - ``senml``: RFC 8428 JSON or CBOR, by the request's Content-Format (110
   senml+json, 112 senml+cbor; sniffed when absent). Records map to points
-  by name; a pack with several times gives one reading per time, oldest
+  by name (records no point takes are counted by name and announced once,
+  two records for one point at one time make that point bad,
+  ``duplicate_record``); a pack with several times gives one reading per time, oldest
   first. A record whose unit differs from the point's is a ``unit_mismatch``.
 - ``json`` / ``cbor``: a document read with each point's dotted ``path``.
 - ``binary``: bytes read with the serial driver's ``FieldSpec`` and
@@ -32,7 +34,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fieldgate.codecs.checksums import CHECKSUMS
@@ -51,6 +54,11 @@ _ACCEPTED = {
     "binary": {None, CF_OCTETS},
 }
 MAX_PAYLOAD = 4096  # bytes; an NB-IoT report is tens of bytes, a CoAP datagram at most ~1 kB
+#: Distinct unmatched record names kept (and announced) per device; a device inventing names
+#: for every report must not grow the gateway's memory or flood the events topic.
+MAX_UNMATCHED_NAMES = 32
+#: The bucket of unmatched records beyond ``MAX_UNMATCHED_NAMES`` names.
+OTHER_NAMES = "(other names)"
 
 
 class PayloadError(ValueError):
@@ -80,6 +88,13 @@ class PayloadDecoder:
         self._paths = [(p.name, p.path.split(".")) for p in self.points if p.path]
         self._time_path = self.spec.time.split(".") if self.spec.time else None
         self.flagged = 0  # readings whose device time was implausible (replaced by the receive time)
+        #: SenML records no point takes, by name (at most MAX_UNMATCHED_NAMES names, then OTHER_NAMES)
+        self.unmatched: Counter[str] = Counter()
+        #: packs in which two records named one point at one time
+        self.duplicates = 0
+        #: ``on_event(kind, **fields)``: the device's events topic, set by the driver
+        self.on_event: Callable[..., None] | None = None
+        self._announced_duplicates: set[tuple[str, tuple[str, ...]]] = set()
         self._binary: BinaryDecoder | None = None
         if self.format == "binary":
             self._binary = BinaryDecoder([(p.name, p.field_spec()) for p in self.points], self.spec.byte_order)
@@ -117,9 +132,11 @@ class PayloadDecoder:
         except SenmlError as exc:
             raise PayloadError(f"SenML {'JSON' if is_json else 'CBOR'}: {exc}") from None
         by_time: dict[float, dict[str, Any]] = {}
-        for i, rec in enumerate(records):
+        sources: dict[tuple[float, str], list[str]] = {}
+        for rec in records:
             point = self._senml.get(rec.name) or self._senml.get(rec.local)
             if point is None:
+                self._unmatched(rec.name)
                 continue
             value: Any = rec.value
             if rec.unit is not None and point.unit is not None and rec.unit != point.unit:
@@ -127,14 +144,51 @@ class PayloadDecoder:
             elif isinstance(value, str) and point.unit is not None:
                 value = PointError("decode_error")  # text where the profile expects a measured number
             values = by_time.setdefault(rec.time, {})
-            if point.name in values:
-                # Two values of one point at one instant: which one the device meant cannot be known.
-                raise PayloadError(f"SenML record {i}: a second value of {_shown(rec.name)} at the same time")
+            seen = sources.setdefault((rec.time, point.name), [])
+            seen.append(rec.name)
+            if len(seen) > 1:
+                # Two values of one point at one instant (RFC 8428 5.1.6 lets the last win): which one
+                # the device meant cannot be known, so the point is bad and the rest of the pack stands.
+                if len(seen) == 2:
+                    self._duplicate(point.name, seen)
+                values[point.name] = PointError("duplicate_record")
+                continue
             values[point.name] = value
         if not by_time:
             names = ", ".join(_shown(n) for n in sorted({r.name for r in records})[:5]) or "none"
             raise PayloadError(f"no record names a point of the profile (records: {names})")
         return [self._reading(values, ts, now) for ts, values in sorted(by_time.items())]
+
+    def _unmatched(self, name: str) -> None:
+        """Count a record no point takes; announce a name the first time it is seen."""
+        key = name if name in self.unmatched or len(self.unmatched) < MAX_UNMATCHED_NAMES else OTHER_NAMES
+        first = key not in self.unmatched
+        self.unmatched[key] += 1
+        if first and key != OTHER_NAMES:
+            self._announce("senml_unmatched", names=[name], message=(
+                f"SenML record {_shown(name)} matches no point of the profile and is dropped"
+                f"{self._hint(name)}"))
+
+    def _hint(self, name: str) -> str:
+        """Why a record may not match: it carries a point's name where the profile expects its senml name."""
+        for point in self.points:
+            if point.senml and point.senml != point.name and name.rpartition(":")[2].rpartition("/")[2] == point.name:
+                return (f"; point {point.name!r} matches records named {point.senml!r}: "
+                        f"set senml: {point.name} or rename the device's record")
+        return ""
+
+    def _duplicate(self, point: str, names: list[str]) -> None:
+        self.duplicates += 1
+        key = (point, tuple(sorted(names)))
+        if key not in self._announced_duplicates and len(self._announced_duplicates) < MAX_UNMATCHED_NAMES:
+            self._announced_duplicates.add(key)
+            self._announce("senml_duplicate", point=point, names=sorted(names), message=(
+                f"SenML records {', '.join(_shown(n) for n in sorted(names))} are all values of point {point!r} "
+                "at one time: it is published as bad (duplicate_record); give each record its own point"))
+
+    def _announce(self, kind: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, **fields)
 
     def _reading(self, values: dict[str, Any], ts: float, now: float) -> RawReading:
         """A reading at the device's time, or at ``now`` with its values flagged when that time is implausible."""

@@ -101,7 +101,17 @@ class CoapProfile(BaseProfile):
     def _points_fit_format(self) -> CoapProfile:
         fmt = self.payload.format
         problems: list[str] = []
+        record_names: dict[str, tuple[int, CoapPoint]] = {}
         for i, pt in enumerate(self.points):
+            if fmt == "senml":
+                # one record name, two points: the decoder could feed only one of them
+                key = pt.senml or pt.name
+                if key in record_names:
+                    j, other = record_names[key]
+                    shown = f"{other.name}, senml: {other.senml}" if other.senml else other.name
+                    problems.append(f"points[{i}] ({pt.name}): matches the same SenML records as points[{j}] "
+                                    f"({shown}): give one of them another senml name")
+                record_names.setdefault(key, (i, pt))
             binary_keys = [k for k in ("at", "type", "byte_order", "bits") if getattr(pt, k) is not None]
             where = f"points[{i}] ({pt.name})"
             if fmt == "binary":

@@ -28,9 +28,10 @@ from fieldgate.codecs.fields import BinaryDecoder, TextDecoder
 from fieldgate.codecs.frames import make_framer
 from fieldgate.driver import DeviceContext, ReadingSink
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
-from fieldgate.schema import PointError, RawReading
+from fieldgate.schema import IMPLAUSIBLE_TIME, PointError, Quality, RawReading, plausible_time
 from serial_asyncio_fast import create_serial_connection
 
+from . import nmea
 from .profile import SerialConnection, SerialProfile
 
 _MAX_PENDING = 64 * 1024  # bytes received but not yet framed; beyond this the oldest are dropped
@@ -123,6 +124,7 @@ class SerialDriver:
         )
         self.numeric = {p.name for p in self.profile.points if p.value_type not in ("str", "bool")}
         self.unmatched = 0  # lines no pattern matched (other NMEA sentences, prompts, echoes)
+        self._fix_ts: float | None = None  # the fix time of the last decoded frame (profile nmea.fix_time)
         self._transport: asyncio.Transport | None = None
         self._proto: _PortProtocol | None = None
         self._bad_run = 0
@@ -219,7 +221,22 @@ class SerialDriver:
         values = self.decoder.decode(frame)
         if values is None:
             self.unmatched += 1
+        elif self.profile.nmea is not None:
+            # per frame, before any aggregation: signs belong to their own sentence, and the time
+            # a reading carries is that of its last frame
+            self._fix_ts = nmea.apply(self.profile.nmea, values)
         return values
+
+    def _reading(self, values: dict[str, Any]) -> RawReading:
+        """A reading of decoded values, stamped with the device's fix time when the profile asks for it."""
+        ts, self._fix_ts = self._fix_ts, None
+        if ts is None:
+            return RawReading(values)
+        if plausible_time(ts):
+            return RawReading(values, ts=ts)
+        # a receiver clock before 2000 or in the future (GPS week rollover, no almanac yet)
+        doubt = (Quality.UNCERTAIN, IMPLAUSIBLE_TIME)
+        return RawReading(values, quality=dict.fromkeys(values, doubt))
 
     def _checksum_health(self, sink: ReadingSink, good: int) -> None:
         """Report a run of bad checksums once; a good frame ends the run."""
@@ -289,7 +306,7 @@ class SerialDriver:
             for frame in self.framer.feed(chunk):
                 values = self._decode(frame)
                 if values is not None:
-                    sink.add(RawReading(values))
+                    sink.add(self._reading(values))
                     if self.framer.stats.bad_checksums > before:
                         sink.add_error(DeviceProtocolError(
                             f"{self.framer.stats.bad_checksums - before} bad answer(s) before a good one",
@@ -335,7 +352,7 @@ class StreamingSerialDriver(SerialDriver):
     def _emit(self, values: dict[str, Any], sink: ReadingSink) -> None:
         interval = self.conn.min_interval
         if not interval:
-            sink.add(RawReading(values))
+            sink.add(self._reading(values))
             return
         self._window.append(values)
         now = time.monotonic()
@@ -347,8 +364,9 @@ class StreamingSerialDriver(SerialDriver):
             merged: dict[str, Any] = {}
             for v in window:
                 merged.update(v)
-            sink.add(RawReading(merged))
+            sink.add(self._reading(merged))
             return
+        self._fix_ts = None  # a mean over the window is of no single fix
         sink.add(RawReading(_mean(window, self.numeric)))
 
 

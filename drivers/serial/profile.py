@@ -19,6 +19,8 @@ from fieldgate.profile import BasePoint, BaseProfile, Model
 from fieldgate.units import Duration, PositiveDuration
 from pydantic import Field, model_validator
 
+from .nmea import NmeaRules
+
 Parity = Literal["N", "E", "O", "M", "S"]
 # 1.5 stop bits is real (5-bit lines), but PEP 586 keeps floats out of Literal, so mypy
 # sees a float; pydantic validates against the Literal at run time.
@@ -66,6 +68,7 @@ class SerialProfile(BaseProfile):
                                                     "(text with escapes, or {hex: ...})")
     init: Payload | None = Field(None, description="bytes sent once after the port opens (e.g. start streaming)")
     frame: FrameSpec
+    nmea: NmeaRules | None = Field(None, description="NMEA 0183: fix time as the reading's time, signed E/W values")
     points: list[SerialPoint] = Field(min_length=1)  # type: ignore[assignment]  # narrows BaseProfile.points; list is invariant to mypy, pydantic validates the narrower type
 
     @model_validator(mode="after")
@@ -99,6 +102,10 @@ class SerialProfile(BaseProfile):
                 if end > self.frame.length:
                     problems.append(f"points[{i}] ({pt.name}): bytes {pt.at}..{end - 1} lie beyond the "
                                     f"{self.frame.length}-byte frame")
+        if self.nmea is not None:
+            names = {pt.name for pt in self.points}
+            problems += [f"nmea: {name!r} is not a point of this profile" for name in self.nmea.points()
+                         if name not in names]
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -10,6 +10,7 @@ import pytest
 from fieldgate.codecs.fields import BinaryDecoder, TextDecoder
 from fieldgate.codecs.frames import make_framer
 from fieldgate.config import load_config
+from fieldgate.drivers.serial import nmea
 from fieldgate.drivers.serial.profile import SerialProfile
 from fieldgate.normalize import Normalizer
 from fieldgate.schema import RawReading
@@ -33,6 +34,8 @@ def decode_vector(profile: SerialProfile, vector: dict[str, Any], byte_by_byte: 
     for frame in frames:
         values = decoder.decode(frame)
         assert values is not None, f"no pattern matches {frame!r}"
+        if profile.nmea is not None:
+            nmea.apply(profile.nmea, values)  # as the driver does for each frame
         msg = norm.normalize(RawReading(values, ts=TS))
         assert msg is not None
         out.append({"seq": 1, **msg})

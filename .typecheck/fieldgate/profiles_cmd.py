@@ -1,0 +1,1 @@
+../../gateway/profiles_cmd.py
