@@ -100,6 +100,8 @@ class Normalizer:
                         if pt.plain and not overrides:
                             metrics[name] = {"value": value, "quality": _GOOD, "unit": pt.unit} if pt.unit \
                                 else {"value": value, "quality": _GOOD}
+                            if inputs is not None:  # a derived point may read it
+                                inputs[name] = (value, _GOOD, None)
                             continue
                         quality, reason = _GOOD, None
                     else:

@@ -315,7 +315,8 @@ def test_provisioning_refuses_a_hostile_boot_file_and_keeps_the_running_config(r
 
 
 def test_provisioning_has_a_time_limit_for_the_whole_load(root: Path) -> None:
-    (root / "boot/firmware/fieldgate.yaml").write_text("gateway: {id: new}\n")
+    # a file the service could run (provision refuses one without a broker, whatever the time)
+    (root / "boot/firmware/fieldgate.yaml").write_text("gateway: {id: new}\nmqtt: {host: broker.site.example}\n")
     out = Provisioner([root / "boot/firmware"], root / "etc/fieldgate", root, time_limit=0.0).run()
     assert out.status == "refused" and out.exit_code == 1
     assert any("took more than 0 s (the limit for one load)" in d.message for d in out.diagnostics)

@@ -12,6 +12,7 @@ from typing import Any
 from fieldgate.codecs.fields import BinaryDecoder, TextDecoder
 from fieldgate.codecs.frames import make_framer
 
+from . import nmea
 from .profile import SerialProfile
 
 
@@ -25,7 +26,10 @@ def decode_vector(profile: SerialProfile, vector: Mapping[str, Any]) -> dict[str
     values: dict[str, Any] = {}
     for unit in make_framer(frame).feed(data):  # lines for a text protocol, frames for a binary one
         if isinstance(unit, str) and text is not None:
-            values.update(text.decode(unit) or {})
+            line = text.decode(unit) or {}
+            if line and profile.nmea is not None:
+                nmea.apply(profile.nmea, line)  # signs from N/S E/W fields, as the driver does per frame
+            values.update(line)
         elif isinstance(unit, bytes) and binary is not None:
             values.update(binary.decode(unit))
     return values

@@ -43,13 +43,8 @@ async def test_the_poll_deadline_does_not_charge_a_loop_stall() -> None:
     loop.call_later(0.06, answer.set_result, 1)  # the device's answer, read right after the stall
     async with poll_deadline(0.1):
         assert await answer == 1
-    # What asyncio.timeout, the poller's old guard, did with the same answer:
-    again: asyncio.Future[int] = loop.create_future()
-    loop.call_later(0.05, time.sleep, 0.4)
-    loop.call_later(0.06, again.set_result, 1)
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.1):
-            await again
+    # (asyncio.timeout, the poller's old guard, raised TimeoutError here. Showing that took a second
+    # half that depended on how the OS scheduled this process, and failed on a loaded machine.)
 
 
 async def test_the_poll_deadline_still_cancels_a_hung_driver() -> None:
