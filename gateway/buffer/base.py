@@ -114,19 +114,7 @@ def _size_of(items: Sequence[tuple[str, int, str]]) -> int:
 
 
 class BufferBase:
-    """The state of the durable queue (see :class:`~.queue.Buffer`).
-
-    Args:
-        data_dir: folder for ``buffer.db`` and ``seq.hwm``; created if missing.
-        max_bytes: drop the oldest readings beyond this many bytes on disk.
-        max_age_s: drop readings whose ``ts_ms`` is older than this.
-        durability: ``full`` (every commit survives a power cut) or ``normal``
-            (every commit survives a crash).
-        spill_max: readings held in memory while the database cannot be written.
-        on_event: called (on the buffer's thread) with each event the buffer
-            raises itself; the event is already stored for the events topic.
-        now: the wall clock, for ages and event timestamps (injectable for tests).
-    """
+    """The state of the durable queue, set up once for every job (arguments: :class:`~.queue.Buffer`)."""
 
     def __init__(
         self,
