@@ -6,8 +6,9 @@ durability modes, read + ack rows/s (pages of 500, as the uplink drains a
 backlog), bytes on disk per buffered row for a typical ~250-byte reading, and
 the time ``open()`` takes on the full database (``quick_check`` reads every
 page), and the cost of one commit of one reading (p50/p99: with ``full`` that is
-one fsync of the WAL, the floor of the commit-to-delivery latency). Wall-clock time, on the disk that holds ``--dir`` (default: a
-temporary folder; point it at the SD card or eMMC that will hold the buffer).
+one fsync of the WAL, the floor of the commit-to-delivery latency). Wall-clock
+time, on the disk that holds ``--dir`` (default: a temporary folder; point it
+at the SD card or eMMC that will hold the buffer).
 """
 
 from __future__ import annotations
