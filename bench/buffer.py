@@ -5,8 +5,10 @@ Prints rows/s appended in batches of 100 (one transaction each) for both
 durability modes, read + ack rows/s (pages of 500, as the uplink drains a
 backlog), bytes on disk per buffered row for a typical ~250-byte reading, and
 the time ``open()`` takes on the full database (``quick_check`` reads every
-page). Wall-clock time, on the disk that holds ``--dir`` (default: a
-temporary folder; point it at the SD card or eMMC that will hold the buffer).
+page), and the cost of one commit of one reading (p50/p99: with ``full`` that is
+one fsync of the WAL, the floor of the commit-to-delivery latency). Wall-clock
+time, on the disk that holds ``--dir`` (default: a temporary folder; point it
+at the SD card or eMMC that will hold the buffer).
 """
 
 from __future__ import annotations
@@ -60,6 +62,21 @@ def run(folder: Path, durability: str, rows: int) -> None:
           f"{stats.bytes_on_disk / stats.depth:6.0f} B/row on disk (body {len(items[0][2])} B)")
 
 
+def commit_cost(folder: Path, durability: str, commits: int = 300) -> None:
+    """Wall time of one single-row commit: the fsync floor of group commit when the load is light."""
+    buf = Buffer(folder, durability=durability)  # type: ignore[arg-type]
+    buf.open()
+    took = []
+    for i in range(commits):
+        start = time.perf_counter()
+        buf.append_many([("meter-12", 1_790_000_000_000 + i, body(i))])
+        took.append(time.perf_counter() - start)
+    buf.close()
+    took.sort()
+    print(f"{durability:6s} one-row commit: p50 {took[len(took) // 2] * 1000:6.2f} ms, "
+          f"p99 {took[int(len(took) * 0.99)] * 1000:6.2f} ms ({commits} commits)")
+
+
 def open_time(folder: Path, rows: int) -> None:
     buf = Buffer(folder, durability="normal")
     buf.open()
@@ -82,6 +99,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for durability in ("normal", "full"):
             run(Path(tmp) / durability, durability, args.rows)
+        for durability in ("normal", "full"):
+            commit_cost(Path(tmp) / f"commit-{durability}", durability)
         open_time(Path(tmp) / "big", 1_000_000)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +27,13 @@ if TYPE_CHECKING:
     from .web.app import WebServer
 
 log = logging.getLogger("fieldgate")
+
+# The buffer's worker thread gives up the GIL for every SQLite step (each row read back for a
+# replay is one step) and must then wait for the event loop to hand it back: by default only after
+# 5 ms of a busy loop. A 5000-row read of a backlog then takes seconds while PUBACKs wait behind it;
+# at 0.5 ms it takes tens of ms (bench/pipeline.py: drain 358k -> 443k values/s). Process-wide, so
+# it is set here, where the process is composed, not by the uplink.
+_SWITCH_INTERVAL_S = 0.0005
 
 
 class NoUplink(GatewayError):
@@ -49,6 +57,7 @@ async def make_output(cfg: GatewayConfig, *, stdout: bool = False, file: str = "
         raise NoUplink(file)
     from .uplink import BufferedUplink
 
+    sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
     uplink: BufferedUplink
     if cfg.mqtt.format == "sparkplug":  # exclusive: the Sparkplug edge node replaces the JSON output
         try:

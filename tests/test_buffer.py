@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldgate.buffer import EVENTS_KEEP, SEQ_RESERVE, Buffer, Row
+from fieldgate.buffer import EVENTS_KEEP, SEQ_RESERVE, Buffer, Row, seqguard
 from fieldgate.buffer import queue as buffer_mod
 
 T0 = 1_800_000_000.0  # a fixed "now" for tests that inject the clock
@@ -164,12 +164,12 @@ def test_every_unclean_shutdown_jumps_and_a_possible_loss_is_announced_as_a_rang
         make: Callable[..., Buffer], events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, case: tuple[str, bool, bool]) -> None:
     durability, rebooted, loses = case
-    monkeypatch.setattr(buffer_mod, "_boot_id", lambda: "boot-1")
+    monkeypatch.setattr(seqguard, "_boot_id", lambda: "boot-1")
     buf = make(durability=durability)
     buf.append_many(items(3))
     crash(buf)
     if rebooted:
-        monkeypatch.setattr(buffer_mod, "_boot_id", lambda: "boot-2")
+        monkeypatch.setattr(seqguard, "_boot_id", lambda: "boot-2")
     buf = make(durability=durability)
     # Whichever file an unclean stop left whole is not known: seqs always continue above the reservation.
     assert buf.append_many(items(1)) == [3 + SEQ_RESERVE + 1]
@@ -183,7 +183,7 @@ def test_every_unclean_shutdown_jumps_and_a_possible_loss_is_announced_as_a_rang
     # A clean close in between: no jump on the next start, whatever the boot.
     last = buf.stats().newest_seq
     buf.close()
-    monkeypatch.setattr(buffer_mod, "_boot_id", lambda: "boot-3")
+    monkeypatch.setattr(seqguard, "_boot_id", lambda: "boot-3")
     buf = make(durability=durability)
     assert buf.append_many(items(1)) == [last + 1]
 

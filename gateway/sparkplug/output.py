@@ -235,11 +235,11 @@ class SparkplugUplink(BufferedUplink):
 
     def _accepted_upto(self) -> int:
         """The highest seq committed so far, by this process or found in the buffer at start."""
-        return max(self._committed_max, self.stats.newest_seq if self.stats else 0)
+        return max(self.readahead.committed_max, self.stats.newest_seq if self.stats else 0)
 
     def _track(self, mid: int, seqs: list[int]) -> None:
         """The PUBACK of ``mid`` acknowledges ``seqs``."""
-        self._inflight[mid] = seqs
+        self.inflight.readings[mid] = seqs
 
     def device_status(self, device: str, state: str, error: str | None) -> None:
         link = self._link

@@ -1,71 +1,45 @@
-"""Store and forward: readings go to the durable buffer first, then to MQTT.
+"""The buffered MQTT uplink: its three jobs wired together (see the package docstring for the policy).
 
-Write to the buffer first, publish from the buffer, delete only after PUBACK:
-a reading committed to the buffer reaches the broker at least once, with its
-``seq``, through broker outages, restarts and ``kill -9``.
+* intake and commit: ``submit`` queues (``intake.Intake``); the committer task commits what
+  waits whenever no commit is in flight (group commit);
+* publishing: ``readahead.ReadAhead`` decides which committed rows go out next,
+  ``readahead.InFlight`` tracks PUBACKs; single messages when live, batch messages while a
+  backlog drains (``mqtt.batch``);
+* the connection: ``_connection_loop`` (``_new_link``, backoff, reload hand-over).
 
-Policy (documented in the README):
-
-* Readings are committed in batches every ``buffer.flush_interval`` (default
-  200 ms). A reading is "accepted" once committed; a ``kill -9`` can lose only
-  readings not yet committed (at most one flush interval).
-* Publishing is strictly oldest first, so every device's readings arrive in
-  order. At most ``mqtt.inflight`` messages await their PUBACK at once.
-* After an outage the backlog drains at full speed (optionally capped by
-  ``mqtt.replay_rate``, and packed into batch messages when ``mqtt.batch`` is
-  on); polling goes on meanwhile and new readings queue behind the backlog.
-  The buffer's own I/O runs in one worker thread so it never stalls polling.
-* On reconnect every message that was not acknowledged is sent again
-  (at-least-once): consumers dedupe on (gateway, seq).
+The methods a derived output overrides (Sparkplug B) are ``_new_link``, ``_session``,
+``_publish_rows``, ``device_status`` and ``event``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
-from . import __version__
-from .backoff import backoff_delay
-from .buffer import Buffer, BufferStats, Row
-from .config import GatewayConfig, MqttConfig
-from .errors import UplinkError
-from .mqtt import Inbound, InboundHandler, MqttLink, broker_url, publish_properties
-from .outputs import Followers
-from .ratelimit import TokenBucket
-from .schema import BATCH_SCHEMA, iso_ms
+from .. import __version__
+from ..backoff import backoff_delay
+from ..buffer import Buffer, BufferStats, Row
+from ..config import GatewayConfig, MqttConfig
+from ..errors import UplinkError
+from ..mqtt import Inbound, InboundHandler, MqttLink, broker_url, publish_properties
+from ..outputs import Followers
+from ..ratelimit import TokenBucket
+from ..schema import BATCH_SCHEMA, iso_ms
+from .encode import dumps, reading_json
+from .intake import Intake, Item
+from .readahead import InFlight, ReadAhead
+from .state import UplinkState
 
 log = logging.getLogger(__name__)
-_FLUSH_CHUNK = 2000  # readings per commit
-_SWITCH_INTERVAL_S = 0.0005
 _HANDOVER_S = 3.0  # a reload's wait for PUBACKs before leaving the old broker
+_ACKS_PER_DELETE = 500  # acknowledged seqs gathered before a delete while more are in flight
 T = TypeVar("T")
-
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-class UplinkState:
-    """What the status page and doctor show about the uplink."""
-
-    def __init__(self) -> None:
-        self.state = "disconnected"  # connecting | connected | disconnected
-        self.broker = ""
-        self.last_error: str | None = None
-        self.last_error_ts: float | None = None
-        self.connected_since: float | None = None
-        self.published = 0
-        self.acked = 0
-        self.resent = 0
-        self.connects = 0
-
 
 class BufferedUplink:
     """The gateway's output when an ``mqtt`` section is configured."""
@@ -86,74 +60,66 @@ class BufferedUplink:
         )
         self.state = UplinkState()
         self.state.broker = broker_url(self.mqtt)
+        self.stats: BufferStats | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fieldgate-buffer")
-        self._pending: list[tuple[str, int, str]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
+        # Intake and commit: readings waiting for their commit; one commit at a time (close() must not
+        # find nothing pending while the committer's batch is still being committed).
+        self.intake = Intake(self.bcfg.max_pending)
+        self._pending = self.intake.pending  # the same list: tests and the status page count it
+        self._commit_lock = asyncio.Lock()
+        # Publishing: the read-ahead of committed rows, what awaits its PUBACK, device statuses and
+        # events to send, and the wake-up of the publisher (new rows, acks, statuses or events).
+        self.readahead = ReadAhead()
+        self.inflight = InFlight()
+        self._inflight = self.inflight.readings  # the same dict: derived outputs' _publish_rows fill it
+        self._inflight_events = self.inflight.events
         self._statuses: dict[str, str] = {}
         self._status_dirty: set[str] = set()
-        self._wake = asyncio.Event()  # new rows, acks, statuses or events to publish
-        self._flush_now = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._acked: list[int] = []
-        self._acked_events: list[int] = []
-        self._inflight: dict[int, list[int]] = {}
-        self._inflight_events: dict[int, int] = {}
+        self._wake = asyncio.Event()
         # Events may wait in the buffer: read them only then, not on every publisher turn (each read is a
         # round trip through the buffer's thread, which under load queues behind the commits).
         self._events_waiting = True
+        # The connection: the current link, one being connected (a reload aborts it), reloaded settings
+        # taken at the next connect, and the backoff's randomness.
         self._link: MqttLink | None = None
         self._connecting: MqttLink | None = None
-        self._next_mqtt: MqttConfig | None = None  # reloaded settings, taken at the next connect
+        self._next_mqtt: MqttConfig | None = None
         self._reconnect = asyncio.Event()
-        self._closing = False
-        self.stats: BufferStats | None = None
         self._rng = random.Random()
-        self._tasks: list[asyncio.Task[Any]] = []
-        self.flushed = 0
-        self.overload_dropped = 0  # readings dropped before their commit: more arrived than the disk stores
-        self._overload_unannounced = 0
-        self._overload_logged = 0.0
-        # Publisher read-ahead: rows queued for publishing, the last seq queued or
-        # published in this session, and whether the buffer holds nothing newer.
-        self._ready: collections.deque[Row] = collections.deque()
-        self._tail = 0
-        self._caught_up = False
-        self._in_session = False
-        self._committed_max = 0  # highest seq committed by this process
         # Inbound subscriptions of other parts (commands, remote config, ...): (filter, under our
         # prefix?) -> handler; subscribed on every connection, under the prefix current at that time.
         self._listening: dict[tuple[str, bool], InboundHandler] = {}
+
+    @property
+    def flushed(self) -> int:
+        """Readings committed by this process."""
+        return self.intake.committed
+
+    @property
+    def overload_dropped(self) -> int:
+        """Readings dropped before their commit: more arrived than the disk stores."""
+        return self.intake.dropped
 
     # --- the Output protocol -------------------------------------------------
 
     def submit(self, device: str, message: dict[str, Any]) -> None:
         """Queue a reading for the next commit (hot path: no I/O here)."""
-        self._pending.append((device, int(time.time() * 1000), _DUMPS(message)))
-        if len(self._pending) >= _FLUSH_CHUNK:
-            self._flush_now.set()
-        if len(self._pending) > self.bcfg.max_pending:
-            self._shed()
-
-    def _shed(self) -> None:
-        """More readings arrive than the buffer commits: drop the oldest uncommitted tenth, counted, announced."""
-        n = max(1, len(self._pending) // 10)
-        del self._pending[:n]
-        self.overload_dropped += n
-        self._overload_unannounced += n
-        self._flush_now.set()
+        self.intake.add(device, reading_json(message))
 
     def _announce_overload(self, final: bool = False) -> None:
         """Say what was shed: every 10 s during a flood, and once more when it is over."""
-        now = time.monotonic()
-        if self._overload_unannounced and (final or now - self._overload_logged >= 10.0 or not self._pending):
-            n, self._overload_unannounced, self._overload_logged = self._overload_unannounced, 0, now
+        n = self.intake.due_announcement(final)
+        if n:
             log.error("devices deliver more readings than the buffer can store: dropped %d (total %d) before "
                       "their commit; poll less often or fewer points (buffer.max_pending %d)",
-                      n, self.overload_dropped, self.bcfg.max_pending)
-            self.event("buffer_drop", reason="overload", dropped=n, dropped_total=self.overload_dropped)
+                      n, self.intake.dropped, self.intake.max_pending)
+            self.event("buffer_drop", reason="overload", dropped=n, dropped_total=self.intake.dropped)
 
     def device_status(self, device: str, state: str, error: str | None) -> None:
         payload = {"state": state, "ts": iso_ms(time.time()), "error": error}
-        self._statuses[device] = _DUMPS(payload)
+        self._statuses[device] = dumps(payload)
         self._status_dirty.add(device)
         self._wake.set()
 
@@ -163,7 +129,7 @@ class BufferedUplink:
 
     def event(self, kind: str, **fields: Any) -> None:
         event = {"ts": iso_ms(time.time()), "kind": kind, **fields}
-        log.info("event %s", _DUMPS(event))
+        log.info("event %s", dumps(event))
         self.followers.tell(kind, fields)
         if self._closing:
             return
@@ -223,11 +189,6 @@ class BufferedUplink:
     async def start(self) -> None:
         """Open the buffer (before devices start polling)."""
         self._loop = asyncio.get_running_loop()
-        # The buffer's thread gives up the GIL for every SQLite step (each row written, read or
-        # deleted) and must then wait for the event loop to hand it back, by default only every
-        # 5 ms. With a busy loop a 2000-row commit took seconds and the acknowledgements queued
-        # behind it; at 0.5 ms it takes tens of ms (bench/pipeline.py, overload run).
-        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         await self._db(self.buffer.open)
         self.stats = await self._db(self.buffer.stats)
         log.info("buffer %s: %d reading(s) waiting, last seq %d", self.bcfg.durability, self.stats.depth,
@@ -238,24 +199,23 @@ class BufferedUplink:
             await self.start()
         async with asyncio.TaskGroup() as tg:
             self._tasks = [
-                tg.create_task(self._flusher(), name="buffer-flush"),
+                tg.create_task(self._committer(), name="buffer-commit"),
                 tg.create_task(self._maintenance(), name="buffer-maintenance"),
                 tg.create_task(self._connection_loop(), name="mqtt"),
             ]
 
     async def close(self) -> None:
         """Commit what is pending, give in-flight messages a moment, say offline, close."""
-        await self._flush()
+        await self._commit_pending()
         self._announce_overload(final=True)  # stored before the buffer closes; sent now or after the restart
         self._closing = True
-        await self._flush()
+        await self._commit_pending()
         link = self._link
         if link is not None and link.connected.is_set():
-            # Let the publisher send what the last flush committed and collect the
+            # Let the publisher send what the last commit took and collect the
             # PUBACKs (bounded: the rest stays buffered and goes out after restart).
             def drained() -> bool:
-                return (not self._inflight and not self._ready and self._caught_up
-                        and self._tail >= self._committed_max)
+                return not self._inflight and self.readahead.drained()
 
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(3.0):
@@ -265,12 +225,12 @@ class BufferedUplink:
             if not drained():
                 log.warning("shutdown: readings up to seq %d committed, %d sent and unacknowledged, %d queued; "
                             "what is not acknowledged stays buffered and is sent after the restart",
-                            self._committed_max, sum(len(v) for v in self._inflight.values()), len(self._ready))
+                            self.readahead.committed_max, self.inflight.count(), len(self.readahead.ready))
         # Stop our own tasks before the buffer closes under them.
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._flush()
+        await self._commit_pending()
         await self._commit_acks()
         if link is not None and link.connected.is_set():
             link.publish(f"{self.prefix}/status", self._gateway_status("offline"), retain=True)
@@ -281,7 +241,7 @@ class BufferedUplink:
         self._executor.shutdown(wait=True)
 
     def reconfigure(self, cfg: GatewayConfig) -> None:
-        """Apply a reloaded config: buffer timing at once; a changed mqtt section hands over.
+        """Apply a reloaded config: buffer limits at once; a changed mqtt section hands over.
 
         The handover runs in the connection loop (:meth:`_hand_over`): the PUBACKs of what is in
         flight are collected, the old broker and prefix are told the gateway left, the connection
@@ -291,7 +251,7 @@ class BufferedUplink:
         """
         self.bcfg = self.bcfg.model_copy(update={"flush_interval": cfg.buffer.flush_interval,
                                                  "max_pending": cfg.buffer.max_pending})
-        self._flush_now.set()  # the flusher waits with the old interval: wake it
+        self.intake.max_pending = self.bcfg.max_pending
         if cfg.mqtt is not None and cfg.mqtt != (self._next_mqtt or self.mqtt):
             log.info("mqtt settings changed: handing over to %s, topics %s/%s/...", broker_url(cfg.mqtt),
                      cfg.mqtt.topic_prefix, self.gateway_id)
@@ -337,40 +297,35 @@ class BufferedUplink:
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _flush(self) -> None:
+    async def _commit_pending(self) -> None:
+        """Commit everything waiting, in chunks; one commit at a time."""
         # In chunks: one commit of everything pending would, under load, hold the buffer's thread for
         # seconds while acknowledgements and reads wait behind it (and the next batch grows meanwhile).
-        # One flush at a time: close() must not find _pending empty while the flusher's batch is still
-        # being committed, take the publisher for drained, and leave that batch unsent until a restart.
-        async with self._flush_lock:
-            while self._pending:
-                batch, self._pending = self._pending[:_FLUSH_CHUNK], self._pending[_FLUSH_CHUNK:]
-                await self._flush_batch(batch)
+        async with self._commit_lock:
+            intake = self.intake
+            while intake.pending:
+                await self._commit_batch(intake.take())
 
-    async def _flush_batch(self, batch: list[tuple[str, int, str]]) -> None:
+    async def _commit_batch(self, batch: list[Item]) -> None:
+        """Commit ``batch`` and hand its rows to the publisher (only now: a reading goes out after its commit)."""
         seqs = await self._db(self.buffer.append_many, batch)
-        self.flushed += len(batch)
-        if seqs:
-            self._committed_max = max(self._committed_max, seqs[-1])
-        if self._in_session and seqs and len(seqs) == len(batch):
-            if self._caught_up and seqs[0] == self._tail + 1:
-                # Live fast path: the publisher has everything older, so hand it
-                # these rows directly instead of reading them back from disk.
-                self._ready.extend(Row(q, d, t, b) for q, (d, t, b) in zip(seqs, batch, strict=True))
-                self._tail = seqs[-1]
-            elif seqs[-1] > self._tail:
-                self._caught_up = False
-        elif seqs or batch:
-            self._caught_up = False
+        self.intake.committed += len(batch)
+        self.intake.commits += 1
+        self.readahead.committed(seqs, batch)
         self._wake.set()
 
-    async def _flusher(self) -> None:
+    async def _committer(self) -> None:
+        """Group commit: commit as soon as readings wait and no commit is in flight.
+
+        At light load a reading waits for one commit (one fsync with ``durability: full``); under
+        load the readings that arrive during a commit are the next commit, so batches grow with
+        the load by themselves and no timer sets the pace.
+        """
+        waiting = self.intake.waiting
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.bcfg.flush_interval):
-                    await self._flush_now.wait()
-            self._flush_now.clear()
-            await self._flush()
+            await waiting.wait()
+            waiting.clear()
+            await self._commit_pending()
             self._announce_overload()
 
     async def _maintenance(self) -> None:
@@ -383,36 +338,28 @@ class BufferedUplink:
                 await self._db(self.buffer.enforce_limits)
                 await self._db(self.buffer.maintenance)
             self.stats = await self._db(self.buffer.stats)
-            if spilling and self.stats.newest_seq > self._committed_max:
+            if spilling and self.readahead.committed_elsewhere(self.stats.newest_seq):
                 # Upkeep committed rows itself (the spill, once the disk has room): the publisher only
                 # learns of commits from append_many, so without this it would wait for the next reading.
-                self._committed_max = self.stats.newest_seq
-                self._caught_up = False
                 self._wake.set()
 
     async def _commit_acks(self) -> None:
-        if self._acked:
-            acked, self._acked = self._acked, []
+        acked, ids = self.inflight.take_acked()
+        if acked:
             await self._db(self.buffer.ack, acked)
-        if self._acked_events:
-            ids, self._acked_events = self._acked_events, []
+        if ids:
             await self._db(self.buffer.ack_events, ids)
 
     # --- MQTT side -------------------------------------------------------------
 
     def _gateway_status(self, state: str) -> str:
-        return _DUMPS({"state": state, "ts": iso_ms(time.time()), "version": __version__})
+        return dumps({"state": state, "ts": iso_ms(time.time()), "version": __version__})
 
     def _on_ack(self, mid: int) -> None:
-        seqs = self._inflight.pop(mid, None)
-        if seqs is not None:
-            self._acked.extend(seqs)
-            self.state.acked += len(seqs)
+        n = self.inflight.ack(mid)
+        if n:
+            self.state.acked += n
             self._wake.set()
-            return
-        event_id = self._inflight_events.pop(mid, None)
-        if event_id is not None:
-            self._acked_events.append(event_id)
 
     def _new_link(self) -> MqttLink:
         """The connection of one attempt: its last will and the inbound subscriptions (a subclass's own will)."""
@@ -455,10 +402,7 @@ class BufferedUplink:
                 self._link = None
                 link.abort()
                 self.state.state, self.state.connected_since = "disconnected", None
-                resent = sum(len(s) for s in self._inflight.values())
-                self.state.resent += resent
-                self._inflight.clear()
-                self._inflight_events.clear()
+                self.state.resent += self.inflight.lost()
             if link.error is not None:
                 self._record_error(link.error, 1)
             if not self._reconnect.is_set():
@@ -484,14 +428,12 @@ class BufferedUplink:
         link.publish(f"{self.prefix}/status", self._gateway_status("online"), retain=True)
         self._status_dirty = set(self._statuses)
         await self._commit_acks()  # acked rows must not be resent
-        self._ready.clear()
-        self._tail, self._caught_up, self._in_session = 0, False, True
+        self.readahead.start_session()
         self._events_waiting = True  # unacknowledged events of the last session are sent again
         try:
             await self._publish_loop(link)
         finally:
-            self._in_session = False
-            self._ready.clear()
+            self.readahead.end_session()
 
     async def _publish_loop(self, link: MqttLink) -> None:
         window = self.mqtt.inflight
@@ -500,36 +442,32 @@ class BufferedUplink:
         rate = self.mqtt.replay_rate
         # replay is metered in messages; the bucket holds one window's worth
         bucket = TokenBucket(rate, window, time.monotonic()) if rate is not None else None
-        ready = self._ready
+        ahead, inflight = self.readahead, self.inflight
         while link.connected.is_set() and not self._reconnect.is_set():
             self._wake.clear()
             for dev in list(self._status_dirty):
                 link.publish(f"{self.prefix}/{dev}/status", self._statuses[dev], retain=True)
             self._status_dirty.clear()
-            if self._acked_events or (self._acked and (len(self._acked) >= 500 or not self._inflight)):
+            if inflight.acked_events or (inflight.acked and (len(inflight.acked) >= _ACKS_PER_DELETE
+                                                             or not inflight.readings)):
                 await self._commit_acks()
-            if self._events_waiting and not self._inflight_events and not self._acked_events:
+            if self._events_waiting and not inflight.events and not inflight.acked_events:
                 self._events_waiting = False
                 events = await self._db(self.buffer.read_events, 20)
                 for event_id, text in events:
-                    self._inflight_events[link.publish(f"{self.prefix}/events", text)] = event_id
+                    inflight.events[link.publish(f"{self.prefix}/events", text)] = event_id
                 if len(events) == 20:  # more than one turn's worth waits (never cleared here: an event
                     self._events_waiting = True  # stored during the read has set it already)
-            room = window - len(self._inflight)
-            if room > 0 and not ready and not self._caught_up:
+            room = window - len(inflight.readings)
+            if room > 0 and ahead.wants_read():
                 limit = max(500, room * per_message)
-                rows = await self._db(self.buffer.read, self._tail, limit)
-                ready.extend(rows)
-                if rows:
-                    self._tail = rows[-1].seq
-                # Caught up only if no commit landed after this read was taken;
-                # otherwise the next turn reads again (the fast path needs no gap).
-                self._caught_up = len(rows) < limit and self._committed_max <= self._tail
-            if room > 0 and ready:
-                # a backlog: more is waiting than the window carries as single messages
-                backlog = not self._caught_up or len(ready) > room
-                take = min(len(ready), room * (per_message if batch.enabled and
-                                               (batch.when == "always" or backlog) else 1))
+                ahead.read(await self._db(self.buffer.read, ahead.tail, limit), limit)
+            if room > 0 and ahead.ready:
+                # A backlog (an outage's replay) or an overload (more waits than the window carries
+                # as single messages): batch messages, when batching is on.
+                backlog = not ahead.caught_up or len(ahead.ready) > room
+                batched = batch.enabled and (batch.when == "always" or backlog)
+                take = min(len(ahead.ready), room * (per_message if batched else 1))
                 if bucket is not None and backlog:
                     got = bucket.take_up_to(time.monotonic(), take)
                     if not got:
@@ -537,9 +475,7 @@ class BufferedUplink:
                         await asyncio.sleep(bucket.wait(time.monotonic()))
                         continue
                     take = got
-                rows_out = [ready.popleft() for _ in range(take)]
-                self._publish_rows(link, rows_out, batch.enabled and (batch.when == "always" or backlog),
-                                   per_message)
+                self._publish_rows(link, ahead.take(take), batched, per_message)
                 continue
             if not link.connected.is_set():
                 break
@@ -560,14 +496,15 @@ class BufferedUplink:
 
     def _publish_rows(self, link: MqttLink, rows: list[Row], batched: bool, per_message: int) -> None:
         topic_of = self.prefix + "/{}/reading"
+        inflight = self.inflight.readings
         if batched:
             for i in range(0, len(rows), per_message):
                 chunk = rows[i:i + per_message]
                 payload = '{"schema":"%s","readings":[%s]}' % (BATCH_SCHEMA, ",".join(r.message() for r in chunk))  # noqa: UP031
-                self._inflight[link.publish(f"{self.prefix}/readings", payload)] = [r.seq for r in chunk]
+                inflight[link.publish(f"{self.prefix}/readings", payload)] = [r.seq for r in chunk]
         else:
             for r in rows:
-                self._inflight[link.publish(topic_of.format(r.device), r.message())] = [r.seq]
+                inflight[link.publish(topic_of.format(r.device), r.message())] = [r.seq]
         self.state.published += len(rows)
 
     def snapshot(self) -> dict[str, Any]:
@@ -577,7 +514,7 @@ class BufferedUplink:
             "state": s.state, "broker": s.broker, "last_error": s.last_error,
             "connected_since": iso_ms(s.connected_since) if s.connected_since else None,
             "published": s.published, "acked": s.acked, "resent": s.resent, "connects": s.connects,
-            "inflight": sum(len(v) for v in self._inflight.values()), "pending": len(self._pending),
+            "inflight": self.inflight.count(), "pending": len(self.intake.pending),
             "buffer": None if b is None else {
                 "depth": b.depth, "oldest_ts": iso_ms(b.oldest_ts_ms / 1000) if b.oldest_ts_ms else None,
                 "bytes": b.bytes_on_disk, "dropped": b.dropped_total + self.overload_dropped,
