@@ -38,7 +38,7 @@ from .backoff import backoff_delay
 from .buffer import Buffer, BufferStats, Row
 from .config import GatewayConfig, MqttConfig
 from .errors import UplinkError
-from .mqtt import Inbound, InboundHandler, MqttLink, broker_url, publish_properties
+from .mqtt import Inbound, InboundHandler, MqttLink, broker_url, for_endpoint, publish_properties
 from .outputs import Followers
 from .ratelimit import TokenBucket
 from .schema import BATCH_SCHEMA, iso_ms
@@ -311,8 +311,7 @@ class BufferedUplink:
         """Leave the current broker and prefix cleanly before a reload's settings take over."""
         new = self._next_mqtt
         assert new is not None
-        moved = (new.topic_prefix, new.host, new.effective_port) != (
-            self.mqtt.topic_prefix, self.mqtt.host, self.mqtt.effective_port)
+        moved = (new.topic_prefix, new.endpoints) != (self.mqtt.topic_prefix, self.mqtt.endpoints)
         # Collect the acknowledgements of what is in flight, so the new connection does not send
         # again what the old broker already has (bounded: the rest is sent again, at least once).
         with contextlib.suppress(TimeoutError):
@@ -415,11 +414,22 @@ class BufferedUplink:
             self._acked_events.append(event_id)
 
     async def _connection_loop(self) -> None:
-        failures = 0
+        # Failover over mqtt.hosts: stay on the broker reached until it fails, then try the next in
+        # turn. Between brokers of one pass the wait is a jitter below reconnect_min (a fleet that
+        # lost the same node spreads over the others instead of arriving at once); only a whole
+        # pass that failed counts as a failure for the capped full-jitter backoff.
+        failures = 0  # whole passes over the list that failed
+        tried = 0  # brokers tried in this pass
+        index = 0
+        endpoints = self.mqtt.endpoints
         while True:
             self._reconnect.clear()
             self._take_new_settings()
-            link = MqttLink(self.mqtt, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
+            if self.mqtt.endpoints != endpoints:
+                endpoints, index, tried = self.mqtt.endpoints, 0, 0
+            target = for_endpoint(self.mqtt, endpoints[index % len(endpoints)])
+            self.state.broker = broker_url(target)
+            link = MqttLink(target, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
                             (f"{self.prefix}/status", self._gateway_status("offline")), self._on_ack,
                             {self._full_filter(f, under): h for (f, under), h in self._listening.items()})
             self.state.state = "connecting"
@@ -430,13 +440,17 @@ class BufferedUplink:
                 link.abort()
                 if self._reconnect.is_set():
                     continue  # cut short by a reload: try the new settings at once
-                failures += 1
-                self._record_error(exc, failures)
-                await self._backoff(failures)
+                self._record_error(exc, failures + 1)
+                index, tried = (index + 1) % len(endpoints), tried + 1
+                if tried < len(endpoints):
+                    await self._backoff(0)
+                else:
+                    failures, tried = failures + 1, 0
+                    await self._backoff(failures)
                 continue
             finally:
                 self._connecting = None
-            failures = 0
+            failures, tried = 0, 0
             self._link = link
             self.state.state, self.state.connected_since = "connected", time.time()
             self.state.connects += 1
@@ -458,7 +472,12 @@ class BufferedUplink:
             if link.error is not None:
                 self._record_error(link.error, 1)
             if not self._reconnect.is_set():
-                await self._backoff(1)
+                # The broker failed: its turn in this pass is used up; the next one is tried (after
+                # a jitter), or with a single broker, the same one after the first backoff step.
+                index, tried = (index + 1) % len(endpoints), 1
+                await self._backoff(0 if len(endpoints) > 1 else 1)
+                if len(endpoints) == 1:
+                    tried = 0
 
     def _record_error(self, exc: UplinkError, failures: int) -> None:
         text = str(exc)
@@ -470,7 +489,11 @@ class BufferedUplink:
         self.state.state = "disconnected"
 
     async def _backoff(self, failures: int) -> None:
-        delay = backoff_delay(failures, self.mqtt.reconnect_min, self.mqtt.reconnect_max, self._rng)
+        """Wait before the next attempt; cut short by a reload. ``failures`` 0: the next broker of a list."""
+        if failures == 0:
+            delay = self._rng.uniform(0.0, self.mqtt.reconnect_min)
+        else:
+            delay = backoff_delay(failures, self.mqtt.reconnect_min, self.mqtt.reconnect_max, self._rng)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._reconnect.wait()
