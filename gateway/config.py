@@ -234,6 +234,30 @@ class WebConfig(Model):
         return self
 
 
+class RemoteConfigSection(Model):
+    """Configuration sent over MQTT on ``{prefix}/{gw}/config/set`` (docs/fleet.md); off by default.
+
+    Whoever may publish on that topic may reconfigure the gateway: allow it in the broker's ACL
+    only to the fleet's operators.
+    """
+
+    enabled: bool = False
+    probation: PositiveDuration = Field(
+        60.0, description="after a remote change, the uplink must reconnect and the devices come online within "
+        "this time, else the previous configuration is restored")
+    min_online: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of the devices online before the change (and still configured) "
+        "that must be online again within the probation")
+    max_bytes: ByteSize = Field(1_000_000, description="a larger config/set message is refused unread")
+
+
+class HomeAssistantSection(Model):
+    """Home Assistant MQTT discovery (docs/fleet.md); off by default."""
+
+    enabled: bool = False
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[^+#/][^+#]*[^+#/]$|^[^+#/]$")
+
+
 class GatewaySection(Model):
     """Who this gateway is and where it keeps its state."""
 
@@ -285,6 +309,8 @@ class GatewayConfig(Model):
     mqtt: MqttConfig | None = None
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    remote_config: RemoteConfigSection = Field(default_factory=RemoteConfigSection)
+    homeassistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
 

@@ -22,6 +22,8 @@ Why each key is where it is:
   open database (its pragmas and reserve are chosen when it opens).
 * ``web.*``: the status page's listening socket and its password hash are made at
   start; it is not worth a window without a status page to swap them live.
+* ``remote_config.*``, ``homeassistant.*``: built with the uplink at start (their
+  subscriptions, probation and retained discovery messages).
 * ``mqtt`` added or removed: the kind of output (buffer and MQTT, or none) is
   chosen at start.
 """
@@ -45,6 +47,9 @@ RESTART_KEYS = frozenset({
     "gateway.id", "gateway.data_dir", "gateway.clock_check",
     "buffer.max_bytes", "buffer.max_age", "buffer.durability", "buffer.spill_max",
     "web.enabled", "web.listen", "web.password", "web.allowed_hosts", "web.history_max_bytes",
+    # Built at start beside the uplink (runtime.py): their subscriptions and retained messages.
+    "remote_config.enabled", "remote_config.probation", "remote_config.min_online", "remote_config.max_bytes",
+    "homeassistant.enabled", "homeassistant.discovery_prefix",
 })
 
 RELOAD_TIME_LIMIT_S = 15.0
@@ -83,7 +88,7 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
     elif old.mqtt is not None:
         before, after = _leaves(old.mqtt, "mqtt"), _leaves(new.mqtt, "mqtt")
         plan.applied += [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
-    for section in ("gateway", "buffer", "web"):
+    for section in ("gateway", "buffer", "web", "remote_config", "homeassistant"):
         before = _leaves(getattr(old, section), section)
         after = _leaves(getattr(new, section), section)
         for key in sorted(before.keys() | after.keys()):

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from .app import Gateway, Output
 from .config import GatewayConfig, LoadedConfig
@@ -70,6 +70,36 @@ async def start_status_page(gw: Gateway, output: Output, cfg: GatewayConfig) -> 
     return server
 
 
+class Integration(Protocol):
+    """A part built beside the uplink (remote configuration, Home Assistant discovery)."""
+
+    async def close(self) -> None: ...
+
+
+async def start_integrations(gw: Gateway, output: Output, loaded: LoadedConfig,
+                             loader: Callable[[], LoadedConfig] | None) -> list[Integration]:
+    """Remote configuration and Home Assistant discovery, when the configuration enables them (issue 21)."""
+    cfg = loaded.config
+    if not cfg.remote_config.enabled:
+        return []
+    from .uplink import BufferedUplink
+
+    if not isinstance(output, BufferedUplink):
+        log.warning("remote_config and homeassistant need the MQTT uplink; off while printing to stdout")
+        return []
+    out: list[Integration] = []
+    if cfg.remote_config.enabled:
+        if loader is None:
+            log.warning("remote_config needs the gateway's configuration file (fieldgate run -c FILE); off")
+        else:
+            from .remote_config import RemoteConfig
+
+            remote = RemoteConfig(gw, output, loaded.path)
+            await remote.start()
+            out.append(remote)
+    return out
+
+
 @dataclass(slots=True)
 class Runtime:
     """A built gateway: its supervisor, its output and (when enabled and startable) its status page."""
@@ -77,12 +107,15 @@ class Runtime:
     gateway: Gateway
     output: Output
     web: WebServer | None = None
+    integrations: list[Integration] = field(default_factory=list)
 
     async def run(self) -> None:
         """Run the gateway until it is asked to stop; the status page closes with it."""
         try:
             await self.gateway.run()
         finally:
+            for part in self.integrations:
+                await part.close()
             if self.web is not None:
                 await self.web.close()
 
@@ -104,7 +137,7 @@ async def build(loaded: LoadedConfig, *, output: Output | None = None, stdout: b
     out = output if output is not None else await make_output(loaded.config, stdout=stdout, file=str(loaded.path))
     gw = Gateway(loaded, out, loader=loader)
     server = await start_status_page(gw, out, loaded.config) if web else None
-    return Runtime(gw, out, server)
+    return Runtime(gw, out, server, await start_integrations(gw, out, loaded, loader))
 
 
 @contextlib.asynccontextmanager

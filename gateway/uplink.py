@@ -74,6 +74,7 @@ class BufferedUplink:
 
     def __init__(self, cfg: GatewayConfig, *, buffer: Buffer | None = None) -> None:
         self.followers = Followers()
+        self.on_connected = Followers()  # told ("connected", broker=url) after each connect: retained state
         if cfg.mqtt is None:
             raise ValueError("BufferedUplink needs an mqtt section")
         self.gateway_id = cfg.gateway.id
@@ -455,6 +456,7 @@ class BufferedUplink:
             self.state.state, self.state.connected_since = "connected", time.time()
             self.state.connects += 1
             log.info("connected to %s", self.state.broker)
+            self.on_connected.tell("connected", {"broker": self.state.broker})
             try:
                 await self._session(link)
                 if self._next_mqtt is not None:
