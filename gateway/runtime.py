@@ -80,7 +80,7 @@ async def start_integrations(gw: Gateway, output: Output, loaded: LoadedConfig,
                              loader: Callable[[], LoadedConfig] | None) -> list[Integration]:
     """Remote configuration and Home Assistant discovery, when the configuration enables them (issue 21)."""
     cfg = loaded.config
-    if not cfg.remote_config.enabled:
+    if not (cfg.remote_config.enabled or cfg.homeassistant.enabled):
         return []
     from .uplink import BufferedUplink
 
@@ -97,6 +97,12 @@ async def start_integrations(gw: Gateway, output: Output, loaded: LoadedConfig,
             remote = RemoteConfig(gw, output, loaded.path)
             await remote.start()
             out.append(remote)
+    if cfg.homeassistant.enabled:
+        from .hass import HassDiscovery
+
+        hass = HassDiscovery(gw, output)
+        hass.start()
+        out.append(hass)
     return out
 
 
