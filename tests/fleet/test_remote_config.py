@@ -234,3 +234,37 @@ def test_sigkill_during_apply_restarts_into_the_old_or_the_new_config(
     assert final["hash"] == sha(new.encode())
     assert rig.path.read_bytes() == new.encode()
     rig.col.wait_for(lambda: any(r["device"] == "d2" for r in rig.col.readings()), what="the new device")
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_crash_record_is_finished_after_the_restart(rig: Rig, landed: bool) -> None:
+    """The state a kill leaves between the record and the end of the probation, made exactly.
+
+    landed: the rename happened (the new file runs): the probation starts again and passes.
+    Not landed: the old file runs: the change is answered failed and may be sent again.
+    """
+    old = config_text(rig.tmp, rig.broker.port)
+    new = config_text(rig.tmp, rig.broker.port, devices=3)
+    rig.path.write_text(new if landed else old)
+    rig.path.with_name("fieldgate.yaml.prev").write_text(old)
+    data = rig.tmp / "data"
+    data.mkdir()
+    (data / "remote_config.json").write_text(json.dumps({
+        "seen": ["chg-crash"], "last": None, "current": {"hash": sha(old.encode()), "version": None, "id": None,
+                                                          "source": "local"},
+        "probation": {"id": "chg-crash", "version": "v5", "hash": sha(new.encode()),
+                      "prev_hash": sha(old.encode()), "online_before": ["d0", "d1"]}}))
+    rig.run()
+    if landed:
+        done = rig.wait_result("chg-crash", "applied")
+        assert done["hash"] == sha(new.encode())
+        rig.col.wait_for(lambda: "config_remote_resumed" in rig.event_kinds(), what="the resumed probation")
+        rig.col.wait_for(lambda: (c := rig.current()) and c["version"] == "v5", what="current names v5")
+    else:
+        failed = rig.wait_result("chg-crash", "failed")
+        assert "stopped before the change was applied" in failed["errors"][0]
+        rig.send({"id": "chg-crash", "version": "v5", "config": new})
+        rig.wait_result("chg-crash", "applied")
+        assert rig.path.read_text() == new
+    state = json.loads((data / "remote_config.json").read_text())
+    assert state["probation"] is None and state["last"]["status"] == "applied"
