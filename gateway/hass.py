@@ -122,7 +122,8 @@ def value_template(metric: str) -> str:
 
     A reading carries only the metrics of that poll (``every``, deadbands): without the test a
     missing metric would set the entity unknown. ``None`` (a bad-quality value) is HA's word
-    for "no value".
+    for "no value". HA's MQTT value templates get ``this``, the entity's own state
+    (``homeassistant/components/mqtt/models.py``, ``MqttValueTemplate``).
     """
     key = json.dumps(metric)
     return (f"{{% if {key} in value_json.metrics %}}{{{{ value_json.metrics[{key}].value }}}}"

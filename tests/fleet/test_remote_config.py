@@ -268,3 +268,20 @@ def test_a_crash_record_is_finished_after_the_restart(rig: Rig, landed: bool) ->
         assert rig.path.read_text() == new
     state = json.loads((data / "remote_config.json").read_text())
     assert state["probation"] is None and state["last"]["status"] == "applied"
+
+
+def test_a_change_that_takes_devices_offline_is_rolled_back(rig: Rig) -> None:
+    old = config_text(rig.tmp, rig.broker.port, probation="3s")
+    rig.path.write_text(old)
+    rig.run()
+    rig.col.wait_for(lambda: {r["device"] for r in rig.col.readings()} >= {"d0", "d1"}, what="both devices")
+    # d0 becomes a Modbus meter on a port where nothing answers: it never comes online.
+    sim_d0 = next(line for line in old.splitlines() if "id: d0" in line)
+    broken = old.replace(sim_d0, f"  - {{id: d0, driver: modbus, profile: eastron/sdm120, poll_interval: 0.5s, "
+                                 f"connection: {{host: 127.0.0.1, port: {free_port()}, unit: 1}}}}")
+    rig.send({"id": "chg-offline", "config": broken})
+    rolled = rig.wait_result("chg-offline", "rolled_back", timeout=30)
+    assert any("device(s) online" in e and "d0" in e for e in rolled["errors"]), rolled
+    assert rig.path.read_text() == old
+    n = len(rig.col.seqs(device="d0"))
+    rig.col.wait_for(lambda: len(rig.col.seqs(device="d0")) > n, what="d0 (sim) reading again")
