@@ -12,12 +12,13 @@ from ..support.broker import Mosquitto
 
 
 def fleet_config(data_dir: Path, brokers: list[Mosquitto], *, web_port: int, devices: int = 2,
-                 interval: str = "0.05s", gw: str = "gw-f", extra: str = "") -> str:
+                 interval: str = "0.05s", gw: str = "gw-f", extra: str = "", mqtt_extra: str = "") -> str:
     """A gateway with sim devices whose uplink lists ``brokers`` in ``mqtt.hosts``."""
     hosts = ", ".join(f"'{b.host}:{b.port}'" for b in brokers)
     return (
         f"gateway: {{id: {gw}, data_dir: {data_dir}, clock_check: off, shutdown_timeout: 5s}}\n"
-        f"mqtt: {{hosts: [{hosts}], reconnect_min: 0.1s, reconnect_max: 0.5s, connect_timeout: 3s, keepalive: 5s}}\n"
+        f"mqtt: {{hosts: [{hosts}], reconnect_min: 0.1s, reconnect_max: 0.5s, connect_timeout: 3s, keepalive: 5s"
+        f"{mqtt_extra}}}\n"
         "buffer: {flush_interval: 50ms}\n"
         f"web: {{listen: '127.0.0.1:{web_port}'}}\n"
         f"{extra}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..conftest import Proc
 from ..support.broker import Mosquitto, free_port
+from ..support.certs import TlsFiles
 from ..support.collector import Collector
 from .support import fleet_config, status_uplink
 
@@ -77,3 +78,26 @@ def test_failover_to_the_second_broker_loses_nothing_and_sticks(
         assert upto > 100
         assert not missing, f"{len(missing)} of {upto} seq(s) reached neither broker, e.g. {missing[:10]}"
         assert "Traceback" not in "".join(gw.stderr_lines)
+
+
+def test_failover_keeps_the_tls_settings_for_every_broker(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto], test_pki: TlsFiles,
+        fieldgate_proc: Callable[..., Proc]) -> None:
+    # Both brokers require a client certificate signed by the CA: the second is reached only if the
+    # switch carries the whole TLS setup (CA, client certificate, name check) along.
+    a = mosquitto_factory(tls=test_pki, require_client_cert=True)
+    b = mosquitto_factory(tls=test_pki, require_client_cert=True)
+    cfg = tmp_path / "fieldgate.yaml"
+    tls = (f", tls: {{ca_file: {test_pki.ca_cert}, cert_file: {test_pki.client_cert}, "
+           f"key_file: {test_pki.client_key}}}")
+    cfg.write_text(fleet_config(tmp_path / "data", [a, b], web_port=free_port(), mqtt_extra=tls))
+    with Collector.for_broker(a, topic="fieldgate/gw-f/+/reading") as col_a, \
+            Collector.for_broker(b, topic="fieldgate/gw-f/+/reading") as col_b:
+        col_a.connect()
+        col_b.connect()
+        gw = fieldgate_proc("run", "-c", str(cfg))
+        col_a.wait_for(lambda: len(col_a.readings()) >= 5, timeout=30, what="readings over TLS on the first")
+        a.stop()
+        col_b.wait_for(lambda: len(col_b.readings()) >= 5, timeout=30, what="readings over TLS on the second")
+        gw.wait_stderr(f"connected to {b.url}", timeout=10)
+        assert b.url.startswith("mqtts://")
