@@ -162,6 +162,11 @@ class RemoteConfig:
         if current.get("hash") != running:
             # Edited by hand (or provisioned) since: the running file is a local one.
             self._state["current"] = {"hash": running, "version": None, "id": None, "source": "local"}
+        last = self._state.get("last")
+        if last and not self._state.get("probation"):
+            # Results go out beside the buffer: one published just before a crash may never have
+            # left. The last one is said again after every start (at least once; match on id).
+            self._unsent.append(last)
         self._stops.append(self.uplink.listen("config/set", self._on_message))
         self._stops.append(self.uplink.on_connected.add(lambda _kind, **_f: self._on_connected()))
         self._task = asyncio.get_running_loop().create_task(self._worker(), name="remote-config")

@@ -285,3 +285,19 @@ def test_a_change_that_takes_devices_offline_is_rolled_back(rig: Rig) -> None:
     assert rig.path.read_text() == old
     n = len(rig.col.seqs(device="d0"))
     rig.col.wait_for(lambda: len(rig.col.seqs(device="d0")) > n, what="d0 (sim) reading again")
+
+
+def test_the_last_result_is_said_again_after_a_restart(rig: Rig) -> None:
+    """A kill right after the probation passed: the record says applied, the result may never have left."""
+    new = config_text(rig.tmp, rig.broker.port)
+    rig.path.write_text(new)
+    data = rig.tmp / "data"
+    data.mkdir()
+    last = {"id": "chg-sent", "status": "applied", "ts": "2026-12-02T01:00:00.000Z", "version": "v7",
+            "hash": sha(new.encode())}
+    (data / "remote_config.json").write_text(json.dumps({
+        "seen": ["chg-sent"], "last": last, "probation": None,
+        "current": {"hash": sha(new.encode()), "version": "v7", "id": "chg-sent", "source": "remote"}}))
+    rig.run()
+    assert rig.wait_result("chg-sent", "applied") == last
+    assert rig.current()["version"] == "v7"  # type: ignore[index]
