@@ -364,9 +364,12 @@ class RemoteConfig:
         await self.gateway.reload()
 
     async def _finish_state(self, change: Change, status: str, **fields: Any) -> None:
-        result = self._answer(change.id, status, **{"version": change.version, **fields})
+        # Recorded first, told after: a result someone saw is never undone by a crash (and one lost
+        # in the crash is said again after the restart).
+        result = {"id": change.id, "status": status, "ts": iso_ms(time.time()), "version": change.version, **fields}
         self._state["last"] = {k: v for k, v in result.items() if k != "warnings"}
         await asyncio.to_thread(self._save_state)
+        self._publish_result(result)
 
     def _write(self, path: Path, data: bytes) -> None:
         mode = self.path.stat().st_mode & 0o777 if self.path.exists() else 0o640
