@@ -244,10 +244,15 @@ class RabbitCluster:
                     os.killpg(node.proc.pid, signal.SIGKILL)
                 node.proc.wait()
                 node.proc = None
-        # The epmd the nodes started listens on our own port: ask that one to exit.
+        # The epmd the nodes started listens on our own port: ask that one to exit. It refuses
+        # while a stopped node is still registered (deregistering is asynchronous): ask again.
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-        subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env=self.env(self.nodes[0]),
-                       capture_output=True, check=False, timeout=30)
+        for _ in range(20):
+            done = subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], env=self.env(self.nodes[0]),
+                                  capture_output=True, text=True, check=False, timeout=30)
+            if done.returncode == 0 and "not allowed" not in done.stdout + done.stderr:
+                break
+            time.sleep(0.5)  # pacing: the nodes' registrations go away meanwhile
 
     def consumers(self, sink: Sink, n: int) -> list[threading.Thread]:
         import pika
