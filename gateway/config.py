@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ModelWrapValidatorHandler, ValidationError, field_validator, model_validator
 
 from .driver import DriverClass, available_drivers, bus_key, connection_model, load_driver
 from .errors import ConfigError, DriverUnavailable
@@ -71,10 +71,14 @@ class BatchConfig(Model):
 
 
 class MqttConfig(Model):
-    """The uplink to an MQTT broker."""
+    """The uplink to an MQTT broker (or to one of several: ``hosts``)."""
 
-    host: str
+    host: str | None = Field(None, description="the broker; or list several in hosts")
     port: int | None = Field(None, ge=1, le=65535, description="default 1883, or 8883 with tls")
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="brokers to fail over between, in order ('host' or 'host:port', '[v6]:port'); the uplink "
+        "stays on the one it reached until it fails, then tries the next; same TLS and login for all")
     protocol: Literal["3.1.1", "5"] = "5"
     client_id: str | None = Field(None, description="default fieldgate-<gateway id>")
     topic_prefix: str = Field("fieldgate", pattern=r"^[^+#]+$")
@@ -101,10 +105,83 @@ class MqttConfig(Model):
             raise ValueError("topic_prefix must not start or end with '/'")
         return v
 
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _one_host(cls, value: Any) -> Any:
+        # `hosts: broker-a` means a list of one (and `hots: x` is suggested `hosts`, which must then work).
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            split_endpoint(entry, 1)  # a ValueError names the bad entry
+        if len(set(value)) != len(value):
+            raise ValueError("a broker is listed twice")
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _broker_missing_too(cls, data: Any, handler: ModelWrapValidatorHandler[MqttConfig]) -> MqttConfig:
+        # With other errors in the section the check below never runs; say the broker is missing
+        # with them, so one run still shows every problem (as when `host` was simply required).
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            named = not isinstance(data, dict) or data.get("host") is not None or bool(data.get("hosts"))
+            if named or any(not e["loc"] for e in exc.errors()):  # named, or said by the check below
+                raise
+            errors: list[Any] = [*exc.errors(), {"type": "missing", "loc": ("host",), "input": data}]
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_brokers(self) -> MqttConfig:
+        if self.hosts and (self.host is not None or self.port is not None):
+            raise ValueError("give either host (and port) or hosts, not both: with hosts, each entry carries "
+                             "its port ('broker-a:8883')")
+        if not self.hosts and self.host is None:
+            raise ValueError("name the broker: host (and port), or hosts for several")
+        return self
+
     @property
     def effective_port(self) -> int:
         """The configured port, or the protocol default."""
         return self.port or (8883 if self.tls else 1883)
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        """The brokers in the order they are tried: ``hosts``, or the single ``host``/``port``."""
+        default = 8883 if self.tls else 1883
+        if self.hosts:
+            return [split_endpoint(entry, default) for entry in self.hosts]
+        assert self.host is not None  # the validator above
+        return [(self.host, self.port or default)]
+
+
+def split_endpoint(entry: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` as (host, port).
+
+    Raises:
+        ValueError: the entry is not a host with an optional port in 1..65535.
+    """
+    host, port = entry, default_port
+    if entry.startswith("["):
+        end = entry.find("]")
+        host, rest = entry[1:end], entry[end + 1:]
+        if end < 0 or (rest and not rest.startswith(":")):
+            raise ValueError(f"{entry!r}: write an IPv6 address as '[addr]:port'")
+        rest = rest[1:]
+    elif entry.count(":") == 1:
+        host, rest = entry.split(":")
+    else:
+        rest = ""
+    if rest:
+        if not rest.isdigit() or not 1 <= int(rest) <= 65535:
+            raise ValueError(f"{entry!r}: the port must be a number in 1..65535")
+        port = int(rest)
+    if not host or any(c in host for c in "/@?# "):
+        raise ValueError(f"{entry!r} is not a broker address ('host' or 'host:port', no scheme)")
+    return host, port
 
 
 _SPARKPLUG_ID = r"^[^/+#]+$"  # no "/", "+" or "#" ([tck-id-topic-structure-namespace-valid-group-id])
@@ -208,6 +285,30 @@ class CommandsConfig(Model):
         return self.devices.get(device, self.rate)
 
 
+class RemoteConfigSection(Model):
+    """Configuration sent over MQTT on ``{prefix}/{gw}/config/set`` (docs/fleet.md); off by default.
+
+    Whoever may publish on that topic may reconfigure the gateway: allow it in the broker's ACL
+    only to the fleet's operators.
+    """
+
+    enabled: bool = False
+    probation: PositiveDuration = Field(
+        60.0, description="after a remote change, the uplink must reconnect and the devices come online within "
+        "this time, else the previous configuration is restored")
+    min_online: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of the devices online before the change (and still configured) "
+        "that must be online again within the probation")
+    max_bytes: ByteSize = Field(1_000_000, description="a larger config/set message is refused unread")
+
+
+class HomeAssistantSection(Model):
+    """Home Assistant MQTT discovery (docs/fleet.md); off by default."""
+
+    enabled: bool = False
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[^+#/][^+#]*[^+#/]$|^[^+#/]$")
+
+
 class GatewaySection(Model):
     """Who this gateway is and where it keeps its state."""
 
@@ -259,6 +360,8 @@ class GatewayConfig(Model):
     mqtt: MqttConfig | None = None
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    remote_config: RemoteConfigSection = Field(default_factory=RemoteConfigSection)
+    homeassistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection)
     devices: list[DeviceConfig] = Field(default_factory=list)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)

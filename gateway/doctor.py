@@ -141,6 +141,10 @@ class Doctor:
         data_dir = self.loaded.config.gateway.data_dir if self.loaded else STATE_DIR
         self.check_disk(data_dir)
         self.check_buffer(data_dir)
+        from .remote_config import describe_last_change  # issue 21: the last remote configuration change
+
+        if (last := describe_last_change(data_dir)) is not None:
+            self.add("remote_config", *last)
         if self.loaded is not None:
             await self.check_drivers(self.loaded.devices)
             await self.check_broker(self.loaded)

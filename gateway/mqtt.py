@@ -98,8 +98,17 @@ def tls_context(tls: TlsConfig) -> _ServerNameContext:
 
 
 def broker_url(cfg: MqttConfig) -> str:
-    """``mqtts://host:port`` for logs and errors (never with credentials)."""
-    return f"{'mqtts' if cfg.tls else 'mqtt'}://{cfg.host}:{cfg.effective_port}"
+    """``mqtts://host:port`` for logs and errors (never with credentials); the first of ``hosts``."""
+    host, port = cfg.endpoints[0]
+    return f"{'mqtts' if cfg.tls else 'mqtt'}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def for_endpoint(cfg: MqttConfig, endpoint: tuple[str, int]) -> MqttConfig:
+    """``cfg`` aimed at one of its brokers (``MqttConfig.endpoints``): what one :class:`MqttLink` dials.
+
+    Everything else (TLS, login, limits) is shared by all the brokers of a list.
+    """
+    return cfg.model_copy(update={"host": endpoint[0], "port": endpoint[1], "hosts": []})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +155,8 @@ class MqttLink:
     def __init__(self, cfg: MqttConfig, client_id: str, will: tuple[str, str | bytes],
                  on_ack: Callable[[int], None],
                  subscriptions: Mapping[str, InboundHandler] | None = None) -> None:
-        self.cfg = cfg
+        # A list of brokers: one link dials one of them (the uplink picks which); else the first.
+        self.cfg = cfg if not cfg.hosts else for_endpoint(cfg, cfg.endpoints[0])
         self.on_ack = on_ack
         self.subscriptions: dict[str, InboundHandler] = dict(subscriptions or {})
         self.loop = asyncio.get_running_loop()
@@ -301,7 +311,8 @@ class MqttLink:
         v5 = self.cfg.protocol == "5"
         kw: dict[str, Any] = {"clean_start": True} if v5 else {}
         try:
-            rc = self.client.connect(self.cfg.host, self.cfg.effective_port, int(self.cfg.keepalive), **kw)
+            host, port = self.cfg.endpoints[0]
+            rc = self.client.connect(host, port, int(self.cfg.keepalive), **kw)
         except BaseException:
             # paho leaves the TLS socket of a failed handshake (an untrusted or misnamed certificate)
             # open; without this every retry leaked one until the garbage collector found it.

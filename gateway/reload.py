@@ -22,6 +22,8 @@ Why each key is where it is:
   open database (its pragmas and reserve are chosen when it opens).
 * ``web.*``: the status page's listening socket and its password hash are made at
   start; it is not worth a window without a status page to swap them live.
+* ``remote_config.*``, ``homeassistant.*``: built with the uplink at start (their
+  subscriptions, probation and retained discovery messages).
 * ``mqtt`` added or removed: the kind of output (buffer and MQTT, or none) is
   chosen at start.
 * ``commands.allow``, ``rate``, ``devices``, ``max_queued``: read by the executor
@@ -54,6 +56,9 @@ RESTART_KEYS = frozenset({
     "web.enabled", "web.listen", "web.password", "web.allowed_hosts", "web.history_max_bytes", "web.commands",
     "commands.enabled", "commands.remember", "commands.remember_max",
     "mqtt.format", "sparkplug.group_id", "sparkplug.edge_node_id", "sparkplug.primary_host_id",
+    # Built at start beside the uplink (runtime.py): their subscriptions and retained messages.
+    "remote_config.enabled", "remote_config.probation", "remote_config.min_online", "remote_config.max_bytes",
+    "homeassistant.enabled", "homeassistant.discovery_prefix",
 })
 
 RELOAD_TIME_LIMIT_S = 15.0
@@ -94,7 +99,7 @@ def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
         changed = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
         plan.applied += [k for k in changed if k not in RESTART_KEYS]
         plan.restart_required += [k for k in changed if k in RESTART_KEYS]
-    for section in ("gateway", "buffer", "web", "commands", "sparkplug"):
+    for section in ("gateway", "buffer", "web", "commands", "sparkplug", "remote_config", "homeassistant"):
         before = _leaves(getattr(old, section), section)
         after = _leaves(getattr(new, section), section)
         for key in sorted(before.keys() | after.keys()):

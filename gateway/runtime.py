@@ -14,8 +14,8 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from .app import Gateway, Output
 from .config import GatewayConfig, LoadedConfig
@@ -122,6 +122,42 @@ async def start_commands(gw: Gateway, output: Output,
     return executor, listener
 
 
+class Integration(Protocol):
+    """A part built beside the uplink (remote configuration, Home Assistant discovery)."""
+
+    async def close(self) -> None: ...
+
+
+async def start_integrations(gw: Gateway, output: Output, loaded: LoadedConfig,
+                             loader: Callable[[], LoadedConfig] | None) -> list[Integration]:
+    """Remote configuration and Home Assistant discovery, when the configuration enables them (issue 21)."""
+    cfg = loaded.config
+    if not (cfg.remote_config.enabled or cfg.homeassistant.enabled):
+        return []
+    from .uplink import BufferedUplink
+
+    if not isinstance(output, BufferedUplink):
+        log.warning("remote_config and homeassistant need the MQTT uplink; off while printing to stdout")
+        return []
+    out: list[Integration] = []
+    if cfg.remote_config.enabled:
+        if loader is None:
+            log.warning("remote_config needs the gateway's configuration file (fieldgate run -c FILE); off")
+        else:
+            from .remote_config import RemoteConfig
+
+            remote = RemoteConfig(gw, output, loaded.path)
+            await remote.start()
+            out.append(remote)
+    if cfg.homeassistant.enabled:
+        from .hass import HassDiscovery
+
+        hass = HassDiscovery(gw, output)
+        hass.start()
+        out.append(hass)
+    return out
+
+
 @dataclass(slots=True)
 class Runtime:
     """A built gateway: its supervisor, its output and (when enabled and startable) its status page."""
@@ -131,6 +167,7 @@ class Runtime:
     web: WebServer | None = None
     commands: CommandExecutor | None = None
     listener: CommandListener | None = None
+    integrations: list[Integration] = field(default_factory=list)
 
     async def run(self) -> None:
         """Run the gateway until it is asked to stop; the status page and commands close with it."""
@@ -141,6 +178,8 @@ class Runtime:
                 await self.listener.close()
             if self.commands is not None:
                 self.commands.store.close()
+            for part in self.integrations:
+                await part.close()
             if self.web is not None:
                 await self.web.close()
 
@@ -163,7 +202,7 @@ async def build(loaded: LoadedConfig, *, output: Output | None = None, stdout: b
     gw = Gateway(loaded, out, loader=loader)
     commands, listener = await start_commands(gw, out, loaded.config)
     server = await start_status_page(gw, out, loaded.config) if web else None
-    return Runtime(gw, out, server, commands, listener)
+    return Runtime(gw, out, server, commands, listener, await start_integrations(gw, out, loaded, loader))
 
 
 @contextlib.asynccontextmanager

@@ -51,7 +51,7 @@ def test_unknown_keys_get_did_you_mean(write_config: Callable[..., Path]) -> Non
     errs = errors_of(path)
     f = str(path)
     assert f"{f}:3:3: gateway.data_dirr: unknown key 'data_dirr', did you mean 'data_dir'?" in errs
-    assert f"{f}:5:3: mqtt.hots: unknown key 'hots', did you mean 'host'?" in errs
+    assert f"{f}:5:3: mqtt.hots: unknown key 'hots', did you mean 'hosts'?" in errs  # mqtt.hosts (issue 21)
     assert f"{f}:8:13: devices[0].driver: unknown driver 'simm', did you mean 'sim'?" in errs
     assert f"{f}:10:5: devices[0].pol_interval: unknown key 'pol_interval', did you mean 'poll_interval'?" in errs
     assert any("mqtt.host: required key is missing" in e for e in errs)

@@ -148,13 +148,13 @@ class SparkplugUplink(BufferedUplink):
         # retained message deletes one left by an earlier JSON run).
         return ""
 
-    def _new_link(self) -> MqttLink:
+    def _new_link(self, target: MqttConfig) -> MqttLink:
         problem = self._bdseq_store.problem
         self.node.bdseq = self._bdseq_store.next()
         if self._bdseq_store.problem and problem is None:
             self.event("sparkplug_state_reset", file=str(self._bdseq_store.path), problem=self._bdseq_store.problem)
         self._host_online = False  # verified again on every connection, from its (retained) STATE
-        return SparkplugLink(self.mqtt, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
+        return SparkplugLink(target, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
                              self.node.will(_now_ms()), self._on_ack,
                              {self._full_filter(f, under): h for (f, under), h in self._listening.items()})
 

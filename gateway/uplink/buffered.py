@@ -27,7 +27,7 @@ from ..backoff import backoff_delay
 from ..buffer import Buffer, BufferStats, Row
 from ..config import GatewayConfig, MqttConfig
 from ..errors import UplinkError
-from ..mqtt import Inbound, InboundHandler, MqttLink, broker_url, publish_properties
+from ..mqtt import Inbound, InboundHandler, MqttLink, broker_url, for_endpoint, publish_properties
 from ..outputs import Followers
 from ..ratelimit import TokenBucket
 from ..schema import BATCH_SCHEMA, iso_ms
@@ -48,6 +48,7 @@ class BufferedUplink:
 
     def __init__(self, cfg: GatewayConfig, *, buffer: Buffer | None = None) -> None:
         self.followers = Followers()
+        self.on_connected = Followers()  # told ("connected", broker=url) after each connect: retained state
         if cfg.mqtt is None:
             raise ValueError("BufferedUplink needs an mqtt section")
         self.gateway_id = cfg.gateway.id
@@ -152,13 +153,16 @@ class BufferedUplink:
         """
         key = (topic_filter, under_prefix)
         self._listening[key] = handler
-        link = self._link
-        if link is not None:
-            link.subscribe(self._full_filter(topic_filter, under_prefix), handler)
+        # the link in use, and one still connecting (built before this call, it subscribes on its CONNACK)
+        for link in (self._link, self._connecting):
+            if link is not None:
+                link.subscribe(self._full_filter(topic_filter, under_prefix), handler)
 
         def stop() -> None:
-            if self._listening.pop(key, None) is not None and self._link is not None:
-                self._link.unsubscribe(self._full_filter(topic_filter, under_prefix))
+            if self._listening.pop(key, None) is not None:
+                for link in (self._link, self._connecting):
+                    if link is not None:
+                        link.unsubscribe(self._full_filter(topic_filter, under_prefix))
 
         return stop
 
@@ -271,8 +275,7 @@ class BufferedUplink:
         """Leave the current broker and prefix cleanly before a reload's settings take over."""
         new = self._next_mqtt
         assert new is not None
-        moved = (new.topic_prefix, new.host, new.effective_port) != (
-            self.mqtt.topic_prefix, self.mqtt.host, self.mqtt.effective_port)
+        moved = (new.topic_prefix, new.endpoints) != (self.mqtt.topic_prefix, self.mqtt.endpoints)
         # Collect the acknowledgements of what is in flight, so the new connection does not send
         # again what the old broker already has (bounded: the rest is sent again, at least once).
         with contextlib.suppress(TimeoutError):
@@ -361,18 +364,30 @@ class BufferedUplink:
             self.state.acked += n
             self._wake.set()
 
-    def _new_link(self) -> MqttLink:
-        """The connection of one attempt: its last will and the inbound subscriptions (a subclass's own will)."""
-        return MqttLink(self.mqtt, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
+    def _new_link(self, target: MqttConfig) -> MqttLink:
+        """The connection of one attempt to ``target`` (the broker of ``mqtt.hosts`` tried now): its last
+        will and the inbound subscriptions (a subclass's own will)."""
+        return MqttLink(target, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
                         (f"{self.prefix}/status", self._gateway_status("offline")), self._on_ack,
                         {self._full_filter(f, under): h for (f, under), h in self._listening.items()})
 
     async def _connection_loop(self) -> None:
-        failures = 0
+        # Failover over mqtt.hosts: stay on the broker reached until it fails, then try the next in
+        # turn. Between brokers of one pass the wait is a jitter below reconnect_min (a fleet that
+        # lost the same node spreads over the others instead of arriving at once); only a whole
+        # pass that failed counts as a failure for the capped full-jitter backoff.
+        failures = 0  # whole passes over the list that failed
+        tried = 0  # brokers tried in this pass
+        index = 0
+        endpoints = self.mqtt.endpoints
         while True:
             self._reconnect.clear()
             self._take_new_settings()
-            link = self._new_link()
+            if self.mqtt.endpoints != endpoints:
+                endpoints, index, tried = self.mqtt.endpoints, 0, 0
+            target = for_endpoint(self.mqtt, endpoints[index % len(endpoints)])
+            self.state.broker = broker_url(target)
+            link = self._new_link(target)
             self.state.state = "connecting"
             self._connecting = link
             try:
@@ -381,17 +396,22 @@ class BufferedUplink:
                 link.abort()
                 if self._reconnect.is_set():
                     continue  # cut short by a reload: try the new settings at once
-                failures += 1
-                self._record_error(exc, failures)
-                await self._backoff(failures)
+                self._record_error(exc, failures + 1)
+                index, tried = (index + 1) % len(endpoints), tried + 1
+                if tried < len(endpoints):
+                    await self._backoff(0)
+                else:
+                    failures, tried = failures + 1, 0
+                    await self._backoff(failures)
                 continue
             finally:
                 self._connecting = None
-            failures = 0
+            failures, tried = 0, 0
             self._link = link
             self.state.state, self.state.connected_since = "connected", time.time()
             self.state.connects += 1
             log.info("connected to %s", self.state.broker)
+            self.on_connected.tell("connected", {"broker": self.state.broker})
             try:
                 await self._session(link)
                 if self._next_mqtt is not None:
@@ -406,7 +426,12 @@ class BufferedUplink:
             if link.error is not None:
                 self._record_error(link.error, 1)
             if not self._reconnect.is_set():
-                await self._backoff(1)
+                # The broker failed: its turn in this pass is used up; the next one is tried (after
+                # a jitter), or with a single broker, the same one after the first backoff step.
+                index, tried = (index + 1) % len(endpoints), 1
+                await self._backoff(0 if len(endpoints) > 1 else 1)
+                if len(endpoints) == 1:
+                    tried = 0
 
     def _record_error(self, exc: UplinkError, failures: int) -> None:
         text = str(exc)
@@ -418,7 +443,11 @@ class BufferedUplink:
         self.state.state = "disconnected"
 
     async def _backoff(self, failures: int) -> None:
-        delay = backoff_delay(failures, self.mqtt.reconnect_min, self.mqtt.reconnect_max, self._rng)
+        """Wait before the next attempt; cut short by a reload. ``failures`` 0: the next broker of a list."""
+        if failures == 0:
+            delay = self._rng.uniform(0.0, self.mqtt.reconnect_min)
+        else:
+            delay = backoff_delay(failures, self.mqtt.reconnect_min, self.mqtt.reconnect_max, self._rng)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._reconnect.wait()

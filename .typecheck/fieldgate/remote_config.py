@@ -1,0 +1,1 @@
+../../gateway/remote_config.py
