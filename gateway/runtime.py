@@ -115,7 +115,10 @@ async def start_commands(gw: Gateway, output: Output,
     executor.settle_unfinished(unfinished)
     gw.commands = executor
     listener = None
-    if isinstance(output, BufferedUplink):
+    if getattr(output, "kind", None) == "sparkplug":
+        # Sparkplug is the whole MQTT interface then: commands come as DCMD, not on JSON topics.
+        output.commands = executor  # type: ignore[attr-defined]  # SparkplugUplink (an optional extra)
+    elif isinstance(output, BufferedUplink):
         listener = CommandListener(executor, output)
         listener.start()
     log.info("commands enabled for %d device(s): %s", len(cfg.commands.allow), ", ".join(cfg.commands.allow) or "none")

@@ -40,7 +40,7 @@ from .store import AlreadyKnown, CommandStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-ORIGINS = ("mqtt", "local-api", "cli", "page")
+ORIGINS = ("mqtt", "local-api", "cli", "page", "sparkplug")
 #: Commands and results kept in memory per device for the status page (rejected ones included).
 RECENT_KEEP = 50
 

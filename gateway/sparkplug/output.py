@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -41,6 +41,9 @@ from ..uplink import BufferedUplink
 from . import NAMESPACE
 from .codec import SparkplugError, decode, metric_value, parse_state, rebirth_requested
 from .node import BdSeqStore, Catalogue, EdgeNode
+
+if TYPE_CHECKING:
+    from ..commands import CommandExecutor
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,11 @@ class SparkplugUplink(BufferedUplink):
         self._host_online = False
         self._host_ts: int | None = None
         self._host_changed = asyncio.Event()
+        #: The command executor when ``commands.enabled`` (set by the composition root): DCMD writes
+        #: go through it, with its rules (allowed devices, writable points, ranges, rate, audit).
+        self.commands: CommandExecutor | None = None
+        self._dcmd_count = 0
+        self._dcmd_tasks: set[asyncio.Task[None]] = set()
         self._leaving: asyncio.Task[None] | None = None
         self.refused_commands = 0
         self._configured = {d.id for d in cfg.devices if d.enabled}
@@ -337,17 +345,34 @@ class SparkplugUplink(BufferedUplink):
         for m in payload.metrics:
             name = m.name or self.node.catalogue.by_alias.get(m.alias, (device, f"alias {m.alias}"))[1]
             writes[name] = metric_value(m)
-        self._execute_dcmd(device, writes)
+        self._execute_dcmd(device, writes, payload.timestamp or None)
 
-    def _execute_dcmd(self, device: str, writes: dict[str, Any]) -> None:
-        """THE place where DCMD writes meet the command executor (downlink issue); refused until it lands.
+    def _execute_dcmd(self, device: str, writes: dict[str, Any], ts: int | None = None) -> None:
+        """DCMD writes meet the command executor here: the same rules as a JSON command.
 
-        With ``gateway.commands`` (``CommandExecutor``) this becomes ``await executor.execute(device,
-        {"schema": "fieldgate.command/1", "id": ..., "op": "write", "metrics": writes},
-        origin="sparkplug")`` in a task, with the executor's safety rules (writable points, ranges, once per id).
+        A DCMD carries no command id; the id made here (``spb-<payload timestamp>-<count>``) keys
+        the executor's once-per-id record and the audit events. DCMD is QoS 0 (the specification
+        says so), so the broker never redelivers one: there is no repeat to recognise. The new value
+        reaches the host as DDATA of the fresh reading the executor's read-back publishes.
         """
-        self.refused_commands += 1
-        log.warning("sparkplug: DCMD for device %s refused (writes %s): device writes need the command "
-                    "executor, which this build does not have", device, sorted(writes))
-        self.event("command", device=device, origin="sparkplug", op="write", status="rejected",
-                   reason="no_executor", metrics=sorted(writes))
+        executor = self.commands
+        if executor is None:
+            self.refused_commands += 1
+            log.warning("sparkplug: DCMD for device %s refused (writes %s): commands are off "
+                        "(commands.enabled, commands.allow)", device, sorted(writes))
+            self.event("command", device=device, origin="sparkplug", op="write", status="rejected",
+                       reason="commands_off", metrics=sorted(writes))
+            return
+        self._dcmd_count += 1
+        command = {"schema": "fieldgate.command/1", "id": f"spb-{ts or int(time.time() * 1000)}-{self._dcmd_count}",
+                   "op": "write", "metrics": writes}
+
+        async def run() -> None:
+            result = await executor.execute(device, command, origin="sparkplug")
+            level = logging.INFO if result.get("status") == "ok" else logging.WARNING
+            log.log(level, "sparkplug: DCMD %s for %s: %s%s", command["id"], device, result.get("status"),
+                    f" ({result['reason']})" if result.get("reason") else "")
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"dcmd-{device}")
+        self._dcmd_tasks.add(task)
+        task.add_done_callback(self._dcmd_tasks.discard)
