@@ -28,7 +28,6 @@ starts again, and a change that had not landed is answered ``failed``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -44,6 +43,7 @@ from .errors import ConfigError
 from .provision import _atomic_write
 from .schema import iso_ms
 from .service_check import referenced_files
+from .tasks import cancel_and_wait
 from .yamlsrc import Budget, Diagnostic, load_yaml
 
 if TYPE_CHECKING:
@@ -181,9 +181,7 @@ class RemoteConfig:
             stop()
         for task in (self._task, self._resumed):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
 
     # --- inbound -----------------------------------------------------------------------------
 

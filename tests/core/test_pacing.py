@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from fieldgate import app, config, uplink
+from fieldgate import app, config
 from fieldgate.backoff import backoff_delay
 from fieldgate.listen import ListenAddress, is_loopback
 from fieldgate.ratelimit import TokenBucket
+from fieldgate.uplink import buffered
 from fieldgate.web import app as web_app
 from fieldgate.web import auth
 
@@ -33,7 +34,7 @@ def test_backoff_table(failures: int, base: float, cap: float, floor: float | No
 
 def test_one_backoff_for_devices_and_uplink() -> None:
     assert app.backoff_delay is backoff_delay
-    assert uplink.backoff_delay is backoff_delay
+    assert buffered.backoff_delay is backoff_delay  # the uplink's connection loop
 
 
 # (time, action, expected result) steps for a bucket of rate 2/s, burst 3, created at t=0
