@@ -121,6 +121,18 @@ class AddressRange(Model):
         return self
 
 
+class SunSpecSettings(Model):
+    """``sunspec:``: the points come from the SunSpec models the device's chain holds (drivers/modbus/sunspec.py)."""
+
+    base: Literal["auto"] | Address = Field(
+        "auto", description="address of the SunS marker; auto tries 40000, 0 and 50000")
+    models: list[int] = Field(
+        default_factory=lambda: [103, 160, 203],
+        description="SunSpec model ids to publish (common model 1 is always read), e.g. 103 inverter, "
+                    "160 MPPT, 203 meter, 124 storage")
+    modules: int = Field(2, ge=1, le=32, description="repeating groups to map (MPPT 160: modules/strings)")
+
+
 class ModbusProfile(BaseProfile):
     """A profile for the ``modbus`` driver."""
 
@@ -136,6 +148,18 @@ class ModbusProfile(BaseProfile):
     addressing_verified: bool = Field(
         False, description="true: addresses that look 1-based were checked against the datasheet (no warning)"
     )
+    sunspec: SunSpecSettings | None = Field(
+        None, description="a SunSpec device: discover the model chain and publish its models' points")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sunspec_points(cls, data: Any) -> Any:
+        # The models' points are generated before validation, so every check sees them as written points.
+        if isinstance(data, dict) and "sunspec" in data:
+            from .sunspec import expand
+
+            return expand(data)
+        return data
 
     def order_of(self, point: ModbusPoint) -> tuple[str, str]:
         """Effective (byte order, word order) of a point."""
