@@ -259,6 +259,16 @@ class ModbusDriver:
         values.update(failed)
         if phase.scaled:
             self._apply_scale_factors(phase, values)
+        for name, table in phase.mapped:
+            value = values[name]
+            if isinstance(value, PointError):
+                continue
+            # a code maps to its value; a literal (a value of the table) stands for itself
+            mapped = table.get(value)
+            if mapped is not None:
+                values[name] = int(mapped) if float(mapped).is_integer() else mapped
+            elif value not in table.values():
+                values[name] = PointError("unknown_code")
         sink.add(RawReading({n: values[n] for n in phase.report}, ts=ts))
 
     async def _read_block(self, step: _Step, reads: list[tuple[Block, list[Any]]], values: dict[str, Any],
@@ -342,10 +352,11 @@ class _Phase:
         steps: the requests, with their decoders.
         report: the names the reading carries, in profile order (``report: false`` points left out).
         scaled: (point, its scale factor point) for the due points that have one.
+        mapped: (point, its code -> value map) for the due points that have one.
         direct: the decoded values of a complete poll are the reading as they come.
     """
 
-    __slots__ = ("direct", "report", "scaled", "steps")
+    __slots__ = ("direct", "mapped", "report", "scaled", "steps")
 
     def __init__(self, steps: list[_Step], names: frozenset[str], profile: ModbusProfile,
                  order: dict[str, int]) -> None:
@@ -356,4 +367,5 @@ class _Phase:
                             if p.name in names and p.scale_factor_point)
         # The blocks' points, in request order, are exactly the report in profile order (no scale
         # factors, no hidden or shared registers): a poll that read every block needs no reordering.
-        self.direct = not self.scaled and tuple(n for st in steps for n in st.names) == self.report
+        self.mapped = tuple((p.name, p.map) for p in profile.points if p.name in names and p.map)
+        self.direct = not self.scaled and not self.mapped and tuple(n for st in steps for n in st.names) == self.report
