@@ -8,9 +8,8 @@ import asyncio
 import math
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,9 @@ from fieldgate_hwsim.sunspec_sim import SunSpecDevice, SunSpecSim
 from pydantic import ValidationError
 
 from tests.modbus.conftest import make_ctx, validate_reading
+from tests.modbus.stall_rig import SimThread
 
 PROFILE = "sunspec/inverter"
-
-
-@pytest.fixture
-async def sunspec_sims() -> AsyncIterator[list[ModbusSim]]:
-    started: list[ModbusSim] = []
-    yield started
-    for s in started:
-        await s.stop()
 
 
 async def _poll(profile: ModbusProfile, port: int) -> tuple[RecordingSink, ModbusDriver]:
@@ -78,9 +70,9 @@ def _check_operating_point(m: dict[str, dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize("base", [40000, 0, 50000])
-async def test_chain_discovered_at_each_base_and_scaled(base: int, sunspec_sims: list[ModbusSim]) -> None:
+async def test_chain_discovered_at_each_base_and_scaled(base: int, sims: list[ModbusSim]) -> None:
     sim = SunSpecSim({1: SunSpecDevice(base)})
-    sunspec_sims.append(sim)
+    sims.append(sim)
     port = await sim.start_tcp()
     profile = load_modbus_profile(PROFILE)
     sink, drv = await _poll(profile, port)
@@ -91,11 +83,11 @@ async def test_chain_discovered_at_each_base_and_scaled(base: int, sunspec_sims:
     _check_operating_point(_published(profile, sink))
 
 
-async def test_chain_with_one_mppt_module_and_no_meter(sunspec_sims: list[ModbusSim]) -> None:
+async def test_chain_with_one_mppt_module_and_no_meter(sims: list[ModbusSim]) -> None:
     """The device's chain, not the profile, decides: absent models and modules are not published."""
     dev = SunSpecDevice(40000, models=(1, 103))
     sim = SunSpecSim({1: dev})
-    sunspec_sims.append(sim)
+    sims.append(sim)
     port = await sim.start_tcp()
     profile = load_modbus_profile(PROFILE)
     sink, _ = await _poll(profile, port)
@@ -103,10 +95,10 @@ async def test_chain_with_one_mppt_module_and_no_meter(sunspec_sims: list[Modbus
     assert "power_total" in m and not any(k.startswith("mppt") or "_grid" in k or k.endswith("_pv1") for k in m)
 
 
-async def test_no_marker_is_a_named_error_in_time(sunspec_sims: list[ModbusSim]) -> None:
+async def test_no_marker_is_a_named_error_in_time(sims: list[ModbusSim]) -> None:
     """A plain Modbus meter is no SunSpec device: one clear error, within 2 s, no traceback."""
     sim = ModbusSim({1: load_modbus_profile("eastron/sdm120")}, animate=False)
-    sunspec_sims.append(sim)
+    sims.append(sim)
     port = await sim.start_tcp()
     started = time.monotonic()
     with pytest.raises(DeviceProtocolError) as info:
@@ -129,28 +121,16 @@ def test_generated_profile_validates_clean() -> None:
     assert out.returncode == 0 and "0 warning(s)" in out.stdout, out
 
 
-class _SimThread:
-    """The SunSpec simulator on an event loop of its own thread (the gateway is another process)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="sunspec-sim", daemon=True)
-        self.thread.start()
-        self.sim = SunSpecSim({1: SunSpecDevice(40000)})
-        self.port = asyncio.run_coroutine_threadsafe(self.sim.start_tcp(), self.loop).result(30)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture
-def sim_thread() -> Iterator[_SimThread]:
-    s = _SimThread()
-    yield s
-    s.stop()
+def sim_port() -> Iterator[int]:
+    """The SunSpec simulator on stall_rig's simulator thread (the gateway under test is another process)."""
+    t = SimThread()
+    sim = SunSpecSim({1: SunSpecDevice(40000)})
+    t.sims.append(sim)
+    try:
+        yield asyncio.run_coroutine_threadsafe(sim.start_tcp(), t.loop).result(30)
+    finally:
+        t.stop()
 
 
 def _config(tmp_path: Path, broker_port: int, port: int) -> Path:
@@ -163,11 +143,11 @@ def _config(tmp_path: Path, broker_port: int, port: int) -> Path:
     return cfg
 
 
-def test_sunspec_through_the_gateway_process(tmp_path: Path, mosquitto: Any, sim_thread: _SimThread) -> None:
+def test_sunspec_through_the_gateway_process(tmp_path: Path, mosquitto: Any, sim_port: int) -> None:
     """`fieldgate run`: the chain is discovered and its models published, scaled and contract-valid."""
     from tests.support.collector import Collector
 
-    cfg = _config(tmp_path, mosquitto.port, sim_thread.port)
+    cfg = _config(tmp_path, mosquitto.port, sim_port)
     col = Collector(mosquitto.host, mosquitto.port).connect()
     log = (tmp_path / "gateway.log").open("w")
     gw = subprocess.Popen([sys.executable, "-m", "fieldgate.cli", "run", "-c", str(cfg)], stdout=log,
@@ -192,8 +172,8 @@ def test_sunspec_through_the_gateway_process(tmp_path: Path, mosquitto: Any, sim
         col.disconnect()
 
 
-def test_probe_lists_the_models_found(tmp_path: Path, sim_thread: _SimThread) -> None:
-    cfg = _config(tmp_path, 1883, sim_thread.port)  # probe never connects to the broker
+def test_probe_lists_the_models_found(tmp_path: Path, sim_port: int) -> None:
+    cfg = _config(tmp_path, 1883, sim_port)  # probe never connects to the broker
     out = subprocess.run([sys.executable, "-m", "fieldgate.cli", "probe", "-c", str(cfg), "inv-1"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out
