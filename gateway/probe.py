@@ -125,6 +125,9 @@ async def probe(loaded: LoadedConfig, device_id: str, out: TextIO, wait: float |
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+    # What the device told about itself on connect (a SunSpec chain's models), as its driver lists it.
+    for line in (driver_status(driver) or {}).get("found", []):
+        print(f"found: {line}", file=out)
     for failure in sink.errors:
         print(f"partial failure: {failure}", file=out)
     print(f"{device_id}: {len(rows) - 1} point(s) in {took:.0f} ms via {spec.driver.name} "

@@ -32,6 +32,7 @@ from .bus import ExceptionResponse, FrameError, ModbusBus
 from .decode import BlockDecoder, DecodeError, decode, hex_words
 from .plan import BIT_TABLES, Block, Item, plan_reads, split
 from .profile import ModbusConnection, ModbusPoint, ModbusProfile
+from .sunspec_chain import Chain, discover, relocate
 from .write import WriteRefused, plan_write, write_points
 
 ILLEGAL_ADDRESS = 2
@@ -73,34 +74,65 @@ class ModbusDriver:
         self.profile = ctx.profile
         self.conn = ctx.connection
         self.key = self.bus_of(self.conn)
-        self.points = {p.name: p for p in self.profile.points}
         self.bus: ModbusBus | None = None
         self.polls = 0
+        self._read_all = False  # after a write: the read-back poll reads every point, `every: N` or not
+        self.chain: Chain | None = None  # a SunSpec profile: the model chain found on connect
+        self._unset: dict[str, int] = {}  # SunSpec points and their "not implemented" raw value
+        self._use(ctx.profile)
+
+    def _use(self, profile: ModbusProfile) -> None:
+        """Take ``profile``'s points as this device's (a SunSpec chain's relocate them on connect)."""
+        self.profile = profile
+        self.points = {p.name: p for p in profile.points}
         self._plans: dict[frozenset[str], _Phase] = {}
         self._split: set[tuple[str, int, int]] = set()  # merged reads the device rejected
-        self._everies = tuple(sorted({p.every for p in self.profile.points}))
+        self._everies = tuple(sorted({p.every for p in profile.points}))
         # The due set repeats with the least common multiple of the ``every`` values: the phase is poll % that
         # (one modulo per poll); a profile whose multiples have a huge LCM keys by which of them divide the poll.
         period = math.lcm(*self._everies)
         self._period = period if period <= 10_000 else 0
         self._due: dict[int | tuple[bool, ...], frozenset[str]] = {}
         self._sets: dict[frozenset[str], frozenset[str]] = {}
-        self._order = {p.name: i for i, p in enumerate(self.profile.points)}
+        self._order = {p.name: i for i, p in enumerate(profile.points)}
         # the last poll's blocks and failures, formatted only when ``last_raw`` is asked
         self._last: tuple[list[tuple[Block, list[Any]]], dict[str, PointError]] | None = None
-        self._unreadable = [(r.table, r.start, r.end) for r in self.profile.unreadable]
-        self._read_all = False  # after a write: the read-back poll reads every point, `every: N` or not
+        self._unreadable = [(r.table, r.start, r.end) for r in profile.unreadable]
 
     async def __aenter__(self) -> Self:
         bus = self.ctx.shared.acquire(self.key, lambda: ModbusBus(self.key, self.conn))
         try:
             bus.check_compatible(self.conn)
             await bus.connect()
+            if self.ctx.profile.sunspec is not None:
+                await self._discover(bus)
         except BaseException:
             await self._release()
             raise
         self.bus = bus
         return self
+
+    async def _discover(self, bus: ModbusBus) -> None:
+        """SunSpec: find the chain, then read each model where this device has it (drivers/modbus/sunspec.py)."""
+        assert self.ctx.profile.sunspec is not None
+        self.chain = await discover(bus, self.conn, self.ctx.profile.sunspec.base)
+        profile, self._unset = relocate(self.ctx.profile, self.chain)
+        if not any(p.report for p in profile.points):
+            ids = ", ".join(str(m[0]) for m in self.chain.models) or "none"
+            raise DeviceProtocolError(
+                f"the SunSpec chain at {self.chain.base} holds models {ids}: none of the profile's "
+                f"{self.ctx.profile.sunspec.models}", reason="sunspec_models",
+                hint="list the models the device has under sunspec.models (fieldgate probe shows them)")
+        c = self.chain.common
+        self.ctx.log.info("SunSpec at %d: %s %s (serial %s), models %s", self.chain.base, c.get("manufacturer"),
+                          c.get("model"), c.get("serial"), " ".join(str(m[0]) for m in self.chain.models))
+        self._use(profile)
+
+    def status(self) -> dict[str, Any]:
+        """For the status page and ``probe``: a SunSpec device's chain (``found``: one line per model)."""
+        if self.chain is None:
+            return {}
+        return {"sunspec_base": self.chain.base, **self.chain.common, "found": self.chain.summary()}
 
     async def __aexit__(self, *exc: object) -> None:
         self.bus = None
@@ -215,6 +247,10 @@ class ModbusDriver:
             first = problems[0]
             more = f" ({len(problems)} request(s) failed)" if len(problems) > 1 else ""
             sink.add_error(DeviceProtocolError(f"{first}{more}", reason=first.reason))
+        if self._unset:
+            for name, unset in self._unset.items():
+                if values.get(name) == unset and name not in failed:
+                    failed[name] = PointError("not_implemented")  # SunSpec's "this device has no such value"
         self._last = (reads, failed)
         if phase.direct and not failed and len(reads) == len(phase.steps):
             # Every block read as planned, in profile order, all points reported: the dict is the reading.
@@ -223,6 +259,16 @@ class ModbusDriver:
         values.update(failed)
         if phase.scaled:
             self._apply_scale_factors(phase, values)
+        for name, table in phase.mapped:
+            value = values[name]
+            if isinstance(value, PointError):
+                continue
+            # a code maps to its value; a literal (a value of the table) stands for itself
+            mapped = table.get(value)
+            if mapped is not None:
+                values[name] = int(mapped) if float(mapped).is_integer() else mapped
+            elif value not in table.values():
+                values[name] = PointError("unknown_code")
         sink.add(RawReading({n: values[n] for n in phase.report}, ts=ts))
 
     async def _read_block(self, step: _Step, reads: list[tuple[Block, list[Any]]], values: dict[str, Any],
@@ -306,10 +352,11 @@ class _Phase:
         steps: the requests, with their decoders.
         report: the names the reading carries, in profile order (``report: false`` points left out).
         scaled: (point, its scale factor point) for the due points that have one.
+        mapped: (point, its code -> value map) for the due points that have one.
         direct: the decoded values of a complete poll are the reading as they come.
     """
 
-    __slots__ = ("direct", "report", "scaled", "steps")
+    __slots__ = ("direct", "mapped", "report", "scaled", "steps")
 
     def __init__(self, steps: list[_Step], names: frozenset[str], profile: ModbusProfile,
                  order: dict[str, int]) -> None:
@@ -320,4 +367,5 @@ class _Phase:
                             if p.name in names and p.scale_factor_point)
         # The blocks' points, in request order, are exactly the report in profile order (no scale
         # factors, no hidden or shared registers): a poll that read every block needs no reordering.
-        self.direct = not self.scaled and tuple(n for st in steps for n in st.names) == self.report
+        self.mapped = tuple((p.name, p.map) for p in profile.points if p.name in names and p.map)
+        self.direct = not self.scaled and not self.mapped and tuple(n for st in steps for n in st.names) == self.report

@@ -66,6 +66,11 @@ class ModbusPoint(BasePoint):
         description="points this one deliberately shares registers with (one register read as two types); "
                     "any other overlap is an error")
 
+    map: dict[int, float] | None = Field(
+        None, description="alternative encodings: raw code -> value; a raw value equal to one of the values "
+                          "(the literal, e.g. 9600 where the code is 0) is accepted as itself, anything else "
+                          "is bad (unknown_code)")
+
     write_function: Literal[5, 6, 15, 16] | None = Field(
         None, description="writable points: FC 6 or 16 for holding registers (default 6 for one register, 16 for "
                           "more), FC 5 or 15 for coils (default 5)")
@@ -89,6 +94,21 @@ class ModbusPoint(BasePoint):
         if isinstance(data, dict) and isinstance(data.get("overlaps"), str):
             data = {**data, "overlaps": [data["overlaps"]]}
         return data
+
+    @model_validator(mode="after")
+    def _unambiguous_map(self) -> ModbusPoint:
+        # A raw value that is both a code and another code's literal could mean two things: refuse it.
+        if self.map is None:
+            return self
+        if not self.map:
+            raise ValueError("map needs at least one code")
+        for code, value in self.map.items():
+            if code in self.map.values() and value != code:
+                raise ValueError(f"map: {code} is both a code and a literal (of code "
+                                 f"{next(c for c, v in self.map.items() if v == code)}): one raw value, two meanings")
+        if self.scale_factor_point is not None:
+            raise ValueError("a point takes map and scale_factor_point not both: the code is the raw register")
+        return self
 
     @property
     def kind(self) -> str:
@@ -121,6 +141,18 @@ class AddressRange(Model):
         return self
 
 
+class SunSpecSettings(Model):
+    """``sunspec:``: the points come from the SunSpec models the device's chain holds (drivers/modbus/sunspec.py)."""
+
+    base: Literal["auto"] | Address = Field(
+        "auto", description="address of the SunS marker; auto tries 40000, 0 and 50000")
+    models: list[int] = Field(
+        default_factory=lambda: [103, 160, 203],
+        description="SunSpec model ids to publish (common model 1 is always read), e.g. 103 inverter, "
+                    "160 MPPT, 203 meter, 124 storage")
+    modules: int = Field(2, ge=1, le=32, description="repeating groups to map (MPPT 160: modules/strings)")
+
+
 class ModbusProfile(BaseProfile):
     """A profile for the ``modbus`` driver."""
 
@@ -136,6 +168,18 @@ class ModbusProfile(BaseProfile):
     addressing_verified: bool = Field(
         False, description="true: addresses that look 1-based were checked against the datasheet (no warning)"
     )
+    sunspec: SunSpecSettings | None = Field(
+        None, description="a SunSpec device: discover the model chain and publish its models' points")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sunspec_points(cls, data: Any) -> Any:
+        # The models' points are generated before validation, so every check sees them as written points.
+        if isinstance(data, dict) and "sunspec" in data:
+            from .sunspec import expand
+
+            return expand(data)
+        return data
 
     def order_of(self, point: ModbusPoint) -> tuple[str, str]:
         """Effective (byte order, word order) of a point."""
@@ -257,6 +301,9 @@ def _write_checks(p: ModbusPoint) -> list[tuple[str, str]]:
                                 "not supported: a bit needs a read-modify-write another master could race)"))
     elif p.scale_factor_point is not None:
         out.append(("writable", "points with a scale_factor_point cannot be written (the factor may change)"))
+    elif p.map is not None:
+        out.append(("writable", "points with a map cannot be written (the map leaves open which encoding the "
+                                "device takes)"))
     elif p.kind != "bool" and p.write_limits is None:
         out.append(("write_range", "a writable number needs write_range (or range): the values a command may set"))
     if fc is not None and p.table == "coil" and fc not in (5, 15):
