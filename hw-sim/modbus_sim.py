@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fieldgate.drivers.modbus.decode import encode
+from fieldgate.drivers.modbus.decode import apply_scale_factor, encode
 from fieldgate.drivers.modbus.profile import ModbusPoint, ModbusProfile
 from fieldgate.tasks import cancel_and_wait
 from pymodbus.constants import ExcCodes
@@ -287,7 +287,7 @@ class DeviceModel:
                 continue
             v = self.raw[p.name]
             if p.scale_factor_point:
-                v = v * 10.0 ** self.raw[p.scale_factor_point]
+                v = apply_scale_factor(v, self.raw[p.scale_factor_point])
             out[p.name] = v
         return out
 

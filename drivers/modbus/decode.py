@@ -177,6 +177,16 @@ def _reader(at: int, kind: str, bo: str, wo: str, bit: int | None,
     return lambda w, _buf: decode(w[at:at + width], kind, bo, wo, bit)
 
 
+def apply_scale_factor(value: float, sf: int) -> float:
+    """``value * 10**sf`` (a SunSpec scale factor register) without binary noise in the result.
+
+    ``1304 * 10.0 ** -2`` is 13.040000000000001, because 0.01 has no exact binary form; dividing
+    by the exact integer power of ten rounds once, correctly: 13.04.
+    """
+    scaled: float = value / 10 ** -sf if sf < 0 else value * 10 ** sf
+    return scaled
+
+
 def hex_words(words: Sequence[int]) -> str:
     """``0x4366 0x0000``: how ``fieldgate probe`` shows raw registers."""
     return " ".join(f"0x{w:04X}" for w in words)

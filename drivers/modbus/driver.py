@@ -29,7 +29,7 @@ from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DriverError
 from fieldgate.schema import PointError, RawReading
 
 from .bus import ExceptionResponse, FrameError, ModbusBus
-from .decode import BlockDecoder, DecodeError, decode, hex_words
+from .decode import BlockDecoder, DecodeError, apply_scale_factor, decode, hex_words
 from .plan import BIT_TABLES, Block, Item, plan_reads, split
 from .profile import ModbusConnection, ModbusPoint, ModbusProfile
 from .sunspec_chain import Chain, discover, relocate
@@ -325,7 +325,7 @@ class ModbusDriver:
             elif sf == -32768:  # SunSpec "not implemented"
                 values[name] = PointError("not_implemented")
             else:
-                values[name] = value * 10.0 ** sf
+                values[name] = apply_scale_factor(value, sf)
 
     def _value(self, p: ModbusPoint, w: list[Any]) -> Any:
         if p.table in BIT_TABLES:

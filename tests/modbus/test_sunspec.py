@@ -183,3 +183,13 @@ def test_probe_lists_the_models_found(tmp_path: Path, sim_port: int) -> None:
                  "SunSpec model 203 (ac_meter_abcn)"):
         assert f"found: {line}" in out.stdout, out.stdout
     assert "power_total" in out.stdout
+
+
+def test_a_scale_factor_adds_no_binary_noise() -> None:
+    """1304 with SF -2 was published as 13.040000000000001 (``1304 * 10.0 ** -2``)."""
+    from fieldgate.drivers.modbus.decode import apply_scale_factor
+
+    assert apply_scale_factor(1304, -2) == 13.04
+    assert apply_scale_factor(2301, -1) == 230.1
+    assert apply_scale_factor(-7, 3) == -7000
+    assert apply_scale_factor(15, 0) == 15
