@@ -9,18 +9,14 @@ answer outside the buffer, carrying the correlation data back.
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 from fieldgate.mqtt import Inbound
 from fieldgate.testing import running_gateway, until
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .support.broker import Mosquitto
 from .support.collector import Collector
+from .support.mqtt5 import V5Client
 from .test_uplink import gw_config
 
 
@@ -74,32 +70,17 @@ def _retry_publish(broker: Mosquitto, topic: str, payload: bytes, retain: bool =
 
 
 async def test_send_answers_with_the_mqtt5_correlation_data(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    received: list[Any] = []
-    subscribed = threading.Event()
-    arrived = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5-client", protocol=MQTTProtocolVersion.MQTTv5)
-    c.on_subscribe = lambda *_a: subscribed.set()
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        received.append(msg)
-        arrived.set()
-
-    c.on_message = on_message
-    c.connect(mosquitto.host, mosquitto.port)
-    c.loop_start()
+    client = await asyncio.to_thread(V5Client(mosquitto.host, mosquitto.port, "answers/#").__enter__)
     try:
-        c.subscribe([("answers/#", SubscribeOptions(qos=1))])
-        assert await asyncio.to_thread(subscribed.wait, 10)
         async with running_gateway(gw_config(tmp_path / "data", mosquitto.port, devices=1)) as (_gw, uplink):
             await until(lambda: uplink.send("answers/x", b"{}", under_prefix=False, correlation_data=b"\x01req-7"),
                         what="connected and sent")
-            assert await asyncio.to_thread(arrived.wait, 10)
-        msg = received[0]
+            assert await asyncio.to_thread(client.arrived.wait, 10)
+        msg = client.received[0]
         assert msg.topic == "answers/x"
         assert msg.properties.CorrelationData == b"\x01req-7"
     finally:
-        c.loop_stop()
-        c.disconnect()
+        client.__exit__(None, None, None)
 
 
 async def test_send_says_false_while_not_connected(tmp_path: Path) -> None:

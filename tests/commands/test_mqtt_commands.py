@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from fieldgate.config import load_config_text
 from fieldgate.runtime import running
 from fieldgate_hwsim.modbus_sim import ModbusSim
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..support.broker import Mosquitto
 from ..support.collector import Collector
 from ..support.contract import validate_message
+from ..support.mqtt5 import V5Client
 from .conftest import config, start_sim
 
 TOPIC = "fieldgate/gw-t/boiler/cmd"
@@ -101,21 +98,9 @@ async def test_commands_over_mqtt(tmp_path: Path, profile_path: Path, sims: list
 async def test_mqtt5_response_topic_and_correlation_data(tmp_path: Path, profile_path: Path, sims: list[ModbusSim],
                                                          mosquitto: Mosquitto) -> None:
     _sim, conn = await start_sim(sims, profile_path)
-    received: list[Any] = []
-    subscribed, arrived = threading.Event(), threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5-app", protocol=MQTTProtocolVersion.MQTTv5)
-    c.on_subscribe = lambda *_a: subscribed.set()
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        received.append(msg)
-        arrived.set()
-
-    c.on_message = on_message
-    c.connect(mosquitto.host, mosquitto.port)
-    c.loop_start()
+    c5 = await asyncio.to_thread(V5Client(mosquitto.host, mosquitto.port, "app/replies/#", "v5-app").__enter__)
+    received, arrived, c = c5.received, c5.arrived, c5.client
     try:
-        c.subscribe([("app/replies/#", SubscribeOptions(qos=1))])
-        assert await asyncio.to_thread(subscribed.wait, 10)
         text = config(tmp_path / "data", profile_path, {"boiler": conn}, mqtt_port=mosquitto.port, interval="3600s")
         async with running(load_config_text(text, str(tmp_path / "c.yaml"))) as rt:
             assert rt.listener is not None
@@ -135,8 +120,7 @@ async def test_mqtt5_response_topic_and_correlation_data(tmp_path: Path, profile
         validate_message("fieldgate/gw-t/boiler/cmd/result", answer)
         assert answer["id"] == "v5-1" and answer["status"] == "ok"
     finally:
-        c.loop_stop()
-        c.disconnect()
+        c5.__exit__(None, None, None)
 
 
 async def test_commands_are_off_by_default_and_nothing_is_subscribed(tmp_path: Path, profile_path: Path,
