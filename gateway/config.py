@@ -206,7 +206,13 @@ class BufferConfig(Model):
     durability: Literal["full", "normal"] = Field(
         "full", description="full: each commit survives a power cut; normal: only a crash"
     )
-    flush_interval: PositiveDuration = Field(0.2, description="readings are committed in batches this often")
+    flush_interval: PositiveDuration = Field(
+        0.2, description="no longer used (commits are group commits: one starts as soon as readings wait "
+        "and none is in flight); accepted so that older configs load")
+    keep_acked: Duration = Field(
+        5.0, description="a reading stays this long after the broker acknowledged it, and a reconnect sends "
+        "it again: a broker killed before its next save lost what it acknowledged since (duplicates, never "
+        "loss). Set it to at least the broker's save interval (mosquitto: autosave_interval); 0 deletes at once")
     spill_max: int = Field(10_000, ge=0, description="readings held in memory while the disk is full")
     max_pending: int = Field(
         50_000, ge=1000, description="readings waiting in memory for their commit; only when devices produce "

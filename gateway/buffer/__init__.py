@@ -4,7 +4,8 @@
 the design) and combines the jobs, each a module of its own: ``seqguard``
 (seqs never handed out twice), ``events`` (the events topic's store),
 ``limits`` (age and size), ``diskfull`` (the reserve and the in-memory spill),
-``salvage`` (a corrupt file), ``vacuum`` (upkeep); ``base`` holds their shared
+``salvage`` (a corrupt file), ``vacuum`` (upkeep), ``kept`` (acknowledged rows
+kept for the broker's unsaved window); ``base`` holds their shared
 state and helpers, ``txn`` the one transaction block and error tests, and
 ``pages`` reads rows straight from the pages of a damaged file, for the salvage.
 """

@@ -106,6 +106,7 @@ class BufferStats:
     spill_dropped_total: int
     disk_full: bool
     write_error: str | None = None
+    kept: int = 0
 
 
 def _size_of(items: Sequence[tuple[str, int, str]]) -> int:
@@ -126,6 +127,8 @@ class BufferBase:
         spill_max: int = 10_000,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         now: Callable[[], float] = time.time,
+        keep_acked_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
@@ -169,6 +172,13 @@ class BufferBase:
         self._ack_warned_at: float | None = None  # monotonic time of the last "cannot delete" WARNING
         self._appended_since_maintenance = 0
         self._read_failing = False
+        # Acknowledged rows kept for the broker's unsaved window (kept.py): (ack time, seqs), oldest first.
+        self.keep_acked_s = max(0.0, keep_acked_s)
+        self._monotonic = monotonic
+        self._kept: deque[tuple[float, list[int]]] = deque()
+        self._kept_count = 0
+        self._kept_events: deque[tuple[float, list[int]]] = deque()
+        self._kept_event_ids: set[int] = set()
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -219,6 +229,14 @@ class BufferBase:
     def _measure(self) -> tuple[int | None, int]:
         conn = self._db()
         oldest = conn.execute(_OLDEST).fetchone()
+        if oldest is not None and self._kept:
+            # The oldest row may be one acknowledged and kept (kept.py): the oldest *waiting* one is
+            # below every kept seq, or above them (rows still in flight among them count as above).
+            lo = min(seqs[0] for _, seqs in self._kept)
+            if oldest[0] >= lo:
+                hi = max(seqs[-1] for _, seqs in self._kept)
+                oldest = conn.execute("SELECT seq, ts_ms FROM readings WHERE seq > ? ORDER BY seq LIMIT 1",
+                                      (hi,)).fetchone()
         return (None if oldest is None else int(oldest[1])), self._data_bytes(conn) + self._wal_bytes()
 
     def _data_bytes(self, conn: sqlite3.Connection) -> int:
@@ -318,6 +336,21 @@ class BufferBase:
             raise NotImplementedError
 
         def _tight_pages(self) -> int | None:
+            raise NotImplementedError
+
+        def _hold(self, seqs: list[int]) -> list[int]:
+            raise NotImplementedError
+
+        def _hold_events(self, ids: list[int]) -> list[int]:
+            raise NotImplementedError
+
+        def _release_kept(self) -> None:
+            raise NotImplementedError
+
+        def _delete_acked_events(self, stored: list[int]) -> None:
+            raise NotImplementedError
+
+        def _take_due(self, kept: deque[tuple[float, list[int]]], now: float, everything: bool = False) -> list[int]:
             raise NotImplementedError
 
         def _rows_per_tight_commit(self, row_bytes: Callable[[], int]) -> int | None:

@@ -42,20 +42,26 @@ class EventStore(BufferBase):
             return []
         rows: list[tuple[int, str]] = []
         try:
-            rows = self._guarded(
-                lambda: self._db().execute("SELECT id, body FROM events ORDER BY id LIMIT ?", (limit,)).fetchall())
+            # Acknowledged events within their window (kept.py) are not sent again on this connection.
+            skip = len(self._kept_event_ids)
+            rows = self._guarded(lambda: self._db().execute(
+                "SELECT id, body FROM events ORDER BY id LIMIT ?", (limit + skip,)).fetchall())
+            if skip:
+                rows = [r for r in rows if r[0] not in self._kept_event_ids][:limit]
         except sqlite3.OperationalError as exc:
             log.debug("buffer: cannot read events: %s", exc)
         rows.extend(itertools.islice(self._event_spill, max(0, limit - len(rows))))
         return rows
 
     def ack_events(self, ids: Iterable[int]) -> None:
-        """Forget events the broker has acknowledged."""
+        """Forget events the broker has acknowledged (stored ones after ``keep_acked_s``, like readings)."""
         ids = set(ids)
-        stored = sorted(i for i in ids if i > 0)
         memory = {i for i in ids if i < 0}
         if memory:
             self._event_spill = deque(e for e in self._event_spill if e[0] not in memory)
+        self._delete_acked_events(self._hold_events(sorted(i for i in ids if i > 0)))
+
+    def _delete_acked_events(self, stored: list[int]) -> None:
         if not stored:
             return
         try:

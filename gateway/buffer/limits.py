@@ -54,6 +54,9 @@ class Limits(BufferBase):
         slack_ms = min(max_age_s * 0.05, _AGE_SLACK_MAX_S) * 1000
         if oldest[1] >= cutoff - slack_ms:
             return 0
+        if self._kept:
+            self._release_kept()  # delivered rows go first, unannounced: a drop is of undelivered ones
+            return self._drop_by_age(max_age_s)
         with Transaction(conn):
             n, first, last = conn.execute(
                 "SELECT count(*), min(seq), max(seq) FROM readings WHERE ts_ms < ?", (cutoff,)).fetchone()
@@ -70,6 +73,9 @@ class Limits(BufferBase):
         wal = self._wal_bytes()
         if self._data_bytes(conn) + wal <= max_bytes:
             return 0
+        if self._kept:
+            self._release_kept()  # as in _drop_by_age; the size is measured again
+            return self._drop_by_bytes(max_bytes)
         target = max_bytes * _DROP_TO
         dropped, first, last = 0, 0, 0
         with Transaction(conn):

@@ -2,7 +2,10 @@
 
 Every accepted reading is committed here and gets its ``seq`` in the same
 transaction; it stays until the broker acknowledges it (``ack``) or a
-configured limit drops it (``enforce_limits``, always announced). One SQLite
+configured limit drops it (``enforce_limits``, always announced). After its
+acknowledgement it stays ``keep_acked_s`` longer and a new connection sends it
+again, for a broker that crashed before it saved what it acknowledged
+(``kept``). One SQLite
 database, ``<data_dir>/buffer.db``, in WAL mode. The class is synchronous and
 not thread-safe: the uplink drives it from one worker thread.
 
@@ -118,6 +121,7 @@ from .base import (
 )
 from .diskfull import DiskFull
 from .events import EventStore
+from .kept import KeptAcks
 from .limits import Limits
 from .salvage import Salvage
 from .seqguard import SeqGuard
@@ -178,7 +182,7 @@ def _runs(seqs: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
     return ranges, singles
 
 
-class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard):
+class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard, KeptAcks):
     """The durable queue of readings waiting for the broker (see the module docstring).
 
     Args:
@@ -191,6 +195,9 @@ class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard):
         on_event: called (on the buffer's thread) with each event the buffer
             raises itself; the event is already stored for the events topic.
         now: the wall clock, for ages and event timestamps (injectable for tests).
+        keep_acked_s: acknowledged readings and events stay this long, and a new connection sends
+            them again (see ``kept``): a broker that crashed before its next save lost them.
+        monotonic: the clock of that window (injectable for tests).
     """
 
     def open(self) -> None:
@@ -238,6 +245,8 @@ class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard):
         if not self._opened:
             return
         try:
+            # Stopping cleanly: the window's rows go (the broker on this host stops cleanly too, and saves).
+            self._release_kept()
             if self._spill or self._pending_acks or self._event_spill or self._episode:
                 self.maintenance()
             if self._spill:
@@ -310,9 +319,10 @@ class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard):
         return [Row(*r) for r in rows]
 
     def ack(self, seqs: Iterable[int]) -> int:
-        """Delete acknowledged readings.
+        """Delete acknowledged readings (after ``keep_acked_s``: until then they are kept, see ``kept``).
 
-        Contiguous seqs are deleted as ranges, the rest in chunks of
+        Readings acknowledged earlier whose window is over are deleted too; ``ack(())`` deletes
+        only those. Contiguous seqs are deleted as ranges, the rest in chunks of
         ``DELETE ... WHERE seq IN (...)``, in one transaction (several small
         ones on a full disk). A delete that cannot be written is kept and
         retried (the readings may be sent again meanwhile: delivery is at
@@ -321,6 +331,18 @@ class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard):
         Returns:
             The number of readings deleted.
         """
+        if self._kept_events:
+            self._delete_acked_events(self._hold_events([]))  # events whose window is over
+        return self._delete_acked(self._hold(sorted(seqs)))
+
+    def _release_kept(self) -> None:
+        """Delete every kept row and event now (a clean close, a limit about to drop readings)."""
+        self._delete_acked(self._take_due(self._kept, 0.0, everything=True))
+        ids = self._take_due(self._kept_events, 0.0, everything=True)
+        self._kept_event_ids.clear()
+        self._delete_acked_events(ids)
+
+    def _delete_acked(self, seqs: list[int]) -> int:
         wanted = sorted(set(seqs) | self._pending_acks)
         if not wanted:
             return 0
@@ -359,10 +381,11 @@ class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard):
         except sqlite3.OperationalError as exc:
             log.debug("buffer: stats incomplete: %s", exc)
         return BufferStats(
-            depth=self._depth, oldest_ts_ms=oldest, newest_seq=self._last_seq, bytes_on_disk=size,
+            depth=max(0, self._depth - self._kept_count), oldest_ts_ms=oldest, newest_seq=self._last_seq,
+            bytes_on_disk=size,
             dropped_total=self._dropped_total, spilled=len(self._spill),
             spill_dropped_total=self._spill_dropped_total, disk_full=self._episode_full,
-            write_error=self._episode,
+            write_error=self._episode, kept=self._kept_count,
         )
 
     def _connect(self) -> bool:

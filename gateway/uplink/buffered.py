@@ -58,6 +58,7 @@ class BufferedUplink:
         self.buffer = buffer or Buffer(
             cfg.gateway.data_dir, max_bytes=self.bcfg.max_bytes, max_age_s=self.bcfg.max_age,
             durability=self.bcfg.durability, spill_max=self.bcfg.spill_max, on_event=self._buffer_event,
+            keep_acked_s=self.bcfg.keep_acked,
         )
         self.state = UplinkState()
         self.state.broker = broker_url(self.mqtt)
@@ -254,8 +255,10 @@ class BufferedUplink:
         new connection. Settings that need a restart are named by the supervisor, not here.
         """
         self.bcfg = self.bcfg.model_copy(update={"flush_interval": cfg.buffer.flush_interval,
-                                                 "max_pending": cfg.buffer.max_pending})
+                                                 "max_pending": cfg.buffer.max_pending,
+                                                 "keep_acked": cfg.buffer.keep_acked})
         self.intake.max_pending = self.bcfg.max_pending
+        self.buffer.keep_acked_s = cfg.buffer.keep_acked  # one float: read by the buffer's thread at its next ack
         if cfg.mqtt is not None and cfg.mqtt != (self._next_mqtt or self.mqtt):
             log.info("mqtt settings changed: handing over to %s, topics %s/%s/...", broker_url(cfg.mqtt),
                      cfg.mqtt.topic_prefix, self.gateway_id)
@@ -340,11 +343,16 @@ class BufferedUplink:
             if tick % 5 == 0 or spilling:  # upkeep every 10 s (2 s while the disk is full); stats every 2 s
                 await self._db(self.buffer.enforce_limits)
                 await self._db(self.buffer.maintenance)
-            self.stats = await self._db(self.buffer.stats)
+            self.stats = await self._db(self._tick_buffer)
             if spilling and self.readahead.committed_elsewhere(self.stats.newest_seq):
                 # Upkeep committed rows itself (the spill, once the disk has room): the publisher only
                 # learns of commits from append_many, so without this it would wait for the next reading.
                 self._wake.set()
+
+    def _tick_buffer(self) -> BufferStats:
+        """On the buffer's thread, every 2 s: delete the kept rows whose window is over, then the stats."""
+        self.buffer.ack(())  # nothing to do (no I/O) unless a window is over or a delete waits for a retry
+        return self.buffer.stats()
 
     async def _commit_acks(self) -> None:
         acked, ids = self.inflight.take_acked()
@@ -456,7 +464,13 @@ class BufferedUplink:
         """Publish from the buffer until the connection drops."""
         link.publish(f"{self.prefix}/status", self._gateway_status("online"), retain=True)
         self._status_dirty = set(self._statuses)
-        await self._commit_acks()  # acked rows must not be resent
+        await self._commit_acks()
+        # What the broker acknowledged in the last keep_acked seconds goes out again: if it crashed
+        # before its next save, it lost those (a consumer dedupes on gateway and seq).
+        again = await self._db(self.buffer.requeue_kept)
+        if again:
+            log.info("sending again %d reading(s) the broker acknowledged in the last %gs, in case it lost "
+                     "them before its next save (buffer.keep_acked)", again, self.buffer.keep_acked_s)
         self.readahead.start_session()
         self._events_waiting = True  # unacknowledged events of the last session are sent again
         try:
@@ -548,6 +562,6 @@ class BufferedUplink:
                 "depth": b.depth, "oldest_ts": iso_ms(b.oldest_ts_ms / 1000) if b.oldest_ts_ms else None,
                 "bytes": b.bytes_on_disk, "dropped": b.dropped_total + self.overload_dropped,
                 "last_seq": b.newest_seq,
-                "disk_full": b.disk_full, "spilled": b.spilled,
+                "disk_full": b.disk_full, "spilled": b.spilled, "spill_lost": b.spill_dropped_total, "kept": b.kept,
             },
         }

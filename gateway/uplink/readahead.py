@@ -13,8 +13,9 @@ Pure state, no I/O, so that its invariants are tested directly
 * ``InFlight``: the messages awaiting their PUBACK (reading seqs and event ids by
   message id) and the acknowledged ones not yet deleted from the buffer. A lost
   connection forgets what was in flight (it is sent again from the buffer: at
-  least once); what was acknowledged stays acknowledged and is deleted before
-  the next session reads.
+  least once); what was acknowledged stays acknowledged. The buffer keeps an
+  acknowledged row for ``buffer.keep_acked`` and the next session sends it
+  again (a broker that crashed before its save lost it: buffer/kept.py).
 """
 
 from __future__ import annotations

@@ -119,6 +119,10 @@ def render_metrics(hub: StateHub) -> str:
                  [({}, b.get("oldest_age_s"))])
         w.family("fieldgate_buffer_last_seq", "gauge", "Highest seq assigned.", [({}, b["last_seq"])])
         w.family("fieldgate_buffer_disk_full", "gauge", "1 while the disk is full.", [({}, bool(b["disk_full"]))])
+        w.family("fieldgate_buffer_spill_lost_total", "counter",
+                 "Readings lost from the in-memory spill while the disk was full.", [({}, b.get("spill_lost"))])
+        w.family("fieldgate_buffer_kept", "gauge", "Acknowledged readings kept for buffer.keep_acked.",
+                 [({}, b.get("kept"))])
 
     sysinfo = status["system"]
     w.family("fieldgate_process_cpu_seconds_total", "counter", "CPU time of the gateway process.",

@@ -71,6 +71,10 @@ _BUFFER = {"type": ["object", "null"], "properties": {
     "depth": {"type": "integer"}, "oldest_ts": _TS_OR_NULL, "oldest_age_s": _NUM_OR_NULL,
     "bytes": {"type": "integer"}, "dropped": {"type": "integer"}, "last_seq": {"type": "integer"},
     "disk_full": {"type": "boolean"}, "spilled": {"type": "integer"},
+    "spill_lost": {"type": "integer", "description": "readings lost from the in-memory spill while the disk was "
+                                                     "full (announced as buffer_spill_lost)"},
+    "kept": {"type": "integer", "description": "acknowledged readings kept for buffer.keep_acked (sent again "
+                                               "after a reconnect); not in depth"},
 }}
 _STATUS = _obj({
     "gateway": {"type": "string"}, "version": {"type": "string"}, "started": _TS, "uptime_s": {"type": "number"},
