@@ -121,6 +121,22 @@ def test_every_unclean_start_jumps_past_the_sidecar(
     assert not [e for e in events if e["kind"] == "buffer_lost"]  # the WAL was there: nothing lost
 
 
+def test_after_a_jump_the_last_seq_is_the_last_one_handed_out(
+        tmp_path: Path, opened: Callable[..., tuple[Buffer, list[dict[str, Any]]]]) -> None:
+    """The status API's ``last_seq``: a jump hands out nothing; the seqs it skips were never anyone's.
+
+    Reporting the jump's target as the last seq made the seqs it skipped look handed out (the fault
+    campaign then counted an announced gap as missing readings).
+    """
+    data = tmp_path / "data"
+    high = run_and_kill(data, "full", 30)
+    buf, events = opened(durability="full")
+    jump = next(e for e in events if e["kind"] == "buffer_seq_jump")
+    assert buf.stats().newest_seq == jump["last_seq"] >= high
+    first = buf.append_many(items(2))
+    assert first[0] == jump["next_seq"] and buf.stats().newest_seq == first[-1]
+
+
 @pytest.mark.parametrize("damage", [
     os.urandom(12),
     b"\xff\xfe\x00garbage\x80\x81\x82",

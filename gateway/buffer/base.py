@@ -88,7 +88,7 @@ class BufferStats:
     Attributes:
         depth: readings waiting in the database.
         oldest_ts_ms: ``ts_ms`` of the oldest waiting reading, or ``None``.
-        newest_seq: highest seq ever assigned (0 if none).
+        newest_seq: the highest seq given to a reading (0 if none); a seq jump does not raise it.
         bytes_on_disk: live database pages plus the WAL file, in bytes.
         dropped_total: readings dropped by the limits since this database was created.
         spilled: readings held in memory because the database cannot be written.
@@ -153,7 +153,8 @@ class BufferBase:
         self._lost_range: tuple[int, int, str] | None = None  # seqs a lost file may have taken, to announce
         self._wal_at_open = True
         self._floor_written = 0
-        self._last_seq = 0
+        self._last_seq = 0  # the readings table's counter: a jump raises it without handing out a seq
+        self._handed_out = 0  # the highest seq given to a reading (what the status API calls last_seq)
         self._depth = 0
         self._dropped_total = 0
         self._session_pending = False  # the clean=0 / boot id / seed commit is still to be made

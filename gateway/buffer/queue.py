@@ -381,7 +381,7 @@ class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard, KeptAcks):
         except sqlite3.OperationalError as exc:
             log.debug("buffer: stats incomplete: %s", exc)
         return BufferStats(
-            depth=max(0, self._depth - self._kept_count), oldest_ts_ms=oldest, newest_seq=self._last_seq,
+            depth=max(0, self._depth - self._kept_count), oldest_ts_ms=oldest, newest_seq=self._handed_out,
             bytes_on_disk=size,
             dropped_total=self._dropped_total, spilled=len(self._spill),
             spill_dropped_total=self._spill_dropped_total, disk_full=self._episode_full,
@@ -482,7 +482,7 @@ class Buffer(Upkeep, Salvage, Limits, DiskFull, EventStore, SeqGuard, KeptAcks):
                 # A copy in the database: the reservation survives a damaged sidecar (see _start_session).
                 conn.execute(_SET_META, ("hwm", last + SEQ_RESERVE))
         n = len(items)
-        self._last_seq = last
+        self._last_seq = self._handed_out = last
         self._depth += n
         self._appended_since_maintenance += n
         # One stat per eighth of a reserve appended, not per commit: the WAL can outgrow the automatic

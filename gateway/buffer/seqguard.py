@@ -49,6 +49,11 @@ class SeqGuard(BufferBase):
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self._dropped_total = int(meta.get("dropped_total", 0))
         self._last_seq = self._db_last_seq(conn)
+        # A jump that no reading followed yet (killed right after the start) left the counter at its
+        # target: the seqs below it were skipped, not handed out.
+        jumped_to = _seq_value(meta.get("jumped_to"))
+        self._handed_out = (_seq_value(meta.get("jumped_from")) or 0) if jumped_to == self._last_seq \
+            else self._last_seq
         self._depth = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
         self._seed = None
         self._lost_range = None
@@ -97,8 +102,10 @@ class SeqGuard(BufferBase):
                     if conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'readings'",
                                     (seed,)).rowcount == 0:
                         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', ?)", (seed,))
-                    jump = self._event("buffer_seq_jump", reason=reason, last_seq=last, next_seq=seed + 1)
+                    handed_out = min(self._handed_out, last)
+                    jump = self._event("buffer_seq_jump", reason=reason, last_seq=handed_out, next_seq=seed + 1)
                     self._insert_event(conn, jump)
+                    conn.executemany(_SET_META, [("jumped_from", handed_out), ("jumped_to", seed)])
                 if self._hwm_damage is not None or (self._seed is not None and self._seed[0] > self._reserved):
                     # A sound sidecar again (and its copy in the database) before any seq is handed out.
                     base = max(last, self._seed[0] if self._seed is not None else 0)
