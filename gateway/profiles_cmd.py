@@ -50,6 +50,7 @@ class Coverage:
     documented: int | None = None   # registers in the facts file (None: no facts file)
     published: int = 0              # of those, published as a point
     left_out: int = 0               # of those, left out with a reason
+    verified: int = 0               # published ones checked against a source (``verified = true``)
     vectors: int = 0                # points with at least one test vector
     simulated: int | None = None    # points a registered simulator models (None: none registered)
     problems: list[str] = field(default_factory=list)
@@ -62,7 +63,8 @@ class Coverage:
         if self.profile is None:
             return f"{self.name}: does not load ({self.problems[0] if self.problems else 'invalid'})"
         p = self.profile
-        doc = (f"documented {self.documented}: published {self.published}, left out {self.left_out}"
+        doc = (f"documented {self.documented}: published {self.published} ({self.verified} verified), "
+               f"left out {self.left_out}"
                if self.documented is not None else "documented ? (no datasheet facts)")
         sim = f"{self.simulated}/{self.points}" if self.simulated is not None else "-"
         cited = "yes" if p.datasheet else "NO"
@@ -133,6 +135,7 @@ def _check_facts(cov: Coverage, facts_path: Path) -> None:
                 cov.problems.append(f"{where}: point {name!r} has {key} {dumped[key]!r}, the datasheet {reg[key]!r}")
         documented.add(name)
         cov.published += 1
+        cov.verified += reg.get("verified") is True
     for name in sorted(set(points) - documented):
         cov.problems.append(f"{facts_path}: point {name!r} of the profile is documented by no register")
 

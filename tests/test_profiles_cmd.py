@@ -25,7 +25,7 @@ def test_the_shipped_library_is_consistent(capsys: pytest.CaptureFixture[str]) -
     assert main(["profiles", "--coverage"]) == 0
     out = capsys.readouterr()
     lines = {line.split(" ", 1)[0]: line for line in out.out.splitlines()}
-    assert "documented 52: published 46, left out 6; points 46" in lines["abb/b23"]
+    assert "documented 52: published 46 (23 verified), left out 6; points 46" in lines["abb/b23"]
     assert "simulated 46/46" in lines["abb/b23"]
     assert "documented ? (no datasheet facts)" in lines["generic/senml"]
     assert "vectors 17/18" in lines["nmea0183/gnss"]
@@ -45,7 +45,7 @@ def test_a_profile_that_contradicts_its_facts_fails(tmp_path: Path, capsys: pyte
     )
     assert main(["profiles", "--coverage", "--dir", str(tmp_path)]) == 1
     out = capsys.readouterr()
-    assert "acme/m1 [modbus]: documented 4: published 2, left out 0; points 3; vectors 1/3" in out.out
+    assert "acme/m1 [modbus]: documented 4: published 2 (0 verified), left out 0; points 3; vectors 1/3" in out.out
     err = out.err
     assert "register[1] (input 0x0003): point 'current' has address 2, the datasheet 3" in err
     assert "register[2] (input 0x0006): give either point (published as) or left_out (why not)" in err
