@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .app import Gateway, Output
 from .config import GatewayConfig, LoadedConfig
 from .errors import GatewayError
+from .fanout import Output
+from .supervisor import Gateway
 
 if TYPE_CHECKING:
     from .commands import CommandExecutor
