@@ -171,7 +171,8 @@ class DeferredWebServer:
 
     def _stop_watching(self) -> None:
         for sock in self._socks:
-            self._loop.remove_reader(sock.fileno())
+            if sock.fileno() != -1:  # closed already when loading the server failed
+                self._loop.remove_reader(sock.fileno())
 
     def _first_visit(self) -> None:
         self._stop_watching()  # the connection waits in the backlog until the server accepts it
