@@ -248,8 +248,11 @@ def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | N
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"only {len(tally.last_r0)}/{devices} devices delivered within 60 s")
                 time.sleep(0.2)  # a bench's sampling pace, not a synchronization
+            first_visit_s = float("nan")
             if visit and web:
+                t_visit = time.monotonic()
                 visit_page(web_port)
+                first_visit_s = time.monotonic() - t_visit
             time.sleep(warmup)
             cpu0, sim0, t0 = proc_cpu(gw.pid), proc_cpu(sim.pid), time.monotonic()
             with tally.lock:
@@ -296,6 +299,7 @@ def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | N
             "sim_cpu_pct": 100 * (sim1 - sim0) / dt,
             "duplicates": tally.duplicates,
             "load1": load,
+            "first_visit_s": first_visit_s,  # the first request's answer time (it loads the page's server)
         }
 
 

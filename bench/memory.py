@@ -56,7 +56,8 @@ def main() -> int:
                               ("page off", False, False)):
         res = fleet.run_once(args.scenario, args.seconds, args.warmup, web, None, visit=visit)
         print(f"  {label:22s} VmHWM {res['vmhwm_mib']:6.1f} MiB ({res['vmhwm_mib'] * 1.048576:5.1f} MB)  "
-              f"VmRSS {res['rss_mib']:6.1f} MiB  values/s {res['values_per_s']:8.0f}  load {res['load1']:.2f}",
+              f"VmRSS {res['rss_mib']:6.1f} MiB  values/s {res['values_per_s']:8.0f}  load {res['load1']:.2f}"
+              + (f"  first request {res['first_visit_s']:.2f} s" if visit else ""),
               flush=True)
     return 0
 
