@@ -1,7 +1,7 @@
 """Benchmark: a Modbus TCP fleet end to end, through the real gateway process to a QoS 1 subscriber.
 
 Run: .venv/bin/python bench/fleet.py [-s A|B2|B3|C|D ...] [--seconds 60] [--warmup 10]
-                                     [--no-web] [--against REV] [--rounds 1]
+                                     [--no-web] [--visit] [--against REV] [--rounds 1]
 
 The setup (issue 16, "What it must show"):
   - D Modbus TCP devices of R holding registers, one pymodbus server (one port) each, served by
@@ -9,7 +9,8 @@ The setup (issue 16, "What it must show"):
     (gaps are lost polls), registers 1-2 latch the simulator's clock in ms at that read (latency),
     the rest change every 100 ms;
   - the real gateway (``fieldgate run``) with its defaults: ``durability: full``, the status page
-    on (``--no-web`` turns it off to measure what the page costs);
+    on (``--no-web`` turns it off to measure what the page costs; ``--visit`` opens it once after the
+    warm-up, which loads its HTTP server: without a visitor it only listens and records);
   - a local mosquitto with persistence (tests/support/broker.py), and a QoS 1 subscriber here.
 
 Over the window after warm-up it prints: values/s delivered (metrics of received readings),
@@ -43,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,8 +211,14 @@ def drop_rev(tree: Path) -> None:
     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
 
 
+def visit_page(port: int) -> None:
+    """One client on the status page (its first visit loads the page's HTTP server)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/status", timeout=60) as resp:
+        resp.read()
+
+
 def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | None,
-             durability: str | None = None) -> dict[str, float]:
+             durability: str | None = None, visit: bool = False) -> dict[str, float]:
     devices, registers, interval = SCENARIOS[name]
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
         folder = Path(tmp)
@@ -227,7 +235,8 @@ def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | N
             tally = Tally()
             sub = Subscriber(broker.port, tally)
             cfg = folder / "gw.yaml"
-            cfg.write_text(config_yaml(folder, broker.port, ports, interval, web, free_port(), durability))
+            web_port = free_port()
+            cfg.write_text(config_yaml(folder, broker.port, ports, interval, web, web_port, durability))
             cmd, env = gateway_command(tree, cfg)
             with open(folder / "gw.log", "wb") as log:  # the child keeps its own copy of the descriptor
                 gw = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -239,6 +248,11 @@ def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | N
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"only {len(tally.last_r0)}/{devices} devices delivered within 60 s")
                 time.sleep(0.2)  # a bench's sampling pace, not a synchronization
+            first_visit_s = float("nan")
+            if visit and web:
+                t_visit = time.monotonic()
+                visit_page(web_port)
+                first_visit_s = time.monotonic() - t_visit
             time.sleep(warmup)
             cpu0, sim0, t0 = proc_cpu(gw.pid), proc_cpu(sim.pid), time.monotonic()
             with tally.lock:
@@ -285,6 +299,7 @@ def run_once(name: str, seconds: float, warmup: float, web: bool, tree: Path | N
             "sim_cpu_pct": 100 * (sim1 - sim0) / dt,
             "duplicates": tally.duplicates,
             "load1": load,
+            "first_visit_s": first_visit_s,  # the first request's answer time (it loads the page's server)
         }
 
 
@@ -311,6 +326,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds after every device delivered")
     ap.add_argument("--no-web", action="store_true", help="status page off (to measure what it costs)")
     ap.add_argument("--web-both", action="store_true", help="run each scenario with the page on and off")
+    ap.add_argument("--visit", action="store_true",
+                    help="open the status page once after the warm-up (it loads its server on the first visit)")
     ap.add_argument("--durability", choices=("full", "normal"),
                     help="buffer.durability (default: the gateway's own default, full); to tell fsync from CPU")
     ap.add_argument("--against", metavar="REV", help="alternate with a worktree of REV and print ratios")
@@ -333,9 +350,9 @@ def main() -> int:
                 theirs: list[dict[str, float]] = []
                 for _ in range(args.rounds if tree else 1):
                     if tree is not None:
-                        theirs.append(run_once(name, args.seconds, args.warmup, web, tree, args.durability))
+                        theirs.append(run_once(name, args.seconds, args.warmup, web, tree, args.durability, args.visit))
                         show(args.against[:10], theirs[-1])
-                    mine.append(run_once(name, args.seconds, args.warmup, web, None, args.durability))
+                    mine.append(run_once(name, args.seconds, args.warmup, web, None, args.durability, args.visit))
                     show("this", mine[-1])
                 if theirs:
                     ratio = {k: _ratio(statistics.mean(m[k] for m in mine), statistics.mean(t[k] for t in theirs))

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from .app import Gateway, Output
 from .config import GatewayConfig, LoadedConfig
 from .errors import GatewayError
+from .fanout import Output
+from .supervisor import Gateway
 
 if TYPE_CHECKING:
     from .commands import CommandExecutor
     from .commands.mqtt import CommandListener
-    from .web.app import WebServer
 
 log = logging.getLogger("fieldgate")
 
@@ -72,17 +73,29 @@ async def make_output(cfg: GatewayConfig, *, stdout: bool = False, file: str = "
     return uplink
 
 
-async def start_status_page(gw: Gateway, output: Output, cfg: GatewayConfig) -> WebServer | None:
-    """Start the status page if enabled; a missing extra or a taken port is logged, not fatal."""
+class StatusPage(Protocol):
+    """A started status page (:class:`~fieldgate.web.deferred.DeferredWebServer`)."""
+
+    url: str
+
+    async def close(self) -> None: ...
+
+
+async def start_status_page(gw: Gateway, output: Output, cfg: GatewayConfig) -> StatusPage | None:
+    """Start the status page if enabled; a missing extra or a taken port is logged, not fatal.
+
+    The page listens and records from now on; its HTTP server (aiohttp, ~12 MiB) is loaded only
+    when the first client connects (:mod:`fieldgate.web.deferred`).
+    """
     if not cfg.web.enabled:
         return None
-    try:
-        from .web.app import start_web
-    except ImportError:
+    if importlib.util.find_spec("aiohttp") is None:
         log.warning("the status page needs the web extra: pip install 'fieldgate[web]'")
         return None
+    from .web.deferred import start_web_deferred
+
     try:
-        server = await start_web(gw, output, cfg.web)
+        server = await start_web_deferred(gw, output, cfg.web)
     except GatewayError as exc:
         log.error("%s; running without the status page", exc)
         return None
@@ -167,7 +180,7 @@ class Runtime:
 
     gateway: Gateway
     output: Output
-    web: WebServer | None = None
+    web: StatusPage | None = None
     commands: CommandExecutor | None = None
     listener: CommandListener | None = None
     integrations: list[Integration] = field(default_factory=list)

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,10 +40,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..config import WebConfig
-from ..errors import GatewayError
-from ..listen import ListenAddress, is_loopback
-from .auth import LoginLimiter, PasswordHash, Session, SessionStore, hash_password, new_token, tokens_match
+from ..listen import is_loopback
+from .auth import LoginLimiter, PasswordHash, Session, SessionStore, new_token, tokens_match
 from .auth import verify_password as _verify
+from .deferred import PageListener, listen_error, page_url, parse_listen, read_password
 from .history import History
 from .hosts import HostPolicy
 from .logring import EventLog, LogRing, Redactor, current_log_ring, install_log_ring
@@ -520,32 +521,12 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
 # --- the application -------------------------------------------------------------
 
 
-class _PageListener:
-    """Copies what the gateway tells its output into the page: events, device states, readings.
-
-    Subscribed to the gateway (``Gateway.subscribe``), which calls it after the output and logs,
-    never raises, a failure here.
-    """
-
-    def __init__(self, events: EventLog, hub: StateHub) -> None:
-        self.events = events
-        self.hub = hub
-
-    def event(self, kind: str, **fields: Any) -> None:
-        self.events.add(kind, **fields)
-
-    def device_status(self, device: str, state: str, error: str | None) -> None:
-        self.hub.device_status(device, state, error)
-
-    def reading(self, device: str, message: dict[str, Any]) -> None:
-        self.hub.history.add_reading(device, message)
-
-
 def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | None = None,
                log_ring: LogRing | None = None, interval: float = 1.0,
                sessions: SessionStore | None = None, limiter: LoginLimiter | None = None,
                redact: Redactor | None = None, hosts: HostPolicy | None = None,
-               history_max_bytes: int = 5_000_000, commands: bool = False) -> web.Application:
+               history_max_bytes: int = 5_000_000, commands: bool = False, events: EventLog | None = None,
+               hub: StateHub | None = None, untap: Callable[[], None] | None = None) -> web.Application:
     """The aiohttp application (not yet serving); :func:`start_web` is the usual entry point.
 
     Args:
@@ -561,13 +542,15 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
         history_max_bytes: the memory cap of the trends (``web.history_max_bytes``).
         commands: ``web.commands``: the local API (and the page's write form) takes commands
             (``commands.py``; the gateway's commands must be enabled too).
+        events, hub, untap: what :mod:`.deferred` built and subscribed at the gateway's start (the
+            page records from then on; this app serves from its first visitor on).
     """
     ring = log_ring if log_ring is not None else current_log_ring()
     redactor = redact or (ring.redact if ring is not None else Redactor())
-    events = EventLog(redact=redactor)
-    hub = StateHub(gateway, output, events, redactor, interval=interval, history=History(history_max_bytes))
+    events = events or EventLog(redact=redactor)
+    hub = hub or StateHub(gateway, output, events, redactor, interval=interval, history=History(history_max_bytes))
     ctx = WebContext(gateway, output, hub, events, ring, redactor, password_hash, hosts or HostPolicy(),
-                     sessions or SessionStore(), limiter or LoginLimiter())
+                     sessions or SessionStore(), limiter or LoginLimiter(), untap)
     # the Host check comes first: a refused request sets no cookie and reaches no handler
     app = web.Application(middlewares=[host_middleware, headers_middleware, auth_middleware, csrf_middleware],
                           client_max_size=MAX_PROFILE_BYTES * 2 + 65536)
@@ -597,7 +580,8 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
     _commands.setup(app, commands, ctx, AUTH)
 
     async def on_startup(app: web.Application) -> None:
-        ctx.untap = gateway.subscribe(_PageListener(events, hub))
+        if ctx.untap is None:  # a deferred start subscribed the page at the gateway's start
+            ctx.untap = gateway.subscribe(PageListener(events, hub))
         hub.start()
 
     async def on_shutdown(app: web.Application) -> None:
@@ -611,19 +595,6 @@ def create_app(gateway: Any, output: object, *, password_hash: PasswordHash | No
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:8080`` for IPv6) → ``(host, port)``.
-
-    Raises:
-        GatewayError: the value is not ``host:port`` with a port from 0 to 65535.
-    """
-    try:
-        addr = ListenAddress.parse(listen)
-    except ValueError as exc:
-        raise GatewayError(f"web.listen {listen!r} is not host:port", hint="for example 127.0.0.1:8080") from exc
-    return addr.host, addr.port
 
 
 class WebServer:
@@ -656,18 +627,7 @@ async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: f
     """
     host, port = parse_listen(cfg.listen)
     ring = log_ring if log_ring is not None else (current_log_ring() or install_log_ring())
-    password_hash: PasswordHash | None = None
-    if cfg.password is not None:
-        try:
-            secret = cfg.password.reveal()
-        except (OSError, KeyError) as exc:
-            raise GatewayError(f"status page: cannot read web.password ({cfg.password!r}): {exc}",
-                               hint="check the file or environment variable named in web.password") from exc
-        if not secret:
-            raise GatewayError("status page: web.password is empty", hint="put a password in the file or variable")
-        ring.redact.add(secret)
-        password_hash = await asyncio.to_thread(hash_password, secret)
-        del secret
+    password_hash = await read_password(cfg, ring)
     from .commands import web_commands_setting
 
     app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval,
@@ -680,15 +640,10 @@ async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: f
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        hint = ("another program uses this port: pick another web.listen port" if exc.errno == 98
-                else "use an address of this machine, e.g. 127.0.0.1:8080 or 0.0.0.0:8080")
-        raise GatewayError(f"status page cannot listen on {cfg.listen}: {exc.strerror or exc}", hint=hint) from exc
+        raise listen_error(cfg.listen, exc) from exc
     sockets = runner.addresses
     bound_port = sockets[0][1] if sockets else port
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-    if ":" in shown and not shown.startswith("["):
-        shown = f"[{shown}]"
-    url = f"http://{shown}:{bound_port}/"
+    url = page_url(host, bound_port)
     log.info("status page on %s (%s)", url, "password required" if password_hash else "this machine only")
     return WebServer(runner, site, app, url)
 

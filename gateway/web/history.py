@@ -43,6 +43,7 @@ STATE_CHANGES = 48  # per device, for its timeline
 _SERIES_OVERHEAD = 900
 _DAY_BYTES = DAY_BUCKETS * (3 * 4 + 4)  # mean/min/max as float32, the bucket number as int32
 _NAN = float("nan")
+_ABSENT: Any = object()  # a metric not seen yet (None in History._of is one refused at the cap)
 # What a device's quality counters and state timeline may cost, and the gateway's own series
 DEVICE_BYTES = SLOTS * 4 + 4 * SLOTS * 2 + STATE_CHANGES * 90 + 500
 GATEWAY_BYTES = 3 * (GATEWAY_POINTS * 16 + _DAY_BYTES + _SERIES_OVERHEAD)
@@ -202,7 +203,8 @@ class History:
     def __init__(self, max_bytes: int = 5_000_000) -> None:
         self.max_bytes = max_bytes
         self.series: dict[tuple[str, str], Series] = {}
-        self._of: dict[str, dict[str, Series]] = {}  # the same series by device, then metric name
+        # the same series by device, then metric name; None: refused at the cap (asked once, not per reading)
+        self._of: dict[str, dict[str, Series | None]] = {}
         self.allocated = GATEWAY_BYTES
         self.refused = 0
         self.quality: dict[str, DeviceQuality] = {}
@@ -274,13 +276,13 @@ class History:
                 if quality == "bad":
                     value = None
             last_seen[name] = ts
-            s = mine.get(name)
-            if s is None:
+            s = mine.get(name, _ABSENT)
+            if s is _ABSENT:
                 s = self._new_series(device, name)
-                if s is None:
-                    continue
-                s.unit = m.get("unit")
-            s.add(ts, value)
+                if s is not None:
+                    s.unit = m.get("unit")
+            if s is not None:  # None: refused at the cap, once (series are never freed, so it stays refused)
+                s.add(ts, value)
         if bad:
             q.slots.add(ts, 1)
         elif uncertain:
@@ -294,6 +296,7 @@ class History:
                 points, step, cost = MIN_HOUR_POINTS, HOUR / MIN_HOUR_POINTS, series_bytes(MIN_HOUR_POINTS)
             else:
                 self.refused += 1
+                self._of.setdefault(device, {})[name] = None  # not offered again at every reading
                 return None
         self.allocated += cost
         s = self.series[(device, name)] = self._of.setdefault(device, {})[name] = Series(points, step)
