@@ -185,3 +185,52 @@ async def test_login_page_guards_the_status_page(running: Running, tmp_path: Pat
 def test_artifacts_folder_is_ignored_by_git() -> None:
     gitignore = (Path(__file__).parents[2] / ".gitignore").read_text()
     assert "/test-artifacts/" in gitignore and shutil.which("git") is not None
+
+
+# Layout shift (the Web Vitals CLS sum) seen by the page from its first paint, collected from the start.
+CLS_INIT = """window.__cls = 0; new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) if (!e.hadRecentInput) window.__cls += e.value;
+}).observe({ type: "layout-shift", buffered: true });"""
+
+
+async def test_pages_do_not_jump_while_loading_or_on_live_updates(browser: Browser, running: Running) -> None:
+    """Content that moves under a thumb makes an operator tap the wrong thing (CLS < 0.1 is "good")."""
+    await browser.context.add_init_script(CLS_INIT)
+    for path in ("/", "/devices", "/devices/meter-1", "/devices/meter-1?metric=voltage"):
+        for width, height in [(1280, 800), (390, 844)]:
+            page = await browser.page(path, width=width, height=height)
+            await page.wait_for_function("() => (window.__renders || 0) >= 2", timeout=30_000)
+            if path.startswith("/devices/"):
+                await page.wait_for_function("() => window.__commandsReady === true", timeout=30_000)
+            loading = await page.evaluate("() => window.__cls")
+            await page.evaluate("() => { window.__cls = 0; window.__r0 = window.__renders; }")
+            await page.wait_for_function("() => window.__renders - window.__r0 >= 5", timeout=30_000)
+            updates = await page.evaluate("() => window.__cls")
+            assert loading < 0.1 and updates < 0.01, (path, width, loading, updates)
+            await page.close()
+
+
+async def test_devices_can_be_filtered_and_the_filter_survives_live_updates(browser: Browser, running: Running
+                                                                            ) -> None:
+    expect = playwright_api.expect
+    for width, height in [(1280, 800), (390, 844)]:
+        page = await browser.page("/devices", width=width, height=height)
+        await expect(page.locator("tr[data-device]")).to_have_count(2)
+        await page.fill("#device-filter", "air")
+        await expect(page.locator("tr[data-device]")).to_have_count(1)
+        await expect(page.locator("tr[data-device=air-1]")).to_be_visible()
+        await page.evaluate("() => { window.__r0 = window.__renders; }")
+        await page.wait_for_function("() => window.__renders - window.__r0 >= 3", timeout=30_000)
+        await expect(page.locator("tr[data-device]")).to_have_count(1)
+        assert await page.input_value("#device-filter") == "air"
+        await expect(page.locator("#device-count")).to_contain_text("1 of 2")
+        # the problems-only switch: both are online, so nothing is shown, and it says so
+        await page.fill("#device-filter", "")
+        await page.check("#device-problems")
+        await expect(page.locator("tr[data-device]")).to_have_count(0)
+        await expect(page.locator("#device-count")).to_contain_text("0 of 2")
+        running.control.write_text("timeout")
+        await expect(page.locator("tr[data-device=meter-1]")).to_be_visible(timeout=20_000)
+        running.control.write_text("none")
+        await expect(page.locator("tr[data-device]")).to_have_count(0, timeout=20_000)
+        await page.close()

@@ -264,10 +264,11 @@ SPLIT_WORDS_JS = """(el) => {
   return out;
 }"""
 
-# Interactive elements smaller than 44 x 44 CSS px (Apple's and WCAG 2.5.5's touch target).
+# Interactive elements smaller than 44 x 44 CSS px (Apple's and WCAG 2.5.5's touch target); a
+# field inside its label is tapped through the label.
 SMALL_TARGETS_JS = """() => [...document.querySelectorAll('a[href], button, select, input, [role=button]')]
   .filter((el) => el.offsetParent !== null)
-  .map((el) => [el, el.getBoundingClientRect()])
+  .map((el) => [el, (el.tagName === "INPUT" && el.closest("label") || el).getBoundingClientRect()])
   .filter(([el, r]) => r.height < 44 || r.width < 44)
   .map(([el, r]) => `${el.tagName.toLowerCase()} "${(el.textContent || el.id).trim().slice(0, 24)}" `
        + `${Math.round(r.width)}x${Math.round(r.height)}`)"""

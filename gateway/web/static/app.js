@@ -122,6 +122,9 @@ async function api(path, options) {
 function setMain(...nodes) {
   const main = document.getElementById("main");
   main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
+  // what comes after <main> (the commands panel) shows only now, below the content: shown while
+  // "Loading…" it would jump down by a screen when the page filled in
+  document.body.classList.add("rendered");
 }
 
 function setLive(on) {
@@ -445,13 +448,50 @@ async function refreshSparks(devices) {
   }));
 }
 
+// A device matches the filter when its id, driver, state or a tag contains the text (any case).
+function matches(d, text, problems) {
+  if (problems && (d.state === "online" || d.state === "disabled")) return false;
+  if (!text) return true;
+  const hay = [d.id, d.driver, d.state, ...Object.entries(d.tags || {}).map(([k, v]) => `${k}=${v}`)].join(" ");
+  return hay.toLowerCase().includes(text);
+}
+
 function renderDevices(doc) {
   document.getElementById("gw-name").textContent = doc.status.gateway;
   if (!renderDevices.asked) {  // sparklines: at once, then every 10 s
     renderDevices.asked = true;
     refreshSparks(doc.devices).then(() => { if (state.last) renderDevices(state.last); });
   }
-  setMain(h("h1", {}, "Devices"), deviceTable(doc.devices, false));
+  // The heading and the filter are built once and kept: a live redraw replaces only the list,
+  // so typing in the filter is not interrupted (nor its focus lost) every second.
+  let list = document.getElementById("device-list");
+  if (!list) {
+    const q = new URLSearchParams(location.search);
+    const redraw = () => {
+      const url = new URL(location.href);
+      const text = document.getElementById("device-filter").value;
+      if (text) url.searchParams.set("q", text); else url.searchParams.delete("q");
+      if (document.getElementById("device-problems").checked) url.searchParams.set("problems", "1");
+      else url.searchParams.delete("problems");
+      history.replaceState(null, "", url);
+      if (state.last) renderDevices(state.last);
+    };
+    list = h("div", { id: "device-list" });
+    setMain(h("h1", {}, "Devices"),
+      h("div", { class: "filters", role: "search" },
+        h("label", {}, "Filter ", h("input", { type: "search", id: "device-filter", value: q.get("q") || "",
+          placeholder: "id, driver, state or tag", autocomplete: "off", oninput: redraw })),
+        h("label", { class: "check" }, h("input", { type: "checkbox", id: "device-problems",
+          checked: q.get("problems") === "1", onchange: redraw }), " only devices with a problem"),
+        h("span", { id: "device-count", class: "muted small", "aria-live": "polite" })),
+      list);
+  }
+  const text = document.getElementById("device-filter").value.trim().toLowerCase();
+  const problems = document.getElementById("device-problems").checked;
+  const shown = doc.devices.filter((d) => matches(d, text, problems));
+  document.getElementById("device-count").textContent = `${shown.length} of ${doc.devices.length} device(s)`;
+  list.replaceChildren(shown.length || !doc.devices.length ? deviceTable(shown, false)
+    : h("p", { class: "muted" }, problems && !text ? "No device has a problem." : "No device matches the filter."));
 }
 
 let detailStatic = null;
