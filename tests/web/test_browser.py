@@ -178,6 +178,17 @@ async def test_login_page_guards_the_status_page(running: Running, tmp_path: Pat
             assert cookies["fg_session"]["httpOnly"] and cookies["fg_session"]["sameSite"] == "Strict"
             await page.click("#logout")
             await expect(page).to_have_url(server.url + "login")
+            # ?next= leads only to a page of this gateway: "/\evil" and "/<tab>/evil" are "//evil" to a browser
+            for evil in ("/%5Cevil.example/", "/%09/evil.example/", "/%5C%5Cevil.example", "https://evil.example/"):
+                page = await b.page(f"/login?next={evil}")
+                await page.fill("#password", PASSWORD)
+                await page.click("#login")
+                # a redirect off the gateway fails here (no such page), and the URL says where it went
+                await expect(page.locator("#logout")).to_be_visible()
+                assert page.url.startswith(server.url), (evil, page.url)
+                await page.click("#logout")
+                await expect(page).to_have_url(server.url + "login")
+                await page.close()
     finally:
         await server.close()
 

@@ -779,6 +779,16 @@ function showCheck() {
     out);
 }
 
+// Where to go after the login: a page of this gateway only. A prefix check is not enough: a browser
+// reads "/\evil.example" and "/<tab>/evil.example" as "//evil.example", another site.
+function safeNext(next) {
+  try {
+    const url = new URL(next || "/", location.origin);
+    if (url.origin === location.origin && url.pathname !== "/login") return url.pathname + url.search + url.hash;
+  } catch (e) { /* not a URL at all */ }
+  return "/";
+}
+
 function showLogin() {
   const pw = h("input", { type: "password", id: "password", autocomplete: "current-password", required: true,
     "aria-label": "password" });
@@ -792,8 +802,7 @@ function showLogin() {
     try {
       const r = await api("/api/v1/login", { method: "POST", body: JSON.stringify({ password: pw.value }) });
       state.csrf = r.csrf_token;
-      const next = new URLSearchParams(location.search).get("next") || "/";
-      location.href = next.startsWith("/") && !next.startsWith("//") ? next : "/";
+      location.href = safeNext(new URLSearchParams(location.search).get("next"));
     } catch (e) {
       msg.textContent = e.status === 401 ? "Wrong password." : e.message;
       pw.select();
