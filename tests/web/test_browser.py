@@ -245,3 +245,47 @@ async def test_devices_can_be_filtered_and_the_filter_survives_live_updates(brow
         running.control.write_text("none")
         await expect(page.locator("tr[data-device]")).to_have_count(0, timeout=20_000)
         await page.close()
+
+
+# Text whose colour is too close to its background (WCAG 2 AA: 4.5:1 for body text), as
+# "text (ratio)". The background is the nearest ancestor's that is painted.
+LOW_CONTRAST_JS = """() => {
+  const rgb = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+  const lum = ([r, g, b]) => 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const bgOf = (el) => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el).backgroundColor);
+    if (c.length === 3 || c[3] > 0) return c.slice(0, 3); } return [255, 255, 255]; };
+  const out = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (![...el.childNodes].some((n) => n.nodeType === 3 && n.data.trim())) continue;
+    if (!el.getClientRects().length || getComputedStyle(el).visibility === "hidden") continue;
+    const r = ratio(rgb(getComputedStyle(el).color).slice(0, 3), bgOf(el));
+    const what = `${el.tagName.toLowerCase()}.${el.className} "${el.textContent.trim().slice(0, 20)}"`;
+    if (r < 4.5) out.push(`${what} (${r.toFixed(2)})`);
+  }
+  const u = (window.__charts || {}).buffer || Object.values(window.__charts || {})[0];
+  if (u) {  // the axis labels are drawn on the canvas in the axis' stroke colour
+    const stroke = u.axes[0].stroke(u, 0), probe = document.createElement("span");
+    probe.style.color = stroke; document.body.append(probe);
+    const r = ratio(rgb(getComputedStyle(probe).color), bgOf(u.root)); probe.remove();
+    if (r < 4.5) out.push(`chart axis ${stroke} (${r.toFixed(2)})`);
+  }
+  return out;
+}"""
+
+
+async def test_text_contrast_in_light_and_dark_mode(browser: Browser, running: Running) -> None:
+    expect = playwright_api.expect
+    for scheme in ("light", "dark"):
+        for path in ("/", "/devices", "/devices/meter-1?metric=voltage", "/quality", "/events"):
+            page = await browser.page(path, width=1280, height=800)
+            await page.emulate_media(color_scheme=scheme)
+            await expect(page.locator("#main h1, #main .cards").first).to_be_visible()
+            if path == "/devices/meter-1?metric=voltage":  # (no uplink here: the overview has no chart)
+                await expect(page.locator("#main .chart canvas").first).to_be_visible()
+            low = await page.evaluate(LOW_CONTRAST_JS)
+            assert low == [], (scheme, path, low)
+            if path == "/":
+                await page.screenshot(path=shot(f"overview-{scheme}.png"), full_page=True)
+            await page.close()

@@ -178,6 +178,9 @@ async def test_overview_of_a_stdout_gateway_renders_and_fits(tmp_path: Path, fie
             await expect(page.locator("[data-field=uplink-state]")).to_have_text("no uplink")
             await expect(page.locator("#main")).to_contain_text("readings printed to stdout")
             await expect(page.locator("#main")).to_contain_text("none (no MQTT uplink configured)")
+            # no empty chart box: there is no buffer or rate to draw
+            await expect(page.locator("#main")).to_contain_text("nothing to chart")
+            await expect(page.locator("#trend-chart")).to_have_count(0)
             await expect(page.locator("tr[data-device=air-1] .state")).to_have_text("online")
             await assert_fits(page)
             await page.close()

@@ -227,11 +227,14 @@ const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 720
 function plot(node, id, series, data, height = 180) {
   if (typeof uPlot === "undefined") { node.textContent = "chart library not loaded"; return null; }
   if (node.__plot) { node.__plot.setData(data); return node.__plot; }
+  // axis labels in the page's muted text colour (light or dark), which holds 4.5:1 on a card; uPlot's
+  // usual #888 is 3.5:1 on white
+  const axis = getComputedStyle(document.documentElement).getPropertyValue("--muted").trim() || "#5d6670";
   const opts = {
     width: chartWidth(node), height, legend: { show: series.length > 1, live: false }, cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true } },
-    axes: [{ stroke: "#888", values: timeLabels, incrs: TIME_INCRS, space: 70, size: 56 }, { stroke: "#888", scale: series[0].scale || "y", size: 55 },
-      ...(series.length > 1 && series[1].scale ? [{ side: 1, stroke: "#888", scale: series[1].scale, grid: { show: false }, size: 52 }] : [])],
+    axes: [{ stroke: axis, values: timeLabels, incrs: TIME_INCRS, space: 70, size: 56 }, { stroke: axis, scale: series[0].scale || "y", size: 55 },
+      ...(series.length > 1 && series[1].scale ? [{ side: 1, stroke: axis, scale: series[1].scale, grid: { show: false }, size: 52 }] : [])],
     series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke || "#0b5cad", width: 2, scale: s.scale || "y",
       fill: s.fill || undefined, dash: s.dash, spanGaps: false, points: { show: false } }))],
   };
@@ -240,6 +243,15 @@ function plot(node, id, series, data, height = 180) {
   window.__charts[id] = u;
   return u;
 }
+
+// Light/dark switched while the page is open: the charts' axes take the new text colour.
+window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+  const axis = getComputedStyle(document.documentElement).getPropertyValue("--muted").trim();
+  for (const u of Object.values(window.__charts)) {
+    for (const a of u.axes) a.stroke = () => axis;
+    u.redraw(false, true);
+  }
+});
 
 // A tiny canvas of the last values (no library: dozens of them on one page).
 function sparkline(vs, w = 80, hgt = 20) {
@@ -337,12 +349,15 @@ function renderOverview(doc) {
       row("Free", sys.mem_available_bytes ? `${bytes(sys.mem_available_bytes)} of ${bytes(sys.mem_total_bytes)}` : "–"),
       row("Load", sys.load1 === null ? "–" : String(sys.load1))));
   const alert = uplinkAlert(u, b);
-  const trend = kept("overview-trend", () => h("div", { id: "trend-chart", class: "chart" }));
+  // without an uplink there is no buffer or rate: say so rather than draw an empty box
+  const trend = u.state === "none"
+    ? h("p", { class: "muted", id: "trend-none" }, "No uplink: nothing is forwarded or buffered, so nothing to chart.")
+    : kept("overview-trend", () => h("div", { id: "trend-chart", class: "chart" }));
   setMain(h("h1", { class: "sr-only" }, `Overview of gateway ${s.gateway}`), alert, cards,
     h("h2", {}, "Buffer and uplink, last hour"), trend, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
     h("div", { class: "actions" }, h("button", { id: "reload", onclick: doReload }, "Reload configuration")),
     noticeBox());
-  if (!trend.__plot && !trend.__loading) {  // the first draw; then every 5 s
+  if (u.state !== "none" && !trend.__plot && !trend.__loading) {  // the first draw; then every 5 s
     trend.__loading = true;
     refreshTrend().finally(() => { trend.__loading = false; });
   }
