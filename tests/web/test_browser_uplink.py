@@ -295,7 +295,7 @@ async def test_broker_url_and_chart_times_read_at_a_glance(browser: Browser, gat
 
 async def test_phone_targets_are_big_enough_and_large_text_fits(browser: Browser, gateway: GatewayProcess) -> None:
     expect = playwright_api.expect
-    for path in ("/", "/devices", "/devices/meter-1", "/quality", "/events"):
+    for path in ("/", "/devices", "/devices/meter-1", "/quality", "/events", "/check"):
         page = await browser.page(path, width=390, height=844)
         await expect(page.locator("#main h1, #main .cards").first).to_be_visible()
         await expect(page.locator("#main")).not_to_contain_text("Loading")
@@ -356,3 +356,24 @@ async def test_a_dead_gateway_leaves_a_page_that_says_it_is_stale(browser: Brows
         assert await page.evaluate("() => getComputedStyle(document.getElementById('main')).filter") != "none"
         await assert_fits(page)
     await pages["/"].screenshot(path=shot("stale-phone.png"), full_page=True)
+
+
+async def test_overview_lists_devices_with_a_problem_first(tmp_path: Path, fieldgate_proc: Callable[..., Proc]
+                                                           ) -> None:
+    """With dozens of devices, the broken one must not be a screen down: problems come first."""
+    expect = playwright_api.expect
+    text = process_yaml(tmp_path / "gw")
+    head, devices = text.split("devices:\n")
+    meter, air = devices.splitlines(keepends=True)
+    gp = await asyncio.to_thread(start_gateway_process, fieldgate_proc, tmp_path / "gw",
+                                 head + "devices:\n" + air + meter, stdout=True)  # the meter listed last
+    async for b in _browser(tmp_path, gp.url):
+        page = await b.page("/", width=390, height=844)
+        rows = page.locator("#main table.devices tbody tr")
+        await expect(rows.first).to_have_attribute("data-device", "air-1")  # all fine: the configured order
+        gp.control.write_text("timeout")
+        await expect(rows.first).to_have_attribute("data-device", "meter-1", timeout=20_000)
+        await expect(rows.first.locator(".state")).to_have_text("offline")
+        gp.control.write_text("none")
+        await expect(rows.first).to_have_attribute("data-device", "air-1", timeout=20_000)
+    assert "Traceback" not in gp.lines()

@@ -354,13 +354,21 @@ function renderOverview(doc) {
     ? h("p", { class: "muted", id: "trend-none" }, "No uplink: nothing is forwarded or buffered, so nothing to chart.")
     : kept("overview-trend", () => h("div", { id: "trend-chart", class: "chart" }));
   setMain(h("h1", { class: "sr-only" }, `Overview of gateway ${s.gateway}`), alert, cards,
-    h("h2", {}, "Buffer and uplink, last hour"), trend, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
+    h("h2", {}, "Buffer and uplink, last hour"), trend, h("h2", {}, "Devices"), deviceTable(problemsFirst(doc.devices), true),
     h("div", { class: "actions" }, h("button", { id: "reload", onclick: doReload }, "Reload configuration")),
     noticeBox());
   if (u.state !== "none" && !trend.__plot && !trend.__loading) {  // the first draw; then every 5 s
     trend.__loading = true;
     refreshTrend().finally(() => { trend.__loading = false; });
   }
+}
+
+// The overview answers "what broke" first: offline, then degraded, then starting devices, and the
+// rest in the configured order (a stable sort, so rows do not shuffle while nothing changes).
+const PROBLEM_RANK = { offline: 0, degraded: 1, starting: 2 };
+function problemsFirst(devices) {
+  return devices.map((d, i) => [PROBLEM_RANK[d.state] ?? 3, i, d]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .map((x) => x[2]);
 }
 
 // Is data getting out? Said in words at the top while the broker is away: since when, and how much waits.
