@@ -7,6 +7,7 @@ Screenshots go to ``test-artifacts/web/``.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -52,11 +53,11 @@ class Browser:
         return page
 
 
-async def _browser(tmp_path: Path, url: str) -> AsyncIterator[Browser]:
+async def _browser(tmp_path: Path, url: str, locale: str = "en-GB") -> AsyncIterator[Browser]:
     async with playwright_api.async_playwright() as p:
         context = await p.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS,
-            viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="Europe/Berlin")
+            viewport={"width": 1280, "height": 900}, locale=locale, timezone_id="Europe/Berlin")
         context.set_default_timeout(15_000)
         b = Browser(context, url)
         try:
@@ -289,3 +290,23 @@ async def test_text_contrast_in_light_and_dark_mode(browser: Browser, running: R
             if path == "/":
                 await page.screenshot(path=shot(f"overview-{scheme}.png"), full_page=True)
             await page.close()
+
+
+async def test_times_are_24_hour_in_a_12_hour_locale(running: Running, tmp_path: Path, ring: LogRing) -> None:
+    """en-US formats times as "2:05:09 PM"; the page, its timeline and its charts say 14:05:09 everywhere."""
+    expect = playwright_api.expect
+    server = await start_web(running.gw, running.out, WebConfig(listen="127.0.0.1:0"), interval=0.2, log_ring=ring)
+    try:
+        async for b in _browser(tmp_path, server.url, locale="en-US"):
+            page = await b.page("/devices/meter-1?metric=voltage")
+            await expect(page.locator("#state-timeline .seg").first).to_have_attribute("title", re.compile(r"."))
+            await page.wait_for_function(
+                "() => (window.__charts['metric:voltage'] || {data: [[]]}).data[0].length >= 3", timeout=30_000)
+            texts = await page.evaluate("""() => [...document.querySelectorAll('#state-timeline .seg')]
+              .map(s => s.title)
+              .concat([...document.querySelectorAll('time')].map(t => t.textContent))
+              .concat(window.__charts['metric:voltage'].axes[0]._values)""")
+            assert texts and not [t for t in texts if re.search(r"\b(AM|PM|am|pm)\b|\d[ap]m", t)], texts
+            assert all(re.search(r"\b\d\d:\d\d", t) for t in texts), texts
+    finally:
+        await server.close()

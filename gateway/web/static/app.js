@@ -25,6 +25,9 @@ function h(tag, attrs, ...children) {
 
 function pad(n) { return String(n).padStart(2, "0"); }
 
+// "14:05:09": a local time of day, 24-hour in every locale (toLocaleTimeString says "2:05:09 PM" in en-US).
+function clock(d) { return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`; }
+
 // Local time on the page, UTC on hover (title).
 function when(iso) {
   if (!iso) return h("span", { class: "muted" }, "never");
@@ -285,7 +288,7 @@ function timeline(states, since, now) {
   states.forEach((s, i) => {
     const start = Math.max(s.t, since), end = i + 1 < states.length ? states[i + 1].t : now;
     if (end <= start) return;
-    bar.append(h("span", { class: `seg ${STATE_CLASS[s.state] || "idle"}`, title: `${s.state} from ${new Date(start * 1000).toLocaleTimeString()}${s.error ? `: ${s.error}` : ""}`,
+    bar.append(h("span", { class: `seg ${STATE_CLASS[s.state] || "idle"}`, title: `${s.state} from ${clock(new Date(start * 1000))}${s.error ? `: ${s.error}` : ""}`,
       style: null, "data-state": s.state }));
     bar.lastChild.style.width = `${((end - start) / span * 100).toFixed(2)}%`;
   });
