@@ -337,6 +337,7 @@ async def test_broker_down_says_since_when_and_how_much_waits(
     await expect(alert).to_have_count(0)
 
 
+@pytest.mark.slow  # a kill -9, then up to one 10 s poll of /quality before it notices: about 15 s
 async def test_a_dead_gateway_leaves_a_page_that_says_it_is_stale(browser: Browser, gateway: GatewayProcess) -> None:
     """kill -9 the gateway: the page must not keep showing green as if all were well."""
     expect = playwright_api.expect
