@@ -46,6 +46,7 @@ from .auth import verify_password as _verify
 from .deferred import PageListener, listen_error, page_url, parse_listen, read_password
 from .history import History
 from .hosts import HostPolicy
+from .httplog import server_logger
 from .logring import EventLog, LogRing, Redactor, current_log_ring, install_log_ring
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
@@ -633,7 +634,8 @@ async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: f
     app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval,
                      hosts=HostPolicy.build(host, cfg.allowed_hosts), history_max_bytes=cfg.history_max_bytes,
                      commands=web_commands_setting(cfg) if commands is None else commands)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    # malformed requests from the network: one short line each, not aiohttp's traceback (httplog.py)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0, logger=server_logger())
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

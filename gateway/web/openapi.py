@@ -61,6 +61,8 @@ _UPLINK = _obj({
     "kind": {"type": "string", "description": "mqtt, stdout or memory"},
     "state": {"type": "string", "enum": ["connected", "connecting", "disconnected", "none"]},
     "broker": _STR_OR_NULL, "last_error": _STR_OR_NULL, "connected_since": _TS_OR_NULL,
+    "state_since": {**_TS_OR_NULL, "description": "since when the uplink is in its current state (to the "
+                                                  "page's tick); null without an uplink"},
     "published": {"type": "integer"}, "acked": {"type": "integer"}, "resent": {"type": "integer"},
     "connects": {"type": "integer"}, "inflight": {"type": "integer"}, "pending": {"type": "integer"},
     "publish_rate": {**_NUM_OR_NULL, "description": "messages/s over the last minute; null while not connected"},

@@ -145,6 +145,10 @@ class StateHub:
         self._closed = False
         self.ticks = 0
         self._ack_rate: float | None = None
+        # when the uplink's state last changed, as this page saw it (to a tick): the uplink keeps only
+        # connected_since, and an operator needs "disconnected since" just as much
+        self._uplink_state: str | None = None
+        self._uplink_since: float | None = None
 
     # --- documents -----------------------------------------------------------
 
@@ -238,6 +242,7 @@ class StateHub:
         snap = _output_snapshot(self.output)
         if snap is None:
             return {"kind": kind, "state": "none", "broker": None, "last_error": None, "connected_since": None,
+                    "state_since": None,
                     "published": 0, "acked": 0, "resent": 0, "connects": 0, "inflight": 0, "pending": 0,
                     "publish_rate": None, "ack_rate": None}
         u = dict(snap)
@@ -245,6 +250,8 @@ class StateHub:
         u["kind"] = kind
         u["ack_rate"] = self._ack_rate if u.get("state") == "connected" else None
         u["last_error"] = self.redact(u["last_error"]) if u.get("last_error") else None
+        since = u.get("connected_since") if u.get("state") == "connected" else None
+        u["state_since"] = since or (iso_ms(self._uplink_since) if self._uplink_since else None)
         # a rate from before the outage would say data is getting out while it is not
         u["publish_rate"] = self.rate if u.get("state") == "connected" else None
         return u
@@ -322,6 +329,11 @@ class StateHub:
             rate = max(0.0, round((published - self._counts[1]) / dt, 2))
             ack = max(0.0, round((acked - self._counts[2]) / dt, 2))
         self._counts = (mono, published, acked)
+        state = str(s.get("state"))
+        if state != self._uplink_state:
+            # the first look: the state has held since the gateway started, as far as anyone knows
+            self._uplink_since = now if self._uplink_state is not None else float(self.gateway.started)
+            self._uplink_state = state
         self._ack_rate = ack
         b = s.get("buffer") or {}
         self.history.sample_gateway(now, b.get("depth"), rate, ack)

@@ -63,7 +63,8 @@ def api(gp: GatewayProcess, path: str) -> Any:
 
 async def assert_fits(page: Any) -> None:
     """No horizontal overflow and no JavaScript object rendered as text."""
-    assert await page.evaluate(OVERFLOW_JS) == []
+    over = await page.evaluate(OVERFLOW_JS)
+    assert over == [], over
     assert "[object" not in await page.evaluate("() => document.body.innerText")
     assert "[object" not in await page.content()
 
@@ -177,6 +178,9 @@ async def test_overview_of_a_stdout_gateway_renders_and_fits(tmp_path: Path, fie
             await expect(page.locator("[data-field=uplink-state]")).to_have_text("no uplink")
             await expect(page.locator("#main")).to_contain_text("readings printed to stdout")
             await expect(page.locator("#main")).to_contain_text("none (no MQTT uplink configured)")
+            # no empty chart box: there is no buffer or rate to draw
+            await expect(page.locator("#main")).to_contain_text("nothing to chart")
+            await expect(page.locator("#trend-chart")).to_have_count(0)
             await expect(page.locator("tr[data-device=air-1] .state")).to_have_text("online")
             await assert_fits(page)
             await page.close()
@@ -239,3 +243,138 @@ async def test_screenshots_of_overview_and_device_page(browser: Browser, gateway
                 "data-points", re.compile(r"^[1-9]\d*$"))
         await assert_fits(page)
         await page.screenshot(path=shot(f"docs-device-{tag}.png"), full_page=True)
+
+
+# --- from outside, the way an operator meets it: outages, a dead gateway, a phone, large text ---
+
+# Lines of text a run of letters and digits (a host name, an address, a port) is spread over:
+# a URL may break between its parts, never inside "37005".
+SPLIT_WORDS_JS = """(el) => {
+  const text = el.textContent, out = [];
+  const node = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  const chars = [];
+  for (let n = node.nextNode(); n; n = node.nextNode())
+    for (let i = 0; i < n.data.length; i++) {
+      const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + 1);
+      chars.push([n.data[i], Math.round(r.getBoundingClientRect().top)]);
+    }
+  let word = [];
+  for (const [c, top] of [...chars, [" ", 0]]) {
+    if (/[A-Za-z0-9]/.test(c)) { word.push([c, top]); continue; }
+    if (new Set(word.map((w) => w[1])).size > 1) out.push(word.map((w) => w[0]).join(""));
+    word = [];
+  }
+  return out;
+}"""
+
+# Interactive elements smaller than 44 x 44 CSS px (Apple's and WCAG 2.5.5's touch target); a
+# field inside its label is tapped through the label.
+SMALL_TARGETS_JS = """() => [...document.querySelectorAll('a[href], button, select, input, [role=button]')]
+  .filter((el) => el.offsetParent !== null)
+  .map((el) => [el, (el.tagName === "INPUT" && el.closest("label") || el).getBoundingClientRect()])
+  .filter(([el, r]) => r.height < 44 || r.width < 44)
+  .map(([el, r]) => `${el.tagName.toLowerCase()} "${(el.textContent || el.id).trim().slice(0, 24)}" `
+       + `${Math.round(r.width)}x${Math.round(r.height)}`)"""
+
+
+async def test_broker_url_and_chart_times_read_at_a_glance(browser: Browser, gateway: GatewayProcess) -> None:
+    """The broker's address breaks only between its parts; the chart's times are 24-hour."""
+    expect = playwright_api.expect
+    page = await browser.page("/", width=1280, height=800)
+    broker = page.locator("[data-field=uplink-broker]")
+    await expect(broker).to_contain_text("mqtt://127.0.0.1:")
+    assert await broker.evaluate(SPLIT_WORDS_JS) == []
+    await page.wait_for_function("() => window.__charts.buffer && window.__charts.buffer.data[0].length >= 3",
+                                 timeout=30_000)
+    # uPlot keeps the labels it drew on its canvas in the axis' _values (a private field, read by tests only)
+    labels = await page.evaluate("() => window.__charts.buffer.axes[0]._values")
+    assert labels and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?(\n\d{4}-\d\d-\d\d)?", x) for x in labels), labels
+    for phrase in ("am", "pm", ".000"):
+        assert not any(phrase in x.lower() for x in labels), labels
+
+
+async def test_phone_targets_are_big_enough_and_large_text_fits(browser: Browser, gateway: GatewayProcess) -> None:
+    expect = playwright_api.expect
+    for path in ("/", "/devices", "/devices/meter-1", "/quality", "/events", "/check"):
+        page = await browser.page(path, width=390, height=844)
+        await expect(page.locator("#main h1, #main .cards").first).to_be_visible()
+        await expect(page.locator("#main")).not_to_contain_text("Loading")
+        assert await page.evaluate(SMALL_TARGETS_JS) == [], path
+        await page.close()
+    # the reader's font size (Chromium's setting, which sets the root font size) is honoured and fits
+    for width, height in [(390, 844), (1280, 800)]:
+        page = await browser.page("/", width=width, height=height)
+        await expect(page.locator("[data-field=uplink-state]")).to_have_text("connected")
+        await page.evaluate("() => { document.documentElement.style.fontSize = '200%'; }")
+        assert await page.evaluate("() => parseFloat(getComputedStyle(document.body).fontSize)") >= 32
+        await assert_fits(page)
+        await page.close()
+    # 200 % zoom on a desktop is a 640 px wide page at twice the pixels
+    page = await browser.page("/devices/meter-1?metric=voltage", width=640, height=400)
+    await expect(page.locator("#device-chart canvas")).to_be_visible()
+    await assert_fits(page)
+    await page.screenshot(path=shot("zoom-200-device.png"), full_page=True)
+
+
+async def test_broker_down_says_since_when_and_how_much_waits(
+        browser: Browser, gateway: GatewayProcess, mosquitto: Mosquitto) -> None:
+    expect = playwright_api.expect
+    page = await browser.page("/", width=390, height=844)
+    await expect(page.locator("[data-field=uplink-state]")).to_have_text("connected")
+    assert await page.locator("#uplink-alert").count() == 0
+    await asyncio.to_thread(mosquitto.stop)
+    alert = page.locator("#uplink-alert")
+    await expect(alert).to_contain_text("not getting out", timeout=20_000)
+    await expect(alert).to_contain_text(re.compile(r"since \d\d:\d\d:\d\d"))
+    await page.wait_for_function("() => +document.querySelector('[data-field=buffer-depth]').textContent >= 5",
+                                 timeout=30_000)
+    await expect(alert).to_contain_text(re.compile(r"[1-9]\d* reading\(s\) wait in the buffer"))
+    await expect(page.locator("[data-field=uplink-since]")).to_contain_text(re.compile(r"\d\d:\d\d:\d\d"))
+    await assert_fits(page)
+    await page.screenshot(path=shot("broker-down-phone.png"), full_page=True)
+    await asyncio.to_thread(mosquitto.start)
+    await expect(page.locator("[data-field=uplink-state]")).to_have_text("connected", timeout=30_000)
+    await expect(alert).to_have_count(0)
+
+
+@pytest.mark.slow  # a kill -9, then up to one 10 s poll of /quality before it notices: about 15 s
+async def test_a_dead_gateway_leaves_a_page_that_says_it_is_stale(browser: Browser, gateway: GatewayProcess) -> None:
+    """kill -9 the gateway: the page must not keep showing green as if all were well."""
+    expect = playwright_api.expect
+    pages = {}
+    for path in ("/", "/devices/meter-1", "/quality"):
+        pages[path] = await browser.page(path, width=390, height=844)
+        await expect(pages[path].locator("#main h1, #main .cards").first).to_be_visible()
+        await expect(pages[path].locator("#stale")).to_have_count(0)
+    gateway.proc.popen.kill()
+    await asyncio.to_thread(gateway.proc.popen.wait, 10)
+    for path, page in pages.items():
+        stale = page.locator("#stale")
+        await expect(stale).to_contain_text("No contact with the gateway", timeout=20_000)
+        await expect(stale).to_contain_text(re.compile(r"from \d\d:\d\d:\d\d"))
+        assert await page.evaluate("() => document.body.classList.contains('stale')"), path
+        # no green "online"/"connected" badge keeps its colour under the stale banner
+        assert await page.evaluate("() => getComputedStyle(document.getElementById('main')).filter") != "none"
+        await assert_fits(page)
+    await pages["/"].screenshot(path=shot("stale-phone.png"), full_page=True)
+
+
+async def test_overview_lists_devices_with_a_problem_first(tmp_path: Path, fieldgate_proc: Callable[..., Proc]
+                                                           ) -> None:
+    """With dozens of devices, the broken one must not be a screen down: problems come first."""
+    expect = playwright_api.expect
+    text = process_yaml(tmp_path / "gw")
+    head, devices = text.split("devices:\n")
+    meter, air = devices.splitlines(keepends=True)
+    gp = await asyncio.to_thread(start_gateway_process, fieldgate_proc, tmp_path / "gw",
+                                 head + "devices:\n" + air + meter, stdout=True)  # the meter listed last
+    async for b in _browser(tmp_path, gp.url):
+        page = await b.page("/", width=390, height=844)
+        rows = page.locator("#main table.devices tbody tr")
+        await expect(rows.first).to_have_attribute("data-device", "air-1")  # all fine: the configured order
+        gp.control.write_text("timeout")
+        await expect(rows.first).to_have_attribute("data-device", "meter-1", timeout=20_000)
+        await expect(rows.first.locator(".state")).to_have_text("offline")
+        gp.control.write_text("none")
+        await expect(rows.first).to_have_attribute("data-device", "air-1", timeout=20_000)
+    assert "Traceback" not in gp.lines()

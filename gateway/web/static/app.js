@@ -25,6 +25,9 @@ function h(tag, attrs, ...children) {
 
 function pad(n) { return String(n).padStart(2, "0"); }
 
+// "14:05:09": a local time of day, 24-hour in every locale (toLocaleTimeString says "2:05:09 PM" in en-US).
+function clock(d) { return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`; }
+
 // Local time on the page, UTC on hover (title).
 function when(iso) {
   if (!iso) return h("span", { class: "muted" }, "never");
@@ -52,6 +55,15 @@ function duration(s) {
   if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
   if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
   return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+// A URL that may wrap between its parts (after "://", before ":port", at a dot) but never inside
+// a number or a name: "mqtt://127.0.0.1:3|7005" misreads as another port.
+function urlText(url) {
+  const parts = String(url).split(/(?<=:\/\/)|(?=:\d+$)|(?<=\.)/);
+  const out = [];
+  parts.forEach((p, i) => { if (i) out.push(h("wbr", {})); out.push(p); });
+  return h("span", { class: "url" }, out);
 }
 
 function bytes(n) {
@@ -89,7 +101,14 @@ async function api(path, options) {
     opts.headers["X-CSRF-Token"] = state.csrf;
     opts.headers["Content-Type"] = "application/json";
   }
-  const resp = await fetch(path, opts);
+  let resp;
+  try {
+    resp = await fetch(path, opts);
+  } catch (e) {  // no answer at all: the gateway is gone or the network is
+    markStale(true);
+    throw new Error("no contact with the gateway");
+  }
+  if (!state.source) { state.seen = Date.now(); state.seenIso = new Date().toISOString(); markStale(false); }
   if (resp.status === 401 && location.pathname !== "/login") {
     location.href = "/login?next=" + encodeURIComponent(location.pathname);
     throw new Error("not logged in");
@@ -106,6 +125,9 @@ async function api(path, options) {
 function setMain(...nodes) {
   const main = document.getElementById("main");
   main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
+  // what comes after <main> (the commands panel) shows only now, below the content: shown while
+  // "Loading…" it would jump down by a screen when the page filled in
+  document.body.classList.add("rendered");
 }
 
 function setLive(on) {
@@ -113,19 +135,59 @@ function setLive(on) {
   el.hidden = false;
   el.className = on ? "live on" : "live off";
   el.textContent = on ? "live" : "reconnecting";
+  markStale(!on);
 }
+
+// The gateway is gone (process killed, network lost): the page keeps what it last saw, so it must
+// say that it is old, not keep showing green. Set by a failed stream or fetch, or by silence.
+state.seen = null;  // Date.now() of the last answer from the gateway
+state.seenIso = null;  // the gateway's own clock at that answer
+function markStale(on) {
+  const was = document.body.classList.contains("stale");
+  if (!on) { state.seen = Date.now(); }
+  if (on === was && !on) return;
+  document.body.classList.toggle("stale", on);
+  let el = document.getElementById("stale");
+  if (!on) { if (el) el.remove(); return; }
+  if (!el) {
+    el = h("p", { id: "stale", class: "alert stale-banner", role: "alert" });
+    document.getElementById("main").before(el);
+  }
+  const at = state.seenIso || (state.seen ? new Date(state.seen).toISOString() : null);
+  el.replaceChildren(...[h("strong", {}, "✖ No contact with the gateway"),
+    at ? [": what you see is from ", when(at), ` (${ago(at) || "just now"}) and may be out of date.`] : ".",
+    " Retrying…"].flat());
+}
+// Silence is also lost contact: a live page gets a document every second.
+setInterval(() => {
+  if (state.source && state.seen && Date.now() - state.seen > 10000) markStale(true);
+  else if (document.body.classList.contains("stale")) markStale(true);  // keeps "x s ago" current
+}, 2000);
 
 function follow(url, eventName, render) {
   if (state.source) state.source.close();
   const src = new EventSource(url);
   state.source = src;
   src.addEventListener(eventName, (ev) => {
-    setLive(true);
     state.last = JSON.parse(ev.data);
+    const st = state.last.status;
+    state.seenIso = st && st.now ? st.now : new Date().toISOString();
+    setLive(true);
     render(state.last);
     window.__renders = (window.__renders || 0) + 1;  // the browser tests count redraws
   });
-  src.onerror = () => setLive(false);
+  src.onerror = () => {
+    setLive(false);
+    // EventSource retries a lost connection by itself, but gives up for good on an error answer
+    // (a restarted gateway has forgotten the session: 401). Then ask once every few seconds;
+    // api() sends a logged-out browser to the login page.
+    if (src.readyState === EventSource.CLOSED && state.source === src) {
+      setTimeout(() => {
+        if (state.source !== src) return;
+        api("/api/v1/session").then(() => follow(url, eventName, render)).catch(() => src.onerror());
+      }, 3000);
+    }
+  };
 }
 
 // --- charts (uPlot, served by the gateway from /static) ------------------------
@@ -149,15 +211,33 @@ function chartWidth(el) {
   return Math.max(150, Math.floor(Math.min(inner || 600, document.documentElement.clientWidth - 40)));
 }
 
+// Time-axis labels: 24-hour "HH:MM" (":SS" when the ticks are seconds apart), with the date under
+// the first tick and under the first tick of a new day; the same whatever the browser's locale.
+function timeLabels(u, splits, axisIdx, space, incr) {
+  let day = null;
+  return splits.map((t) => {
+    const d = new Date(t * 1000);
+    const ymd = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+    let s = `${pad(d.getHours())}:${pad(d.getMinutes())}${incr < 60 ? `:${pad(d.getSeconds())}` : ""}`;
+    if (ymd !== day) { s += `\n${ymd}`; day = ymd; }
+    return s;
+  });
+}
+// Tick steps of whole seconds and minutes (uPlot's defaults go down to milliseconds: ":59.000").
+const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+
 // A line chart in `node`; `series` = [{label, stroke, scale}]; data = [t[], y1[], ...] (t in epoch s).
 function plot(node, id, series, data, height = 180) {
   if (typeof uPlot === "undefined") { node.textContent = "chart library not loaded"; return null; }
   if (node.__plot) { node.__plot.setData(data); return node.__plot; }
+  // axis labels in the page's muted text colour (light or dark), which holds 4.5:1 on a card; uPlot's
+  // usual #888 is 3.5:1 on white
+  const axis = getComputedStyle(document.documentElement).getPropertyValue("--muted").trim() || "#5d6670";
   const opts = {
     width: chartWidth(node), height, legend: { show: series.length > 1, live: false }, cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true } },
-    axes: [{ stroke: "#888" }, { stroke: "#888", scale: series[0].scale || "y", size: 55 },
-      ...(series.length > 1 && series[1].scale ? [{ side: 1, stroke: "#888", scale: series[1].scale, grid: { show: false }, size: 45 }] : [])],
+    axes: [{ stroke: axis, values: timeLabels, incrs: TIME_INCRS, space: 70, size: 56 }, { stroke: axis, scale: series[0].scale || "y", size: 55 },
+      ...(series.length > 1 && series[1].scale ? [{ side: 1, stroke: axis, scale: series[1].scale, grid: { show: false }, size: 52 }] : [])],
     series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke || "#0b5cad", width: 2, scale: s.scale || "y",
       fill: s.fill || undefined, dash: s.dash, spanGaps: false, points: { show: false } }))],
   };
@@ -166,6 +246,15 @@ function plot(node, id, series, data, height = 180) {
   window.__charts[id] = u;
   return u;
 }
+
+// Light/dark switched while the page is open: the charts' axes take the new text colour.
+window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+  const axis = getComputedStyle(document.documentElement).getPropertyValue("--muted").trim();
+  for (const u of Object.values(window.__charts)) {
+    for (const a of u.axes) a.stroke = () => axis;
+    u.redraw(false, true);
+  }
+});
 
 // A tiny canvas of the last values (no library: dozens of them on one page).
 function sparkline(vs, w = 80, hgt = 20) {
@@ -199,7 +288,7 @@ function timeline(states, since, now) {
   states.forEach((s, i) => {
     const start = Math.max(s.t, since), end = i + 1 < states.length ? states[i + 1].t : now;
     if (end <= start) return;
-    bar.append(h("span", { class: `seg ${STATE_CLASS[s.state] || "idle"}`, title: `${s.state} from ${new Date(start * 1000).toLocaleTimeString()}${s.error ? `: ${s.error}` : ""}`,
+    bar.append(h("span", { class: `seg ${STATE_CLASS[s.state] || "idle"}`, title: `${s.state} from ${clock(new Date(start * 1000))}${s.error ? `: ${s.error}` : ""}`,
       style: null, "data-state": s.state }));
     bar.lastChild.style.width = `${((end - start) / span * 100).toFixed(2)}%`;
   });
@@ -241,7 +330,10 @@ function renderOverview(doc) {
       row("Devices", `${s.devices.online} online, ${s.devices.degraded} degraded, ${s.devices.offline} offline`)),
     card("Uplink",
       row("State", h("span", { "data-field": "uplink-state" }, badge(u.state))),
-      row("Broker", u.broker || (u.kind === "stdout" ? "none: readings printed to stdout" : "none")),
+      row("Broker", h("span", { "data-field": "uplink-broker" },
+        u.broker ? urlText(u.broker) : (u.kind === "stdout" ? "none: readings printed to stdout" : "none"))),
+      u.state_since && u.state !== "none" ? row(u.state === "connected" ? "Connected" : "Since",
+        h("span", { "data-field": "uplink-since" }, when(u.state_since), ` (${ago(u.state_since)})`)) : [],
       row("Published", `${u.published} (acked ${u.acked}, resent ${u.resent})`),
       row("Rate", h("span", { "data-field": "uplink-rate" }, u.publish_rate === null ? "–" : `${u.publish_rate} msg/s`)),
       u.last_error ? row("Last error", h("span", { class: u.state === "connected" ? "muted" : "err" },
@@ -259,14 +351,37 @@ function renderOverview(doc) {
       row("Memory", `${bytes(sys.rss_bytes)} used by fieldgate`),
       row("Free", sys.mem_available_bytes ? `${bytes(sys.mem_available_bytes)} of ${bytes(sys.mem_total_bytes)}` : "–"),
       row("Load", sys.load1 === null ? "–" : String(sys.load1))));
-  const trend = kept("overview-trend", () => h("div", { id: "trend-chart", class: "chart" }));
-  setMain(cards, h("h2", {}, "Buffer and uplink, last hour"), trend, h("h2", {}, "Devices"), deviceTable(doc.devices, true),
+  const alert = uplinkAlert(u, b);
+  // without an uplink there is no buffer or rate: say so rather than draw an empty box
+  const trend = u.state === "none"
+    ? h("p", { class: "muted", id: "trend-none" }, "No uplink: nothing is forwarded or buffered, so nothing to chart.")
+    : kept("overview-trend", () => h("div", { id: "trend-chart", class: "chart" }));
+  setMain(h("h1", { class: "sr-only" }, `Overview of gateway ${s.gateway}`), alert, cards,
+    h("h2", {}, "Buffer and uplink, last hour"), trend, h("h2", {}, "Devices"), deviceTable(problemsFirst(doc.devices), true),
     h("div", { class: "actions" }, h("button", { id: "reload", onclick: doReload }, "Reload configuration")),
     noticeBox());
-  if (!trend.__plot && !trend.__loading) {  // the first draw; then every 5 s
+  if (u.state !== "none" && !trend.__plot && !trend.__loading) {  // the first draw; then every 5 s
     trend.__loading = true;
     refreshTrend().finally(() => { trend.__loading = false; });
   }
+}
+
+// The overview answers "what broke" first: offline, then degraded, then starting devices, and the
+// rest in the configured order (a stable sort, so rows do not shuffle while nothing changes).
+const PROBLEM_RANK = { offline: 0, degraded: 1, starting: 2 };
+function problemsFirst(devices) {
+  return devices.map((d, i) => [PROBLEM_RANK[d.state] ?? 3, i, d]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .map((x) => x[2]);
+}
+
+// Is data getting out? Said in words at the top while the broker is away: since when, and how much waits.
+function uplinkAlert(u, b) {
+  if (u.kind !== "mqtt" || u.state === "connected") return null;
+  const waiting = b ? [`; ${b.depth} reading(s) wait in the buffer`,
+    b.oldest_ts ? `, the oldest from ${duration(b.oldest_age_s)} ago` : "", b.dropped ? `, ${b.dropped} dropped` : ""] : [];
+  return h("p", { id: "uplink-alert", class: "alert", role: "alert" }, h("strong", {}, "✖ Data is not getting out: "),
+    `the broker is ${STATE_WORD[u.state] || u.state}`,
+    u.state_since ? [" since ", when(u.state_since), ` (${ago(u.state_since)})`] : "", waiting, ".");
 }
 
 // The result of the last action, drawn by every redraw until the user dismisses it.
@@ -359,13 +474,50 @@ async function refreshSparks(devices) {
   }));
 }
 
+// A device matches the filter when its id, driver, state or a tag contains the text (any case).
+function matches(d, text, problems) {
+  if (problems && (d.state === "online" || d.state === "disabled")) return false;
+  if (!text) return true;
+  const hay = [d.id, d.driver, d.state, ...Object.entries(d.tags || {}).map(([k, v]) => `${k}=${v}`)].join(" ");
+  return hay.toLowerCase().includes(text);
+}
+
 function renderDevices(doc) {
   document.getElementById("gw-name").textContent = doc.status.gateway;
   if (!renderDevices.asked) {  // sparklines: at once, then every 10 s
     renderDevices.asked = true;
     refreshSparks(doc.devices).then(() => { if (state.last) renderDevices(state.last); });
   }
-  setMain(h("h1", {}, "Devices"), deviceTable(doc.devices, false));
+  // The heading and the filter are built once and kept: a live redraw replaces only the list,
+  // so typing in the filter is not interrupted (nor its focus lost) every second.
+  let list = document.getElementById("device-list");
+  if (!list) {
+    const q = new URLSearchParams(location.search);
+    const redraw = () => {
+      const url = new URL(location.href);
+      const text = document.getElementById("device-filter").value;
+      if (text) url.searchParams.set("q", text); else url.searchParams.delete("q");
+      if (document.getElementById("device-problems").checked) url.searchParams.set("problems", "1");
+      else url.searchParams.delete("problems");
+      history.replaceState(null, "", url);
+      if (state.last) renderDevices(state.last);
+    };
+    list = h("div", { id: "device-list" });
+    setMain(h("h1", {}, "Devices"),
+      h("div", { class: "filters", role: "search" },
+        h("label", {}, "Filter ", h("input", { type: "search", id: "device-filter", value: q.get("q") || "",
+          placeholder: "id, driver, state or tag", autocomplete: "off", oninput: redraw })),
+        h("label", { class: "check" }, h("input", { type: "checkbox", id: "device-problems",
+          checked: q.get("problems") === "1", onchange: redraw }), " only devices with a problem"),
+        h("span", { id: "device-count", class: "muted small", "aria-live": "polite" })),
+      list);
+  }
+  const text = document.getElementById("device-filter").value.trim().toLowerCase();
+  const problems = document.getElementById("device-problems").checked;
+  const shown = doc.devices.filter((d) => matches(d, text, problems));
+  document.getElementById("device-count").textContent = `${shown.length} of ${doc.devices.length} device(s)`;
+  list.replaceChildren(shown.length || !doc.devices.length ? deviceTable(shown, false)
+    : h("p", { class: "muted" }, problems && !text ? "No device has a problem." : "No device matches the filter."));
 }
 
 let detailStatic = null;
@@ -558,6 +710,12 @@ function renderDevice(msg) {
   drawDeviceCharts();
 }
 
+// Run `fn` again in `ms`; a failure (the gateway gone) is shown by the stale banner and retried.
+function again(fn, ms) {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(() => { fn().catch(() => again(fn, ms)); }, ms);
+}
+
 function pct(x) { return x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)} %`; }
 
 // One repeating refresh per page (a new view replaces it).
@@ -584,8 +742,7 @@ async function showQuality() {
         h("td", { "data-label": "Stale points" }, d.stale.length ? d.stale.join(", ") : h("span", { class: "muted" }, "none")),
         h("td", { "data-label": "Reasons" }, Object.entries(d.reasons).map(([k, v]) => `${k} ×${v}`).join(", ") || h("span", { class: "muted" }, "none"))))))
       : h("p", { class: "muted" }, "No devices configured."));
-  clearTimeout(state.timer);
-  state.timer = setTimeout(showQuality, 10000);
+  again(showQuality, 10000);
 }
 
 async function showEvents() {
@@ -613,8 +770,7 @@ async function showEvents() {
       h("li", { class: `lvl-${l.level.toLowerCase()}` }, when(l.ts), " ", h("b", {}, l.level), " ",
         h("span", { class: "muted" }, l.logger), " ", l.message)))
       : h("p", { class: "muted" }, "Log lines are not collected in this process."));
-  clearTimeout(state.timer);
-  state.timer = setTimeout(showEvents, 5000);
+  again(showEvents, 5000);
 }
 
 function showCheck() {
@@ -649,6 +805,16 @@ function showCheck() {
     out);
 }
 
+// Where to go after the login: a page of this gateway only. A prefix check is not enough: a browser
+// reads "/\evil.example" and "/<tab>/evil.example" as "//evil.example", another site.
+function safeNext(next) {
+  try {
+    const url = new URL(next || "/", location.origin);
+    if (url.origin === location.origin && url.pathname !== "/login") return url.pathname + url.search + url.hash;
+  } catch (e) { /* not a URL at all */ }
+  return "/";
+}
+
 function showLogin() {
   const pw = h("input", { type: "password", id: "password", autocomplete: "current-password", required: true,
     "aria-label": "password" });
@@ -662,8 +828,7 @@ function showLogin() {
     try {
       const r = await api("/api/v1/login", { method: "POST", body: JSON.stringify({ password: pw.value }) });
       state.csrf = r.csrf_token;
-      const next = new URLSearchParams(location.search).get("next") || "/";
-      location.href = next.startsWith("/") && !next.startsWith("//") ? next : "/";
+      location.href = safeNext(new URLSearchParams(location.search).get("next"));
     } catch (e) {
       msg.textContent = e.status === 401 ? "Wrong password." : e.message;
       pw.select();

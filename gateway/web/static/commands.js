@@ -120,7 +120,7 @@
         const cls = status === "ok" ? "ok" : status === "running" ? "idle" : "bad";
         const when = new Date(e.received * 1000);
         return h("tr", { "data-id": res.id || cmd.id || "", "data-status": status },
-          h("td", { "data-label": "When", title: when.toISOString() }, when.toLocaleTimeString()),
+          h("td", { "data-label": "When", title: when.toISOString() }, clock(when)),
           h("td", { "data-label": "Command" }, what, h("div", { class: "muted small" }, res.id || cmd.id || "")),
           h("td", { "data-label": "Result" }, h("span", { class: `badge ${cls}` }, status),
             res.reason ? h("span", { class: "muted small" }, ` ${res.reason}`) : null,
