@@ -1,10 +1,11 @@
 """The bus: one owner per serial port or TCP endpoint, shared by its devices.
 
 Every Modbus request of every device on one RS-485 line (or one TCP endpoint)
-goes through one ``ModbusBus``: one pymodbus client, one ``asyncio.Lock``
-(FIFO, so devices with different poll rates take turns fairly request by
-request), the inter-frame silence the serial line spec requires before each
-frame, and a per-unit backoff: a unit that stopped answering is skipped
+goes through one ``ModbusBus``: one pymodbus client, one lock (``BusTurns``:
+FIFO for reads, so devices with different poll rates take turns fairly request
+by request; a write goes next after the request in flight), the inter-frame
+silence the serial line spec requires before each frame, and a per-unit
+backoff: a unit that stopped answering is skipped
 without touching the line until its backoff expires, so a dead slave costs
 its timeout once per backoff period instead of once per poll.
 
@@ -16,12 +17,14 @@ reported with a reason and a hint.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import errno
 import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +123,71 @@ class _Unit:
     last: DriverError | None = None  # why it is skipped
 
 
+class BusTurns:
+    """The bus's lock: FIFO for reads, but a write goes next, right after the request in flight.
+
+    A write is a person's command with a deadline; behind the polls queued on a slow RTU line
+    (every device's next read) it could expire before its turn. ``async with turns`` takes a
+    read's turn; ``async with turns.first()`` a write's.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._normal: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def locked(self) -> bool:
+        """Whether a request holds the bus."""
+        return self._held
+
+    async def acquire(self, urgent: bool = False) -> None:
+        """Wait for the bus (writes, ``urgent``, before every read waiting)."""
+        if not self._held and not self._urgent and not self._normal:
+            self._held = True
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._normal).append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed the bus just as it was cancelled: pass it on
+            raise
+        finally:
+            for queue in (self._urgent, self._normal):
+                if waiter in queue:
+                    queue.remove(waiter)
+
+    def _release(self) -> None:
+        for queue in (self._urgent, self._normal):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the bus passes to it still held: nobody slips in between
+                    return
+        self._held = False
+
+    def release(self) -> None:
+        """Give the bus to the next waiter (a write first)."""
+        assert self._held, "release of a bus that is not held"
+        self._release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    @contextlib.asynccontextmanager
+    async def first(self) -> AsyncIterator[None]:
+        """A write's turn: next after the request in flight."""
+        await self.acquire(urgent=True)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 _READERS = {
     "holding": "read_holding_registers",
     "input": "read_input_registers",
@@ -142,7 +210,7 @@ class ModbusBus:
         self.serial = conn.transport == "rtu"
         self.rtu_framing = conn.transport in ("rtu", "rtu-over-tcp")
         self.silence = inter_frame_silence(conn.baudrate) if self.serial else 0.0
-        self.lock = asyncio.Lock()
+        self.lock = BusTurns()
         self.client: Any = None
         self.units: dict[int, _Unit] = {}
         self._quiet_from = 0.0  # monotonic time the line went quiet
@@ -235,13 +303,7 @@ class ModbusBus:
             ExceptionResponse: the device answered with a Modbus exception.
             DeviceUnreachable: the port or connection is gone.
         """
-        state = self.units.setdefault(unit, _Unit())
-        left = state.until - time.monotonic()
-        if left > 0:
-            last = state.last
-            if isinstance(last, FrameError):
-                raise FrameError(f"{last.args[0]}; next try in {left:.1f}s", reason=last.reason, hint=last.hint)
-            raise DeviceTimeout(f"unit {unit} on {self.key} stopped answering; next try in {left:.1f}s")
+        state = self.unit_state(unit)
         async with self.lock:
             await self._connect()
             attempts = stale = 0
@@ -261,14 +323,10 @@ class ModbusBus:
                     attempts += 1
                     if attempts <= retries:
                         continue
-                    state.failures += 1
-                    pause = min(backoff_max, backoff * 2 ** (state.failures - 1))
-                    state.until = time.monotonic() + pause
+                    pause = self.unit_failed(state, exc, backoff, backoff_max)
                     if isinstance(exc, FrameError):
-                        state.last = exc
                         raise FrameError(f"{exc.args[0]} ({retries + 1} attempt(s)); skipping it for {pause:g}s",
                                          reason=exc.reason, hint=exc.hint) from None
-                    state.last = None
                     raise DeviceTimeout(
                         f"unit {unit} on {self.key}: no answer to {table} {start}+{count} within {timeout:g}s"
                         f" ({retries + 1} attempt(s)); skipping it for {pause:g}s",
@@ -280,6 +338,33 @@ class ModbusBus:
                     raise ExceptionResponse(code, f"unit {unit} answered {table} {start}+{count} with "
                                                   f"exception {code:02d}")
                 return (resp.bits if table in ("coil", "discrete") else resp.registers)[:count]  # type: ignore[no-any-return]  # pymodbus is untyped here
+
+    # -- the per-unit backoff, one for reads and writes ------------------------------------------
+
+    def unit_state(self, unit: int) -> _Unit:
+        """The unit's backoff state; raises while it lasts (nothing is sent to a unit in backoff).
+
+        Raises:
+            DeviceTimeout: the unit stopped answering; the error says when it is tried again.
+            FrameError: its last answers were garbled (the same reason again).
+        """
+        state = self.units.setdefault(unit, _Unit())
+        left = state.until - time.monotonic()
+        if left > 0:
+            last = state.last
+            if isinstance(last, FrameError):
+                raise FrameError(f"{last.args[0]}; next try in {left:.1f}s", reason=last.reason, hint=last.hint)
+            raise DeviceTimeout(f"unit {unit} on {self.key} stopped answering; next try in {left:.1f}s")
+        return state
+
+    @staticmethod
+    def unit_failed(state: _Unit, exc: DriverError, backoff: float, backoff_max: float) -> float:
+        """Start (or double) the unit's backoff after a failed request; returns the pause in seconds."""
+        state.failures += 1
+        pause = min(backoff_max, backoff * 2 ** (state.failures - 1))
+        state.until = time.monotonic() + pause
+        state.last = exc if isinstance(exc, FrameError) else None
+        return float(pause)
 
     # -- one exchange -------------------------------------------------------------------------
 
@@ -375,7 +460,7 @@ class ModbusBus:
 
     async def broadcast_write(self, address: int, values: list[int]) -> None:
         """Write holding registers on every unit (unit id 0): no answer comes, so wait the turnaround delay."""
-        async with self.lock:
+        async with self.lock.first():
             await self._connect()
             await self._wait_silence()
             try:
