@@ -41,6 +41,7 @@ from .normalize import Normalizer
 from .reload import RELOAD_TIME_LIMIT_S, ReloadPlan, plan_reload, read_config
 from .schema import RawReading, iso_ms
 from .sdnotify import notify, watchdog_task
+from .turns import BusTurns
 
 if TYPE_CHECKING:
     from .commands import CommandExecutor
@@ -279,7 +280,7 @@ class DeviceRunner:
     """Runs one device: open, poll on schedule, report state, back off, reopen."""
 
     def __init__(self, spec: DeviceSpec, gateway_id: str, output: Output | _Fanout, clock: ClockMonitor,
-                 bus_lock: asyncio.Lock | None, shared: SharedResources) -> None:
+                 bus_lock: BusTurns | None, shared: SharedResources) -> None:
         self.spec = spec
         self.cfg = spec.config
         self.output = output
@@ -341,7 +342,9 @@ class DeviceRunner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.poll_timeout):
                     await self._open.wait()
-        async with self.io_lock, (self.bus_lock if self.bus_lock is not None else contextlib.nullcontext()):
+        # The line first, with a write's priority (next after the poll in flight), then the device: in the
+        # polls' order (bus, then device), so the device's own poll never waits for the line holding it.
+        async with (self.bus_lock.first() if self.bus_lock is not None else contextlib.nullcontext()), self.io_lock:
             driver = self.driver
             if driver is None:
                 raise DriverError(f"{self.cfg.id} is not connected", reason="offline")
@@ -493,7 +496,7 @@ class DeviceRunner:
             sink = _Sink(self)
             started = time.monotonic()
             if self.bus_lock is not None:
-                async with self.io_lock, self.bus_lock, poll_deadline(self.cfg.poll_timeout):
+                async with self.bus_lock, self.io_lock, poll_deadline(self.cfg.poll_timeout):
                     await driver.poll(sink)
             else:
                 async with self.io_lock, poll_deadline(self.cfg.poll_timeout):
@@ -528,7 +531,7 @@ class Gateway:
         self.shared = SharedResources()
         self.runners: dict[str, DeviceRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.bus_locks: dict[str, asyncio.Lock] = {}
+        self.bus_locks: dict[str, BusTurns] = {}
         self.started = time.time()
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -641,7 +644,7 @@ class Gateway:
 
     def _start_device(self, spec: DeviceSpec) -> None:
         assert self._tg is not None
-        lock = self.bus_locks.setdefault(spec.bus, asyncio.Lock()) if spec.bus else None
+        lock = self.bus_locks.setdefault(spec.bus, BusTurns()) if spec.bus else None
         runner = DeviceRunner(spec, self.gateway_id, self._out, self.clock, lock, self.shared)
         self.runners[spec.config.id] = runner
         self.tasks[spec.config.id] = self._tg.create_task(runner.run(), name=f"poll[{spec.config.id}]")

@@ -17,19 +17,18 @@ reported with a reason and a hint.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import errno
 import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable, DriverError
 from fieldgate.tasks import cancel_and_wait
+from fieldgate.turns import BusTurns
 
 from . import compat, frames
 from .profile import ModbusConnection
@@ -121,71 +120,6 @@ class _Unit:
     failures: int = 0
     until: float = 0.0
     last: DriverError | None = None  # why it is skipped
-
-
-class BusTurns:
-    """The bus's lock: FIFO for reads, but a write goes next, right after the request in flight.
-
-    A write is a person's command with a deadline; behind the polls queued on a slow RTU line
-    (every device's next read) it could expire before its turn. ``async with turns`` takes a
-    read's turn; ``async with turns.first()`` a write's.
-    """
-
-    def __init__(self) -> None:
-        self._held = False
-        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._normal: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def locked(self) -> bool:
-        """Whether a request holds the bus."""
-        return self._held
-
-    async def acquire(self, urgent: bool = False) -> None:
-        """Wait for the bus (writes, ``urgent``, before every read waiting)."""
-        if not self._held and not self._urgent and not self._normal:
-            self._held = True
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        (self._urgent if urgent else self._normal).append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # handed the bus just as it was cancelled: pass it on
-            raise
-        finally:
-            for queue in (self._urgent, self._normal):
-                if waiter in queue:
-                    queue.remove(waiter)
-
-    def _release(self) -> None:
-        for queue in (self._urgent, self._normal):
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)  # the bus passes to it still held: nobody slips in between
-                    return
-        self._held = False
-
-    def release(self) -> None:
-        """Give the bus to the next waiter (a write first)."""
-        assert self._held, "release of a bus that is not held"
-        self._release()
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
-
-    @contextlib.asynccontextmanager
-    async def first(self) -> AsyncIterator[None]:
-        """A write's turn: next after the request in flight."""
-        await self.acquire(urgent=True)
-        try:
-            yield
-        finally:
-            self.release()
 
 
 _READERS = {

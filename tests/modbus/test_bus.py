@@ -107,7 +107,7 @@ async def test_scan_cli_over_tcp(sims: list[ModbusSim], capsys: pytest.CaptureFi
 
 
 async def test_bus_turns_give_a_write_the_next_turn_and_survive_a_cancelled_waiter() -> None:
-    from fieldgate.drivers.modbus.bus import BusTurns
+    from fieldgate.turns import BusTurns
 
     turns, order = BusTurns(), []
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from pathlib import Path
 
 from fieldgate.driver import SharedResources
 from fieldgate.drivers.modbus.bus import ExceptionResponse, ModbusBus
@@ -69,3 +70,39 @@ async def test_a_write_goes_next_after_the_request_in_flight(sims: list[ModbusSi
         await asyncio.gather(*tasks, return_exceptions=True)
         for drv in drivers:
             await drv.__aexit__(None, None, None)
+
+
+async def test_a_command_in_the_gateway_goes_next_on_a_busy_rs485_line(tmp_path: Path, sims: list[ModbusSim]) -> None:
+    """The same line in the gateway (``runtime.running``, as ``fieldgate run`` builds it): six devices
+    polling back to back, a command to the first. The supervisor's per-bus lock serializes whole polls;
+    the command must get the line after the poll in flight, not after every device's queued poll."""
+    from fieldgate.config import load_config_text
+    from fieldgate.outputs import MemoryOutput
+    from fieldgate.runtime import running
+
+    from tests.commands.conftest import PROFILE, config
+
+    prof = tmp_path / "boiler.yaml"
+    prof.write_text(PROFILE)
+    profile = load_modbus_profile(prof)
+    sim, conn = await start(sims, "rtu", dict.fromkeys(range(1, UNITS + 1), profile), baudrate=19200)
+    sim.set_fault(UNITS, "slow:0.1")
+    devices = {f"b{u}": {**conn, "unit": u, "timeout": 1.0} for u in range(1, UNITS + 1)}
+    out = MemoryOutput()
+    text = config(tmp_path / "data", prof, devices, interval="0.01s", rate=100.0, burst=100)
+    async with running(load_config_text(text, str(tmp_path / "c.yaml")), output=out) as rt:
+        await out.wait_for(lambda o: all(len(o.by_device(d)) >= 2 for d in devices))
+        ex = rt.gateway.commands
+        assert ex is not None
+        others: list[int] = []
+        for i in range(6):
+            before = sum(n for u, n in sim.requests.items() if u != 1)
+            msg = {"schema": "fieldgate.command/1", "id": f"prio-{i}", "op": "write", "metrics": {"setpoint": 20.0 + i}}
+            result = await ex.execute("b1", msg, origin="cli")
+            assert result["status"] == "ok", result
+            others.append(sum(n for u, n in sim.requests.items() if u != 1) - before)
+            await asyncio.sleep(0.05)  # the pace of the commands (a load generator), not a synchronization
+        per_poll = len({p.table for p in profile.points})  # the boiler's points: one block per table
+        print(f"requests to other units during each command: {others} (one poll is {per_poll} requests)")
+        # After the poll in flight (one other device's poll), nothing else: not five devices' polls.
+        assert max(others) <= 2 * per_poll, others
