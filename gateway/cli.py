@@ -83,6 +83,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 async def _run_gateway(config_path: Path, use_stdout: bool, ready_file: str | None = None) -> int:
     from .runtime import NoUplink, build
+    from .signals import loop_signals
 
     loaded = load_config(config_path)
     for w in loaded.warnings:
@@ -93,16 +94,14 @@ async def _run_gateway(config_path: Path, use_stdout: bool, ready_file: str | No
         print(exc, file=sys.stderr)
         return EXIT_INVALID
     gw = rt.gateway
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, gw.request_stop)
-    loop.add_signal_handler(signal.SIGINT, gw.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
-    if ready_file:
-        async def _mark_ready() -> None:
-            await gw.ready.wait()
-            await asyncio.to_thread(Path(ready_file).write_text, "ready\n")
-        _ready_task = asyncio.create_task(_mark_ready())  # noqa: RUF006 - lives as long as run()
-    await rt.run()
+    handlers = {signal.SIGTERM: gw.request_stop, signal.SIGINT: gw.request_stop, signal.SIGHUP: gw.request_reload}
+    with loop_signals(asyncio.get_running_loop(), handlers):  # handed over before the loop closes
+        if ready_file:
+            async def _mark_ready() -> None:
+                await gw.ready.wait()
+                await asyncio.to_thread(Path(ready_file).write_text, "ready\n")
+            _ready_task = asyncio.create_task(_mark_ready())  # noqa: RUF006 - lives as long as run()
+        await rt.run()
     log.info("stopped")
     return EXIT_OK
 

@@ -54,7 +54,7 @@ from typing import Any
 
 from .checks import DoctorDevice, Finding, Status
 from .clock import clock_synced
-from .config import DEFAULT_CONFIG, DeviceSpec, LoadedConfig, load_config, load_profile_file
+from .config import DEFAULT_CONFIG, DeviceSpec, LoadedConfig, MqttConfig, load_config, load_profile_file
 from .driver import HasDoctor, available_drivers, load_driver
 from .errors import ConfigError, DeviceBusy, DriverError, DriverUnavailable, GatewayError
 from .listen import ListenAddress
@@ -365,30 +365,53 @@ class Doctor:
     # --- uplink and devices --------------------------------------------------------------------
 
     async def check_broker(self, loaded: LoadedConfig) -> None:
+        """Reach every broker of the list (DNS, TCP, TLS, login) and say which of them work.
+
+        The uplink fails over in list order (``mqtt.hosts``), so one working broker keeps the gateway
+        delivering: then a broker that fails is a warning (the failover has lost a spare), and only
+        when none works is each one a failure.
+        """
         cfg = loaded.config.mqtt
         if cfg is None:
             return
-        from .mqtt import MqttLink, broker_url
+        from .mqtt import broker_url, for_endpoint
 
-        url = broker_url(cfg)
+        endpoints = cfg.endpoints
+        each = [for_endpoint(cfg, ep) for ep in endpoints] if cfg.hosts else [cfg]
+        # Concurrently: each is bounded by the doctor's timeout, so a list of dead brokers costs one.
+        results = await asyncio.gather(*(self._try_broker(loaded, one, i) for i, one in enumerate(each)))
+        works = any(r is None for r in results)
         tls_word = "TLS" if cfg.tls else "plain"
+        login = f"login as {cfg.username!r} accepted" if cfg.username else "no login configured"
+        for i, (one, failure) in enumerate(zip(each, results, strict=True)):
+            url = broker_url(one)
+            which = f" ({i + 1} of {len(endpoints)} in mqtt.hosts)" if len(endpoints) > 1 else ""
+            if failure is None:
+                self.add("broker", "ok", f"broker {url}{which} reached ({tls_word}"
+                         f"{', certificate verified' if cfg.tls else ''}), {login}", url=url)
+                continue
+            stage, fix, msg = failure
+            status: Status = "warn" if works else "fail"
+            spare = "; the gateway fails over to a broker that works" if works else ""
+            self.add(f"broker.{stage}", status, _STAGE_WORDS[stage].format(url=url) + f"{which}: {msg}{spare}",
+                     fix, url=url, stage=stage)
+
+    async def _try_broker(self, loaded: LoadedConfig, cfg: MqttConfig, index: int) -> tuple[str, str, str] | None:
+        """Connect to one broker and leave; None when it worked, else (stage, fix, what happened)."""
+        from .mqtt import MqttLink
+
         fast = cfg.model_copy(update={"connect_timeout": min(cfg.connect_timeout, self.timeout)})
-        link = MqttLink(fast, f"fieldgate-doctor-{loaded.config.gateway.id}-{os.getpid()}",
+        link = MqttLink(fast, f"fieldgate-doctor-{loaded.config.gateway.id}-{os.getpid()}-{index}",
                         ("fieldgate-doctor/unused", ""), on_ack=lambda _mid: None)
         link.client.will_clear()  # a doctor that goes away must not announce the gateway offline
         try:
             await link.connect()
         except GatewayError as exc:
-            stage, fix = _broker_stage(exc)
-            msg = exc.args[0] if exc.args else str(exc)
-            self.add(f"broker.{stage}", "fail", _STAGE_WORDS[stage].format(url=url) + f": {msg}",
-                     fix + (f" ({exc.hint})" if exc.hint else ""), url=url, stage=stage)
             link.abort()
-            return
+            stage, fix = _broker_stage(exc)
+            return stage, fix + (f" ({exc.hint})" if exc.hint else ""), exc.args[0] if exc.args else str(exc)
         await link.disconnect()
-        login = f"login as {cfg.username!r} accepted" if cfg.username else "no login configured"
-        self.add("broker", "ok", f"broker {url} reached ({tls_word}"
-                 f"{', certificate verified' if cfg.tls else ''}), {login}", url=url)
+        return None
 
     async def check_running_service(self, loaded: LoadedConfig) -> dict[str, dict[str, Any]] | None:
         """The devices of the gateway running with this configuration, as its status page reports them.

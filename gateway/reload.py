@@ -36,12 +36,14 @@ Why each key is where it is:
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
-from .config import GatewayConfig
+from .config import GatewayConfig, LoadedConfig
 from .secret import Secret
 
 LIVE_KEYS = frozenset({
@@ -71,6 +73,20 @@ class ReloadPlan:
 
     applied: list[str] = field(default_factory=list)
     restart_required: list[str] = field(default_factory=list)
+
+
+async def read_config(loader: Callable[[], LoadedConfig]) -> LoadedConfig:
+    """Run ``loader`` (the file and every profile it names) in a worker thread.
+
+    Parsing is CPU work: on the event loop a big or hostile file stalled every device's polls for
+    as long as it took. The loader bounds itself (its ``Budget`` counts the CPU time of the thread
+    it runs in, ``yamlsrc.DEFAULT_TIME_LIMIT``), so the thread always ends; a cancelled await (a
+    shutdown during a reload) leaves it to finish and drops the result.
+
+    Raises:
+        ConfigError: the new file is refused, with every diagnostic.
+    """
+    return await asyncio.to_thread(loader)
 
 
 def _leaves(model: BaseModel | None, prefix: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from .errors import DriverError
 from .fanout import Fanout, Output
 from .normalize import Normalizer
 from .schema import RawReading
+from .turns import BusTurns
 
 if TYPE_CHECKING:
     from .profile import BaseProfile
@@ -152,7 +153,7 @@ class DeviceRunner:
     """Runs one device: open, poll on schedule, report state, back off, reopen."""
 
     def __init__(self, spec: DeviceSpec, gateway_id: str, output: Output | Fanout, clock: ClockMonitor,
-                 bus_lock: asyncio.Lock | None, shared: SharedResources) -> None:
+                 bus_lock: BusTurns | None, shared: SharedResources) -> None:
         self.spec = spec
         self.cfg = spec.config
         self.output = output
@@ -214,7 +215,9 @@ class DeviceRunner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.poll_timeout):
                     await self._open.wait()
-        async with self.io_lock, (self.bus_lock if self.bus_lock is not None else contextlib.nullcontext()):
+        # The line first, with a write's priority (next after the poll in flight), then the device: in the
+        # polls' order (bus, then device), so the device's own poll never waits for the line holding it.
+        async with (self.bus_lock.first() if self.bus_lock is not None else contextlib.nullcontext()), self.io_lock:
             driver = self.driver
             if driver is None:
                 raise DriverError(f"{self.cfg.id} is not connected", reason="offline")
@@ -366,7 +369,7 @@ class DeviceRunner:
             sink = _Sink(self)
             started = time.monotonic()
             if self.bus_lock is not None:
-                async with self.io_lock, self.bus_lock, poll_deadline(self.cfg.poll_timeout):
+                async with self.bus_lock, self.io_lock, poll_deadline(self.cfg.poll_timeout):
                     await driver.poll(sink)
             else:
                 async with self.io_lock, poll_deadline(self.cfg.poll_timeout):

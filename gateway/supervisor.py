@@ -21,10 +21,11 @@ from .clock import ClockMonitor
 from .config import DeviceSpec, LoadedConfig
 from .driver import SharedResources
 from .fanout import Fanout, GatewayListener, Output, Reconfigurable
-from .reload import RELOAD_TIME_LIMIT_S, ReloadPlan, plan_reload
+from .reload import RELOAD_TIME_LIMIT_S, ReloadPlan, plan_reload, read_config
 from .runner import DeviceRunner
 from .schema import iso_ms
 from .sdnotify import notify, watchdog_task
+from .turns import BusTurns
 
 if TYPE_CHECKING:
     from .commands import CommandExecutor
@@ -67,13 +68,13 @@ class Gateway:
         self.shared = SharedResources()
         self.runners: dict[str, DeviceRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.bus_locks: dict[str, asyncio.Lock] = {}
+        self.bus_locks: dict[str, BusTurns] = {}
         self.started = time.time()
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._reloading: asyncio.Task[None] | None = None
-        self._next_config: LoadedConfig | None = None  # read by a reload, waiting for the apply
+        self._read_wanted = False  # a reload was requested: (re-)read the file
         #: The command executor (runtime.build sets it when ``commands.enabled``); None: commands are off.
         self.commands: CommandExecutor | None = None
 
@@ -85,25 +86,18 @@ class Gateway:
     def request_reload(self) -> None:
         """Re-read and apply the configuration (SIGHUP); a bad one is refused.
 
-        The file is read here; applying it runs as its own task with a time limit
-        (``RELOAD_TIME_LIMIT_S``), so a signal handler or an HTTP request never waits on devices
-        closing. A file read while an apply runs is applied right after it (the newest wins).
+        Reading (in a worker thread: a big or hostile file must not stall the polls) and applying
+        run as one task with time limits (the loader's own, ``RELOAD_TIME_LIMIT_S``), so a signal
+        handler or an HTTP request never waits. A request during a reload reads the file again right
+        after it (the newest wins).
         """
         if self.loader is None:
             log.warning("reload requested but this gateway has no config file to re-read")
             return
-        from .errors import ConfigError
-
-        try:
-            new = self.loader()
-        except ConfigError as exc:
-            errors = [d for d in exc.diagnostics if d.severity == "error"]
-            for d in exc.diagnostics:
-                log.error("reload refused: %s", d)
-            log.error("new configuration has %d error(s); keeping the running one", len(errors))
-            self._out.event("config_rejected", errors=[str(d) for d in errors][:20])
+        if self._stop.is_set():  # the stop cancelled any reload; a new one would outlive the task group
+            log.info("reload requested while stopping: ignored")
             return
-        self._next_config = new
+        self._read_wanted = True
         if self._reloading is None or self._reloading.done():
             self._reloading = asyncio.get_running_loop().create_task(self._apply_next(), name="reload")
             self._reloading.add_done_callback(self._reload_done)
@@ -125,8 +119,19 @@ class Gateway:
             log.error("reload failed: %r", task.exception(), exc_info=task.exception())
 
     async def _apply_next(self) -> None:
-        while self._next_config is not None:
-            new, self._next_config = self._next_config, None
+        from .errors import ConfigError
+
+        while self._read_wanted and self.loader is not None:
+            self._read_wanted = False
+            try:
+                new = await read_config(self.loader)
+            except ConfigError as exc:
+                errors = [d for d in exc.diagnostics if d.severity == "error"]
+                for d in exc.diagnostics:
+                    log.error("reload refused: %s", d)
+                log.error("new configuration has %d error(s); keeping the running one", len(errors))
+                self._out.event("config_rejected", errors=[str(d) for d in errors][:20])
+                continue
             try:
                 async with asyncio.timeout(RELOAD_TIME_LIMIT_S):
                     await self.apply(new)
@@ -176,7 +181,7 @@ class Gateway:
 
     def _start_device(self, spec: DeviceSpec) -> None:
         assert self._tg is not None
-        lock = self.bus_locks.setdefault(spec.bus, asyncio.Lock()) if spec.bus else None
+        lock = self.bus_locks.setdefault(spec.bus, BusTurns()) if spec.bus else None
         runner = DeviceRunner(spec, self.gateway_id, self._out, self.clock, lock, self.shared)
         self.runners[spec.config.id] = runner
         self.tasks[spec.config.id] = self._tg.create_task(runner.run(), name=f"poll[{spec.config.id}]")

@@ -37,6 +37,7 @@ SEAM = frozenset({
     "fieldgate.validation",  # did_you_mean for profile validators
     "fieldgate.checks",      # Finding and host checks for doctor() hooks
     "fieldgate.tasks",       # cancel_and_wait: stop a child task without swallowing our own cancel
+    "fieldgate.turns",       # BusTurns: the one lock of a shared line (FIFO, a write next)
 })
 
 #: Where each installed package's source lives.

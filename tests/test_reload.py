@@ -237,3 +237,90 @@ def test_plan_reload_sorts_the_changed_keys() -> None:
     assert plan.applied == ["buffer.flush_interval", "mqtt.batch.enabled", "mqtt.tls.server_name",
                             "mqtt.topic_prefix"], plan
     assert plan.restart_required == ["buffer.durability", "gateway.data_dir", "web.listen"], plan
+
+
+def _slow_config(path: Path, data_dir: Path, mqtt: str, folder: Path) -> None:
+    """The running config plus 400 disabled devices on four 1500-point profiles: valid, and about a
+    second of CPU to load (under the loader's 5 s limit), as a big site's file is."""
+    profiles = []
+    for k in range(4):
+        prof = folder / f"big{k}.yaml"
+        prof.write_text("schema_version: 1\ndriver: sim\nvendor: test\nmodel: big\npoints:\n" + "".join(
+            f"  - {{name: p{i}, unit: V, sim: {{shape: random, min: 0, max: 1}}}}\n" for i in range(1500)))
+        profiles.append(prof)
+    write_config(path, data_dir, mqtt)
+    with path.open("a") as f:
+        f.write("".join(f"  - {{id: x{i}, driver: sim, profile: {profiles[i % 4]}, enabled: false}}\n"
+                        for i in range(400)))
+
+
+def test_polls_go_on_while_a_slow_config_loads(
+    tmp_path: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Proc]
+) -> None:
+    """SIGHUP reads the file off the event loop: the devices keep their 50 ms schedule meanwhile."""
+    at = Collector(mosquitto.host, mosquitto.port, topic="#").connect()
+    data, cfg = tmp_path / "data", tmp_path / "fieldgate.yaml"
+    mqtt = f"host: 127.0.0.1, port: {mosquitto.port}"
+    write_config(cfg, data, mqtt)
+    proc = fieldgate_proc("run", "-c", str(cfg))
+    try:
+        at.wait_for(lambda: len(at.readings()) >= 10, timeout=30, what="readings before the reload")
+        _slow_config(cfg, data, mqtt, tmp_path)
+        t0 = time.time()
+        proc.popen.send_signal(signal.SIGHUP)
+        proc.wait_stderr("configuration reloaded", timeout=60)
+        t1 = time.time()
+        at.wait_for(lambda: any(r["device"] == "d0" and _ts(r) > t1 for r in at.readings()), timeout=30,
+                    what="a reading after the reload")
+        stamps = sorted(_ts(r) for r in at.readings() if r["device"] == "d0")
+        inside = [t for t in stamps if t0 <= t <= t1] + [next(t for t in stamps if t > t1)]
+        gaps = [b - a for a, b in zip([t0, *inside], inside, strict=False)]
+        # On the loop, the load stalled every device for all of it (one gap as long as the reload).
+        # Off it, polls go on: no gap near the reload's length (2 cores, other tests running: half of it).
+        assert t1 - t0 > 0.3, f"the file loaded in {t1 - t0:.2f} s: too fast to show anything"
+        assert max(gaps) < (t1 - t0) / 2, (f"polls stalled {max(gaps):.2f} s during a {t1 - t0:.2f} s reload",
+                                           [round(g, 2) for g in gaps])
+        print(f"reload took {t1 - t0:.2f} s; longest gap between d0's polls meanwhile {max(gaps):.3f} s")
+        assert stop_gracefully(proc) == 0
+    finally:
+        proc.stop()
+        at.disconnect()
+
+
+def _ts(reading: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(reading["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def test_signals_during_the_shutdown_are_harmless(
+    tmp_path: Path, mosquitto: Mosquitto, fieldgate_proc: Callable[..., Proc]
+) -> None:
+    """SIGHUP and SIGTERM keep coming while the gateway stops (a logrotate hook, systemd's stop, an
+    impatient operator): it still exits 0, with no "Exception ignored ... signal wakeup fd" and no
+    death by the default action of a signal after the loop removed its handlers."""
+    import os
+
+    at = Collector(mosquitto.host, mosquitto.port, topic="#").connect()
+    cfg = tmp_path / "fieldgate.yaml"
+    write_config(cfg, tmp_path / "data", f"host: 127.0.0.1, port: {mosquitto.port}")
+    proc = fieldgate_proc("run", "-c", str(cfg))
+    try:
+        at.wait_for(lambda: len(at.readings()) >= 5, timeout=30, what="readings")
+        proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        sent = 0
+        while proc.popen.poll() is None and time.monotonic() < deadline:
+            try:
+                os.kill(proc.popen.pid, signal.SIGHUP if sent % 2 else signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            sent += 1
+            time.sleep(0.0005)  # the pace of the storm (a load generator), not a synchronization
+        rc = proc.popen.wait(30)
+        err = "".join(proc.stderr_lines)
+        assert rc == 0, f"exit {rc} after {sent} signals during the shutdown:\n{err[-2000:]}"
+        assert "Exception ignored" not in err and "Traceback" not in err, err[-2000:]
+    finally:
+        proc.stop()
+        at.disconnect()

@@ -18,6 +18,10 @@ server transports:
   and the PSK identity it claimed in ``_psk_store._claims`` (None until the
   handshake found a key).
 
+* a failed ``bind()`` in ``udp6``'s ``create_server_transport_endpoint`` leaves
+  its new socket open in the failing frame (aiocoap closes nothing there):
+  :func:`close_sockets_of` closes it.
+
 ``tests/coap/test_compat.py`` is the canary: it fails when any of this moves.
 ``TESTED`` is the version range it passed on (pyproject bounds aiocoap to it).
 """
@@ -103,3 +107,26 @@ def dtls_claim(address: Any) -> Any:
 
 __all__ = ["TESTED", "dtls_claim", "dtls_pool", "dtls_sessions", "dtls_sockaddr", "hook_dtls",
            "hook_udp", "message_interface", "version"]
+
+
+def close_sockets_of(exc: BaseException) -> int:
+    """Close the sockets aiocoap's own frames of ``exc``'s traceback still hold; returns how many.
+
+    A server context that fails to bind raises with the new socket a local of the failing frame;
+    the exception we chain from it (``raise DeviceBusy(...) from exc``) kept the socket alive until
+    some later garbage collection, which warned "unclosed socket" far from the cause. Only frames
+    of aiocoap's transports are looked at: a socket there is one the failed call created.
+    """
+    import socket
+
+    closed = 0
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__", "").startswith("aiocoap.transports."):
+            for value in list(frame.f_locals.values()):
+                if isinstance(value, socket.socket) and value.fileno() != -1:
+                    value.close()
+                    closed += 1
+        tb = tb.tb_next
+    return closed

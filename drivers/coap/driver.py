@@ -469,8 +469,11 @@ class CoapPushDriver(CoapDriver):
     async def run(self, sink: ReadingSink) -> None:
         """Deliver reports until cancelled.
 
-        Raises:
-            DeviceTimeout: no report for ``stale_after`` (when set).
+        No report for ``stale_after`` (when set) is handed to the sink as a ``DeviceTimeout`` (the
+        device shows degraded, the log and the page name it), once per ``stale_after`` of silence.
+        It is not raised: that closed the driver for the retry backoff, and the route with it, so
+        the report that ends the silence was refused (4.04 Not Found, which tells a device its path
+        is wrong) or, with the push port closed, never acknowledged.
         """
         assert self.route is not None
         route = self.route
@@ -486,9 +489,11 @@ class CoapPushDriver(CoapDriver):
                     async with asyncio.timeout(max(0.0, last + stale - time.monotonic())):
                         await route.wake.wait()
             except TimeoutError:
-                raise DeviceTimeout(f"no report at /{'/'.join(self.path)} for {stale:g}s",
-                                    hint="the device is out of coverage, its battery is flat, or it sends to "
-                                         "another address/path; check its server settings") from None
+                sink.add_error(DeviceTimeout(
+                    f"no report at /{'/'.join(self.path)} for {stale:g}s",
+                    hint="the device is out of coverage, its battery is flat, or it sends to another "
+                         "address/path; check its server settings"))
+                last = time.monotonic()  # told again after another stale_after of silence, not in a loop
 
 
 def _read_key(conn: CoapConnection, device: str) -> bytes:

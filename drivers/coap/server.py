@@ -16,7 +16,7 @@ packet (a hostile sender must not fill the journal), and costs only itself:
   ``wire.MAX_DATAGRAM``, or carries a malformed option: checked by
   ``wire.check`` before aiocoap parses it, answered as RFC 7252 says
   (nothing, a Reset, 4.13, 4.02 or 4.00 with a diagnostic);
-- an unknown path: 4.04 Not Found;
+- an unknown path: 4.04 Not Found (with a diagnostic payload);
 - a device that requires DTLS reached over plain UDP: 4.01 Unauthorized;
 - the wrong DTLS identity for the path, or a source outside ``sources``: 4.03 Forbidden;
 - a payload that does not decode: 4.00 Bad Request (4.15 for a wrong Content-Format),
@@ -269,6 +269,7 @@ class PushServer:
         except DeviceUnreachable:
             raise
         except OSError as exc:
+            compat.close_sockets_of(exc)
             if exc.errno == errno.EADDRINUSE:
                 raise DeviceBusy(f"cannot listen on {self.host}:{self.port}/udp: the port is in use",
                                  hint="another program (or a second gateway) uses the port") from exc
@@ -443,7 +444,9 @@ class PushServer:
             return self._refuse("method", src, aiocoap.METHOD_NOT_ALLOWED, "POST reports")
         route = self.routes.get(tuple(request.opt.uri_path))
         if route is None:
-            return self._refuse("unknown_path", src, aiocoap.NOT_FOUND)
+            # RFC 7252 5.5.2: a diagnostic payload says why, for whoever reads the device's log.
+            return self._refuse("unknown_path", src, aiocoap.NOT_FOUND,
+                                f"no device at /{'/'.join(request.opt.uri_path)} on this gateway")
         if route.sources is not None:
             try:
                 ip = ipaddress.ip_address(src)

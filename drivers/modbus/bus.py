@@ -1,10 +1,11 @@
 """The bus: one owner per serial port or TCP endpoint, shared by its devices.
 
 Every Modbus request of every device on one RS-485 line (or one TCP endpoint)
-goes through one ``ModbusBus``: one pymodbus client, one ``asyncio.Lock``
-(FIFO, so devices with different poll rates take turns fairly request by
-request), the inter-frame silence the serial line spec requires before each
-frame, and a per-unit backoff: a unit that stopped answering is skipped
+goes through one ``ModbusBus``: one pymodbus client, one lock (``BusTurns``:
+FIFO for reads, so devices with different poll rates take turns fairly request
+by request; a write goes next after the request in flight), the inter-frame
+silence the serial line spec requires before each frame, and a per-unit
+backoff: a unit that stopped answering is skipped
 without touching the line until its backoff expires, so a dead slave costs
 its timeout once per backoff period instead of once per poll.
 
@@ -27,6 +28,7 @@ from typing import Any
 
 from fieldgate.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable, DriverError
 from fieldgate.tasks import cancel_and_wait
+from fieldgate.turns import BusTurns
 
 from . import compat, frames
 from .profile import ModbusConnection
@@ -142,7 +144,7 @@ class ModbusBus:
         self.serial = conn.transport == "rtu"
         self.rtu_framing = conn.transport in ("rtu", "rtu-over-tcp")
         self.silence = inter_frame_silence(conn.baudrate) if self.serial else 0.0
-        self.lock = asyncio.Lock()
+        self.lock = BusTurns()
         self.client: Any = None
         self.units: dict[int, _Unit] = {}
         self._quiet_from = 0.0  # monotonic time the line went quiet
@@ -235,13 +237,7 @@ class ModbusBus:
             ExceptionResponse: the device answered with a Modbus exception.
             DeviceUnreachable: the port or connection is gone.
         """
-        state = self.units.setdefault(unit, _Unit())
-        left = state.until - time.monotonic()
-        if left > 0:
-            last = state.last
-            if isinstance(last, FrameError):
-                raise FrameError(f"{last.args[0]}; next try in {left:.1f}s", reason=last.reason, hint=last.hint)
-            raise DeviceTimeout(f"unit {unit} on {self.key} stopped answering; next try in {left:.1f}s")
+        state = self.unit_state(unit)
         async with self.lock:
             await self._connect()
             attempts = stale = 0
@@ -261,14 +257,10 @@ class ModbusBus:
                     attempts += 1
                     if attempts <= retries:
                         continue
-                    state.failures += 1
-                    pause = min(backoff_max, backoff * 2 ** (state.failures - 1))
-                    state.until = time.monotonic() + pause
+                    pause = self.unit_failed(state, exc, backoff, backoff_max)
                     if isinstance(exc, FrameError):
-                        state.last = exc
                         raise FrameError(f"{exc.args[0]} ({retries + 1} attempt(s)); skipping it for {pause:g}s",
                                          reason=exc.reason, hint=exc.hint) from None
-                    state.last = None
                     raise DeviceTimeout(
                         f"unit {unit} on {self.key}: no answer to {table} {start}+{count} within {timeout:g}s"
                         f" ({retries + 1} attempt(s)); skipping it for {pause:g}s",
@@ -280,6 +272,33 @@ class ModbusBus:
                     raise ExceptionResponse(code, f"unit {unit} answered {table} {start}+{count} with "
                                                   f"exception {code:02d}")
                 return (resp.bits if table in ("coil", "discrete") else resp.registers)[:count]  # type: ignore[no-any-return]  # pymodbus is untyped here
+
+    # -- the per-unit backoff, one for reads and writes ------------------------------------------
+
+    def unit_state(self, unit: int) -> _Unit:
+        """The unit's backoff state; raises while it lasts (nothing is sent to a unit in backoff).
+
+        Raises:
+            DeviceTimeout: the unit stopped answering; the error says when it is tried again.
+            FrameError: its last answers were garbled (the same reason again).
+        """
+        state = self.units.setdefault(unit, _Unit())
+        left = state.until - time.monotonic()
+        if left > 0:
+            last = state.last
+            if isinstance(last, FrameError):
+                raise FrameError(f"{last.args[0]}; next try in {left:.1f}s", reason=last.reason, hint=last.hint)
+            raise DeviceTimeout(f"unit {unit} on {self.key} stopped answering; next try in {left:.1f}s")
+        return state
+
+    @staticmethod
+    def unit_failed(state: _Unit, exc: DriverError, backoff: float, backoff_max: float) -> float:
+        """Start (or double) the unit's backoff after a failed request; returns the pause in seconds."""
+        state.failures += 1
+        pause = min(backoff_max, backoff * 2 ** (state.failures - 1))
+        state.until = time.monotonic() + pause
+        state.last = exc if isinstance(exc, FrameError) else None
+        return float(pause)
 
     # -- one exchange -------------------------------------------------------------------------
 
@@ -375,7 +394,7 @@ class ModbusBus:
 
     async def broadcast_write(self, address: int, values: list[int]) -> None:
         """Write holding registers on every unit (unit id 0): no answer comes, so wait the turnaround delay."""
-        async with self.lock:
+        async with self.lock.first():
             await self._connect()
             await self._wait_silence()
             try:

@@ -2,21 +2,21 @@
 
 ``writeplan.py`` turns engineering values into requests (the inverse of the
 read path's decoding, with the same codec); this module sends them: under the
-bus lock, timed from the write like a read, with the same per-unit backoff (a
-silent unit is skipped for its backoff, by reads and writes alike). A write
+bus lock, ahead of the reads waiting (next after the request in flight), timed
+from the write like a read, with the bus's one per-unit backoff (a silent unit
+is skipped for its backoff, by reads and writes alike). A write
 is never retried: after a timeout the device may have applied it, and a
 repeat would break "at most once".
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from fieldgate.errors import DeviceTimeout
 
-from .bus import ExceptionResponse, FrameError, ModbusBus, _StaleFrame, _Unit
+from .bus import ExceptionResponse, FrameError, ModbusBus, _StaleFrame
 from .frames import WRITE_FUNCTIONS
 from .profile import ModbusConnection
 from .writeplan import WriteRefused, WriteRequest, plan_write
@@ -32,15 +32,9 @@ async def send(bus: ModbusBus, conn: ModbusConnection, req: WriteRequest) -> Non
         DeviceUnreachable: the port or connection is gone.
     """
     unit = conn.unit
-    state = bus.units.setdefault(unit, _Unit())
-    left = state.until - time.monotonic()
-    if left > 0:
-        last = state.last
-        if isinstance(last, FrameError):
-            raise FrameError(f"{last.args[0]}; next try in {left:.1f}s", reason=last.reason, hint=last.hint)
-        raise DeviceTimeout(f"unit {unit} on {bus.key} stopped answering; next try in {left:.1f}s")
+    state = bus.unit_state(unit)  # a unit in its backoff is skipped, as by reads
     what = f"FC{req.function} at {req.address}"
-    async with bus.lock:
+    async with bus.lock.first():  # next after the request in flight: a command has a deadline
         await bus._connect()
 
         def call() -> Any:
@@ -61,11 +55,8 @@ async def send(bus: ModbusBus, conn: ModbusConnection, req: WriteRequest) -> Non
             # No drain-and-ask-again as for reads: asking again is writing again.
             raise FrameError(str(exc.args[0]), reason=exc.reason, hint=exc.hint) from exc
         except (DeviceTimeout, FrameError) as exc:
-            # The unit's backoff, as a failed read sets it (bus.read): a silent unit costs its timeout once.
-            state.failures += 1
-            pause = min(conn.backoff_max, conn.backoff * 2 ** (state.failures - 1))
-            state.until = time.monotonic() + pause
-            state.last = exc if isinstance(exc, FrameError) else None
+            # The unit's backoff, the one a failed read sets (bus.unit_failed): a silent unit costs its timeout once.
+            pause = bus.unit_failed(state, exc, conn.backoff, conn.backoff_max)
             if isinstance(exc, FrameError):
                 raise FrameError(f"{exc.args[0]} (write {what}); skipping it for {pause:g}s", reason=exc.reason,
                                  hint=exc.hint) from None

@@ -110,6 +110,7 @@ class SparkplugUplink(BufferedUplink):
         self._host_online = False
         self._host_ts: int | None = None
         self._host_changed = asyncio.Event()
+        self._walks = 0  # servers left since the last birth because the primary host was offline there
         #: The command executor when ``commands.enabled`` (set by the composition root): DCMD writes
         #: go through it, with its rules (allowed devices, writable points, ranges, rate, audit).
         self.commands: CommandExecutor | None = None
@@ -162,6 +163,9 @@ class SparkplugUplink(BufferedUplink):
         if self._bdseq_store.problem and problem is None:
             self.event("sparkplug_state_reset", file=str(self._bdseq_store.path), problem=self._bdseq_store.problem)
         self._host_online = False  # verified again on every connection, from its (retained) STATE
+        # STATE timestamps order one server's messages; another server's retained STATE may be older
+        # than what the last server said, and must still count there.
+        self._host_ts = None
         return SparkplugLink(target, self.mqtt.client_id or f"fieldgate-{self.gateway_id}",
                              self.node.will(_now_ms()), self._on_ack,
                              {self._full_filter(f, under): h for (f, under), h in self._listening.items()})
@@ -172,6 +176,7 @@ class SparkplugUplink(BufferedUplink):
             await self._commit_acks()  # the last session's acknowledgements, before a wait that may be long
             if not await self._wait_for_host(link):
                 return
+            self._walks = 0
         self._live_from = self._accepted_upto()
         self._birth(link)
         log.info("sparkplug: NBIRTH as %s/%s (bdSeq %d), %d device(s) born", self.node.group_id,
@@ -186,8 +191,23 @@ class SparkplugUplink(BufferedUplink):
         if not self._host_online:
             log.info("sparkplug: connected; waiting for primary host %r (STATE online) before NBIRTH",
                      self.spb.primary_host_id)
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
         while not self._host_online:
             if not link.connected.is_set() or self._reconnect.is_set():
+                return False
+            servers = len(self.mqtt.endpoints)
+            # The host said offline on this server: walk to the next one of mqtt.hosts
+            # ([tck-id-operational-behavior-primary-application-state-with-multiple-servers-walk]).
+            # With one server there is nowhere to go: wait here for it to come back. After a whole
+            # pass found it offline everywhere, stay reconnect_max on each server before walking on:
+            # every CONNECT writes a new bdSeq to the disk, and a SCADA outage may last hours.
+            if self._host_ts is not None and servers > 1 and (
+                    self._walks < servers - 1 or loop.time() - arrived >= self.mqtt.reconnect_max):
+                self._walks += 1
+                log.warning("sparkplug: primary host %r is offline on %s: moving to the next server",
+                            self.spb.primary_host_id, self.state.broker)
+                await link.disconnect()
                 return False
             self._host_changed.clear()
             waiter = asyncio.create_task(self._host_changed.wait())

@@ -43,3 +43,18 @@ def test_dtls_internals_are_where_compat_reaches() -> None:
 def test_sockaddr_helpers_degrade_to_unknown() -> None:
     assert compat.dtls_sockaddr(object()) == compat.UNKNOWN_SOCKADDR
     assert compat.dtls_claim(object()) is None
+
+
+async def test_a_failed_server_bind_still_leaves_its_socket_to_us() -> None:
+    """Canary for ``compat.close_sockets_of``: when aiocoap closes the socket itself, this fails
+    and the helper (and its call in ``PushServer._bind``) can go."""
+    import socket
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as taken:
+        taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        taken.bind(("::", 0))
+        with pytest.raises(OSError, match="in use") as info:
+            await aiocoap.Context.create_server_context(aiocoap.resource.Site(), bind=("::", taken.getsockname()[1]),
+                                                        transports=["udp6"])
+        assert compat.close_sockets_of(info.value) == 1
+        del info

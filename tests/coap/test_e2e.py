@@ -117,3 +117,39 @@ async def test_gateway_process_under_hostile_datagrams_accepts_every_valid_push(
         "".join(proc.stderr_lines)
     refusal_lines = [line for line in proc.stderr_lines if "request(s) refused" in line]
     assert 1 <= len(refusal_lines) <= 3, refusal_lines  # a summary, never a line per datagram
+
+
+async def test_a_stale_push_device_that_reports_again_is_accepted(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """``stale_after`` names a silent device; its next report is the recovery, not a 4.04 Not Found
+    (which tells a device its path is wrong) nor lost to the retry backoff."""
+    push_port = free_udp_port()
+    text = (
+        f"gateway: {{id: gw-coap, data_dir: {tmp_path / 'data'}, clock_check: off, shutdown_timeout: 5s}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}, reconnect_min: 0.05s, reconnect_max: 0.2s}}\n"
+        "buffer: {flush_interval: 50ms}\n"
+        "devices:\n"
+        # a long poll_interval: a device closed for being stale would stay closed for 30 s
+        f"  - {{id: bin-1, driver: coap, profile: dragino/ndds75, poll_interval: 30s, connection: {{mode: push, "
+        f"listen: '127.0.0.1:{push_port}', stale_after: 0.3s}}}}\n"
+    )
+    col = Collector(mosquitto.host, mosquitto.port)
+    await asyncio.to_thread(col.connect)
+    try:
+        async with running_gateway(text, str(tmp_path / "t.yaml")) as (gw, _), \
+                SleepyDevice(("127.0.0.1", push_port), "/t/bin-1", profile("dragino/ndds75"), seed=6,
+                             ack_timeout=0.2) as dev:
+            assert await dev.push() == "2.04 Changed"
+
+            def stale() -> bool:
+                snap = gw.device_snapshot("bin-1")
+                return snap is not None and "no report" in (snap.last_error or "")
+
+            await until(stale, what="the device reported stale")
+            assert await dev.push() == "2.04 Changed"
+            await until(lambda: len([r for r in col.readings() if r["device"] == "bin-1"]) >= 2,
+                        what="the report after the stale time at the broker")
+            await until(lambda: (s := gw.device_snapshot("bin-1")) is not None and s.state == "online",
+                        what="the device online again")
+    finally:
+        await asyncio.to_thread(col.disconnect)
+    assert col.per_device_in_order()

@@ -131,11 +131,14 @@ async def test_a_flood_from_one_source_does_not_starve_other_devices() -> None:
     assert limited > 100 and len(server.rate_limited) == 1 and flood_key.startswith("127.0.0.1:")
 
 
-async def test_stale_push_device_raises_timeout() -> None:
-    drv = CoapDriver.create(make_ctx("dragino/ndds75", mode="push", listen="127.0.0.1:0", stale_after=0.2))
-    async with drv:
-        with pytest.raises(DeviceTimeout, match="no report"):
-            await drv.run(Sink())
+async def test_stale_push_device_is_reported_and_keeps_its_route() -> None:
+    shared = SharedResources()
+    async with pushing(shared, "bin-1", stale_after=0.2) as (drv, sink):
+        await sink.wait(lambda s: len(s.errors) >= 2)  # told once per stale_after of silence
+        assert all(isinstance(e, DeviceTimeout) and "no report" in str(e) for e in sink.errors)
+        async with SleepyDevice(target(drv), "/t/bin-1", profile("dragino/ndds75"), seed=3) as dev:
+            assert await dev.push() == "2.04 Changed"  # the route stayed: the silence ends with a reading
+        await sink.wait(lambda s: len(s.readings) == 1)
 
 
 async def test_two_devices_cannot_share_a_path() -> None:
@@ -160,6 +163,30 @@ async def test_a_second_gateway_cannot_share_the_push_port() -> None:
         with pytest.raises(DeviceBusy, match=r"cannot listen.*in use") as info:
             await second.start()
         assert "second gateway" in str(info.value.hint)
+    finally:
+        await first.close()
+
+
+async def test_a_failed_bind_leaves_no_socket_behind() -> None:
+    """aiocoap 0.4 does not close the socket whose bind() failed; the error we raise from it kept it
+    alive until a garbage collection far away warned "unclosed <socket ... laddr=('::', 0)>"."""
+    import gc
+    import warnings
+
+    from fieldgate.errors import DeviceBusy
+
+    first = PushServer("127.0.0.1", 0)
+    await first.start()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            second = PushServer("127.0.0.1", first.port)
+            with pytest.raises(DeviceBusy) as info:
+                await second.start()
+            del info, second
+            gc.collect()
+        leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert not leaked, leaked
     finally:
         await first.close()
 

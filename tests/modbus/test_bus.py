@@ -104,3 +104,30 @@ async def test_scan_cli_over_tcp(sims: list[ModbusSim], capsys: pytest.CaptureFi
                                              "--ids", "4-6", "--timeout", "0.1"])
     assert rc == 0
     assert "found 1 unit(s): 5" in capsys.readouterr().out
+
+
+async def test_bus_turns_give_a_write_the_next_turn_and_survive_a_cancelled_waiter() -> None:
+    from fieldgate.turns import BusTurns
+
+    turns, order = BusTurns(), []
+
+    async def take(name: str, urgent: bool) -> None:
+        await turns.acquire(urgent)
+        order.append(name)
+        turns.release()
+
+    await turns.acquire()
+    tasks = [asyncio.create_task(take(n, u)) for n, u in (("read-1", False), ("read-2", False), ("write", True))]
+    await asyncio.sleep(0)  # one loop turn: each task is queued on the lock (asyncio runs them in order)
+    turns.release()
+    await asyncio.gather(*tasks)
+    assert order == ["write", "read-1", "read-2"]
+    # A waiter handed the bus and cancelled before it ran passes the bus on: nobody waits forever.
+    await turns.acquire()
+    doomed = asyncio.create_task(take("doomed", False))
+    after = asyncio.create_task(take("after", False))
+    await asyncio.sleep(0)
+    turns.release()
+    doomed.cancel()
+    await asyncio.wait_for(after, 5)
+    assert order[-1] == "after" and not turns.locked()
