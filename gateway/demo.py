@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from .config import load_config
 from .driver import Simulator, simulator_factories
+from .signals import hand_over
 from .web.logring import install_log_ring
 
 
@@ -373,6 +374,8 @@ async def _demo(folder: Path, broker_port: int | None, duration: float | None) -
         watcher.cancel()
         console.close(loop)
         await sims.stop()
+        # asyncio closes its self-pipe before it removes handlers: a late Ctrl-C must not kill the exit.
+        hand_over(loop, [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1])
     return 0
 
 
