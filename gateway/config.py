@@ -217,6 +217,9 @@ class BufferConfig(Model):
     max_pending: int = Field(
         50_000, ge=1000, description="readings waiting in memory for their commit; only when devices produce "
         "more than the disk stores does this fill up, and then the oldest are dropped (counted, announced)")
+    max_pending_bytes: ByteSize = Field(
+        16_000_000, ge=100_000, description="memory those readings may take (their JSON); the same policy "
+        "beyond it. A 100-register reading is about 4 KB")
 
 
 class WebConfig(Model):

@@ -14,7 +14,8 @@ Why each key is where it is:
 * ``gateway.shutdown_timeout``: read when the stop begins.
 * ``mqtt.*``: the uplink hands over to a new connection (other broker, prefix,
   credentials, TLS, limits). Buffered readings stay buffered across the switch.
-* ``buffer.flush_interval``, ``buffer.max_pending``, ``buffer.keep_acked``: read on every turn.
+* ``buffer.flush_interval``, ``buffer.max_pending``, ``buffer.max_pending_bytes``, ``buffer.keep_acked``:
+  read on every turn.
 * ``gateway.id`` and ``gateway.data_dir``: the identity of every seq and the file
   holding them; switching them half-way would mix two gateways' data.
 * ``gateway.clock_check``: the clock monitor is shared by every device runner.
@@ -48,7 +49,7 @@ from .secret import Secret
 
 LIVE_KEYS = frozenset({
     "gateway.profile_dirs", "gateway.shutdown_timeout",
-    "buffer.flush_interval", "buffer.max_pending", "buffer.keep_acked",
+    "buffer.flush_interval", "buffer.max_pending", "buffer.max_pending_bytes", "buffer.keep_acked",
     "commands.allow", "commands.rate", "commands.devices", "commands.max_queued",
 })
 LIVE_SECTIONS = frozenset({"mqtt", "devices"})

@@ -175,6 +175,30 @@ async def test_readings_beyond_max_pending_are_dropped_counted_and_announced(
         await asyncio.to_thread(col.disconnect)
 
 
+async def test_the_bytes_waiting_for_their_commit_are_bounded_too(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Big readings (100 registers: ~4 KB each) reach a memory bound long before the count bound."""
+    col = Collector(mosquitto.host, mosquitto.port)
+    await asyncio.to_thread(col.connect)
+    data = tmp_path / "data"
+    try:
+        text = gw_config(data, mosquitto.port, devices=1, interval="1h", buffer_extra=", max_pending_bytes: 1MB")
+        async with running_gateway(text) as (_gw, uplink):
+            await until(lambda: bool(col.readings()), what="the sim device's reading")
+            template = {k: v for k, v in col.readings()[0].items() if k != "seq"}
+            big = {f"r{i}": {"value": i * 1.5, "quality": "good", "unit": "W"} for i in range(100)}
+            for i in range(2000):  # ~8 MB offered with no await in between: nothing is committed meanwhile
+                uplink.submit("d0", {**template, "metrics": {**big, "n": {"value": i, "quality": "good"}}})
+                assert uplink.intake.bytes <= 1_000_000 + 5000
+            assert sum(len(b) for _, _, b in uplink._pending) == uplink.intake.bytes
+            kept = len(uplink._pending)
+            assert uplink.overload_dropped == 2000 - kept > 0
+            await until(lambda: any(e["kind"] == "buffer_drop" and e.get("reason") == "overload"
+                                    for e in col.events()), what="the overload event")
+            await until(lambda: uplink.intake.bytes == 0, what="the kept readings committed")
+    finally:
+        await asyncio.to_thread(col.disconnect)
+
+
 async def test_corrupt_buffer_is_moved_aside_and_seq_continues(tmp_path: Path, mosquitto: Mosquitto) -> None:
     col = Collector(mosquitto.host, mosquitto.port)
     await asyncio.to_thread(col.connect)

@@ -74,6 +74,20 @@ def test_live_commits_go_straight_to_the_publisher_when_caught_up() -> None:
     assert ahead.tail == 2 and ahead.caught_up and not ahead.wants_read()
 
 
+def test_a_publisher_behind_its_commits_holds_at_most_ready_max_rows() -> None:
+    a = ReadAhead(ready_max=4)
+    a.start_session()
+    a.read([], 500)  # caught up
+    a.committed([1, 2, 3], items("d0", "d0", "d0"))
+    assert [r.seq for r in a.ready] == [1, 2, 3]
+    a.committed([4, 5], items("d0", "d0"))  # would make 5 in memory: read back from the buffer instead
+    assert len(a.ready) == 3 and not a.caught_up
+    assert [r.seq for r in a.take(10)] == [1, 2, 3]
+    assert a.wants_read() and a.tail == 3
+    a.read(rows(range(4, 6)), 500)
+    assert [r.seq for r in a.take(10)] == [4, 5] and a.caught_up
+
+
 def test_a_gap_ends_the_fast_path() -> None:
     ahead = ReadAhead()
     ahead.start_session()
@@ -187,7 +201,7 @@ class _Model:
         self.now = 0.0
         self.unsaved: set[int] = set()  # acknowledged by the broker, not yet saved by it
         self.buffer = self._open()
-        self.ahead = ReadAhead()
+        self.ahead = ReadAhead(ready_max=5)  # small: the property reaches the bound
         self.inflight = InFlight()
         self.pending: list[tuple[str, int, str]] = []
         self.committed: dict[int, str] = {}  # seq -> device: what the buffer accepted
@@ -276,7 +290,7 @@ class _Model:
         self.buffer = self._open()
         self.pending = []  # never committed: never accepted
         self.reading = None
-        self.ahead = ReadAhead()
+        self.ahead = ReadAhead(ready_max=5)
         self.inflight = InFlight()
         self.check_session()
         self.ahead.start_session()

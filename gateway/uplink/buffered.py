@@ -68,7 +68,7 @@ class BufferedUplink:
         self._closing = False
         # Intake and commit: readings waiting for their commit; one commit at a time (close() must not
         # find nothing pending while the committer's batch is still being committed).
-        self.intake = Intake(self.bcfg.max_pending)
+        self.intake = Intake(self.bcfg.max_pending, self.bcfg.max_pending_bytes)
         self._pending = self.intake.pending  # the same list: tests and the status page count it
         self._commit_lock = asyncio.Lock()
         # Publishing: the read-ahead of committed rows, what awaits its PUBACK, device statuses and
@@ -115,8 +115,8 @@ class BufferedUplink:
         n = self.intake.due_announcement(final)
         if n:
             log.error("devices deliver more readings than the buffer can store: dropped %d (total %d) before "
-                      "their commit; poll less often or fewer points (buffer.max_pending %d)",
-                      n, self.intake.dropped, self.intake.max_pending)
+                      "their commit; poll less often or fewer points (buffer.max_pending %d, max_pending_bytes %d)",
+                      n, self.intake.dropped, self.intake.max_pending, self.intake.max_bytes)
             self.event("buffer_drop", reason="overload", dropped=n, dropped_total=self.intake.dropped)
 
     def device_status(self, device: str, state: str, error: str | None) -> None:
@@ -256,8 +256,9 @@ class BufferedUplink:
         """
         self.bcfg = self.bcfg.model_copy(update={"flush_interval": cfg.buffer.flush_interval,
                                                  "max_pending": cfg.buffer.max_pending,
+                                                 "max_pending_bytes": cfg.buffer.max_pending_bytes,
                                                  "keep_acked": cfg.buffer.keep_acked})
-        self.intake.max_pending = self.bcfg.max_pending
+        self.intake.max_pending, self.intake.max_bytes = self.bcfg.max_pending, cfg.buffer.max_pending_bytes
         self.buffer.keep_acked_s = cfg.buffer.keep_acked  # one float: read by the buffer's thread at its next ack
         if cfg.mqtt is not None and cfg.mqtt != (self._next_mqtt or self.mqtt):
             log.info("mqtt settings changed: handing over to %s, topics %s/%s/...", broker_url(cfg.mqtt),

@@ -9,7 +9,9 @@ Pure state, no I/O, so that its invariants are tested directly
   publisher has everything older ("caught up"), straight from a commit (the live
   fast path: no read back from disk). A commit that does not follow on from the
   last row queued (a gap: a seq jump, spilled rows committed first, a read in
-  flight) ends the fast path until a read has caught up again.
+  flight) ends the fast path until a read has caught up again, and so does a
+  queue of ``ready_max`` rows (a publisher behind its commits): memory holds
+  at most that many, the rest is read back from the buffer when it is their turn.
 * ``InFlight``: the messages awaiting their PUBACK (reading seqs and event ids by
   message id) and the acknowledged ones not yet deleted from the buffer. A lost
   connection forgets what was in flight (it is sent again from the buffer: at
@@ -37,10 +39,11 @@ class ReadAhead:
         committed_max: the highest seq committed by this process.
     """
 
-    __slots__ = ("caught_up", "committed_max", "in_session", "ready", "tail")
+    __slots__ = ("caught_up", "committed_max", "in_session", "ready", "ready_max", "tail")
 
-    def __init__(self) -> None:
+    def __init__(self, ready_max: int = 2000) -> None:
         self.ready: collections.deque[Row] = collections.deque()
+        self.ready_max = ready_max
         self.tail = 0
         self.caught_up = False
         self.in_session = False
@@ -60,7 +63,7 @@ class ReadAhead:
         if seqs:
             self.committed_max = max(self.committed_max, seqs[-1])
         if self.in_session and seqs and len(seqs) == len(batch):
-            if self.caught_up and seqs[0] == self.tail + 1:
+            if self.caught_up and seqs[0] == self.tail + 1 and len(self.ready) + len(seqs) <= self.ready_max:
                 # Live fast path: the publisher has everything older, so it takes these rows
                 # directly instead of reading them back from disk.
                 self.ready.extend(Row(q, d, t, b) for q, (d, t, b) in zip(seqs, batch, strict=True))
