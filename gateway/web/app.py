@@ -617,6 +617,12 @@ class WebServer:
         await self.runner.cleanup()
 
 
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The one way the page's server is run (here, and by the deferred page on its first visit)."""
+    # malformed requests from the network: one short line each, not aiohttp's traceback (httplog.py)
+    return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0, logger=server_logger())
+
+
 async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: float = 1.0,
                     log_ring: LogRing | None = None, commands: bool | None = None) -> WebServer:
     """Serve the status page on ``cfg.listen`` (port 0 picks a free port; see ``.url``).
@@ -634,8 +640,7 @@ async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: f
     app = create_app(gateway, output, password_hash=password_hash, log_ring=ring, interval=interval,
                      hosts=HostPolicy.build(host, cfg.allowed_hosts), history_max_bytes=cfg.history_max_bytes,
                      commands=web_commands_setting(cfg) if commands is None else commands)
-    # malformed requests from the network: one short line each, not aiohttp's traceback (httplog.py)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0, logger=server_logger())
+    runner = app_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -650,4 +655,4 @@ async def start_web(gateway: Any, output: object, cfg: WebConfig, *, interval: f
     return WebServer(runner, site, app, url)
 
 
-__all__ = ["WebServer", "create_app", "parse_listen", "start_web"]
+__all__ = ["WebServer", "app_runner", "create_app", "parse_listen", "start_web"]

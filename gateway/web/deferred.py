@@ -192,7 +192,7 @@ class DeferredWebServer:
                 self.gateway, self.output, password_hash=self.password_hash, log_ring=self.ring,
                 hosts=HostPolicy.build(host, self.cfg.allowed_hosts), commands=web_commands_setting(self.cfg),
                 events=self.events, hub=self.hub, untap=self._untap)
-            runner = aioweb.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+            runner = app_module.app_runner(app)
             await runner.setup()
             self._runner = runner
             self._untap = None  # the app's cleanup untaps now
