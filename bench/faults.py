@@ -373,6 +373,7 @@ class Run:
         self.devices_yaml = ""
         self.mqtt_extra = ""
         self.buffer_extra = ""  # the buffer section's keys (default: flush_interval: 50ms)
+        self.sections_extra = ""  # more top-level sections (one per line), e.g. ``commands: {...}``
         self.max_seq_seen = 0
         self.fault_times: list[tuple[int, str]] = []  # (wall ms, what): evidence for missing seqs
         # (wall ms at a gateway start, highest seq delivered before it, highest seq known handed out before it)
@@ -396,7 +397,7 @@ class Run:
             f"reconnect_min: 0.05s, reconnect_max: 0.5s{mx}}}\n"
             f"buffer: {{{bx or 'flush_interval: 50ms'}}}\n"
             f"web: {{listen: '127.0.0.1:{web_port or self.web_port}'}}\n"
-            "devices:\n" + devs
+            + self.sections_extra + "devices:\n" + devs
         )
 
     def write_config(self, text: str | None = None) -> None:
@@ -1358,6 +1359,330 @@ def _judge_cli(run: Run, label: str, rc: int | None, out: str, secs: float, dead
         run.row.note(f"{label}: refused without naming the file: {out.strip()[:160]!r}")
     if secs > base + 2.0:
         slow.append(f"{label} {secs:.1f} s")
+
+
+# -- commands (downlink) ----------------------------------------------------------------------------
+
+CMD_DEVICE = "boiler"
+CMD_SCHEMA = "fieldgate.command/1"
+
+
+class CommandRig:
+    """A commandable Modbus device (hw-sim's simulator, which records every write it applies), a sender,
+    and the accounting of "at most once per id, one final result each".
+
+    Each command writes its own value to ``counter_preset`` (an int32), so a write at the device names
+    the command that made it. A command has a final result when a result without ``duplicate``
+    arrived, or any answer with reason ``unknown_outcome`` (a kill between the write and its result),
+    or an audit event of its result made at a restart.
+    """
+
+    def __init__(self, run: Run, rate: str = "{rate: 50, burst: 50}", max_queued: int = 8) -> None:
+        from fieldgate_hwsim.command_hostile import BOILER_PROFILE
+        from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
+
+        self.run = run
+        self.peers = AsyncThread()
+        run.stack.callback(self.peers.close)
+        profile = run.folder / "boiler.yaml"
+        profile.write_text(BOILER_PROFILE)
+        self.sim = ModbusSim({1: load_modbus_profile(profile)}, animate=False)
+
+        async def _start() -> int:
+            return await self.sim.start_tcp()
+
+        port = self.peers.run(_start())
+        run.stack.callback(self.peers.run, self.sim.stop(), 10)
+        run.sections_extra = (f"commands: {{enabled: true, allow: [{CMD_DEVICE}], rate: {rate}, "
+                              f"max_queued: {max_queued}}}\n")
+        run.devices_yaml = _sims(2, "100ms") + (
+            f"  - {{id: {CMD_DEVICE}, driver: modbus, profile: {profile}, poll_interval: 2s, "
+            f"connection: {{host: 127.0.0.1, port: {port}, unit: 1, timeout: 2s, retries: 0}}}}\n")
+        self.sender = Collector(run.broker.host, run.broker.port, topic="nobody/here", clean_session=True,
+                                client_id="faults-" + re.sub(r"[^A-Za-z0-9-]", "-", run.row.name[:20]) + "-sender")
+        self.sender.connect()
+        run.stack.callback(self.sender.disconnect)
+        self.sent: dict[str, int] = {}  # id -> the value it writes
+        self.sends: dict[str, int] = {}  # id -> how often it was published (retries included)
+        self.retried = 0
+        self.invalid: list[str] = []
+
+    def fault(self, name: str | None) -> None:
+        """Set (or heal) a fault of the simulated device, in its loop (its events belong to that loop)."""
+        async def _set() -> None:
+            self.sim.set_fault(1, name)
+
+        self.peers.run(_set())
+
+    # -- sending --
+
+    def command(self, cid: str) -> dict[str, Any]:
+        """The command ``cid``: it writes its own value."""
+        return {"schema": CMD_SCHEMA, "id": cid, "op": "write", "metrics": {"counter_preset": self.sent[cid]}}
+
+    def send(self, cid: str | None = None) -> str:
+        """Publish a new command (or ``cid`` again: the sender's retry, same id, same payload)."""
+        if cid is None:
+            cid = f"c{len(self.sent) + 1}"
+            self.sent[cid] = len(self.sent) + 1
+        self.sends[cid] = self.sends.get(cid, 0) + 1
+        try:
+            self.sender.publish(f"fieldgate/{GW_ID}/{CMD_DEVICE}/cmd", self.command(cid), timeout=5)
+        except AssertionError:
+            pass  # the broker is down: the retry after it is back sends it again
+        return cid
+
+    def wait_sender(self) -> None:
+        """The sender reconnected (after a broker kill)."""
+        with contextlib.suppress(AssertionError):
+            self.sender.wait_connected(30)
+
+    # -- what arrived --
+
+    def answers(self) -> dict[str, list[dict[str, Any]]]:
+        """Result messages by id, validated against the contract (a broken one is noted once)."""
+        from tests.support.contract import validate_message
+
+        out: dict[str, list[dict[str, Any]]] = {}
+        for m in self.run.collector.on("/cmd/result"):
+            try:
+                validate_message(m.topic, m.payload)
+                res = m.json()
+            except AssertionError as exc:
+                text = f"{m.topic}: {str(exc)[:200]}"
+                if text not in self.invalid:
+                    self.invalid.append(text)
+                continue
+            out.setdefault(str(res.get("id")), []).append(res)
+        return out
+
+    def settled_at_restart(self) -> dict[str, dict[str, Any]]:
+        """Results the gateway made at a start for commands a kill left executing (audit events)."""
+        return {str(e.get("id")): e.get("result") or {} for e in self.run.events()
+                if e.get("kind") == "command" and e.get("stage") == "result" and e.get("origin") == "restart"}
+
+    def final(self, cid: str, answers: dict[str, list[dict[str, Any]]],
+              restart: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The final result of ``cid`` (see the class docstring), or None."""
+        for res in answers.get(cid, []):
+            if not res.get("duplicate") or res.get("reason") == "unknown_outcome":
+                return res
+        return restart.get(cid)
+
+    def open_ids(self) -> list[str]:
+        """Sent commands without a final result yet."""
+        answers, restart = self.answers(), self.settled_at_restart()
+        return [c for c in self.sent if self.final(c, answers, restart) is None]
+
+    def complete(self, timeout: float, retries: int = 3) -> None:
+        """Wait for every final result; the sender retries (same id) what has none (up to ``retries`` times).
+
+        A command published while the gateway was down is lost with its clean MQTT session, as the
+        contract says: a sender retries with the same id until it has a result.
+        """
+        for attempt in range(retries + 1):
+            if wait_until(lambda: not self.open_ids(), timeout, step=0.1):
+                return
+            if attempt < retries:
+                for cid in self.open_ids():
+                    self.retried += 1
+                    self.send(cid)
+
+    def writes_by_value(self) -> dict[int, int]:
+        """How often the device applied each counter_preset value (its write log)."""
+        counts: dict[int, int] = {}
+        for fc, addr, values in list(self.sim.models[1].writes):
+            if fc == 16 and addr == 3 and len(values) == 2:
+                value = values[0] | values[1]  # one word is 0 for values below 65536, whatever the word order
+                counts[value] = counts.get(value, 0) + 1
+        return counts
+
+    def account(self) -> None:
+        """At most once per id at the device; one final result each; every result in the contract."""
+        row = self.run.row
+        writes = self.writes_by_value()
+        answers, restart = self.answers(), self.settled_at_restart()
+        twice = {c: writes[v] for c, v in self.sent.items() if writes.get(v, 0) > 1}
+        if twice:
+            row.reused += len(twice)
+            row.note(f"EXECUTED MORE THAN ONCE at the device: {dict(list(twice.items())[:6])}")
+        unresolved = [c for c in self.sent if self.final(c, answers, restart) is None]
+        if unresolved:
+            row.hangs += len(unresolved)
+            row.note(f"{len(unresolved)} command(s) without a final result after {self.retried} retries: "
+                     f"{unresolved[:8]}")
+        lies = []
+        statuses: dict[str, int] = {}
+        for c, v in self.sent.items():
+            res = self.final(c, answers, restart)
+            if res is None:
+                continue
+            key = f"{res.get('status')}/{res.get('reason', '-')}"
+            statuses[key] = statuses.get(key, 0) + 1
+            if res.get("status") == "ok" and writes.get(v, 0) == 0:
+                lies.append(c)
+            # Two different final outcomes of one id: one of them is not true.
+            finals = {(r.get("status"), r.get("reason")) for r in answers.get(c, []) if not r.get("duplicate")}
+            if len(finals) > 1:
+                lies.append(c)
+        if lies:
+            row.unnamed += len(lies)
+            row.note(f"results that contradict the device or each other: {lies[:6]}")
+        if self.invalid:
+            row.unnamed += len(self.invalid)
+            row.note(f"{len(self.invalid)} result message(s) outside the contract, e.g. {self.invalid[0]}")
+        executed = sum(1 for v in self.sent.values() if writes.get(v, 0))
+        row.note(f"commands: {len(self.sent)} ids, {sum(self.sends.values())} publishes ({self.retried} retries), "
+                 f"{executed} executed at the device, {len(twice)} twice, {len(restart)} settled at a restart; "
+                 f"final results: " + ", ".join(f"{k} x{n}" for k, n in sorted(statuses.items())))
+
+
+@fault("commands: gateway SIGKILL")
+def commands_gateway_kill(run: Run) -> None:
+    """SIGKILL at the worst moments of a write: the write held at the device, just after receipt, in a burst."""
+    rig = CommandRig(run)
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    n = 6 if run.short else 18
+    phases = ["held write", "after receipt", "burst", "while down"]
+    done: dict[str, int] = {}
+    for i in range(n):
+        phase = phases[i % len(phases)]
+        done[phase] = done.get(phase, 0) + 1
+        if run.gw is None or not run.gw.alive():
+            run.start_gateway()
+        # The command subscription is made when the uplink connects: a reading delivered after the start says so.
+        run.wait_readings(3, 30, "readings after a start")
+        if phase == "held write":
+            # The device applies the write and holds its answer: the kill lands between write and result.
+            before = rig.sim.writes
+            rig.fault("hold-write")
+            rig.send()
+            if not wait_until(lambda: rig.sim.writes > before, 15):  # noqa: B023
+                run.row.note("held write: the command did not reach the device within 15 s")
+            run.kill_gateway()
+            rig.fault(None)
+        elif phase == "after receipt":
+            rig.send()
+            pause(run.rng, 0.0, 0.15)
+            run.kill_gateway()
+        elif phase == "burst":
+            for _ in range(5):
+                rig.send()
+            pause(run.rng, 0.0, 0.4)
+            run.kill_gateway()
+        else:
+            run.kill_gateway()
+            for _ in range(3):
+                rig.send()  # the gateway is down: its clean session loses these; the sender retries
+        run.start_gateway()
+        run.wait_readings(3, 30, "readings after the restart")
+        rig.complete(10)
+    rig.complete(10)
+    run.row.note("kills by phase: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+    rig.account()
+
+
+@fault("commands: broker kill -9")
+def commands_broker_kill(run: Run) -> None:
+    """The broker killed while commands and their results are on the way."""
+    rig = CommandRig(run)
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    n = 3 if run.short else 10
+    for _ in range(n):
+        for _ in range(run.rng.randint(2, 6)):
+            rig.send()
+        pause(run.rng, 0.0, 0.5)
+        run.mark("broker kill -9")
+        run.broker.kill()
+        pause(run.rng, 0.1, 2.0 if run.short else 5.0)
+        run.broker.start()
+        rig.wait_sender()
+        run.collector.wait_connected(30)
+        run.wait_readings(3, 30, "readings after the broker came back")
+        rig.complete(10)
+        run.check_alive()
+    rig.complete(10)
+    run.row.note(f"{n} broker kills")
+    rig.account()
+
+
+@fault("commands: hostile, flood")
+def commands_hostile(run: Run) -> None:
+    """Hostile command payloads (each refused by name within 2 s, none executed), then a flood of commands."""
+    from fieldgate_hwsim.command_hostile import hostile_commands
+
+    rig = CommandRig(run, rate="{rate: 5, burst: 10}", max_queued=4)
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    rounds = 1 if run.short else 5
+    refused = slow = 0
+    for r in range(rounds):
+        for h in hostile_commands(run.rng, CMD_DEVICE, f"h{r}", denied_device="s0"):
+            writes = rig.sim.writes
+            seen = len(run.collector.on("/cmd/result"))
+            t0 = time.monotonic()
+            try:
+                rig.sender.publish(f"fieldgate/{GW_ID}/{h.device}/cmd", h.payload, retain=h.retain, timeout=5)
+            except AssertionError as exc:
+                run.row.note(f"{h.kind}: not published: {exc}")
+                continue
+            if h.retain:  # delete it at the broker at once (the gateway ignores the empty message)
+                rig.sender.publish(f"fieldgate/{GW_ID}/{h.device}/cmd", b"", retain=True, timeout=5)
+
+            def answer() -> dict[str, Any] | None:
+                for m in run.collector.on("/cmd/result")[seen:]:  # noqa: B023
+                    with contextlib.suppress(AssertionError):
+                        res = m.json()
+                        if isinstance(res, dict) and res.get("id") == h.cid:  # noqa: B023
+                            return {"at": m.at, "topic": m.topic, **res}
+                return None
+
+            got = wait_until(answer, 10, step=0.02)
+            if not got:
+                run.row.hangs += 1
+                run.row.note(f"hang: {h.kind}: no result within 10 s")
+                continue
+            took = got["at"] - t0
+            reason = str(got.get("reason") or "")
+            if got.get("status") not in ("rejected", "expired") or not re.search(h.reason, reason):
+                run.row.unnamed += 1
+                run.row.note(f"{h.kind}: answered {got.get('status')} / {reason[:100]!r}, expected /{h.reason}/")
+            elif took > 2.0:
+                slow += 1
+                run.row.hangs += 1
+                run.row.note(f"{h.kind}: refused after {took:.2f} s (more than 2 s)")
+            else:
+                refused += 1
+            if rig.sim.writes != writes:
+                run.row.reused += 1
+                run.row.note(f"{h.kind}: EXECUTED at the device")
+            run.check_alive()
+    rig.answers()  # validates every result so far
+    run.row.note(f"hostile commands: {refused} refused by name within 2 s, {slow} slower")
+    # The flood: far more than the rate limit allows, as fast as the broker takes them.
+    n_flood = 300 if run.short else 2000
+    t0 = time.monotonic()
+    ids = [rig.send() for _ in range(n_flood)]
+    rig.complete(30, retries=0)
+    elapsed = time.monotonic() - t0
+    answers = rig.answers()
+    finals = [next((a for a in answers.get(c, []) if not a.get("duplicate")), None) for c in ids]
+    reasons: dict[str, int] = {}
+    for f in finals:
+        if f is not None:
+            k = f"{f.get('status')}/{f.get('reason', '-')}"
+            reasons[k] = reasons.get(k, 0) + 1
+    executed = sum(1 for c in ids if rig.writes_by_value().get(rig.sent[c], 0))
+    budget = 10 + 5 * elapsed + 1
+    run.row.note(f"flood: {n_flood} commands in {elapsed:.1f} s, {executed} executed (the limit allows "
+                 f"~{budget:.0f}), answers: " + ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items())))
+    if executed > budget:
+        run.row.unnamed += 1
+        run.row.note("flood: more commands executed than the rate limit allows")
+    rig.account()
+    run.wait_readings(10, 30, "readings after the flood")
 
 
 # -- the campaign -----------------------------------------------------------------------------------
