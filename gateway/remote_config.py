@@ -87,9 +87,23 @@ def decode_change(payload: bytes, max_bytes: int) -> Change:
     if len(payload) > max_bytes:
         raise BadRequest(f"the message has {len(payload)} bytes, more than remote_config.max_bytes ({max_bytes})")
     try:
-        doc = json.loads(payload)
+        # UTF-8 strictly: json.loads of bytes would also take UTF-16 and UTF-32, which JSON on the
+        # wire (RFC 8259) is not.
+        doc = json.loads(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the message is not JSON: {exc}") from exc
+    except RecursionError:
+        # Nesting deeper than the parser goes: it raised from inside the MQTT callback, and the
+        # change was dropped without an answer.
+        raise BadRequest("the message is not JSON: nested deeper than the parser goes") from None
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON may escape a lone UTF-16 surrogate ("\\udcdf"); such text has no UTF-8 form, so it can be
+        # neither written as the file nor answered (it failed later as an "internal error").
+        raise BadRequest("the message holds text that is not UTF-8 (a lone UTF-16 surrogate escape)") from None
+    except (RecursionError, ValueError) as exc:
+        raise BadRequest(f"the message cannot be read: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest('the message is a JSON object: {"id": ..., "version": ..., "config": ...}')
     change_id, version, config = doc.get("id"), doc.get("version"), doc.get("config")
@@ -99,7 +113,10 @@ def decode_change(payload: bytes, max_bytes: int) -> Change:
         raise BadRequest("'version' is a string (a label for people)")
     if isinstance(config, dict):
         # JSON is YAML: written out with one key per line, so errors point at useful lines.
-        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        try:
+            text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        except (RecursionError, ValueError) as exc:
+            raise BadRequest(f"'config' cannot be written out as a file: {exc}") from None
     elif isinstance(config, str) and config.strip():
         text = config
     else:

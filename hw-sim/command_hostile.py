@@ -84,6 +84,13 @@ def hostile_commands(rng: random.Random, device: str, tag: str, *, other_device:
         HostileCommand("non-UTF-8 in a string", device,
                        b'{"schema": "fieldgate.command/1", "id": "' + tag.encode() + b'-utf8", "op": "write", '
                        b'"metrics": {"setpoint\xff\xfe": 20}}', r"bad_message", ""),
+        # Valid JSON escapes of lone UTF-16 surrogates: the text they decode to has no UTF-8 form.
+        HostileCommand("lone surrogate in a point name", device,
+                       _cmd(f"{tag}-surr", op=w).replace(b"}", b', "metrics": {"setp\\udcdf": 20}}'),
+                       r"bad_message|unknown_point", f"{tag}-surr"),
+        HostileCommand("lone surrogate in a value", device,
+                       _cmd(f"{tag}-surrv", op=w).replace(b"}", b', "metrics": {"setpoint": "\\ud800"}}'),
+                       r"bad_message|bad_value", f"{tag}-surrv"),
         HostileCommand("UTF-16", device, _cmd(f"{tag}-utf16", op=w, metrics={"setpoint": 21}).decode().encode("utf-16"),
                        r"bad_message", ""),
         HostileCommand("deep nesting (array)", device, b"[" * 100_000 + b"]" * 100_000, r"bad_message", ""),
