@@ -66,3 +66,16 @@ def test_hostile_files_as_remote_config_are_refused(rig: Rig) -> None:
                                                for r in rig.results(c)), timeout=60, what="its end")
     assert not any("Traceback" in line for line in proc.stderr_lines), "".join(proc.stderr_lines[-40:])
     assert proc.popen.poll() is None
+
+
+def test_a_refused_message_with_a_readable_id_is_answered_under_that_id(rig: Rig) -> None:
+    # An operator tool waits for the answer to its change id: a refusal under "id": null never reaches it.
+    old = config_text(rig.tmp, rig.broker.port)
+    rig.path.write_text(old)
+    rig.run()
+    rig.send(b'{"id": "surr-1", "config": "gateway: {id: \\udcdf}"}')
+    got = rig.wait_result("surr-1", "refused")
+    assert "not UTF-8" in got["errors"][0], got
+    rig.send(b'{"id": "noconf-1"}')
+    assert "'config' is required" in rig.wait_result("noconf-1", "refused")["errors"][0]
+    assert rig.path.read_text() == old
