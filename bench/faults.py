@@ -1685,6 +1685,204 @@ def commands_hostile(run: Run) -> None:
     run.wait_readings(10, 30, "readings after the flood")
 
 
+# -- remote configuration ---------------------------------------------------------------------------
+
+RC_FINAL = ("applied", "rolled_back", "refused", "failed", "duplicate", "unchanged")
+
+
+class RemoteRig:
+    """A gateway with remote configuration on, an operator's client, and its answers on ``config/result``."""
+
+    def __init__(self, run: Run, probation: str = "4s") -> None:
+        self.run = run
+        run.sections_extra = f"remote_config: {{enabled: true, probation: {probation}}}\n"
+        run.devices_yaml = _sims(2, "100ms")
+        self.op = Collector(run.broker.host, run.broker.port, topic="nobody/here", clean_session=True,
+                            client_id="faults-" + re.sub(r"[^A-Za-z0-9-]", "-", run.row.name[:20]) + "-op")
+        self.op.connect()
+        run.stack.callback(self.op.disconnect)
+        self.invalid: list[str] = []
+
+    def send(self, payload: bytes) -> int:
+        """Publish on config/set; returns how many results had arrived before (to find the answer)."""
+        n = len(self.results())
+        try:
+            self.op.publish(f"fieldgate/{GW_ID}/config/set", payload, timeout=10)
+        except AssertionError as exc:
+            self.run.row.note(f"config/set not published: {exc}")
+        return n
+
+    def results(self) -> list[tuple[float, dict[str, Any]]]:
+        """(arrival, result) on config/result, checked against the contract's config.schema.json."""
+        from jsonschema import Draft202012Validator
+
+        schema = json.loads((REPO / "gateway" / "contract" / "config.schema.json").read_text())
+        check = Draft202012Validator({**schema, "$ref": "#/$defs/result"})
+        out = []
+        for m in self.run.collector.on("/config/result"):
+            try:
+                doc = m.json()
+                problems = [e.message for e in check.iter_errors(doc)]
+            except AssertionError as exc:
+                doc, problems = {}, [str(exc)]
+            if problems:
+                text = f"{m.payload[:80]!r}: {problems[0][:120]}"
+                if text not in self.invalid:
+                    self.invalid.append(text)
+            out.append((m.at, doc))
+        return out
+
+    def answer(self, after: int, change_id: str | None, statuses: tuple[str, ...], timeout: float) -> \
+            tuple[float, dict[str, Any]] | None:
+        """The first result beyond ``after`` for ``change_id`` with one of ``statuses``."""
+        def find() -> tuple[float, dict[str, Any]] | None:
+            return next(((at, r) for at, r in self.results()[after:] if r.get("id") == change_id
+                         and r.get("status") in statuses), None)
+
+        return wait_until(find, timeout, step=0.05)  # type: ignore[no-any-return]
+
+    def account(self) -> None:
+        """Results outside the contract are a fault the row names."""
+        self.results()
+        if self.invalid:
+            self.run.row.unnamed += len(self.invalid)
+            self.run.row.note(f"{len(self.invalid)} config/result message(s) outside the contract: {self.invalid[0]}")
+
+
+def _change(change_id: str, text: str) -> bytes:
+    return json.dumps({"id": change_id, "version": change_id, "config": text}).encode()
+
+
+@fault("remote config: hostile, bad uplink")
+def remote_config_hostile(run: Run) -> None:
+    """Hostile remote configs refused by name within 2 s; one that breaks the uplink rolled back to the old file."""
+    from fieldgate_hwsim.hostile_files import generate
+
+    rig = RemoteRig(run)
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    good = run.config_path.read_bytes()
+    n_files = 12 if run.short else 150
+    files = [hf for hf in generate(n_files * 12, seed=run.rng.randrange(1 << 30))
+             if hf.kind == "config" and not hf.special][:n_files]
+    payloads = [("deep nesting", b"[" * 100_000 + b"]" * 100_000, None),
+                ("not UTF-8", b'{"id": "rc-utf8", "config": "gateway: \xff"}', None),
+                ("lone surrogate", b'{"id": "rc-surr", "config": "gateway: {id: \\udcdf}"}', "rc-surr"),
+                ("not an object", b'["rc"]', None),
+                ("no config", b'{"id": "rc-noconf"}', "rc-noconf"),
+                ("over max_bytes", _change("rc-big", "# " + "x" * 1_100_000), None),
+                ("another gateway", _change("rc-other", good.decode().replace(f"id: {GW_ID}", "id: gw-other", 1)),
+                 "rc-other")]
+    for i, hf in enumerate(files):
+        text = hf.data.decode("utf-8", errors="surrogateescape")  # non-UTF-8 bytes become lone surrogates
+        payload = _change(f"rc-f{i}", text)
+        # Larger than remote_config.max_bytes (1 MB): refused unread, so under "id": null.
+        payloads.append((f"file {hf.index} {hf.family}", payload, f"rc-f{i}" if len(payload) <= 1_000_000 else None))
+    refused = slow = applied = 0
+    for kind, payload, cid in payloads:
+        t0 = time.monotonic()
+        after = rig.send(payload)
+        got = rig.answer(after, cid, ("refused", "probation", "unchanged", "failed"), 10)
+        if got is None:
+            run.row.hangs += 1
+            run.row.note(f"hang: {kind}: no answer within 10 s")
+            continue
+        at, res = got
+        if res["status"] == "failed":
+            run.row.unnamed += 1
+            run.row.note(f"{kind}: failed (not refused): {str(res.get('errors'))[:160]}")
+        elif res["status"] == "probation":  # a mutation that is still a valid file: let it end
+            applied += 1
+            end = rig.answer(after, cid, ("applied", "rolled_back"), 60)
+            if end is None:
+                run.row.hangs += 1
+                run.row.note(f"hang: {kind}: on probation, no end within 60 s")
+            run.write_config(good.decode())  # back to the campaign's file, applied by hand as a site would
+            n = len(run.events())
+            run.sighup()
+            run.wait_event(("config_reloaded",), n, 15, "restoring reload answered")
+        elif not res.get("errors") and res["status"] == "refused":
+            run.row.unnamed += 1
+            run.row.note(f"{kind}: refused without a reason")
+        else:
+            refused += 1
+            if at - t0 > 2.0:
+                slow += 1
+                run.row.note(f"{kind}: answered after {at - t0:.1f} s")
+        run.check_alive()
+    if run.config_path.read_bytes() != good:
+        run.row.unnamed += 1
+        run.row.note("the configuration file changed after hostile changes")
+    run.row.note(f"{len(payloads)} hostile changes: {refused} refused by name ({slow} after more than 2 s), "
+                 f"{applied} valid after all (applied or rolled back)")
+    # Valid, but the uplink cannot connect with it: rolled back after the probation.
+    broken = good.decode().replace(f"port: {run.broker.port}", f"port: {free_port()}", 1).encode()
+    after = rig.send(_change("rc-broken", broken.decode()))
+    t0 = time.monotonic()
+    end = rig.answer(after, "rc-broken", ("rolled_back", "applied", "refused"), 60)
+    if end is None or end[1]["status"] != "rolled_back":
+        run.row.unnamed += 1
+        run.row.note(f"broken uplink change: {end[1] if end else 'no end within 60 s'}")
+    else:
+        run.row.note(f"broken uplink change rolled back after {end[0] - t0:.1f} s: "
+                     f"{'; '.join(end[1].get('errors') or [])[:160]}")
+    if run.config_path.read_bytes() != good:
+        run.row.unnamed += 1
+        run.row.note("after the rollback the file is not the old one byte for byte")
+    run.wait_readings(10, 30, "readings after the rollback")
+    rig.account()
+
+
+@fault("remote config: SIGKILL in probation")
+def remote_config_kill(run: Run) -> None:
+    """SIGKILL while a remote change lands or is on probation: then the old or the new file, and an outcome."""
+    rig = RemoteRig(run, probation="3s")
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    n = 4 if run.short else 12
+    outcomes: dict[str, int] = {}
+    for i in range(n):
+        old = run.config_path.read_bytes()
+        cid = f"rc-k{i}"
+        # Even: a good change, killed while it is written and reloaded (its probation passes at once).
+        # Odd: a change that breaks the uplink, killed inside its probation: the restart runs the new
+        # file, resumes the probation, and must roll back to the old one.
+        if i % 2 == 0:
+            new = re.sub(r"flush_interval: \d+ms", f"flush_interval: {51 + i}ms", old.decode(), count=1).encode()
+        else:
+            new = old.decode().replace(f"port: {run.broker.port}", f"port: {free_port()}", 1).encode()
+        after = rig.send(_change(cid, new.decode()))
+        if i % 2 == 0:
+            pause(run.rng, 0.0, 0.6)
+        else:
+            wait_until(lambda: run.config_path.read_bytes() == new, 15)  # noqa: B023
+            pause(run.rng, 0.0, 2.5)
+        run.kill_gateway()
+        on_disk = run.config_path.read_bytes()
+        if on_disk not in (old, new):
+            run.row.unnamed += 1
+            run.row.note(f"{cid}: after SIGKILL the file is neither the old nor the new one ({len(on_disk)} bytes)")
+        run.start_gateway()
+        end = rig.answer(after, cid, ("applied", "rolled_back", "failed", "refused"), 30)
+        if end is None:
+            run.row.hangs += 1
+            run.row.note(f"hang: {cid}: no final result within 30 s of the restart")
+            continue
+        status = end[1]["status"]
+        outcomes[status] = outcomes.get(status, 0) + 1
+        final = run.config_path.read_bytes()
+        if final != (new if status == "applied" else old):
+            run.row.unnamed += 1
+            run.row.note(f"{cid}: {status}, but the file is not the {'new' if status == 'applied' else 'old'} one")
+        if i % 2 == 1 and status == "applied":
+            run.row.unnamed += 1
+            run.row.note(f"{cid}: a change that breaks the uplink was kept")
+        run.wait_readings(5, 30, "readings after the restart")
+    kinds = [e.get("kind") for e in run.events() if str(e.get("kind", "")).startswith("config_remote")]
+    run.row.note(f"{n} kills; outcomes: " + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+                 + f"; {kinds.count('config_remote_resumed')} probation(s) resumed after a restart")
+    rig.account()
+
 # -- the campaign -----------------------------------------------------------------------------------
 
 def run_fault(f: Fault, root: Path, seed: int, short: bool) -> Row:
