@@ -1883,6 +1883,101 @@ def remote_config_kill(run: Run) -> None:
                  + f"; {kinds.count('config_remote_resumed')} probation(s) resumed after a restart")
     rig.account()
 
+# -- Modbus RTU over a pty ----------------------------------------------------------------------------
+
+# What the technician must read for each RTU fault of a unit on the shared line.
+RTU_NAMES = {
+    "junk": r"junk|garbage|malformed|invalid|unexpected|not a Modbus|crc|checksum",
+    "crc": r"crc|checksum",
+    "slow-loris": r"incomplete|partial|half|timeout|no answer",
+    "wrong-unit": r"unit",
+    "bad-length": r"length|byte count",
+    "exception:02": r"exception|illegal",
+}
+UNPLUG_NAMES = (r"missing|unplug|gone|closed|disconnect|hang.?up|EIO|I/O error|input/output|no such|not found"
+                r"|cannot open|removed")
+
+
+@fault("Modbus RTU line: faults, unplug")
+def modbus_rtu_line(run: Run) -> None:
+    """One RTU line on a pty: units answering junk, CRC errors, half a frame, the wrong unit, a bad length,
+    exception 02 beside a healthy unit; then the adapter unplugged and plugged back."""
+    from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
+
+    peers = AsyncThread()
+    run.stack.callback(peers.close)
+    profile = load_modbus_profile("eastron/sdm120")
+    faults = list(RTU_NAMES)
+    units = {1: "healthy"} | {i + 2: f for i, f in enumerate(faults)}
+    sim = ModbusSim(dict.fromkeys(units, profile), animate=True)
+
+    async def _start() -> str:
+        for unit, f in units.items():
+            if f != "healthy":
+                sim.set_fault(unit, f)
+        return await sim.start_rtu(38400)
+
+    link = run.folder / "ttyUSB-fieldgate"  # what udev's /dev/serial/by-id gives: a stable name, a new node
+    link.symlink_to(peers.run(_start()))
+    run.stack.callback(peers.run, sim.stop(), 10)
+
+    def rtu(dev: str, unit: int, interval: str) -> str:
+        return (f"  - {{id: {dev}, driver: modbus, profile: eastron/sdm120, poll_interval: {interval}, "
+                f"connection: {{transport: rtu, serial_port: {link}, baudrate: 38400, unit: {unit}, "
+                f"timeout: 300ms, retries: 0}}}}\n")
+
+    run.devices_yaml = _sims(1, "100ms") + "".join(
+        rtu("rtu-ok" if f == "healthy" else f"rtu-{f.replace(':', '')}", u, "1s" if f == "healthy" else "3s")
+        for u, f in units.items())
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    _schedule(run, {"s0": 0.1, "rtu-ok": 1.0}, 15 if run.short else 60)
+    devs = run.devices()
+    for f in faults:
+        d = devs.get(f"rtu-{f.replace(':', '')}", {})
+        err = str(d.get("last_error") or "")
+        cause = re.sub(r"\(hint:.*", "", re.sub(r"^unit \d+ on \S+:\s*", "", err))
+        generic = re.search(r"no answer|timed? ?out", cause, re.I) is not None
+        named = bool(cause) and re.search(RTU_NAMES[f], cause, re.I) is not None and (
+            f == "slow-loris" or not generic)
+        if not named:
+            run.row.unnamed += 1
+        run.row.note(f"rtu {f}: {'named' if named else 'NOT NAMED'}: state {d.get('state')}, error {err[:140]!r}")
+    # The USB adapter pulled out, then plugged back (a new pty behind the same name).
+    ok_before = devs.get("rtu-ok", {}).get("polls") or 0
+    run.mark("RTU adapter unplugged")
+    peers.run(sim.unplug_rtu())
+    saw = wait_until(lambda: (run.devices().get("rtu-ok", {}).get("state") in ("degraded", "offline")
+                              and run.devices()["rtu-ok"]), 20, step=0.2)
+    err = str((saw or {}).get("last_error") or "")
+    if not saw:
+        run.row.unnamed += 1
+        run.row.note("unplugged: the healthy unit never left 'online' within 20 s")
+    elif not re.search(UNPLUG_NAMES, err, re.I):
+        run.row.unnamed += 1
+        run.row.note(f"unplugged: not named: state {saw.get('state')}, error {err[:160]!r}")
+    else:
+        run.row.note(f"unplugged: named: {err[:160]!r}")
+    run.check_alive()
+
+    async def _replug() -> str:
+        return await sim.start_rtu(38400)
+
+    new_path = peers.run(_replug())
+    tmp_link = link.with_suffix(".new")
+    tmp_link.symlink_to(new_path)
+    os.replace(tmp_link, link)
+    run.mark("RTU adapter plugged back")
+    t0 = time.monotonic()
+    back = wait_until(lambda: (d := run.devices().get("rtu-ok", {})).get("state") == "online"
+                      and (d.get("polls") or 0) > ok_before, 30, step=0.2)
+    if not back:
+        run.row.hangs += 1
+        run.row.note(f"plugged back: the healthy unit not online within 30 s: {run.devices().get('rtu-ok')}")
+    else:
+        run.row.note(f"plugged back: the healthy unit online again after {time.monotonic() - t0:.1f} s")
+
+
 # -- the campaign -----------------------------------------------------------------------------------
 
 def run_fault(f: Fault, root: Path, seed: int, short: bool) -> Row:
