@@ -374,6 +374,9 @@ class Run:
         self.mqtt_extra = ""
         self.buffer_extra = ""  # the buffer section's keys (default: flush_interval: 50ms)
         self.sections_extra = ""  # more top-level sections (one per line), e.g. ``commands: {...}``
+        # Where delivered readings are counted: the subscriber's JSON readings unless a row (Sparkplug)
+        # counts them elsewhere; each item needs "seq" and "ts".
+        self.readings_source: Callable[[], list[dict[str, Any]]] | None = None
         self.max_seq_seen = 0
         self.fault_times: list[tuple[int, str]] = []  # (wall ms, what): evidence for missing seqs
         # (wall ms at a gateway start, highest seq delivered before it, highest seq known handed out before it)
@@ -542,6 +545,8 @@ class Run:
         return {r["seq"] for r in self._readings() if isinstance(r.get("seq"), int)}
 
     def _readings(self) -> list[dict[str, Any]]:
+        if self.readings_source is not None:
+            return self.readings_source()
         try:
             return self.collector.readings()
         except AssertionError:
@@ -1978,7 +1983,7 @@ def modbus_rtu_line(run: Run) -> None:
         run.row.note(f"plugged back: the healthy unit online again after {time.monotonic() - t0:.1f} s")
 
 
-@fault("serial: garbage, checksums, unplug")
+@fault("serial: garbage, checksums, unplug", short=False)
 def serial_faults(run: Run) -> None:
     """Serial devices on ptys: garbage between frames, split frames, bad checksums; the adapter unplugged and back."""
     from fieldgate_hwsim.serial_sim import Faults, SerialSim
@@ -2046,6 +2051,115 @@ def serial_faults(run: Run) -> None:
         run.row.note("ser-ok plugged back: no readings within 30 s")
     else:
         run.row.note(f"ser-ok plugged back: readings again after {time.monotonic() - t1:.1f} s")
+
+
+# -- Sparkplug B ------------------------------------------------------------------------------------
+
+def _spb_readings(host: Any) -> list[dict[str, Any]]:
+    """One entry per (DDATA message, fieldgate_seq) at the host: what the accounting counts as delivered."""
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[int, int]] = set()
+    for v, idx in [(v, i) for i, v in enumerate(list(host.values))]:
+        if v.birth or v.fg_seq is None:
+            continue
+        key = (v.ts, v.fg_seq)  # the metrics of one reading share its timestamp and seq
+        if key in seen:
+            continue
+        seen.add(key)
+        ts = dt.datetime.fromtimestamp(v.ts / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        out.append({"seq": v.fg_seq, "ts": ts, "device": v.device, "i": idx})
+    return out
+
+
+def _spb_setup(run: Run) -> Any:
+    from tests.support.sparkplug_host import SparkplugHost
+
+    run.mqtt_extra = ", format: sparkplug, protocol: '5'"
+    # A primary host: the node publishes only while the host's STATE says online, so nothing is sent at
+    # QoS 0 into a broker that has no host to give it to (after a broker restart, before the host is back).
+    run.sections_extra = "sparkplug: {group_id: plant, primary_host_id: scada}\n"
+    run.devices_yaml = _sims(3, "50ms")
+    host = SparkplugHost(run.broker.host, run.broker.port, host_id="scada", group="plant", node=GW_ID)
+    host.connect()
+    run.stack.callback(host.disconnect)
+    run.readings_source = lambda: _spb_readings(host)
+    return host
+
+
+def _spb_rules(run: Run, host: Any) -> None:
+    try:
+        host.check()
+        run.row.note(f"Sparkplug rules kept: {len(host.nbirths)} NBIRTH, {len(host.ndeaths)} NDEATH, "
+                     f"{len(host.messages)} messages")
+    except AssertionError as exc:
+        lines = str(exc).splitlines()[1:]
+        run.row.unnamed += len(lines)
+        run.row.note(f"{len(lines)} Sparkplug rule(s) broken, e.g. " + "; ".join(x.strip() for x in lines[:3]))
+
+
+@fault("sparkplug: broker kill, SIGKILL")
+def sparkplug_kills(run: Run) -> None:
+    """Sparkplug B with a primary host counting fieldgate_seq: broker kill -9 and gateway SIGKILL in turn."""
+    host = _spb_setup(run)
+    run.start_gateway()
+    run.wait_readings(20, 30, "first readings at the host")
+    n = 4 if run.short else 12
+    for i in range(n):
+        pause(run.rng, 0.3, 2.0)
+        if i % 2 == 0:
+            run.mark("broker kill -9")
+            run.broker.kill()
+            pause(run.rng, 0.1, 2.0 if run.short else 5.0)
+            run.broker.start()
+        else:
+            run.kill_gateway()
+            run.start_gateway()
+        run.wait_readings(10, 60, "readings at the host after the fault")
+        run.check_alive()
+    run.settle()
+    _spb_rules(run, host)
+
+
+@fault("sparkplug: hostile NCMD/DCMD")
+def sparkplug_hostile(run: Run) -> None:
+    """Random bytes, truncated protobuf, wrong datatypes and 1 MB payloads as NCMD and DCMD."""
+    from fieldgate.sparkplug.fieldgate_sparkplug_b_pb2 import Payload
+
+    host = _spb_setup(run)
+    run.start_gateway()
+    run.wait_readings(20, 30, "first readings at the host")
+    rebirth = Payload(timestamp=int(time.time() * 1000))
+    m = rebirth.metrics.add(name="Node Control/Rebirth", datatype=11)
+    m.boolean_value = True
+    good = rebirth.SerializeToString()
+    wrong = Payload(timestamp=1)
+    m = wrong.metrics.add(name="Node Control/Rebirth", datatype=12)
+    m.string_value = "yes"
+    dwrong = Payload(timestamp=2)
+    m = dwrong.metrics.add(alias=999_999, datatype=10)
+    m.string_value = "hot"
+    kinds = [("random bytes", run.rng.randbytes(300)), ("truncated", good[: len(good) // 2]),
+             ("wrong datatype", wrong.SerializeToString()), ("unknown alias", dwrong.SerializeToString()),
+             ("1 MB", run.rng.randbytes(1_000_000)), ("empty", b""), ("protobuf of zeros", b"\x00" * 64)]
+    births = len(host.nbirths)
+    for kind, payload in kinds:
+        for topic in (f"spBv1.0/plant/NCMD/{GW_ID}", f"spBv1.0/plant/DCMD/{GW_ID}/s0",
+                      f"spBv1.0/plant/DCMD/{GW_ID}/no-such-device"):
+            try:
+                host.send_raw(topic, payload)
+            except (AssertionError, ValueError, RuntimeError) as exc:
+                run.row.note(f"{kind} on {topic}: not published ({exc})")
+        run.check_alive()
+    run.wait_readings(20, 30, "readings at the host after the hostile commands")
+    if len(host.nbirths) != births:
+        run.row.note(f"hostile NCMDs caused {len(host.nbirths) - births} rebirth(s)")
+    log = run.log_text()
+    named = len(re.findall(r"sparkplug: (ignoring|.*refused)", log))
+    run.row.note(f"{len(kinds) * 3} hostile commands; {named} named in the log (ignoring/refused)")
+    if named < len(kinds) * 3 - 3:  # empty payloads may be dropped before the handler
+        run.row.unnamed += 1
+    run.settle()
+    _spb_rules(run, host)
 
 
 # -- the campaign -----------------------------------------------------------------------------------
