@@ -1066,18 +1066,21 @@ def hostile_modbus(run: Run) -> None:
     _schedule(run, {"s0": 0.1, "s1": 0.1, "mb-ok": 0.5}, 15 if run.short else 60)
     devs = run.devices()
     for m in modes:
-        d = devs.get(f"mb-{m}", {})
-        err = str(d.get("last_error") or "")
-        # What names the fault is the cause, not the preamble every error has ("unit 1 on tcp:host:port:")
-        # nor the hint; and a protocol fault reported as "no answer" is not named, whatever the hint says.
-        cause = re.sub(r"\(hint:.*", "", re.sub(r"^unit \d+ on \S+:\s*", "", err))
-        generic = re.search(r"no answer|timed? ?out", cause, re.I) is not None
-        named = bool(cause) and re.search(MODBUS_NAMES[m], cause, re.I) is not None and (
-            m == "slowloris" or not generic)
-        if not named:
-            run.row.unnamed += 1
-        run.row.note(f"mb-{m}: {'named' if named else 'NOT NAMED'}: state {d.get('state')}, "
-                     f"{servers[m].requests} requests, error {err[:140]!r}")
+        _judge_modbus_error(run, f"mb-{m}", devs.get(f"mb-{m}", {}), MODBUS_NAMES[m], m == "slowloris",
+                            f"{servers[m].requests} requests, ")
+
+
+def _judge_modbus_error(run: Run, dev: str, d: dict[str, Any], names: str, may_time_out: bool, extra: str = "") -> None:
+    """Whether a faulty Modbus device's ``last_error`` names its fault (``names``, a regular expression)."""
+    err = str(d.get("last_error") or "")
+    # What names the fault is the cause, not the preamble every error has ("unit 1 on tcp:host:port:")
+    # nor the hint; and a protocol fault reported as "no answer" is not named, whatever the hint says.
+    cause = re.sub(r"\(hint:.*", "", re.sub(r"^unit \d+ on \S+:\s*", "", err))
+    generic = re.search(r"no answer|timed? ?out", cause, re.I) is not None
+    named = bool(cause) and re.search(names, cause, re.I) is not None and (may_time_out or not generic)
+    if not named:
+        run.row.unnamed += 1
+    run.row.note(f"{dev}: {'named' if named else 'NOT NAMED'}: state {d.get('state')}, {extra}error {err[:140]!r}")
 
 
 @fault("hostile CoAP datagrams")
@@ -1939,15 +1942,8 @@ def modbus_rtu_line(run: Run) -> None:
     _schedule(run, {"s0": 0.1, "rtu-ok": 1.0}, 15 if run.short else 60)
     devs = run.devices()
     for f in faults:
-        d = devs.get(f"rtu-{f.replace(':', '')}", {})
-        err = str(d.get("last_error") or "")
-        cause = re.sub(r"\(hint:.*", "", re.sub(r"^unit \d+ on \S+:\s*", "", err))
-        generic = re.search(r"no answer|timed? ?out", cause, re.I) is not None
-        named = bool(cause) and re.search(RTU_NAMES[f], cause, re.I) is not None and (
-            f == "slow-loris" or not generic)
-        if not named:
-            run.row.unnamed += 1
-        run.row.note(f"rtu {f}: {'named' if named else 'NOT NAMED'}: state {d.get('state')}, error {err[:140]!r}")
+        dev = f"rtu-{f.replace(':', '')}"
+        _judge_modbus_error(run, dev, devs.get(dev, {}), RTU_NAMES[f], f == "slow-loris")
     # The USB adapter pulled out, then plugged back (a new pty behind the same name).
     ok_before = devs.get("rtu-ok", {}).get("polls") or 0
     run.mark("RTU adapter unplugged")
