@@ -1381,8 +1381,8 @@ class CommandRig:
 
     Each command writes its own value to ``counter_preset`` (an int32), so a write at the device names
     the command that made it. A command has a final result when a result without ``duplicate``
-    arrived, or any answer with reason ``unknown_outcome`` (a kill between the write and its result),
-    or an audit event of its result made at a restart.
+    arrived, or a repeat's answer (``duplicate: true``, the stored result, or ``unknown_outcome`` after
+    a kill between the write and its result), or the audit event of its result made at a restart.
     """
 
     def __init__(self, run: Run, rate: str = "{rate: 50, burst: 50}", max_queued: int = 8) -> None:
@@ -1471,11 +1471,14 @@ class CommandRig:
 
     def final(self, cid: str, answers: dict[str, list[dict[str, Any]]],
               restart: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-        """The final result of ``cid`` (see the class docstring), or None."""
-        for res in answers.get(cid, []):
-            if not res.get("duplicate") or res.get("reason") == "unknown_outcome":
-                return res
-        return restart.get(cid)
+        """The final result of ``cid`` (see the class docstring), or None.
+
+        A repeat's answer (``duplicate: true``) carries the stored result: when the first answer was
+        lost with the connection (results are published outside the buffer), it is the final one.
+        """
+        mine = answers.get(cid, [])
+        first = next((r for r in mine if not r.get("duplicate")), None) or next(iter(mine), None)
+        return first or restart.get(cid)
 
     def open_ids(self) -> list[str]:
         """Sent commands without a final result yet."""
