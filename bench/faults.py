@@ -1901,7 +1901,9 @@ RTU_NAMES = {
     "junk": r"junk|garbage|malformed|invalid|unexpected|not a Modbus|crc|checksum",
     "crc": r"crc|checksum",
     "slow-loris": r"incomplete|partial|half|timeout|no answer",
-    "wrong-unit": r"unit",
+    # The half-frame unit's late bytes share the line and may land in this answer: then the driver rightly
+    # sees bytes that are no RTU frame at all (seen in the long form, seed 7), which names the damage too.
+    "wrong-unit": r"unit \d+ to a request|not a Modbus RTU answer",
     "bad-length": r"length|byte count",
     "exception:02": r"exception|illegal",
 }
@@ -2096,7 +2098,7 @@ def _spb_rules(run: Run, host: Any) -> None:
         run.row.note(f"{len(lines)} Sparkplug rule(s) broken, e.g. " + "; ".join(x.strip() for x in lines[:3]))
 
 
-@fault("sparkplug: broker kill, SIGKILL")
+@fault("sparkplug: broker kill, SIGKILL", short=False)
 def sparkplug_kills(run: Run) -> None:
     """Sparkplug B with a primary host counting fieldgate_seq: broker kill -9 and gateway SIGKILL in turn."""
     host = _spb_setup(run)
