@@ -1594,7 +1594,7 @@ def commands_gateway_kill(run: Run) -> None:
     rig.account()
 
 
-@fault("commands: broker kill -9")
+@fault("commands: broker kill -9", short=False)
 def commands_broker_kill(run: Run) -> None:
     """The broker killed while commands and their results are on the way."""
     rig = CommandRig(run)
