@@ -1852,6 +1852,7 @@ def remote_config_kill(run: Run) -> None:
     run.wait_readings(10, 30, "first readings")
     n = 4 if run.short else 12
     outcomes: dict[str, int] = {}
+    retried = 0
     for i in range(n):
         old = run.config_path.read_bytes()
         cid = f"rc-k{i}"
@@ -1874,15 +1875,24 @@ def remote_config_kill(run: Run) -> None:
             run.row.unnamed += 1
             run.row.note(f"{cid}: after SIGKILL the file is neither the old nor the new one ({len(on_disk)} bytes)")
         run.start_gateway()
-        end = rig.answer(after, cid, ("applied", "rolled_back", "failed", "refused"), 30)
+        finals = ("applied", "rolled_back", "failed", "refused", "duplicate")
+        end = rig.answer(after, cid, finals, 20)
+        if end is None:
+            # Killed before the change was received (or before anything of it was recorded): the message
+            # is gone with the clean session, and the operator's tool sends it again under the same id.
+            retried += 1
+            after = rig.send(_change(cid, new.decode()))
+            end = rig.answer(after, cid, finals, 30)
         if end is None:
             run.row.hangs += 1
-            run.row.note(f"hang: {cid}: no final result within 30 s of the restart")
+            run.row.note(f"hang: {cid}: no final result within 50 s of the restart (one retry)")
             continue
         status = end[1]["status"]
+        if status == "duplicate":  # the retry of a change that had been received: its first outcome
+            status = end[1].get("first_status") or "duplicate"
         outcomes[status] = outcomes.get(status, 0) + 1
         final = run.config_path.read_bytes()
-        if final != (new if status == "applied" else old):
+        if status != "duplicate" and final != (new if status == "applied" else old):
             run.row.unnamed += 1
             run.row.note(f"{cid}: {status}, but the file is not the {'new' if status == 'applied' else 'old'} one")
         if i % 2 == 1 and status == "applied":
@@ -1891,7 +1901,8 @@ def remote_config_kill(run: Run) -> None:
         run.wait_readings(5, 30, "readings after the restart")
     kinds = [e.get("kind") for e in run.events() if str(e.get("kind", "")).startswith("config_remote")]
     run.row.note(f"{n} kills; outcomes: " + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
-                 + f"; {kinds.count('config_remote_resumed')} probation(s) resumed after a restart")
+                 + f"; {kinds.count('config_remote_resumed')} probation(s) resumed after a restart; {retried} "
+                 "change(s) sent again (killed before they were received)")
     rig.account()
 
 # -- Modbus RTU over a pty ----------------------------------------------------------------------------
