@@ -373,6 +373,10 @@ class Run:
         self.devices_yaml = ""
         self.mqtt_extra = ""
         self.buffer_extra = ""  # the buffer section's keys (default: flush_interval: 50ms)
+        self.sections_extra = ""  # more top-level sections (one per line), e.g. ``commands: {...}``
+        # Where delivered readings are counted: the subscriber's JSON readings unless a row (Sparkplug)
+        # counts them elsewhere; each item needs "seq" and "ts".
+        self.readings_source: Callable[[], list[dict[str, Any]]] | None = None
         self.max_seq_seen = 0
         self.fault_times: list[tuple[int, str]] = []  # (wall ms, what): evidence for missing seqs
         # (wall ms at a gateway start, highest seq delivered before it, highest seq known handed out before it)
@@ -396,7 +400,7 @@ class Run:
             f"reconnect_min: 0.05s, reconnect_max: 0.5s{mx}}}\n"
             f"buffer: {{{bx or 'flush_interval: 50ms'}}}\n"
             f"web: {{listen: '127.0.0.1:{web_port or self.web_port}'}}\n"
-            "devices:\n" + devs
+            + self.sections_extra + "devices:\n" + devs
         )
 
     def write_config(self, text: str | None = None) -> None:
@@ -541,6 +545,8 @@ class Run:
         return {r["seq"] for r in self._readings() if isinstance(r.get("seq"), int)}
 
     def _readings(self) -> list[dict[str, Any]]:
+        if self.readings_source is not None:
+            return self.readings_source()
         try:
             return self.collector.readings()
         except AssertionError:
@@ -1060,18 +1066,21 @@ def hostile_modbus(run: Run) -> None:
     _schedule(run, {"s0": 0.1, "s1": 0.1, "mb-ok": 0.5}, 15 if run.short else 60)
     devs = run.devices()
     for m in modes:
-        d = devs.get(f"mb-{m}", {})
-        err = str(d.get("last_error") or "")
-        # What names the fault is the cause, not the preamble every error has ("unit 1 on tcp:host:port:")
-        # nor the hint; and a protocol fault reported as "no answer" is not named, whatever the hint says.
-        cause = re.sub(r"\(hint:.*", "", re.sub(r"^unit \d+ on \S+:\s*", "", err))
-        generic = re.search(r"no answer|timed? ?out", cause, re.I) is not None
-        named = bool(cause) and re.search(MODBUS_NAMES[m], cause, re.I) is not None and (
-            m == "slowloris" or not generic)
-        if not named:
-            run.row.unnamed += 1
-        run.row.note(f"mb-{m}: {'named' if named else 'NOT NAMED'}: state {d.get('state')}, "
-                     f"{servers[m].requests} requests, error {err[:140]!r}")
+        _judge_modbus_error(run, f"mb-{m}", devs.get(f"mb-{m}", {}), MODBUS_NAMES[m], m == "slowloris",
+                            f"{servers[m].requests} requests, ")
+
+
+def _judge_modbus_error(run: Run, dev: str, d: dict[str, Any], names: str, may_time_out: bool, extra: str = "") -> None:
+    """Whether a faulty Modbus device's ``last_error`` names its fault (``names``, a regular expression)."""
+    err = str(d.get("last_error") or "")
+    # What names the fault is the cause, not the preamble every error has ("unit 1 on tcp:host:port:")
+    # nor the hint; and a protocol fault reported as "no answer" is not named, whatever the hint says.
+    cause = re.sub(r"\(hint:.*", "", re.sub(r"^unit \d+ on \S+:\s*", "", err))
+    generic = re.search(r"no answer|timed? ?out", cause, re.I) is not None
+    named = bool(cause) and re.search(names, cause, re.I) is not None and (may_time_out or not generic)
+    if not named:
+        run.row.unnamed += 1
+    run.row.note(f"{dev}: {'named' if named else 'NOT NAMED'}: state {d.get('state')}, {extra}error {err[:140]!r}")
 
 
 @fault("hostile CoAP datagrams")
@@ -1358,6 +1367,811 @@ def _judge_cli(run: Run, label: str, rc: int | None, out: str, secs: float, dead
         run.row.note(f"{label}: refused without naming the file: {out.strip()[:160]!r}")
     if secs > base + 2.0:
         slow.append(f"{label} {secs:.1f} s")
+
+
+# -- commands (downlink) ----------------------------------------------------------------------------
+
+CMD_DEVICE = "boiler"
+CMD_SCHEMA = "fieldgate.command/1"
+
+
+class CommandRig:
+    """A commandable Modbus device (hw-sim's simulator, which records every write it applies), a sender,
+    and the accounting of "at most once per id, one final result each".
+
+    Each command writes its own value to ``counter_preset`` (an int32), so a write at the device names
+    the command that made it. A command has a final result when a result without ``duplicate``
+    arrived, or a repeat's answer (``duplicate: true``, the stored result, or ``unknown_outcome`` after
+    a kill between the write and its result), or the audit event of its result made at a restart.
+    """
+
+    def __init__(self, run: Run, rate: str = "{rate: 50, burst: 50}", max_queued: int = 8) -> None:
+        from fieldgate_hwsim.command_hostile import BOILER_PROFILE
+        from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
+
+        self.run = run
+        self.peers = AsyncThread()
+        run.stack.callback(self.peers.close)
+        profile = run.folder / "boiler.yaml"
+        profile.write_text(BOILER_PROFILE)
+        self.sim = ModbusSim({1: load_modbus_profile(profile)}, animate=False)
+
+        async def _start() -> int:
+            return await self.sim.start_tcp()
+
+        port = self.peers.run(_start())
+        run.stack.callback(self.peers.run, self.sim.stop(), 10)
+        run.sections_extra = (f"commands: {{enabled: true, allow: [{CMD_DEVICE}], rate: {rate}, "
+                              f"max_queued: {max_queued}}}\n")
+        run.devices_yaml = _sims(2, "100ms") + (
+            f"  - {{id: {CMD_DEVICE}, driver: modbus, profile: {profile}, poll_interval: 2s, "
+            f"connection: {{host: 127.0.0.1, port: {port}, unit: 1, timeout: 2s, retries: 0}}}}\n")
+        self.sender = Collector(run.broker.host, run.broker.port, topic="nobody/here", clean_session=True,
+                                client_id="faults-" + re.sub(r"[^A-Za-z0-9-]", "-", run.row.name[:20]) + "-sender")
+        self.sender.connect()
+        run.stack.callback(self.sender.disconnect)
+        self.sent: dict[str, int] = {}  # id -> the value it writes
+        self.sends: dict[str, int] = {}  # id -> how often it was published (retries included)
+        self.retried = 0
+        self.invalid: list[str] = []
+
+    def fault(self, name: str | None) -> None:
+        """Set (or heal) a fault of the simulated device, in its loop (its events belong to that loop)."""
+        async def _set() -> None:
+            self.sim.set_fault(1, name)
+
+        self.peers.run(_set())
+
+    # -- sending --
+
+    def command(self, cid: str) -> dict[str, Any]:
+        """The command ``cid``: it writes its own value."""
+        return {"schema": CMD_SCHEMA, "id": cid, "op": "write", "metrics": {"counter_preset": self.sent[cid]}}
+
+    def send(self, cid: str | None = None) -> str:
+        """Publish a new command (or ``cid`` again: the sender's retry, same id, same payload)."""
+        if cid is None:
+            cid = f"c{len(self.sent) + 1}"
+            self.sent[cid] = len(self.sent) + 1
+        self.sends[cid] = self.sends.get(cid, 0) + 1
+        try:
+            self.sender.publish(f"fieldgate/{GW_ID}/{CMD_DEVICE}/cmd", self.command(cid), timeout=5)
+        except AssertionError:
+            pass  # the broker is down: the retry after it is back sends it again
+        return cid
+
+    def wait_sender(self) -> None:
+        """The sender reconnected (after a broker kill)."""
+        with contextlib.suppress(AssertionError):
+            self.sender.wait_connected(30)
+
+    # -- what arrived --
+
+    def answers(self) -> dict[str, list[dict[str, Any]]]:
+        """Result messages by id, validated against the contract (a broken one is noted once)."""
+        from tests.support.contract import validate_message
+
+        out: dict[str, list[dict[str, Any]]] = {}
+        for m in self.run.collector.on("/cmd/result"):
+            try:
+                validate_message(m.topic, m.payload)
+                res = m.json()
+            except AssertionError as exc:
+                text = f"{m.topic}: {str(exc)[:200]}"
+                if text not in self.invalid:
+                    self.invalid.append(text)
+                continue
+            out.setdefault(str(res.get("id")), []).append(res)
+        return out
+
+    def settled_at_restart(self) -> dict[str, dict[str, Any]]:
+        """Results the gateway made at a start for commands a kill left executing (audit events)."""
+        return {str(e.get("id")): e.get("result") or {} for e in self.run.events()
+                if e.get("kind") == "command" and e.get("stage") == "result" and e.get("origin") == "restart"}
+
+    def final(self, cid: str, answers: dict[str, list[dict[str, Any]]],
+              restart: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The final result of ``cid`` (see the class docstring), or None.
+
+        A repeat's answer (``duplicate: true``) carries the stored result: when the first answer was
+        lost with the connection (results are published outside the buffer), it is the final one.
+        """
+        mine = answers.get(cid, [])
+        first = next((r for r in mine if not r.get("duplicate")), None) or next(iter(mine), None)
+        return first or restart.get(cid)
+
+    def open_ids(self) -> list[str]:
+        """Sent commands without a final result yet."""
+        answers, restart = self.answers(), self.settled_at_restart()
+        return [c for c in self.sent if self.final(c, answers, restart) is None]
+
+    def complete(self, timeout: float, retries: int = 3) -> None:
+        """Wait for every final result; the sender retries (same id) what has none (up to ``retries`` times).
+
+        A command published while the gateway was down is lost with its clean MQTT session, as the
+        contract says: a sender retries with the same id until it has a result.
+        """
+        for attempt in range(retries + 1):
+            if wait_until(lambda: not self.open_ids(), timeout, step=0.1):
+                return
+            if attempt < retries:
+                for cid in self.open_ids():
+                    self.retried += 1
+                    self.send(cid)
+
+    def writes_by_value(self) -> dict[int, int]:
+        """How often the device applied each counter_preset value (its write log)."""
+        counts: dict[int, int] = {}
+        for fc, addr, values in list(self.sim.models[1].writes):
+            if fc == 16 and addr == 3 and len(values) == 2:
+                value = values[0] | values[1]  # one word is 0 for values below 65536, whatever the word order
+                counts[value] = counts.get(value, 0) + 1
+        return counts
+
+    def account(self) -> None:
+        """At most once per id at the device; one final result each; every result in the contract."""
+        row = self.run.row
+        writes = self.writes_by_value()
+        answers, restart = self.answers(), self.settled_at_restart()
+        twice = {c: writes[v] for c, v in self.sent.items() if writes.get(v, 0) > 1}
+        if twice:
+            row.reused += len(twice)
+            row.note(f"EXECUTED MORE THAN ONCE at the device: {dict(list(twice.items())[:6])}")
+        unresolved = [c for c in self.sent if self.final(c, answers, restart) is None]
+        if unresolved:
+            row.hangs += len(unresolved)
+            row.note(f"{len(unresolved)} command(s) without a final result after {self.retried} retries: "
+                     f"{unresolved[:8]}")
+        lies = []
+        statuses: dict[str, int] = {}
+        for c, v in self.sent.items():
+            res = self.final(c, answers, restart)
+            if res is None:
+                continue
+            key = f"{res.get('status')}/{res.get('reason', '-')}"
+            statuses[key] = statuses.get(key, 0) + 1
+            if res.get("status") == "ok" and writes.get(v, 0) == 0:
+                lies.append(c)
+            # Two different final outcomes of one id: one of them is not true.
+            finals = {(r.get("status"), r.get("reason")) for r in answers.get(c, []) if not r.get("duplicate")}
+            if len(finals) > 1:
+                lies.append(c)
+        if lies:
+            row.unnamed += len(lies)
+            row.note(f"results that contradict the device or each other: {lies[:6]}")
+        if self.invalid:
+            row.unnamed += len(self.invalid)
+            row.note(f"{len(self.invalid)} result message(s) outside the contract, e.g. {self.invalid[0]}")
+        executed = sum(1 for v in self.sent.values() if writes.get(v, 0))
+        row.note(f"commands: {len(self.sent)} ids, {sum(self.sends.values())} publishes ({self.retried} retries), "
+                 f"{executed} executed at the device, {len(twice)} twice, {len(restart)} settled at a restart; "
+                 f"final results: " + ", ".join(f"{k} x{n}" for k, n in sorted(statuses.items())))
+
+
+@fault("commands: gateway SIGKILL")
+def commands_gateway_kill(run: Run) -> None:
+    """SIGKILL at the worst moments of a write: the write held at the device, just after receipt, in a burst."""
+    rig = CommandRig(run)
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    n = 6 if run.short else 18
+    phases = ["held write", "after receipt", "burst", "while down"]
+    done: dict[str, int] = {}
+    for i in range(n):
+        phase = phases[i % len(phases)]
+        done[phase] = done.get(phase, 0) + 1
+        if run.gw is None or not run.gw.alive():
+            run.start_gateway()
+        # The command subscription is made when the uplink connects: a reading delivered after the start says so.
+        run.wait_readings(3, 30, "readings after a start")
+        if phase == "held write":
+            # The device applies the write and holds its answer: the kill lands between write and result.
+            before = rig.sim.writes
+            rig.fault("hold-write")
+            rig.send()
+            if not wait_until(lambda: rig.sim.writes > before, 15):  # noqa: B023
+                run.row.note("held write: the command did not reach the device within 15 s")
+            run.kill_gateway()
+            rig.fault(None)
+        elif phase == "after receipt":
+            rig.send()
+            pause(run.rng, 0.0, 0.15)
+            run.kill_gateway()
+        elif phase == "burst":
+            for _ in range(5):
+                rig.send()
+            pause(run.rng, 0.0, 0.4)
+            run.kill_gateway()
+        else:
+            run.kill_gateway()
+            for _ in range(3):
+                rig.send()  # the gateway is down: its clean session loses these; the sender retries
+        run.start_gateway()
+        run.wait_readings(3, 30, "readings after the restart")
+        rig.complete(10)
+    rig.complete(10)
+    run.row.note("kills by phase: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+    rig.account()
+
+
+@fault("commands: broker kill -9", short=False)
+def commands_broker_kill(run: Run) -> None:
+    """The broker killed while commands and their results are on the way."""
+    rig = CommandRig(run)
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    n = 3 if run.short else 10
+    for _ in range(n):
+        for _ in range(run.rng.randint(2, 6)):
+            rig.send()
+        pause(run.rng, 0.0, 0.5)
+        run.mark("broker kill -9")
+        run.broker.kill()
+        pause(run.rng, 0.1, 2.0 if run.short else 5.0)
+        run.broker.start()
+        rig.wait_sender()
+        run.collector.wait_connected(30)
+        run.wait_readings(3, 30, "readings after the broker came back")
+        rig.complete(10)
+        run.check_alive()
+    rig.complete(10)
+    run.row.note(f"{n} broker kills")
+    rig.account()
+
+
+@fault("commands: hostile, flood")
+def commands_hostile(run: Run) -> None:
+    """Hostile command payloads (each refused by name within 2 s, none executed), then a flood of commands."""
+    from fieldgate_hwsim.command_hostile import hostile_commands
+
+    rig = CommandRig(run, rate="{rate: 5, burst: 10}", max_queued=4)
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    rounds = 1 if run.short else 5
+    refused = slow = 0
+    for r in range(rounds):
+        for h in hostile_commands(run.rng, CMD_DEVICE, f"h{r}", denied_device="s0"):
+            writes = rig.sim.writes
+            seen = len(run.collector.on("/cmd/result"))
+            t0 = time.monotonic()
+            try:
+                rig.sender.publish(f"fieldgate/{GW_ID}/{h.device}/cmd", h.payload, retain=h.retain, timeout=5)
+            except AssertionError as exc:
+                run.row.note(f"{h.kind}: not published: {exc}")
+                continue
+            if h.retain:  # delete it at the broker at once (the gateway ignores the empty message)
+                rig.sender.publish(f"fieldgate/{GW_ID}/{h.device}/cmd", b"", retain=True, timeout=5)
+
+            def answer() -> dict[str, Any] | None:
+                for m in run.collector.on("/cmd/result")[seen:]:  # noqa: B023
+                    with contextlib.suppress(AssertionError):
+                        res = m.json()
+                        if isinstance(res, dict) and res.get("id") == h.cid:  # noqa: B023
+                            return {"at": m.at, "topic": m.topic, **res}
+                return None
+
+            got = wait_until(answer, 10, step=0.02)
+            if not got:
+                run.row.hangs += 1
+                run.row.note(f"hang: {h.kind}: no result within 10 s")
+                continue
+            took = got["at"] - t0
+            reason = str(got.get("reason") or "")
+            if got.get("status") not in ("rejected", "expired") or not re.search(h.reason, reason):
+                run.row.unnamed += 1
+                run.row.note(f"{h.kind}: answered {got.get('status')} / {reason[:100]!r}, expected /{h.reason}/")
+            elif took > 2.0:
+                slow += 1
+                run.row.hangs += 1
+                run.row.note(f"{h.kind}: refused after {took:.2f} s (more than 2 s)")
+            else:
+                refused += 1
+            if rig.sim.writes != writes:
+                run.row.reused += 1
+                run.row.note(f"{h.kind}: EXECUTED at the device")
+            run.check_alive()
+    rig.answers()  # validates every result so far
+    run.row.note(f"hostile commands: {refused} refused by name within 2 s, {slow} slower")
+    # The flood: far more than the rate limit allows, as fast as the broker takes them.
+    n_flood = 300 if run.short else 2000
+    t0 = time.monotonic()
+    ids = [rig.send() for _ in range(n_flood)]
+    rig.complete(30, retries=0)
+    elapsed = time.monotonic() - t0
+    answers = rig.answers()
+    finals = [next((a for a in answers.get(c, []) if not a.get("duplicate")), None) for c in ids]
+    reasons: dict[str, int] = {}
+    for f in finals:
+        if f is not None:
+            k = f"{f.get('status')}/{f.get('reason', '-')}"
+            reasons[k] = reasons.get(k, 0) + 1
+    executed = sum(1 for c in ids if rig.writes_by_value().get(rig.sent[c], 0))
+    budget = 10 + 5 * elapsed + 1
+    run.row.note(f"flood: {n_flood} commands in {elapsed:.1f} s, {executed} executed (the limit allows "
+                 f"~{budget:.0f}), answers: " + ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items())))
+    if executed > budget:
+        run.row.unnamed += 1
+        run.row.note("flood: more commands executed than the rate limit allows")
+    rig.account()
+    run.wait_readings(10, 30, "readings after the flood")
+
+
+# -- remote configuration ---------------------------------------------------------------------------
+
+RC_FINAL = ("applied", "rolled_back", "refused", "failed", "duplicate", "unchanged")
+
+
+class RemoteRig:
+    """A gateway with remote configuration on, an operator's client, and its answers on ``config/result``."""
+
+    def __init__(self, run: Run, probation: str = "4s") -> None:
+        self.run = run
+        run.sections_extra = f"remote_config: {{enabled: true, probation: {probation}}}\n"
+        run.devices_yaml = _sims(2, "100ms")
+        self.op = Collector(run.broker.host, run.broker.port, topic="nobody/here", clean_session=True,
+                            client_id="faults-" + re.sub(r"[^A-Za-z0-9-]", "-", run.row.name[:20]) + "-op")
+        self.op.connect()
+        run.stack.callback(self.op.disconnect)
+        self.invalid: list[str] = []
+
+    def send(self, payload: bytes) -> int:
+        """Publish on config/set; returns how many results had arrived before (to find the answer)."""
+        n = len(self.results())
+        try:
+            self.op.publish(f"fieldgate/{GW_ID}/config/set", payload, timeout=10)
+        except AssertionError as exc:
+            self.run.row.note(f"config/set not published: {exc}")
+        return n
+
+    def results(self) -> list[tuple[float, dict[str, Any]]]:
+        """(arrival, result) on config/result, checked against the contract's config.schema.json."""
+        from jsonschema import Draft202012Validator
+
+        schema = json.loads((REPO / "gateway" / "contract" / "config.schema.json").read_text())
+        check = Draft202012Validator({**schema, "$ref": "#/$defs/result"})
+        out = []
+        for m in self.run.collector.on("/config/result"):
+            try:
+                doc = m.json()
+                problems = [e.message for e in check.iter_errors(doc)]
+            except AssertionError as exc:
+                doc, problems = {}, [str(exc)]
+            if problems:
+                text = f"{m.payload[:80]!r}: {problems[0][:120]}"
+                if text not in self.invalid:
+                    self.invalid.append(text)
+            out.append((m.at, doc))
+        return out
+
+    def answer(self, after: int, change_id: str | None, statuses: tuple[str, ...], timeout: float) -> \
+            tuple[float, dict[str, Any]] | None:
+        """The first result beyond ``after`` for ``change_id`` with one of ``statuses``."""
+        def find() -> tuple[float, dict[str, Any]] | None:
+            return next(((at, r) for at, r in self.results()[after:] if r.get("id") == change_id
+                         and r.get("status") in statuses), None)
+
+        return wait_until(find, timeout, step=0.05)  # type: ignore[no-any-return]
+
+    def account(self) -> None:
+        """Results outside the contract are a fault the row names."""
+        self.results()
+        if self.invalid:
+            self.run.row.unnamed += len(self.invalid)
+            self.run.row.note(f"{len(self.invalid)} config/result message(s) outside the contract: {self.invalid[0]}")
+
+
+def _change(change_id: str, text: str) -> bytes:
+    return json.dumps({"id": change_id, "version": change_id, "config": text}).encode()
+
+
+@fault("remote config: hostile, bad uplink")
+def remote_config_hostile(run: Run) -> None:
+    """Hostile remote configs refused by name within 2 s; one that breaks the uplink rolled back to the old file."""
+    from fieldgate_hwsim.hostile_files import generate
+
+    rig = RemoteRig(run)
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    good = run.config_path.read_bytes()
+    n_files = 12 if run.short else 150
+    files = [hf for hf in generate(n_files * 12, seed=run.rng.randrange(1 << 30))
+             if hf.kind == "config" and not hf.special][:n_files]
+    payloads = [("deep nesting", b"[" * 100_000 + b"]" * 100_000, None),
+                ("not UTF-8", b'{"id": "rc-utf8", "config": "gateway: \xff"}', None),
+                ("lone surrogate", b'{"id": "rc-surr", "config": "gateway: {id: \\udcdf}"}', "rc-surr"),
+                ("not an object", b'["rc"]', None),
+                ("no config", b'{"id": "rc-noconf"}', "rc-noconf"),
+                ("over max_bytes", _change("rc-big", "# " + "x" * 1_100_000), None),
+                ("another gateway", _change("rc-other", good.decode().replace(f"id: {GW_ID}", "id: gw-other", 1)),
+                 "rc-other")]
+    for i, hf in enumerate(files):
+        text = hf.data.decode("utf-8", errors="surrogateescape")  # non-UTF-8 bytes become lone surrogates
+        payload = _change(f"rc-f{i}", text)
+        # Larger than remote_config.max_bytes (1 MB): refused unread, so under "id": null.
+        payloads.append((f"file {hf.index} {hf.family}", payload, f"rc-f{i}" if len(payload) <= 1_000_000 else None))
+    refused = slow = applied = 0
+    for kind, payload, cid in payloads:
+        t0 = time.monotonic()
+        after = rig.send(payload)
+        got = rig.answer(after, cid, ("refused", "probation", "unchanged", "failed"), 10)
+        if got is None:
+            run.row.hangs += 1
+            run.row.note(f"hang: {kind}: no answer within 10 s")
+            continue
+        at, res = got
+        if res["status"] == "failed":
+            run.row.unnamed += 1
+            run.row.note(f"{kind}: failed (not refused): {str(res.get('errors'))[:160]}")
+        elif res["status"] == "probation":  # a mutation that is still a valid file: let it end
+            applied += 1
+            end = rig.answer(after, cid, ("applied", "rolled_back"), 60)
+            if end is None:
+                run.row.hangs += 1
+                run.row.note(f"hang: {kind}: on probation, no end within 60 s")
+            run.write_config(good.decode())  # back to the campaign's file, applied by hand as a site would
+            n = len(run.events())
+            run.sighup()
+            run.wait_event(("config_reloaded",), n, 15, "restoring reload answered")
+        elif not res.get("errors") and res["status"] == "refused":
+            run.row.unnamed += 1
+            run.row.note(f"{kind}: refused without a reason")
+        else:
+            refused += 1
+            if at - t0 > 2.0:
+                slow += 1
+                run.row.note(f"{kind}: answered after {at - t0:.1f} s")
+        run.check_alive()
+    if run.config_path.read_bytes() != good:
+        run.row.unnamed += 1
+        run.row.note("the configuration file changed after hostile changes")
+    run.row.note(f"{len(payloads)} hostile changes: {refused} refused by name ({slow} after more than 2 s), "
+                 f"{applied} valid after all (applied or rolled back)")
+    # Valid, but the uplink cannot connect with it: rolled back after the probation.
+    broken = good.decode().replace(f"port: {run.broker.port}", f"port: {free_port()}", 1).encode()
+    after = rig.send(_change("rc-broken", broken.decode()))
+    t0 = time.monotonic()
+    end = rig.answer(after, "rc-broken", ("rolled_back", "applied", "refused"), 60)
+    if end is None or end[1]["status"] != "rolled_back":
+        run.row.unnamed += 1
+        run.row.note(f"broken uplink change: {end[1] if end else 'no end within 60 s'}")
+    else:
+        run.row.note(f"broken uplink change rolled back after {end[0] - t0:.1f} s: "
+                     f"{'; '.join(end[1].get('errors') or [])[:160]}")
+    if run.config_path.read_bytes() != good:
+        run.row.unnamed += 1
+        run.row.note("after the rollback the file is not the old one byte for byte")
+    run.wait_readings(10, 30, "readings after the rollback")
+    rig.account()
+
+
+@fault("remote config: SIGKILL in probation")
+def remote_config_kill(run: Run) -> None:
+    """SIGKILL while a remote change lands or is on probation: then the old or the new file, and an outcome."""
+    rig = RemoteRig(run, probation="3s")
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    n = 4 if run.short else 12
+    outcomes: dict[str, int] = {}
+    retried = 0
+    for i in range(n):
+        old = run.config_path.read_bytes()
+        cid = f"rc-k{i}"
+        # Even: a good change, killed while it is written and reloaded (its probation passes at once).
+        # Odd: a change that breaks the uplink, killed inside its probation: the restart runs the new
+        # file, resumes the probation, and must roll back to the old one.
+        if i % 2 == 0:
+            new = re.sub(r"flush_interval: \d+ms", f"flush_interval: {51 + i}ms", old.decode(), count=1).encode()
+        else:
+            new = old.decode().replace(f"port: {run.broker.port}", f"port: {free_port()}", 1).encode()
+        after = rig.send(_change(cid, new.decode()))
+        if i % 2 == 0:
+            pause(run.rng, 0.0, 0.6)
+        else:
+            wait_until(lambda: run.config_path.read_bytes() == new, 15)  # noqa: B023
+            pause(run.rng, 0.0, 2.5)
+        run.kill_gateway()
+        on_disk = run.config_path.read_bytes()
+        if on_disk not in (old, new):
+            run.row.unnamed += 1
+            run.row.note(f"{cid}: after SIGKILL the file is neither the old nor the new one ({len(on_disk)} bytes)")
+        run.start_gateway()
+        finals = ("applied", "rolled_back", "failed", "refused", "duplicate")
+        end = rig.answer(after, cid, finals, 20)
+        if end is None:
+            # Killed before the change was received (or before anything of it was recorded): the message
+            # is gone with the clean session, and the operator's tool sends it again under the same id.
+            retried += 1
+            after = rig.send(_change(cid, new.decode()))
+            end = rig.answer(after, cid, finals, 30)
+        if end is None:
+            run.row.hangs += 1
+            run.row.note(f"hang: {cid}: no final result within 50 s of the restart (one retry)")
+            continue
+        status = end[1]["status"]
+        if status == "duplicate":  # the retry of a change that had been received: its first outcome
+            status = end[1].get("first_status") or "duplicate"
+        outcomes[status] = outcomes.get(status, 0) + 1
+        final = run.config_path.read_bytes()
+        if status != "duplicate" and final != (new if status == "applied" else old):
+            run.row.unnamed += 1
+            run.row.note(f"{cid}: {status}, but the file is not the {'new' if status == 'applied' else 'old'} one")
+        if i % 2 == 1 and status == "applied":
+            run.row.unnamed += 1
+            run.row.note(f"{cid}: a change that breaks the uplink was kept")
+        run.wait_readings(5, 30, "readings after the restart")
+    kinds = [e.get("kind") for e in run.events() if str(e.get("kind", "")).startswith("config_remote")]
+    run.row.note(f"{n} kills; outcomes: " + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items()))
+                 + f"; {kinds.count('config_remote_resumed')} probation(s) resumed after a restart; {retried} "
+                 "change(s) sent again (killed before they were received)")
+    rig.account()
+
+# -- Modbus RTU over a pty ----------------------------------------------------------------------------
+
+# What the technician must read for each RTU fault of a unit on the shared line.
+RTU_NAMES = {
+    "junk": r"junk|garbage|malformed|invalid|unexpected|not a Modbus|crc|checksum",
+    "crc": r"crc|checksum",
+    "slow-loris": r"incomplete|partial|half|timeout|no answer",
+    # The half-frame unit's late bytes share the line and may land in this answer: then the driver rightly
+    # sees bytes that are no RTU frame at all (seen in the long form, seed 7), which names the damage too.
+    "wrong-unit": r"unit \d+ to a request|not a Modbus RTU answer",
+    "bad-length": r"length|byte count",
+    "exception:02": r"exception|illegal",
+}
+UNPLUG_NAMES = (r"missing|unplug|gone|closed|disconnect|hang.?up|EIO|I/O error|input/output|no such|not found"
+                r"|cannot open|removed")
+
+
+@fault("Modbus RTU line: faults, unplug")
+def modbus_rtu_line(run: Run) -> None:
+    """One RTU line on a pty: units answering junk, CRC errors, half a frame, the wrong unit, a bad length,
+    exception 02 beside a healthy unit; then the adapter unplugged and plugged back."""
+    from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
+
+    peers = AsyncThread()
+    run.stack.callback(peers.close)
+    profile = load_modbus_profile("eastron/sdm120")
+    faults = list(RTU_NAMES)
+    units = {1: "healthy"} | {i + 2: f for i, f in enumerate(faults)}
+    sim = ModbusSim(dict.fromkeys(units, profile), animate=True)
+
+    async def _start() -> str:
+        for unit, f in units.items():
+            if f != "healthy":
+                sim.set_fault(unit, f)
+        return await sim.start_rtu(38400)
+
+    link = run.folder / "ttyUSB-fieldgate"  # what udev's /dev/serial/by-id gives: a stable name, a new node
+    link.symlink_to(peers.run(_start()))
+    run.stack.callback(peers.run, sim.stop(), 10)
+
+    def rtu(dev: str, unit: int, interval: str) -> str:
+        return (f"  - {{id: {dev}, driver: modbus, profile: eastron/sdm120, poll_interval: {interval}, "
+                f"connection: {{transport: rtu, serial_port: {link}, baudrate: 38400, unit: {unit}, "
+                f"timeout: 300ms, retries: 0}}}}\n")
+
+    run.devices_yaml = _sims(1, "100ms") + "".join(
+        rtu("rtu-ok" if f == "healthy" else f"rtu-{f.replace(':', '')}", u, "1s" if f == "healthy" else "3s")
+        for u, f in units.items())
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+    _schedule(run, {"s0": 0.1, "rtu-ok": 1.0}, 15 if run.short else 60)
+    devs = run.devices()
+    for f in faults:
+        dev = f"rtu-{f.replace(':', '')}"
+        _judge_modbus_error(run, dev, devs.get(dev, {}), RTU_NAMES[f], f == "slow-loris")
+    # The USB adapter pulled out, then plugged back (a new pty behind the same name).
+    ok_before = devs.get("rtu-ok", {}).get("polls") or 0
+    run.mark("RTU adapter unplugged")
+    peers.run(sim.unplug_rtu())
+    saw = wait_until(lambda: (run.devices().get("rtu-ok", {}).get("state") in ("degraded", "offline")
+                              and run.devices()["rtu-ok"]), 20, step=0.2)
+    err = str((saw or {}).get("last_error") or "")
+    if not saw:
+        run.row.unnamed += 1
+        run.row.note("unplugged: the healthy unit never left 'online' within 20 s")
+    elif not re.search(UNPLUG_NAMES, err, re.I):
+        run.row.unnamed += 1
+        run.row.note(f"unplugged: not named: state {saw.get('state')}, error {err[:160]!r}")
+    else:
+        run.row.note(f"unplugged: named: {err[:160]!r}")
+    run.check_alive()
+
+    async def _replug() -> str:
+        return await sim.start_rtu(38400)
+
+    new_path = peers.run(_replug())
+    tmp_link = link.with_suffix(".new")
+    tmp_link.symlink_to(new_path)
+    os.replace(tmp_link, link)
+    run.mark("RTU adapter plugged back")
+    t0 = time.monotonic()
+    back = wait_until(lambda: (d := run.devices().get("rtu-ok", {})).get("state") == "online"
+                      and (d.get("polls") or 0) > ok_before, 30, step=0.2)
+    if not back:
+        run.row.hangs += 1
+        run.row.note(f"plugged back: the healthy unit not online within 30 s: {run.devices().get('rtu-ok')}")
+    else:
+        run.row.note(f"plugged back: the healthy unit online again after {time.monotonic() - t0:.1f} s")
+
+
+@fault("serial: garbage, checksums, unplug", short=False)
+def serial_faults(run: Run) -> None:
+    """Serial devices on ptys: garbage between frames, split frames, bad checksums; the adapter unplugged and back."""
+    from fieldgate_hwsim.serial_sim import Faults, SerialSim
+
+    ok = SerialSim("plantower/pms5003", interval=0.2, link=run.folder / "ttyUSB-ok", seed=run.rng.randrange(1 << 30))
+    bad = SerialSim("novafitness/sds011", interval=0.2, link=run.folder / "ttyUSB-bad",
+                    faults=Faults(garbage=0.4, split=True, bad_checksum=0.3), seed=run.rng.randrange(1 << 30))
+    for sim in (ok, bad):
+        sim.start()
+        run.stack.callback(sim.stop)
+    run.devices_yaml = (
+        f"  - {{id: ser-ok, driver: serial, profile: plantower/pms5003, connection: {{port: {ok.path}}}}}\n"
+        f"  - {{id: ser-bad, driver: serial, profile: novafitness/sds011, connection: {{port: {bad.path}}}}}\n")
+    run.start_gateway()
+    run.wait_readings(10, 30, "first readings")
+
+    def count(dev: str) -> int:
+        return sum(1 for r in run._readings() if r.get("device") == dev)
+
+    window = 10 if run.short else 40
+    t0, ok0, bad0, sent_ok, sent_bad = time.monotonic(), count("ser-ok"), count("ser-bad"), ok.frames_sent, \
+        bad.frames_sent
+    wait_until(lambda: time.monotonic() - t0 >= window, window + 5, step=0.5)  # the measuring window
+    got_ok, got_bad = count("ser-ok") - ok0, count("ser-bad") - bad0
+    frames_ok, frames_bad = ok.frames_sent - sent_ok, bad.frames_sent - sent_bad
+    run.row.note(f"healthy ser-ok: {got_ok} readings of {frames_ok} frames sent; faulty ser-bad: {got_bad} readings "
+                 f"of {frames_bad} frames (30 % with a bad checksum, garbage before 40 %, every frame split)")
+    if got_ok < 0.8 * frames_ok:
+        run.row.late += 1
+    if got_bad < 0.5 * frames_bad:
+        run.row.late += 1
+        run.row.note("ser-bad: fewer than half of the frames got through the damage")
+    # Sporadic bad checksums are counted, not reported (drivers/serial: a run of them is); every frame bad:
+    bad.faults.bad_checksum = 1.0
+
+    def named() -> dict[str, Any] | None:
+        d = run.devices().get("ser-bad", {})
+        return d if re.search(r"checksum|crc|failed the \w+ check", str(d.get("last_error") or ""), re.I) else None
+
+    d = wait_until(named, 20, step=0.2) or run.devices().get("ser-bad", {})
+    err = str(d.get("last_error") or "")
+    if not re.search(r"checksum|crc|failed the \w+ check", err, re.I):
+        run.row.unnamed += 1
+        run.row.note(f"ser-bad: every frame with a bad checksum, not named: state {d.get('state')}, "
+                     f"error {err[:160]!r}")
+    else:
+        run.row.note(f"ser-bad: every frame bad: named: state {d.get('state')}, {err[:160]!r}")
+    bad.faults.bad_checksum = 0.0
+    # Unplugged and plugged back.
+    run.mark("serial adapter unplugged")
+    ok.vanish()
+    saw = wait_until(lambda: (d := run.devices().get("ser-ok", {})).get("state") in ("degraded", "offline") and d,
+                     20, step=0.2)
+    err = str((saw or {}).get("last_error") or "")
+    if not saw or not re.search(UNPLUG_NAMES, err, re.I):
+        run.row.unnamed += 1
+        run.row.note(f"ser-ok unplugged: not named: {saw and saw.get('state')}, error {err[:160]!r}")
+    else:
+        run.row.note(f"ser-ok unplugged: named: {err[:160]!r}")
+    ok.reappear()
+    run.mark("serial adapter plugged back")
+    t1, before = time.monotonic(), count("ser-ok")
+    if not wait_until(lambda: count("ser-ok") > before + 3, 30, step=0.2):
+        run.row.hangs += 1
+        run.row.note("ser-ok plugged back: no readings within 30 s")
+    else:
+        run.row.note(f"ser-ok plugged back: readings again after {time.monotonic() - t1:.1f} s")
+
+
+# -- Sparkplug B ------------------------------------------------------------------------------------
+
+def _spb_readings(host: Any) -> list[dict[str, Any]]:
+    """One entry per (DDATA message, fieldgate_seq) at the host: what the accounting counts as delivered."""
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[int, int]] = set()
+    for v, idx in [(v, i) for i, v in enumerate(list(host.values))]:
+        if v.birth or v.fg_seq is None:
+            continue
+        key = (v.ts, v.fg_seq)  # the metrics of one reading share its timestamp and seq
+        if key in seen:
+            continue
+        seen.add(key)
+        ts = dt.datetime.fromtimestamp(v.ts / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        out.append({"seq": v.fg_seq, "ts": ts, "device": v.device, "i": idx})
+    return out
+
+
+def _spb_setup(run: Run) -> Any:
+    from tests.support.sparkplug_host import SparkplugHost
+
+    run.mqtt_extra = ", format: sparkplug, protocol: '5'"
+    # A primary host: the node publishes only while the host's STATE says online, so nothing is sent at
+    # QoS 0 into a broker that has no host to give it to (after a broker restart, before the host is back).
+    run.sections_extra = "sparkplug: {group_id: plant, primary_host_id: scada}\n"
+    run.devices_yaml = _sims(3, "50ms")
+    host = SparkplugHost(run.broker.host, run.broker.port, host_id="scada", group="plant", node=GW_ID)
+    host.connect()
+    run.stack.callback(host.disconnect)
+    run.readings_source = lambda: _spb_readings(host)
+    return host
+
+
+def _spb_rules(run: Run, host: Any) -> None:
+    try:
+        host.check()
+        run.row.note(f"Sparkplug rules kept: {len(host.nbirths)} NBIRTH, {len(host.ndeaths)} NDEATH, "
+                     f"{len(host.messages)} messages")
+    except AssertionError as exc:
+        lines = str(exc).splitlines()[1:]
+        run.row.unnamed += len(lines)
+        run.row.note(f"{len(lines)} Sparkplug rule(s) broken, e.g. " + "; ".join(x.strip() for x in lines[:3]))
+
+
+@fault("sparkplug: broker kill, SIGKILL", short=False)
+def sparkplug_kills(run: Run) -> None:
+    """Sparkplug B with a primary host counting fieldgate_seq: broker kill -9 and gateway SIGKILL in turn."""
+    host = _spb_setup(run)
+    run.start_gateway()
+    run.wait_readings(20, 30, "first readings at the host")
+    n = 4 if run.short else 12
+    for i in range(n):
+        pause(run.rng, 0.3, 2.0)
+        if i % 2 == 0:
+            run.mark("broker kill -9")
+            run.broker.kill()
+            pause(run.rng, 0.1, 2.0 if run.short else 5.0)
+            run.broker.start()
+        else:
+            run.kill_gateway()
+            run.start_gateway()
+        run.wait_readings(10, 60, "readings at the host after the fault")
+        run.check_alive()
+    run.settle()
+    _spb_rules(run, host)
+
+
+@fault("sparkplug: hostile NCMD/DCMD")
+def sparkplug_hostile(run: Run) -> None:
+    """Random bytes, truncated protobuf, wrong datatypes and 1 MB payloads as NCMD and DCMD."""
+    from fieldgate.sparkplug.fieldgate_sparkplug_b_pb2 import Payload
+
+    host = _spb_setup(run)
+    run.start_gateway()
+    run.wait_readings(20, 30, "first readings at the host")
+    rebirth = Payload(timestamp=int(time.time() * 1000))
+    m = rebirth.metrics.add(name="Node Control/Rebirth", datatype=11)
+    m.boolean_value = True
+    good = rebirth.SerializeToString()
+    wrong = Payload(timestamp=1)
+    m = wrong.metrics.add(name="Node Control/Rebirth", datatype=12)
+    m.string_value = "yes"
+    dwrong = Payload(timestamp=2)
+    m = dwrong.metrics.add(alias=999_999, datatype=10)
+    m.string_value = "hot"
+    kinds = [("random bytes", run.rng.randbytes(300)), ("truncated", good[: len(good) // 2]),
+             ("wrong datatype", wrong.SerializeToString()), ("unknown alias", dwrong.SerializeToString()),
+             ("1 MB", run.rng.randbytes(1_000_000)), ("empty", b""), ("protobuf of zeros", b"\x00" * 64)]
+    births = len(host.nbirths)
+    for kind, payload in kinds:
+        for topic in (f"spBv1.0/plant/NCMD/{GW_ID}", f"spBv1.0/plant/DCMD/{GW_ID}/s0",
+                      f"spBv1.0/plant/DCMD/{GW_ID}/no-such-device"):
+            try:
+                host.send_raw(topic, payload)
+            except (AssertionError, ValueError, RuntimeError) as exc:
+                run.row.note(f"{kind} on {topic}: not published ({exc})")
+        run.check_alive()
+    run.wait_readings(20, 30, "readings at the host after the hostile commands")
+    if len(host.nbirths) != births:
+        run.row.note(f"hostile NCMDs caused {len(host.nbirths) - births} rebirth(s)")
+    log = run.log_text()
+    named = len(re.findall(r"sparkplug: (ignoring|.*refused)", log))
+    run.row.note(f"{len(kinds) * 3} hostile commands; {named} named in the log (ignoring/refused)")
+    if named < len(kinds) * 3 - 3:  # empty payloads may be dropped before the handler
+        run.row.unnamed += 1
+    run.settle()
+    _spb_rules(run, host)
 
 
 # -- the campaign -----------------------------------------------------------------------------------

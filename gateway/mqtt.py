@@ -244,7 +244,10 @@ class MqttLink:
         # paho takes SubscribeOptions under MQTT 5 only; under 3.1.1 it raised "Invalid QoS level"
         # in the CONNACK callback, and a 3.1.1 gateway that listened never got its first connection.
         if self.cfg.protocol == "5":
-            self.client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+            # Retain As Published: a message published retained keeps its RETAIN flag when it reaches
+            # us live (brokers clear it otherwise), so a retained command is refused also then, as the
+            # contract says, not only when the broker replays it at subscribe time.
+            self.client.subscribe([(f, SubscribeOptions(qos=1, retainAsPublished=True)) for f in filters])
         else:
             self.client.subscribe([(f, 1) for f in filters])
 

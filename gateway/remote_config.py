@@ -75,7 +75,16 @@ class Change:
 
 
 class BadRequest(ValueError):
-    """A config/set message that is not a change (not JSON, no id, no config): refused with this text."""
+    """A config/set message that is not a change (not JSON, no id, no config): refused with this text.
+
+    Attributes:
+        id: the change's id when the message has a readable one (the refusal is answered under it,
+            so the sender waiting for that id learns of it), else None.
+    """
+
+    def __init__(self, text: str, change_id: str | None = None) -> None:
+        super().__init__(text)
+        self.id = change_id
 
 
 def decode_change(payload: bytes, max_bytes: int) -> Change:
@@ -87,24 +96,54 @@ def decode_change(payload: bytes, max_bytes: int) -> Change:
     if len(payload) > max_bytes:
         raise BadRequest(f"the message has {len(payload)} bytes, more than remote_config.max_bytes ({max_bytes})")
     try:
-        doc = json.loads(payload)
+        # UTF-8 strictly: json.loads of bytes would also take UTF-16 and UTF-32, which JSON on the
+        # wire (RFC 8259) is not.
+        doc = json.loads(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the message is not JSON: {exc}") from exc
+    except RecursionError:
+        # Nesting deeper than the parser goes: it raised from inside the MQTT callback, and the
+        # change was dropped without an answer.
+        raise BadRequest("the message is not JSON: nested deeper than the parser goes") from None
+    raw_id = doc.get("id") if isinstance(doc, dict) else None
+    readable = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 and not _not_text(raw_id) else None
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON may escape a lone UTF-16 surrogate ("\\udcdf"); such text has no UTF-8 form, so it can be
+        # neither written as the file nor answered (it failed later as an "internal error").
+        raise BadRequest("the message holds text that is not UTF-8 (a lone UTF-16 surrogate escape)",
+                         readable) from None
+    except (RecursionError, ValueError) as exc:
+        raise BadRequest(f"the message cannot be read: {exc}", readable) from None
     if not isinstance(doc, dict):
         raise BadRequest('the message is a JSON object: {"id": ..., "version": ..., "config": ...}')
     change_id, version, config = doc.get("id"), doc.get("version"), doc.get("config")
     if not isinstance(change_id, str) or not change_id or len(change_id) > 128:
         raise BadRequest("'id' is required: a string of 1..128 characters naming this change")
     if version is not None and not isinstance(version, str | int | float):
-        raise BadRequest("'version' is a string (a label for people)")
+        raise BadRequest("'version' is a string (a label for people)", change_id)
     if isinstance(config, dict):
         # JSON is YAML: written out with one key per line, so errors point at useful lines.
-        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        try:
+            text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        except (RecursionError, ValueError) as exc:
+            raise BadRequest(f"'config' cannot be written out as a file: {exc}", change_id) from None
     elif isinstance(config, str) and config.strip():
         text = config
     else:
-        raise BadRequest("'config' is required: the whole configuration, as YAML or JSON text or as an object")
+        raise BadRequest("'config' is required: the whole configuration, as YAML or JSON text or as an object",
+                         change_id)
     return Change(change_id, None if version is None else str(version), text)
+
+
+def _not_text(value: str) -> bool:
+    """Whether ``value`` has no UTF-8 form (JSON can escape a lone UTF-16 surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def validate_text(text: str, file: str) -> tuple[LoadedConfig | None, list[Diagnostic]]:
@@ -194,8 +233,7 @@ class RemoteConfig:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            change_id = item.id if isinstance(item, Change) else None
-            self._answer(change_id, "refused", errors=["busy: 8 changes are waiting; send it again later"])
+            self._answer(item.id, "refused", errors=["busy: 8 changes are waiting; send it again later"])
 
     def _on_connected(self) -> None:
         current = self._state.get("current")
@@ -225,9 +263,9 @@ class RemoteConfig:
         while True:
             item = await self._queue.get()
             if isinstance(item, BadRequest):
-                log.warning("remote config refused: %s", item)
-                self._event("config_remote_refused", id=None, errors=[str(item)])
-                self._answer(None, "refused", errors=[str(item)])
+                log.warning("remote config %s refused: %s", item.id or "(no id)", item)
+                self._event("config_remote_refused", id=item.id, errors=[str(item)])
+                self._answer(item.id, "refused", errors=[str(item)])
                 continue
             try:
                 await self._handle(item)

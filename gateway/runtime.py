@@ -122,6 +122,10 @@ async def start_commands(gw: Gateway, output: Output,
         unfinished = await asyncio.to_thread(store.open)
     except StoreUnavailable as exc:
         log.error("%s; commands are off", exc)
+        # Named on the events topic too: a site sees its commands go unanswered, not the gateway's log.
+        gw.announce("commands_unavailable", file=str(store.path), error=str(exc.__cause__ or exc),
+                    hint="commands stay off until the store can be opened: move the damaged file aside "
+                         "(its command ids are then forgotten) and restart")
         return None, None
     executor = CommandExecutor(cfg.gateway.id, cfg.commands, store, gw.runners.get, gw.announce,
                                clock_synced=lambda: gw.clock.synced)

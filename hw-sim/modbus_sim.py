@@ -485,6 +485,16 @@ class ModbusSim:
         self._bridges.append(bridge)
         return bridge.path
 
+    async def unplug_rtu(self) -> None:
+        """Close every RTU pty, as a USB adapter pulled out: the gateway's open port reads EIO/hang-up.
+
+        ``start_rtu`` plugs a new one in (a new pty path: point the configured symlink at it, as udev
+        does with ``/dev/serial/by-id``).
+        """
+        for b in self._bridges:
+            await b.stop()
+        self._bridges.clear()
+
     async def stop(self) -> None:
         """Stop every server and bridge (held writes are answered first)."""
         for m in self.models.values():

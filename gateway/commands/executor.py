@@ -390,12 +390,17 @@ def _audit_copy(value: Any, depth: int = 0) -> Any:
     if depth > 8:
         return "..."
     if isinstance(value, Mapping):
-        return {str(k)[:64]: _audit_copy(v, depth + 1) for k, v in list(value.items())[:64]}
+        return {_text(str(k)[:64]): _audit_copy(v, depth + 1) for k, v in list(value.items())[:64]}
     if isinstance(value, list | tuple):
         return [_audit_copy(v, depth + 1) for v in value[:64]]
     if isinstance(value, str):
-        return value[:256]
+        return _text(value[:256])
     return _json_value(value)
+
+
+def _text(value: str) -> str:
+    """``value`` with lone surrogates (JSON may escape them, UTF-8 cannot carry them) shown as ``\\udcdf``."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _json_value(value: Any) -> Any:

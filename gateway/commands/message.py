@@ -98,6 +98,17 @@ def command_id_of(msg: object) -> str:
     return ""
 
 
+def _not_text(value: object) -> bool:
+    """A string JSON can carry but UTF-8 cannot (a lone surrogate escape such as ``"\\udcdf"``)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse(msg: object) -> Command:
     """Check a command message and return it.
 
@@ -135,6 +146,9 @@ def parse(msg: object) -> Command:
         if len(metrics) > MAX_POINTS:
             raise BadCommand(f"a command names at most {MAX_POINTS} points", cid)
         for name, value in metrics.items():
+            if _not_text(name) or _not_text(value):
+                # Its result could not be published (a result is UTF-8): refused here, answered.
+                raise BadCommand("metrics: a point name or value is not text (a lone UTF-16 surrogate escape)", cid)
             if not isinstance(value, bool | int | float | str):
                 raise BadCommand(f"metrics.{name}: a value is a number, a boolean or a string", cid)
             if isinstance(value, float) and not math.isfinite(value):
@@ -143,6 +157,8 @@ def parse(msg: object) -> Command:
     elif metrics is not None:
         if not isinstance(metrics, list) or not all(isinstance(n, str) for n in metrics):
             raise BadCommand("a read's metrics is a list of point names (or absent for all)", cid)
+        if any(_not_text(n) for n in metrics):
+            raise BadCommand("metrics: a point name is not text (a lone UTF-16 surrogate escape)", cid)
         if len(metrics) > MAX_POINTS:
             raise BadCommand(f"a command names at most {MAX_POINTS} points", cid)
         names = tuple(dict.fromkeys(metrics))

@@ -76,9 +76,16 @@ class CommandListener:
             problem = f"bad_message: {len(msg.payload)} bytes (at most {MAX_PAYLOAD})"
         else:
             try:
-                command = json.loads(msg.payload)
-            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
-                problem = "bad_message: the payload is not JSON"
+                # Decoded first and strictly: json.loads of bytes also takes UTF-16 and UTF-32, which the
+                # contract's JSON (UTF-8, RFC 8259) is not; such a command must be refused, not executed.
+                text = msg.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                problem = "bad_message: the payload is not UTF-8"
+            else:
+                try:
+                    command = json.loads(text)
+                except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+                    problem = "bad_message: the payload is not JSON"
         if problem is not None:
             out = self.executor.refuse(device, problem, origin="mqtt")
         else:

@@ -7,30 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fieldgate_hwsim.command_hostile import BOILER_PROFILE
 from fieldgate_hwsim.modbus_sim import ModbusSim, load_modbus_profile
 
 from ..modbus.conftest import sims, start
 
 __all__ = ["PROFILE", "config", "sims", "start_sim"]  # sims: the Modbus suite's fixture, shared
 
-#: A boiler controller: a float32 setpoint, an int16 setpoint with scale, an int32, a relay coil,
-#: and read-only points (an input register, a holding register not marked writable).
-PROFILE = """\
-schema_version: 1
-driver: modbus
-vendor: test
-model: boiler
-points:
-  - {name: setpoint, table: holding, address: 0, type: float32, unit: Cel, writable: true, write_range: [5, 80]}
-  - {name: flow_setpoint, table: holding, address: 2, type: int16, scale: 0.1, unit: Cel, writable: true,
-     range: [-20, 90]}
-  - {name: counter_preset, table: holding, address: 3, type: int32, word_order: little, writable: true,
-     write_range: [0, 1000000], write_function: 16}
-  - {name: relay, table: coil, address: 0, writable: true}
-  - {name: pump, table: coil, address: 1, writable: true, write_function: 15}
-  - {name: temperature, table: input, address: 0, type: float32, unit: Cel}
-  - {name: mode, table: holding, address: 5, type: uint16}
-"""
+#: The boiler controller of hw-sim (the fault campaign's commandable device too): a float32 setpoint,
+#: an int16 setpoint with scale, an int32, relay coils, and read-only points.
+PROFILE = BOILER_PROFILE
 
 
 @pytest.fixture
