@@ -196,6 +196,10 @@ class SparkplugConfig(Model):
     primary_host_id: str | None = Field(
         None, pattern=_SPARKPLUG_ID, description="wait for this host application's STATE online before "
         "NBIRTH, and leave when it goes offline (Ignition: its Primary Host ID); absent: do not wait")
+    stale_state_wait: Duration = Field(
+        10.0, description="after a lost connection, a retained STATE online no newer than the one seen before "
+        "may be a broker's saved copy of a host that is gone (the broker crashed with it): wait this long for "
+        "a newer STATE before NBIRTH (readings stay buffered meanwhile); 0: trust it at once")
 
 
 class BufferConfig(Model):

@@ -110,6 +110,10 @@ class SparkplugUplink(BufferedUplink):
         self._host_online = False
         self._host_ts: int | None = None
         self._host_changed = asyncio.Event()
+        # (broker, STATE timestamp) of the host's online that the last births on that broker followed, and
+        # whether this connection's STATE online is only that same one again (see _wait_for_host).
+        self._born_on: tuple[str, int] | None = None
+        self._state_unconfirmed = False
         self._walks = 0  # servers left since the last birth because the primary host was offline there
         #: The command executor when ``commands.enabled`` (set by the composition root): DCMD writes
         #: go through it, with its rules (allowed devices, writable points, ranges, rate, audit).
@@ -163,6 +167,7 @@ class SparkplugUplink(BufferedUplink):
         if self._bdseq_store.problem and problem is None:
             self.event("sparkplug_state_reset", file=str(self._bdseq_store.path), problem=self._bdseq_store.problem)
         self._host_online = False  # verified again on every connection, from its (retained) STATE
+        self._state_unconfirmed = False
         # STATE timestamps order one server's messages; another server's retained STATE may be older
         # than what the last server said, and must still count there.
         self._host_ts = None
@@ -177,6 +182,8 @@ class SparkplugUplink(BufferedUplink):
             if not await self._wait_for_host(link):
                 return
             self._walks = 0
+            if self._host_ts is not None:
+                self._born_on = (self.state.broker, self._host_ts)
         self._live_from = self._accepted_upto()
         self._birth(link)
         log.info("sparkplug: NBIRTH as %s/%s (bdSeq %d), %d device(s) born", self.node.group_id,
@@ -193,7 +200,18 @@ class SparkplugUplink(BufferedUplink):
                      self.spb.primary_host_id)
         loop = asyncio.get_running_loop()
         arrived = loop.time()
-        while not self._host_online:
+        said = False
+        while not self._host_online or (self._state_unconfirmed
+                                        and loop.time() - arrived < self.spb.stale_state_wait):
+            if self._host_online and not said:
+                said = True
+                # After a broker crash its saved copy of the host's retained STATE online comes back
+                # though the host is gone with the broker: data published now would reach nobody (DDATA
+                # is QoS 0). A host that is really online still is; one coming back says so anew.
+                log.info("sparkplug: primary host %r's STATE online is the one seen before the connection was "
+                         "lost (a broker restarted from its saved state keeps it for a host that is gone): "
+                         "waiting up to %gs for a newer one before NBIRTH", self.spb.primary_host_id,
+                         self.spb.stale_state_wait)
             if not link.connected.is_set() or self._reconnect.is_set():
                 return False
             servers = len(self.mqtt.endpoints)
@@ -213,7 +231,8 @@ class SparkplugUplink(BufferedUplink):
             waiter = asyncio.create_task(self._host_changed.wait())
             closed = asyncio.create_task(link.closed.wait())
             try:
-                await asyncio.wait({waiter, closed}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiter, closed}, timeout=0.5 if self._state_unconfirmed else 1.0,
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
                 closed.cancel()
@@ -292,6 +311,10 @@ class SparkplugUplink(BufferedUplink):
             log.info("sparkplug: ignoring a STATE older than the last one (%d < %d)", ts, self._host_ts)
             return
         self._host_ts = ts
+        # Online again with nothing newer than what the last births followed, on the same broker: a copy
+        # the broker may have saved before it crashed (checked in _wait_for_host). Anything newer confirms.
+        self._state_unconfirmed = (online and not self.node.born and self._born_on == (self.state.broker, ts)
+                                   and self.spb.stale_state_wait > 0)
         was, self._host_online = self._host_online, online
         self._host_changed.set()
         link = self._link

@@ -1,6 +1,9 @@
 """Findings of the fault campaign in Sparkplug mode (bench/faults.py, row "sparkplug: broker kill, SIGKILL").
 
-Reported to the owner of gateway/sparkplug/ as a strict xfail: it fails today, and passes once fixed.
+After a broker kill -9 the broker's saved copy of the host's retained STATE online came back though the
+host was gone: the node birthed and published QoS 0 data to nobody (long form, seed 7: 491 seqs), and
+the host that came back got DDATA without an NBIRTH. The node now waits (``sparkplug.stale_state_wait``)
+for a STATE newer than the one its last births followed.
 """
 
 from __future__ import annotations
@@ -9,8 +12,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import Proc
 from tests.support.broker import Mosquitto
@@ -21,13 +22,6 @@ from .conftest import GROUP, HOST_ID, NODE, spb_config
 from .test_edge_node import _births_done, _wait_log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after a broker kill -9 the retained STATE online (saved by the broker before the kill) is taken as "
-    "the primary host being online: the node births and publishes QoS 0 data before the host is back, "
-    "and that data is lost (campaign long form, seed 7: 491 seqs); the host that comes back then gets DDATA "
-    "without any NBIRTH ([tck-id-payloads-ddata-order]) as its live STATE online changes nothing. "
-    "gateway/sparkplug/output.py _on_state accepts a retained STATE whose timestamp is not newer than the "
-    "last one seen, and births only on an offline->online change"))
 def test_no_data_before_the_host_says_online_again_after_a_broker_kill(
         tmp_path: Path, fieldgate_proc: Callable[..., Proc]) -> None:
     # The broker saves after every change (as a site broker should, docs/faults.md): the host's retained
