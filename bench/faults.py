@@ -1915,7 +1915,9 @@ RTU_NAMES = {
     # The half-frame unit's late bytes share the line and may land in this answer: then the driver rightly
     # sees bytes that are no RTU frame at all (seen in the long form, seed 7), which names the damage too.
     "wrong-unit": r"unit \d+ to a request|not a Modbus RTU answer",
-    "bad-length": r"length|byte count",
+    # The same on this unit (long form seed 7, and short form seed 7 since write priority reordered the
+    # line's turns): stray bytes of another unit make its answer no frame at all.
+    "bad-length": r"length|byte count|not a Modbus RTU answer",
     "exception:02": r"exception|illegal",
 }
 UNPLUG_NAMES = (r"missing|unplug|gone|closed|disconnect|hang.?up|EIO|I/O error|input/output|no such|not found"
