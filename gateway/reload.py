@@ -59,6 +59,7 @@ RESTART_KEYS = frozenset({
     "web.enabled", "web.listen", "web.password", "web.allowed_hosts", "web.history_max_bytes", "web.commands",
     "commands.enabled", "commands.remember", "commands.remember_max",
     "mqtt.format", "sparkplug.group_id", "sparkplug.edge_node_id", "sparkplug.primary_host_id",
+    "sparkplug.stale_state_wait",
     # Built at start beside the uplink (runtime.py): their subscriptions and retained messages.
     "remote_config.enabled", "remote_config.probation", "remote_config.min_online", "remote_config.max_bytes",
     "homeassistant.enabled", "homeassistant.discovery_prefix",

@@ -15,7 +15,6 @@ Nothing here imports aiohttp: :mod:`fieldgate.web.app` does, and it is imported 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import socket
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import GatewayError
 from ..listen import ListenAddress
+from ..tasks import cancel_and_wait
 from .auth import PasswordHash, hash_password
 from .history import History
 from .hosts import HostPolicy
@@ -210,9 +210,7 @@ class DeferredWebServer:
     async def close(self) -> None:
         """Stop serving; live streams end at once."""
         if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loading
+            await cancel_and_wait(self._loading)
         if self._runner is not None:
             await self._runner.cleanup()  # ends the streams, closes the hub and untaps
             return
