@@ -19,6 +19,7 @@ from typing import Any
 from ..mqtt import Inbound
 from ..uplink import BufferedUplink
 from .executor import CommandExecutor
+from .message import command_id_of
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class CommandListener:
             return
         reply = _reply_topic(msg.response_topic)
         if len(self._tasks) >= MAX_TASKS:
-            out = self.executor.refuse(device, "busy", origin="mqtt")
+            # Refused before it is run, but answered under its id: the sender matches answers by id.
+            out = self.executor.refuse(device, "busy", origin="mqtt", command_id=_peek_id(msg.payload))
             self._publish(device, out, reply, msg.correlation_data)
             return
         task = asyncio.get_running_loop().create_task(self._handle(device, msg, reply), name=f"cmd[{device}]")
@@ -100,6 +102,16 @@ class CommandListener:
         if not sent:
             log.warning("result of command %s for %s not published (broker not connected); it is in the audit "
                         "trail on the events topic", out["id"] or "?", device)
+
+
+def _peek_id(payload: bytes) -> str:
+    """The id of a command message, if it has a usable one (bounded: only a message of allowed size is parsed)."""
+    if len(payload) > MAX_PAYLOAD:
+        return ""
+    try:
+        return command_id_of(json.loads(payload.decode("utf-8")))
+    except (ValueError, RecursionError):  # not UTF-8 (a ValueError too), not JSON, nested too deep
+        return ""
 
 
 def _reply_topic(topic: str | None) -> str | None:

@@ -10,6 +10,7 @@ contract (``command.schema.json``).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 from collections.abc import Callable
@@ -92,6 +93,42 @@ async def test_hostile_commands_refused_by_name_none_executed(
                 wrong.append(f"{h.kind}: {res['id']!r} {res['status']} {res.get('reason', '')[:80]!r}")
         assert wrong == []
         assert sim.models[1].writes == []
+    finally:
+        await asyncio.to_thread(pub.disconnect)
+        await asyncio.to_thread(col.disconnect)
+
+
+async def test_a_burst_beyond_the_listener_s_limit_is_answered_under_each_id(
+        tmp_path: Path, profile_path: Path, sims: list[ModbusSim], mosquitto: Mosquitto,
+        fieldgate_proc: Callable[..., Proc]) -> None:
+    # More commands at once than the listener runs (MAX_TASKS, 256): the extra ones are refused as
+    # busy before they are parsed. The campaign's flood row found those answered with "id": null,
+    # which the sender cannot match: 286 of 2000 commands without a final result.
+    col = await asyncio.to_thread(Collector(mosquitto.host, mosquitto.port).connect)
+    pub = await asyncio.to_thread(Collector(mosquitto.host, mosquitto.port, topic="nobody/here",
+                                            clean_session=True).connect)
+    n = 600
+    try:
+        sim = await _gateway(tmp_path, profile_path, sims, mosquitto, fieldgate_proc, col)
+        def burst() -> None:
+            # All at once (no wait for each PUBACK): they reach the gateway faster than it answers.
+            infos = [pub.client.publish(f"{PREFIX}/boiler/cmd", json.dumps(
+                {"schema": "fieldgate.command/1", "id": f"burst-{i}", "op": "write", "metrics": {"setpoint": 30.0}}),
+                qos=1) for i in range(n)]
+            for info in infos:
+                info.wait_for_publish(30)
+
+        await asyncio.to_thread(burst)
+
+        def answered() -> set[str]:
+            return {r["id"] for _, r in _results(col) if str(r.get("id", "")).startswith("burst-")}
+
+        await asyncio.to_thread(col.wait_for, lambda: len(_results(col)) >= n, 60, f"{n} answers")
+        await asyncio.to_thread(col.sync)
+        nameless = [r for _, r in _results(col) if not r.get("id")]
+        assert not nameless, f"{len(nameless)} answer(s) without the command's id, e.g. {nameless[:2]}"
+        assert answered() == {f"burst-{i}" for i in range(n)}
+        assert len(sim.models[1].writes) <= 20, "the rate limit (burst 10) let a flood through"
     finally:
         await asyncio.to_thread(pub.disconnect)
         await asyncio.to_thread(col.disconnect)
