@@ -180,6 +180,8 @@ class BufferBase:
         self._kept_count = 0
         self._kept_events: deque[tuple[float, list[int]]] = deque()
         self._kept_event_ids: set[int] = set()
+        self._events_trimmed = 0  # unsent events dropped at the cap since it was last said
+        self._events_trim_said = -1e9  # monotonic time it was last said
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

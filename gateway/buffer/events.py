@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -76,7 +77,13 @@ class EventStore(BufferBase):
         assert event_id is not None
         trimmed = conn.execute("DELETE FROM events WHERE id <= ?", (event_id - EVENTS_KEEP,)).rowcount
         if trimmed > 0:
-            log.warning("buffer: %d unsent event(s) dropped: only the newest %d are kept", trimmed, EVENTS_KEEP)
+            # A flood (2000 commands in 4 s audit 4000 events) would log a line per event: once per 10 s.
+            self._events_trimmed += trimmed
+            now = time.monotonic()
+            if now - self._events_trim_said >= 10.0:
+                log.warning("buffer: %d unsent event(s) dropped: only the newest %d are kept", self._events_trimmed,
+                            EVENTS_KEEP)
+                self._events_trimmed, self._events_trim_said = 0, now
         return event_id
 
     def _add_event_db(self, text: str) -> int:
