@@ -64,12 +64,3 @@ class KeptAcks(BufferBase):
         self._kept_events.clear()
         self._kept_event_ids.clear()
         return n
-
-    def _forget_kept(self) -> None:
-        """The database was replaced (salvage): what it held is read anew."""
-        self.requeue_kept()
-
-    @property
-    def kept(self) -> int:
-        """Acknowledged readings still in the database, within their window."""
-        return self._kept_count
